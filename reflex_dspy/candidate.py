@@ -1,0 +1,108 @@
+"""A candidate: the instructions and demos of each optimizable predictor.
+
+A candidate is plain data (JSON-serialisable, hashable by fingerprint), never a live program:
+strategies create candidates, the evaluator applies them to a deep copy of the student. That
+keeps the student untouched and lets the evaluation cache key on the fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly form of a demo value (dspy objects and pydantic models included)."""
+    if isinstance(value, dspy.Example):
+        return {k: _plain(v) for k, v in value.toDict().items()}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class PredictorState:
+    """What we optimize in one predictor."""
+
+    instructions: str
+    demos: tuple[Mapping[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instructions": self.instructions, "demos": [dict(d) for d in self.demos]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PredictorState:
+        return cls(data["instructions"], tuple(dict(d) for d in data.get("demos", ())))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Instructions + demos per optimizable predictor, keyed by `named_predictors()` name."""
+
+    predictors: Mapping[str, PredictorState]
+    fingerprint: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        object.__setattr__(self, "fingerprint", hashlib.sha256(canonical.encode()).hexdigest()[:16])
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_program(cls, program: dspy.Module, names: Iterable[str] | None = None) -> Candidate:
+        """Read the current state of `program`'s predictors (all, or only `names`)."""
+        wanted = set(names) if names is not None else None
+        states = {}
+        for name, predictor in program.named_predictors():
+            if wanted is None or name in wanted:
+                demos = tuple(_plain(d) for d in (predictor.demos or []))
+                states[name] = PredictorState(predictor.signature.instructions, demos)
+        if wanted is not None and (missing := wanted - states.keys()):
+            known = ", ".join(n for n, _ in program.named_predictors())
+            raise ValueError(f"no predictor named {sorted(missing)[0]!r} in the program (known: {known})")
+        return cls(states)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
+        return cls({name: PredictorState.from_dict(s) for name, s in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: state.to_dict() for name, state in sorted(self.predictors.items())}
+
+    # -- edits (each returns a new candidate) ---------------------------------------
+    def with_instructions(self, name: str, instructions: str) -> Candidate:
+        state = self.predictors[name]
+        return Candidate({**self.predictors, name: PredictorState(instructions, state.demos)})
+
+    def with_demos(self, name: str, demos: Iterable[Mapping[str, Any]]) -> Candidate:
+        state = self.predictors[name]
+        plain = tuple(_plain(d) for d in demos)
+        return Candidate({**self.predictors, name: PredictorState(state.instructions, plain)})
+
+    # -- use ------------------------------------------------------------------------
+    def apply(self, student: dspy.Module) -> dspy.Module:
+        """A deep copy of `student` with this candidate's instructions and demos."""
+        program = student.deepcopy()
+        for name, predictor in program.named_predictors():
+            state = self.predictors.get(name)
+            if state is None:
+                continue
+            predictor.signature = predictor.signature.with_instructions(state.instructions)
+            predictor.demos = [dspy.Example(**dict(d)) for d in state.demos]
+        return program
+
+    def render(self) -> str:
+        """The prompt text a person reads: one predictor's instructions, or each under a heading."""
+        if len(self.predictors) == 1:
+            return next(iter(self.predictors.values())).instructions
+        return "\n\n".join(f"## {name}\n\n{s.instructions}" for name, s in sorted(self.predictors.items()))

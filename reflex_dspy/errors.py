@@ -1,0 +1,17 @@
+"""Errors the user can act on. The CLI turns `UsageError` into one line and exit code 2."""
+
+
+class ReflexError(Exception):
+    """Base class for reflex_dspy errors."""
+
+
+class UsageError(ReflexError, ValueError):
+    """Bad input: a file, line, field or value the user must fix. One line, names the culprit."""
+
+
+class ProviderAuthError(ReflexError):
+    """The provider refused our credentials (401/403): retrying cannot help, the run stops."""
+
+
+class BudgetExhausted(ReflexError):
+    """The metric-call budget is spent; the search stops and the run finishes with what it has."""

@@ -1,0 +1,396 @@
+"""The one evaluator: runs a candidate on examples and scores it, for every strategy.
+
+Everything that costs LM calls during a run goes through here (or through `reasoning()` for
+the proposer), so accounting, caching, retries and the metric-call budget live in one place.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.data import example_id
+from reflex_dspy.errors import BudgetExhausted, ProviderAuthError, ReflexError
+from reflex_dspy.metrics import MetricFailure, call_metric
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+@dataclass
+class ExampleResult:
+    """The outcome of one (candidate, example) pair. `score is None` means it failed."""
+
+    example_id: str
+    score: float | None
+    by_metric: dict[str, float] = field(default_factory=dict)
+    feedback: str | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.score is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    """Scores of one candidate on a list of examples, keyed by stable example id."""
+
+    fingerprint: str
+    results: dict[str, ExampleResult]
+    new_calls: int = 0
+    cache_hits: int = 0
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Per-example scores of the examples that did not fail."""
+        return {i: r.score for i, r in self.results.items() if r.score is not None}
+
+    @property
+    def n(self) -> int:
+        return len(self.results)
+
+    @property
+    def failed_ids(self) -> list[str]:
+        return [i for i, r in self.results.items() if r.failed]
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed_ids)
+
+    @property
+    def mean(self) -> float | None:
+        """Mean over scored examples; failed ones are excluded and reported, never counted as 0."""
+        scores = list(self.scores.values())
+        return sum(scores) / len(scores) if scores else None
+
+    @property
+    def by_metric(self) -> dict[str, float]:
+        totals: dict[str, list[float]] = {}
+        for r in self.results.values():
+            for name, value in r.by_metric.items():
+                totals.setdefault(name, []).append(value)
+        return {name: sum(v) / len(v) for name, v in totals.items()}
+
+    def worst(self, k: int) -> list[ExampleResult]:
+        """The `k` lowest-scoring scored examples (ties keep example order)."""
+        scored = [r for r in self.results.values() if r.score is not None]
+        return sorted(scored, key=lambda r: r.score)[:k]
+
+
+@dataclass
+class Usage:
+    """Running totals for one run. Reasoning tokens are kept apart from evaluation tokens."""
+
+    metric_calls: int = 0
+    search_calls: int = 0  # the budgeted part of metric_calls (train and val, not test)
+    cache_hits: int = 0
+    lm_calls: int = 0
+    eval_tokens: int = 0
+    reasoning_calls: int = 0
+    reasoning_tokens: int = 0
+    failed: int = 0
+    retries: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------
+# Provider errors
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient provider errors."""
+
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+_TRANSIENT_NAMES = ("RateLimit", "Timeout", "ServiceUnavailable", "InternalServer", "APIConnection", "Transport")
+_AUTH_NAMES = ("Authentication", "PermissionDenied", "AuthError", "Billing")
+
+
+def classify_error(exc: BaseException) -> str:
+    """'auth' (stop the run), 'transient' (retry) or 'fatal' (record the example as failed).
+
+    Walks the cause chain because DSPy and litellm wrap provider errors in their own types.
+    """
+    from dspy.utils.exceptions import LMAuthError, LMBillingError, is_retryable_lm_error
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, LMAuthError | LMBillingError):
+            return "auth"
+        if is_retryable_lm_error(exc):
+            return "transient"
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return "auth"
+        if status == 429 or status == 408 or (isinstance(status, int) and status >= 500):
+            return "transient"
+        name = type(exc).__name__
+        if any(n in name for n in _AUTH_NAMES):
+            return "auth"
+        if any(n in name for n in _TRANSIENT_NAMES) or isinstance(exc, TimeoutError | ConnectionError):
+            return "transient"
+        exc = exc.__cause__ or exc.__context__
+    return "fatal"
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:limit]}"
+
+
+def _usage_totals(tracker: Any) -> tuple[int, int]:
+    """(calls, tokens) recorded by a `dspy.track_usage()` tracker; DSPy cache hits record nothing."""
+    calls = tokens = 0
+    for entries in tracker.usage_data.values():
+        for entry in entries:
+            calls += 1
+            total = entry.get("total_tokens")
+            if total is None:
+                total = (entry.get("prompt_tokens") or 0) + (entry.get("completion_tokens") or 0)
+            tokens += total or 0
+    return calls, tokens
+
+
+def _plain_output(prediction: Any) -> dict[str, Any]:
+    if isinstance(prediction, dspy.Prediction):
+        items = prediction.toDict().items()
+    elif isinstance(prediction, Mapping):
+        items = prediction.items()
+    else:
+        return {"output": str(prediction)}
+    return {k: v if isinstance(v, str | int | float | bool | type(None)) else str(v) for k, v in items}
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluator
+# ---------------------------------------------------------------------------------------
+class Evaluator:
+    """Runs candidates of one student program on examples, in parallel, paying once per pair.
+
+    The cache key is (candidate fingerprint, example id, temperature, pass): within a run the
+    same pair is never paid for twice, and the cache is part of the checkpoint so a resumed
+    run does not pay again either. `budget` caps the metric calls of budgeted evaluations
+    (the search); baseline and final test evaluations are reporting and pass `budgeted=False`.
+    """
+
+    def __init__(
+        self,
+        student: dspy.Module,
+        metric: Callable,
+        *,
+        task_lm: dspy.LM | None = None,
+        adapter: Any = None,
+        max_workers: int = 4,
+        temperature: float = 0.0,
+        budget: int | None = None,
+        retry: RetryPolicy | None = None,
+        seed: int = 0,
+    ) -> None:
+        lm = task_lm or dspy.settings.lm
+        if lm is None:
+            raise ReflexError("no task model: pass task_lm= or call dspy.configure(lm=...) first")
+        self.student = student
+        self.metric = metric
+        self.lm = lm.copy(temperature=temperature)
+        self.adapter = adapter if adapter is not None else dspy.settings.adapter
+        self.max_workers = max_workers
+        self.temperature = temperature
+        self.budget = budget
+        self.retry = retry or RetryPolicy()
+        self.usage = Usage()
+        self.on_progress: ProgressFn | None = None
+        self._cache: dict[tuple, ExampleResult] = {}
+        self._programs: dict[str, dspy.Module] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._predictor_names: dict[int, str] = {}
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def budget_left(self) -> int | None:
+        return None if self.budget is None else max(self.budget - self.usage.search_calls, 0)
+
+    def evaluate(
+        self,
+        candidate: Candidate,
+        examples: Sequence[dspy.Example],
+        *,
+        budgeted: bool = True,
+        label: str = "evaluate",
+        eval_pass: int = 0,
+    ) -> EvalResult:
+        """Score `candidate` on `examples`. Raises `BudgetExhausted` before spending past the budget."""
+        fp = candidate.fingerprint
+        results: dict[str, ExampleResult] = {}
+        todo: list[tuple[str, dspy.Example]] = []
+        for ex in examples:
+            eid = example_id(ex)
+            hit = self._cache.get((fp, eid, self.temperature, eval_pass))
+            if hit is not None:
+                results[eid] = hit
+            elif eid not in results:
+                results[eid] = None  # placeholder keeps example order
+                todo.append((eid, ex))
+        hits = len(results) - len(todo)
+        if budgeted and self.budget is not None and len(todo) > self.budget_left:
+            raise BudgetExhausted(
+                f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used, "
+                f"{len(todo)} more needed for {label}"
+            )
+        program = self._program(candidate)
+        lm = self.lm if eval_pass == 0 or self.temperature == 0 else self.lm.copy(rollout_id=eval_pass)
+        done = 0
+        self._progress(label, 0, len(todo))
+        if todo:
+            workers = min(self.max_workers, len(todo))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reflex-eval") as pool:
+                futures = [pool.submit(self._run_one, program, lm, eid, ex) for eid, ex in todo]
+                try:
+                    for future in futures:
+                        result = future.result()
+                        results[result.example_id] = result
+                        done += 1
+                        self._progress(label, done, len(todo))
+                except ProviderAuthError:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        with self._lock:
+            self.usage.cache_hits += hits
+            if budgeted:
+                self.usage.search_calls += len(todo)
+            for eid, _ in todo:
+                result = results[eid]
+                if result.failed:
+                    self.usage.failed += 1
+                else:
+                    self._cache[(fp, eid, self.temperature, eval_pass)] = result
+        return EvalResult(fp, results, new_calls=len(todo), cache_hits=hits)
+
+    @contextmanager
+    def reasoning(self) -> Iterator[None]:
+        """Count the LM usage inside this block as reasoning (proposer) usage."""
+        with dspy.track_usage() as tracker:
+            yield
+        calls, tokens = _usage_totals(tracker)
+        with self._lock:
+            self.usage.reasoning_calls += calls
+            self.usage.reasoning_tokens += tokens
+
+    def state_dict(self) -> dict[str, Any]:
+        """Cache and totals, so a resumed run pays for nothing already paid for."""
+        return {
+            "usage": self.usage.to_dict(),
+            "cache": [
+                {"fingerprint": fp, "example_id": eid, "temperature": t, "pass": p, "result": r.to_dict()}
+                for (fp, eid, t, p), r in self._cache.items()
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.usage = Usage(**state.get("usage", {}))
+        for entry in state.get("cache", []):
+            key = (entry["fingerprint"], entry["example_id"], entry["temperature"], entry["pass"])
+            self._cache[key] = ExampleResult(**entry["result"])
+
+    # -- internals ----------------------------------------------------------------------
+    def _progress(self, label: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(label, done, total)
+
+    def _program(self, candidate: Candidate) -> dspy.Module:
+        program = self._programs.get(candidate.fingerprint)
+        if program is None:
+            program = candidate.apply(self.student)
+            with self._lock:
+                if len(self._programs) > 64:
+                    self._programs.clear()
+                self._programs[candidate.fingerprint] = program
+                for name, predictor in program.named_predictors():
+                    self._predictor_names[id(predictor)] = name
+        return program
+
+    def _run_one(self, program: dspy.Module, lm: dspy.LM, eid: str, example: dspy.Example) -> ExampleResult:
+        """Run and score one example, retrying transient provider errors with backoff."""
+        prediction = trace = None
+        error: BaseException | None = None
+        calls = tokens = 0
+        for attempt in range(self.retry.max_attempts):
+            with dspy.context(lm=lm, adapter=self.adapter, trace=[]), dspy.track_usage() as tracker:
+                try:
+                    prediction = program(**example.inputs())
+                    trace = list(dspy.settings.trace)
+                    error = None
+                except Exception as exc:  # classified below: nothing is swallowed silently
+                    error = exc
+            c, t = _usage_totals(tracker)
+            calls, tokens = calls + c, tokens + t
+            if error is None:
+                break
+            kind = classify_error(error)
+            if kind == "auth":
+                raise ProviderAuthError(f"the provider refused the credentials: {_short(error)}") from error
+            if kind != "transient" or attempt == self.retry.max_attempts - 1:
+                break
+            with self._lock:
+                self.usage.retries += 1
+                delay = self.retry.delay(attempt, self._rng)
+            time.sleep(delay)
+
+        result = ExampleResult(eid, None)
+        if error is not None:
+            result.error = _short(error)
+        else:
+            result.output = _plain_output(prediction)
+            result.trace = self._plain_trace(trace or [])
+            try:
+                with dspy.track_usage() as tracker:
+                    scored = call_metric(self.metric, example, prediction, None)
+                c, t = _usage_totals(tracker)
+                calls, tokens = calls + c, tokens + t
+                result.score, result.by_metric, result.feedback = scored.score, dict(scored.by_metric), scored.feedback
+            except MetricFailure as exc:
+                result.error = _short(exc)
+        with self._lock:
+            self.usage.metric_calls += 1
+            self.usage.lm_calls += calls
+            self.usage.eval_tokens += tokens
+        return result
+
+    def _plain_trace(self, trace: list) -> list[dict[str, Any]]:
+        steps = []
+        for predictor, inputs, outputs in trace:
+            steps.append(
+                {
+                    "predictor": self._predictor_names.get(id(predictor), type(predictor).__name__),
+                    "inputs": {k: str(v) for k, v in dict(inputs).items()},
+                    "outputs": _plain_output(outputs),
+                }
+            )
+        return steps

@@ -1,0 +1,249 @@
+"""Asking the reasoning model for better instructions, grounded in facts computed from the data.
+
+Small reasoning models write poor instructions when left to guess; what helps them is facts
+they cannot get wrong: the exact label set, the output's shape, how current outputs differ
+from gold. `TaskFacts` computes those from the training data, `Proposer` sends them with every
+request, and `repair()` puts back a label set or format a proposal dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from reflex_dspy.evaluation import Evaluator, ExampleResult
+from reflex_dspy.signatures import ProposeInstruction
+
+# A label set is "small" when the gold outputs take at most this many distinct values and
+# each value repeats on average: then we state the exact set rather than its shape.
+MAX_LABELS = 12
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_NUMBER = re.compile(r"^-?\d+(?:[.,]\d+)?$")
+
+
+def _gold_values(example: dspy.Example, fields: Sequence[str]) -> list[str]:
+    return [str(example[f]) for f in fields if f in example]
+
+
+def label_fields(examples: Sequence[dspy.Example]) -> list[str]:
+    """Gold fields of the data (everything that is not an input, minus our id)."""
+    if not examples:
+        return []
+    return [k for k in examples[0].labels().toDict() if k != "reflex_id"]
+
+
+def _as_json_keys(text: str) -> list[str] | None:
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    return sorted(value) if isinstance(value, dict) else None
+
+
+def _casing(values: Iterable[str]) -> str | None:
+    values = [v for v in values if any(c.isalpha() for c in v)]
+    if not values:
+        return None
+    if all(v == v.lower() for v in values):
+        return "all lowercase"
+    if all(v == v.upper() for v in values):
+        return "all uppercase"
+    if all(v[:1].isupper() for v in values):
+        return "capitalised"
+    return None
+
+
+@dataclass
+class TaskFacts:
+    """Facts about the expected outputs of one gold field, computed once from train."""
+
+    field: str
+    labels: dict[str, int] = field(default_factory=dict)
+    median_words: float = 0.0
+    casing: str | None = None
+    pattern: str | None = None
+    json_keys: list[str] | None = None
+
+    @classmethod
+    def from_examples(cls, examples: Sequence[dspy.Example], field_name: str) -> TaskFacts:
+        values = [v.strip() for ex in examples for v in _gold_values(ex, [field_name])]
+        facts = cls(field_name)
+        if not values:
+            return facts
+        counts = Counter(values)
+        if len(counts) <= MAX_LABELS and len(counts) <= len(values) / 2:
+            facts.labels = dict(counts.most_common())
+        facts.median_words = statistics.median(len(v.split()) for v in values)
+        facts.casing = _casing(values)
+        if all(_DATE.match(v) for v in values):
+            facts.pattern = "a date in YYYY-MM-DD form"
+        elif all(_NUMBER.match(v) for v in values):
+            facts.pattern = "a number only"
+        keys = [_as_json_keys(v) for v in values]
+        if all(k is not None for k in keys):
+            facts.json_keys = sorted({k for ks in keys for k in ks})
+            facts.pattern = "a JSON object"
+        return facts
+
+    def describe(self) -> str:
+        lines = []
+        if self.labels:
+            listed = ", ".join(f'"{label}" ({n})' for label, n in self.labels.items())
+            lines.append(f"The expected `{self.field}` is always exactly one of these labels: {listed}.")
+        else:
+            lines.append(f"Expected `{self.field}` values have a median length of {self.median_words:g} words.")
+        if self.pattern:
+            lines.append(f"Every expected `{self.field}` is {self.pattern}.")
+        if self.json_keys:
+            lines.append(f"The JSON objects use the keys: {', '.join(self.json_keys)}.")
+        if self.casing:
+            lines.append(f"Expected values are {self.casing}.")
+        return "\n".join(lines)
+
+    def missing_from(self, instructions: str) -> str | None:
+        """A sentence stating what `instructions` fail to state (label set or JSON keys), if any."""
+        text = instructions.lower()
+        if self.labels and not all(label.lower() in text for label in self.labels):
+            labels = ", ".join(self.labels)
+            return f"Answer with exactly one of these labels and nothing else: {labels}."
+        if self.json_keys and not all(k.lower() in text for k in self.json_keys):
+            return f"Answer with a JSON object with exactly these keys: {', '.join(self.json_keys)}."
+        if self.pattern and self.pattern.startswith("a date") and "yyyy-mm-dd" not in text:
+            return "Answer with the date only, in YYYY-MM-DD form."
+        return None
+
+
+def compare_outputs(facts: TaskFacts, failures: Sequence[ExampleResult], gold: dict[str, str]) -> str:
+    """How the current outputs differ from gold, in words (too long, labels outside the set, ...)."""
+    outputs = [str(r.output.get(facts.field, "")).strip() for r in failures if facts.field in r.output]
+    if not outputs:
+        return ""
+    notes = []
+    out_words = statistics.median(len(o.split()) for o in outputs)
+    gold_words = facts.median_words or 0
+    if gold_words and out_words > 2 * gold_words:
+        notes.append(f"Outputs are too long: median {out_words:g} words where the expected median is {gold_words:g}.")
+    if facts.labels:
+        wrong = sorted({o for o in outputs if o not in facts.labels})
+        if wrong:
+            shown = "; ".join(f'"{w[:60]}"' for w in wrong[:5])
+            notes.append(f"Some outputs are not one of the allowed labels: {shown}.")
+    if facts.json_keys and any(_as_json_keys(o) is None for o in outputs):
+        notes.append("Some outputs are not valid JSON objects.")
+    return "\n".join(notes)
+
+
+def _clip(text: Any, limit: int) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_failures(
+    failures: Sequence[ExampleResult],
+    examples: dict[str, dspy.Example],
+    predictor: str | None = None,
+    per_field: int = 300,
+) -> str:
+    """The worst examples as delimited data: inputs, the program's output, gold, feedback."""
+    blocks = []
+    for n, r in enumerate(failures, 1):
+        ex = examples[r.example_id]
+        parts = [f"<example {n}>"]
+        for k, v in ex.inputs().items():
+            parts.append(f"input {k}: {_clip(v, per_field)}")
+        if predictor is not None:
+            for step in r.trace:
+                if step["predictor"] == predictor:
+                    parts.append(f"this step's output: {_clip(json.dumps(step['outputs']), per_field)}")
+        for k in label_fields([ex]):
+            parts.append(f"program output {k}: {_clip(r.output.get(k, ''), per_field)}")
+            parts.append(f"expected {k}: {_clip(ex[k], per_field)}")
+        parts.append(f"score: {r.score:.2f}")
+        if r.feedback:
+            parts.append(f"feedback: {_clip(r.feedback, per_field)}")
+        parts.append(f"</example {n}>")
+        blocks.append("\n".join(parts))
+    return "<data>\n" + "\n".join(blocks) + "\n</data>"
+
+
+class ProposalRejected(Exception):
+    """Every attempt produced an empty, unchanged or unparseable proposal."""
+
+
+@dataclass
+class Proposal:
+    instructions: str
+    change_summary: str
+    failure_patterns: str
+    repaired: str | None = None
+    attempts: int = 1
+
+
+class Proposer:
+    """Calls the reasoning model through DSPy signatures, with retries and grounding repair."""
+
+    def __init__(self, lm: dspy.LM, evaluator: Evaluator, *, source_model: str | None = None, attempts: int = 3):
+        self.lm = lm
+        self.evaluator = evaluator
+        self.source_model = source_model
+        self.attempts = attempts
+
+    def _run(self, signature: type[dspy.Signature], attempt: int, **inputs: Any) -> dspy.Prediction:
+        # A retry must really ask again: vary the rollout id (and warm the temperature) so
+        # neither DSPy's cache nor greedy decoding hands back the rejected reply.
+        lm = self.lm if attempt == 0 else self.lm.copy(rollout_id=attempt, temperature=0.7)
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), self.evaluator.reasoning():
+            return dspy.Predict(signature)(**inputs)
+
+    def propose_instruction(
+        self,
+        *,
+        current: str,
+        facts: TaskFacts | None,
+        failures: str,
+        differences: str,
+        history: str,
+        step_name: str,
+    ) -> Proposal:
+        grounded = "\n".join(x for x in (facts.describe() if facts else "", differences) if x)
+        if self.source_model:
+            grounded += (
+                f"\nThe instructions were written for {self.source_model}; adapt idioms of that model "
+                "family to the model being optimized."
+            )
+        reasons = []
+        for attempt in range(self.attempts):
+            try:
+                reply = self._run(
+                    ProposeInstruction,
+                    attempt,
+                    step_name=step_name,
+                    current_instructions=current,
+                    task_facts=grounded or "(none computed)",
+                    failures=failures,
+                    rewrite_history=history or "(no earlier changes)",
+                )
+            except Exception as exc:  # parse failures and provider errors: retry, then reject
+                reasons.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
+                continue
+            text = (reply.revised_instructions or "").strip()
+            if not text:
+                reasons.append("empty instructions")
+                continue
+            if text == current.strip():
+                reasons.append("unchanged instructions")
+                continue
+            summary = " ".join((reply.change_summary or "").split()) or "revised the instructions"
+            proposal = Proposal(text, summary, (reply.failure_patterns or "").strip(), attempts=attempt + 1)
+            if facts is not None and (fix := facts.missing_from(text)):
+                proposal.instructions = f"{text}\n\n{fix}"
+                proposal.repaired = fix
+            return proposal
+        raise ProposalRejected("; ".join(reasons))

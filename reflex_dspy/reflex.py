@@ -1,0 +1,362 @@
+"""The Reflex teleprompter: one run from split to held-out test (SPEC §4).
+
+    split → baseline on test → strategy iterations on train (val after each) →
+    select ONE candidate on val (else train) → evaluate exactly that one on test →
+    significance → result
+
+Held-out test is never used to choose: it is measured twice, for the baseline and for the
+single selected candidate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import dspy
+from dspy.teleprompt import Teleprompter
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.config import OptimizerConfig
+from reflex_dspy.data import assign_ids, example_id, sample_batch, split_dataset
+from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
+from reflex_dspy.evaluation import Evaluator
+from reflex_dspy.metrics import metric_names, resolve_metric
+from reflex_dspy.proposals import Proposer, TaskFacts, label_fields
+from reflex_dspy.result import IterationRecord, Measurement, RunResult
+from reflex_dspy.stats import mean_std, paired_significance
+from reflex_dspy.strategies import Strategy, get_strategy
+from reflex_dspy.strategies.base import SearchContext
+from reflex_dspy.tracking import Tracker, Trackers
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _describe_lm(lm: Any) -> str:
+    return str(getattr(lm, "model", lm))
+
+
+class Reflex(Teleprompter):
+    """Optimize the prompts of a DSPy program; returns an optimized copy, like every teleprompter.
+
+    `metric` is a DSPy metric, a built-in metric name, or a list of them. The task model is
+    `task_lm` or `dspy.settings.lm`; the reasoning model is `reasoning_lm` (a `dspy.LM` or a
+    model string), else `config.reasoning_model`, else the task model. Every `OptimizerConfig`
+    field is accepted as a keyword.
+    """
+
+    def __init__(
+        self,
+        metric: Any = None,
+        *,
+        strategy: str | Strategy = "iterative",
+        task_lm: dspy.LM | None = None,
+        reasoning_lm: dspy.LM | str | None = None,
+        optimize: Sequence[str] | None = None,
+        trackers: Sequence[Tracker] = (),
+        config: OptimizerConfig | None = None,
+        **config_fields: Any,
+    ) -> None:
+        super().__init__()
+        self._strategy = strategy if isinstance(strategy, Strategy) else None
+        name = (strategy.name or type(strategy).__name__) if self._strategy else strategy
+        if isinstance(reasoning_lm, str):
+            config_fields.setdefault("reasoning_model", reasoning_lm)
+            reasoning_lm = None
+        if config is not None and config_fields:
+            raise UsageError("pass config= or config fields as keywords, not both")
+        self.config = config or OptimizerConfig.build(strategy=name, **config_fields)
+        if self._strategy is None:  # validate the name and parameters now, not mid-run
+            get_strategy(self.config.strategy, **self.config.extra_kwargs)
+        self.metric = metric
+        self.task_lm = task_lm
+        self.reasoning_lm = reasoning_lm
+        self.optimize = list(optimize) if optimize is not None else None
+        self.trackers = list(trackers)
+
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: Sequence[dspy.Example],
+        valset: Sequence[dspy.Example] | None = None,
+        teacher: dspy.Module | None = None,
+        **kwargs: Any,
+    ) -> dspy.Module:
+        if kwargs:
+            raise UsageError(f"unexpected compile() arguments: {', '.join(sorted(kwargs))}")
+        return _Run(self, student, trainset, valset).execute()
+
+    # -- resolution helpers ------------------------------------------------------------------
+    def _resolve_reasoning_lm(self, task_lm: dspy.LM) -> dspy.LM:
+        if self.reasoning_lm is not None:
+            return self.reasoning_lm
+        if self.config.reasoning_model:
+            from reflex_dspy.lm import resolve_lm
+
+            key = self.config.reasoning_api_key
+            return resolve_lm(
+                self.config.reasoning_model,
+                api_key=key.get_secret_value() if key else None,
+                base_url=self.config.reasoning_base_url,
+            )
+        return task_lm
+
+    def _make_strategy(self, metric: Callable) -> Strategy:
+        if self._strategy is not None:
+            return self._strategy
+        return get_strategy(self.config.strategy, metric, **self.config.extra_kwargs)
+
+
+class _Run:
+    """The state and steps of one compile. Kept apart from `Reflex` so a Reflex is reusable."""
+
+    def __init__(self, owner: Reflex, student: dspy.Module, trainset, valset) -> None:
+        self.owner = owner
+        self.config = cfg = owner.config
+        self.student = student
+        self.started = time.monotonic()
+        self.trackers = Trackers(owner.trackers)
+        if owner.metric is None:
+            raise UsageError("a metric is required: pass metric= (a function or a built-in name such as 'exact')")
+        self.task_lm = owner.task_lm or dspy.settings.lm
+        if self.task_lm is None:
+            raise UsageError("no task model: pass task_lm= or call dspy.configure(lm=...) first")
+        self.reasoning_lm = owner._resolve_reasoning_lm(self.task_lm)
+        self.metric = resolve_metric(owner.metric, judge_lm=self.reasoning_lm)
+        self.strategy = owner._make_strategy(self.metric)
+
+        examples = assign_ids(list(trainset))
+        if not examples:
+            raise UsageError("the trainset is empty")
+        val_override = assign_ids(list(valset)) if valset is not None else None
+        self.splits = split_dataset(
+            examples, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio, seed=cfg.seed, valset=val_override
+        )
+        self.warnings = list(self.splits.warnings)
+        names = owner.optimize
+        self.initial = Candidate.from_program(student, names)
+        if not self.initial.predictors:
+            raise UsageError("the program has no predictors to optimize")
+        budget = cfg.metric_call_budget(len(self.splits.train) + len(self.splits.val))
+        self.evaluator = Evaluator(
+            student,
+            self.metric,
+            task_lm=self.task_lm,
+            max_workers=cfg.max_workers,
+            temperature=cfg.eval_temperature,
+            budget=budget,
+            seed=cfg.seed,
+        )
+        self.evaluator.on_progress = self.trackers.on_progress
+        self.ctx = SearchContext(
+            student=student,
+            trainset=self.splits.train,
+            evaluator=self.evaluator,
+            proposer=Proposer(self.reasoning_lm, self.evaluator, source_model=cfg.source_model),
+            config=cfg,
+            predictor_names=sorted(self.initial.predictors),
+            facts=self._facts(student),
+        )
+        self.records: list[IterationRecord] = []
+        self.candidates: dict[int, Candidate] = {0: self.initial}
+
+    def _facts(self, student: dspy.Module) -> dict[str, TaskFacts]:
+        """Grounding facts for each optimizable predictor that produces a gold field."""
+        gold = label_fields(self.splits.train)
+        facts = {}
+        for name, predictor in student.named_predictors():
+            if name in self.initial.predictors:
+                fields = [f for f in gold if f in predictor.signature.output_fields]
+                if fields:
+                    facts[name] = TaskFacts.from_examples(self.splits.train, fields[0])
+        return facts
+
+    # -- measurements ---------------------------------------------------------------------
+    def _measure(self, candidate: Candidate, split: str, examples: list[dspy.Example]) -> Measurement:
+        """`eval_runs` passes on a reporting split (outside the search budget)."""
+        passes = [
+            self.evaluator.evaluate(candidate, examples, budgeted=False, label=f"{split} pass {p + 1}", eval_pass=p)
+            for p in range(self.config.eval_runs)
+        ]
+        per_example: dict[str, list[float]] = {}
+        for result in passes:
+            for eid, score in result.scores.items():
+                per_example.setdefault(eid, []).append(score)
+        scores = {eid: sum(v) / len(v) for eid, v in per_example.items()}
+        means = [r.mean for r in passes if r.mean is not None]
+        mean, std = mean_std(means) if means else (None, 0.0)
+        first = passes[0]
+        by_id = {example_id(ex): ex for ex in examples}
+        samples = []
+        for eid, r in first.results.items():
+            ex = by_id[eid]
+            samples.append({
+                "id": eid,
+                "inputs": {k: str(v) for k, v in ex.inputs().items()},
+                "expected": {k: str(ex[k]) for k in label_fields([ex])},
+                "output": r.output,
+                "score": r.score,
+                "error": r.error,
+            })
+        if first.n_failed == first.n:
+            raise ReflexError(f"every {split} example failed; first error: {first.results[first.failed_ids[0]].error}")
+        return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples)
+
+    # -- the run ----------------------------------------------------------------------------
+    def execute(self) -> dspy.Module:
+        cfg, splits = self.config, self.splits
+        try:
+            self.trackers.on_run_start(self._info())
+            self.trackers.on_status("evaluating baseline")
+            baseline = self._measure(self.initial, "test", splits.test)
+            self.trackers.on_baseline(baseline)
+            self.trackers.on_status("searching")
+            initial_val = (
+                self.evaluator.evaluate(self.initial, splits.val, label="val: initial").mean if splits.val else None
+            )
+            stop_reason = self._search(initial_val)
+            selected, sel_score, selected_by = self._select(initial_val)
+            self.trackers.on_status("evaluating best", f"iteration {selected}")
+            final = self._measure(self.candidates[selected], "test", splits.test)
+            self.trackers.on_status("finalizing")
+            result = RunResult(
+                strategy=self.strategy.name or type(self.strategy).__name__,
+                split_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+                held_out=splits.held_out,
+                baseline=baseline,
+                final=final,
+                significance=paired_significance(baseline.scores, final.scores),
+                selected_iteration=selected,
+                selected_by=selected_by,
+                selected_score=sel_score,
+                best_prompt=self.candidates[selected].render(),
+                candidate=self.candidates[selected].to_dict(),
+                iterations=self.records,
+                initial_val_score=initial_val,
+                stop_reason=stop_reason,
+                usage=self.evaluator.usage.to_dict(),
+                duration_seconds=time.monotonic() - self.started,
+                score_threshold=cfg.score_threshold,
+                models={"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
+                warnings=self.warnings,
+            )
+            self.trackers.on_result(result)
+        except BaseException as exc:
+            self.trackers.on_error(exc)
+            raise
+        return self._program(result, selected)
+
+    def _search(self, initial_val: float | None) -> str:
+        """Run strategy iterations until a stop condition; returns why it stopped."""
+        cfg, train, val = self.config, self.splits.train, self.splits.val
+        self.strategy.start(self.ctx, self.initial)
+        best_val = initial_val
+        stale = 0
+        for i in range(1, cfg.max_iterations + 1):
+            batch = sample_batch(train, cfg.batch_size, cfg.batch_seed + i)
+            is_full = len(batch) == len(train)
+            if cfg.batch_size and cfg.full_eval_steps and i % cfg.full_eval_steps == 0:
+                batch, is_full = list(train), True
+            before = self.evaluator.usage.to_dict()
+            try:
+                step = self.strategy.step(self.ctx, i, batch)
+                val_score = self.evaluator.evaluate(step.candidate, val, label=f"iter {i}: val").mean if val else None
+            except BudgetExhausted:
+                return "metric-call budget spent"
+            self.candidates[i] = step.candidate
+            record = self._record(i, step, val_score, before, is_full, len(batch))
+            self.records.append(record)
+            self.trackers.on_iteration(record)
+            self.trackers.on_checkpoint({"iteration": i, "strategy_state": self.strategy.state_dict()})
+
+            reached = val_score if val else step.score
+            if reached is not None and reached >= cfg.score_threshold:
+                return f"score threshold {cfg.score_threshold} reached"
+            if val and val_score is not None:
+                if best_val is None or val_score > best_val:
+                    best_val, stale = val_score, 0
+                else:
+                    stale += 1  # ties do not reset patience
+                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+                    return f"early stopping (no val improvement in {stale} iterations)"
+        return "max iterations"
+
+    def _record(self, i: int, step, val_score, before: dict, is_full: bool, batch_size: int) -> IterationRecord:
+        after = self.evaluator.usage.to_dict()
+        name = self.strategy.name or type(self.strategy).__name__
+        return IterationRecord(
+            iteration=i,
+            phase=name,
+            strategy=name,
+            score=step.score,
+            val_score=val_score,
+            delta=step.delta,
+            scores_by_metric=step.result.by_metric,
+            system_prompt={n: s.instructions for n, s in step.candidate.predictors.items()},
+            candidate=step.candidate.to_dict(),
+            fingerprint=step.candidate.fingerprint,
+            reasoning=step.reasoning,
+            change_summary=step.change_summary,
+            predictor=step.predictor,
+            eval_tokens=after["eval_tokens"] - before["eval_tokens"],
+            reasoning_tokens=after["reasoning_tokens"] - before["reasoning_tokens"],
+            metric_calls=after["metric_calls"] - before["metric_calls"],
+            elapsed_seconds=round(time.monotonic() - self.started, 3),
+            timestamp=_now(),
+            is_full_eval=is_full,
+            batch_size=batch_size,
+            n_failed=step.result.n_failed,
+            details=step.details,
+        )
+
+    def _select(self, initial_val: float | None) -> tuple[int, float | None, str]:
+        """Best on val when val exists, else best train score; ties go to the earlier candidate."""
+        if self.splits.val:
+            scored = [(0, initial_val)] + [(r.iteration, r.val_score) for r in self.records]
+            by = "val"
+        else:
+            first = self.records[0] if self.records else None
+            parent = first.score - first.delta if first and first.delta is not None else None
+            scored = [(0, parent)] + [(r.iteration, r.score) for r in self.records]
+            by = "train"
+        best_i, best = 0, None
+        for i, score in scored:
+            if score is not None and (best is None or score > best):
+                best_i, best = i, score
+        return best_i, best, by
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "config": self.config.public_dict(),
+            "strategy_params": {k: v for k, v in self.strategy.get_params().items() if _jsonable(v)},
+            "split_sizes": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
+            "split_ids": {k: [example_id(e) for e in getattr(self.splits, k)] for k in ("train", "val", "test")},
+            "initial_candidate": self.initial.to_dict(),
+            "initial_prompt": self.initial.render(),
+            "metrics": metric_names(self.metric),
+            "models": {"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
+            "budget": self.evaluator.budget,
+            "warnings": self.warnings,
+        }
+
+    def _program(self, result: RunResult, selected: int) -> dspy.Module:
+        program = self.candidates[selected].apply(self.student)
+        by = "val_score" if self.splits.val else "score"
+        ranked = sorted(self.records, key=lambda r: -(getattr(r, by) or -1.0))
+        program.result = result
+        program.candidate_programs = [
+            {"iteration": r.iteration, "score": r.score, "val_score": r.val_score,
+             "program": self.candidates[r.iteration].apply(self.student)}
+            for r in ranked
+        ]
+        program.trial_logs = {r.iteration: r.to_dict() for r in self.records}
+        return program
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool | type(None) | list | dict)

@@ -1,0 +1,132 @@
+"""The contract between a strategy and the run lifecycle.
+
+A strategy proposes candidates and reads scores; it never evaluates, splits or persists by
+itself. The lifecycle (`reflex_dspy.reflex`) hands it a `SearchContext` whose `evaluate` is the
+one evaluator and whose `proposer` is the one reasoning-model client, calls `step()` once per
+iteration, and records what comes back. `state_dict()` must capture everything needed to
+resume mid-run, as JSON-serialisable data.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import dspy
+from dspy.teleprompt import Teleprompter
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.evaluation import EvalResult, Evaluator
+from reflex_dspy.proposals import Proposer, TaskFacts
+
+if TYPE_CHECKING:
+    from reflex_dspy.config import OptimizerConfig
+
+
+@dataclass
+class SearchContext:
+    """What a strategy may use during a run."""
+
+    student: dspy.Module
+    trainset: list[dspy.Example]
+    evaluator: Evaluator
+    proposer: Proposer
+    config: OptimizerConfig
+    predictor_names: list[str]
+    facts: dict[str, TaskFacts] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def evaluate(self, candidate: Candidate, batch: Sequence[dspy.Example], label: str = "train") -> EvalResult:
+        return self.evaluator.evaluate(candidate, batch, label=label)
+
+    @property
+    def examples_by_id(self) -> dict[str, dspy.Example]:
+        from reflex_dspy.data import example_id
+
+        return {example_id(ex): ex for ex in self.trainset}
+
+
+@dataclass
+class Step:
+    """One iteration's outcome: the candidate it produced and its score on the iteration batch.
+
+    `parent_score` is the score, on the same batch, of the candidate the change started from,
+    so `score - parent_score` is the effect of exactly this change.
+    """
+
+    candidate: Candidate
+    result: EvalResult
+    parent_score: float | None
+    reasoning: str
+    change_summary: str
+    predictor: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float | None:
+        return self.result.mean
+
+    @property
+    def delta(self) -> float | None:
+        if self.score is None or self.parent_score is None:
+            return None
+        return self.score - self.parent_score
+
+
+class Strategy(Teleprompter, abc.ABC):
+    """Base class of every strategy: a DSPy teleprompter usable alone or inside `Reflex`.
+
+    Subclasses set `name`, accept their parameters as keyword arguments (stored as attributes,
+    so `get_params()` reports them), and implement `start`, `step`, `state_dict` and
+    `load_state_dict`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, metric: Any = None, **params: Any) -> None:
+        super().__init__()
+        self.metric = metric
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: list[dspy.Example],
+        valset: list[dspy.Example] | None = None,
+        teacher: dspy.Module | None = None,
+        **kwargs: Any,
+    ) -> dspy.Module:
+        """Optimize `student` with this strategy alone, through the one run lifecycle.
+
+        Like DSPy's own teleprompters, the trainset is used for the search and `valset` (when
+        given) for selection; nothing is held out unless `train_ratio` says so.
+        """
+        from reflex_dspy.reflex import Reflex
+
+        kwargs.setdefault("train_ratio", 1.0)
+        kwargs.setdefault("val_ratio", 0.0)
+        return Reflex(metric=self.metric, strategy=self, **kwargs).compile(
+            student, trainset=trainset, valset=valset, teacher=teacher
+        )
+
+    # -- the lifecycle's hooks ---------------------------------------------------------
+    @abc.abstractmethod
+    def start(self, ctx: SearchContext, initial: Candidate) -> None:
+        """Called once before the first iteration (not again on resume)."""
+
+    @abc.abstractmethod
+    def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        """Produce iteration `iteration`'s candidate, scored on `batch` through `ctx.evaluate`."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume mid-run, as JSON-serialisable data."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict()` returned."""

@@ -1,0 +1,147 @@
+"""Iterative reflective rewrites with a causal rewrite log.
+
+Each iteration takes the current candidate, shows the reasoning model its worst examples
+(inputs, outputs, gold, metric feedback) plus facts computed from the data and the log of
+earlier changes with their measured effects, and asks for one revised instruction. The change
+is scored on the same batch as its parent, so each log line's Δ belongs to that change alone.
+A change is kept only if it helped; otherwise the next proposal starts from the parent again,
+with the failed attempt visible in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_failures
+from reflex_dspy.strategies.base import SearchContext, Step, Strategy
+
+NO_EFFECT = 0.005  # |Δ| at or below this is "no effect"
+
+
+@dataclass
+class LogEntry:
+    """One line of the causal rewrite log."""
+
+    iteration: int
+    predictor: str | None
+    score: float
+    delta: float
+    summary: str
+
+    @property
+    def verdict(self) -> str:
+        if self.delta > NO_EFFECT:
+            return "✓ helped"
+        if self.delta < -NO_EFFECT:
+            return "✗ hurt"
+        return "✗ no effect"
+
+    def line(self) -> str:
+        where = f" [{self.predictor}]" if self.predictor else ""
+        return f"Iter {self.iteration}{where} (score {self.score:.4f}, Δ{self.delta:+.4f} — {self.verdict}): {self.summary}"
+
+
+def render_log(entries: Sequence[LogEntry]) -> str:
+    return "Rewrite history:\n" + "\n".join(e.line() for e in entries) if entries else ""
+
+
+class Iterative(Strategy):
+    """Reflective instruction rewriting; see the module docstring.
+
+    Parameters: `bottom_k` (10) worst examples shown per proposal; `predictor_order`
+    ("round_robin" or "worst_first") for programs with several optimizable predictors.
+    """
+
+    name = "iterative"
+
+    def __init__(self, metric: Any = None, *, bottom_k: int = 10, predictor_order: str = "round_robin"):
+        if predictor_order not in ("round_robin", "worst_first"):
+            raise ValueError("predictor_order must be 'round_robin' or 'worst_first'")
+        super().__init__(metric, bottom_k=bottom_k, predictor_order=predictor_order)
+        self.current: Candidate | None = None
+        self.log: list[LogEntry] = []
+        self.turn = 0
+
+    def start(self, ctx: SearchContext, initial: Candidate) -> None:
+        self.current = initial
+        self.log = []
+        self.turn = 0
+
+    def _pick_predictor(self, ctx: SearchContext, failures) -> str:
+        names = ctx.predictor_names
+        if self.predictor_order == "worst_first" and len(names) > 1:
+            # Worst-blamed first: the predictor that ran in the most failing examples.
+            counts = {n: sum(any(s["predictor"] == n for s in r.trace) for r in failures) for n in names}
+            return max(names, key=lambda n: (counts[n], -names.index(n)))
+        name = names[self.turn % len(names)]
+        self.turn += 1
+        return name
+
+    def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        parent = self.current
+        parent_eval = ctx.evaluate(parent, batch, label=f"iter {iteration}: current")
+        failures = [r for r in parent_eval.worst(self.bottom_k) if r.score < 1.0] or parent_eval.worst(self.bottom_k)
+        predictor = self._pick_predictor(ctx, failures)
+        by_id = ctx.examples_by_id
+        facts = ctx.facts.get(predictor)
+        gold = {r.example_id: by_id[r.example_id] for r in failures}
+        history = render_log(self.log)
+        try:
+            proposal = ctx.proposer.propose_instruction(
+                current=parent.predictors[predictor].instructions,
+                facts=facts,
+                failures=format_failures(failures, gold, predictor if len(ctx.predictor_names) > 1 else None),
+                differences=compare_outputs(facts, failures, {}) if facts else "",
+                history=history,
+                step_name=predictor,
+            )
+        except ProposalRejected as exc:
+            # Nothing usable came back: record an honest no-change iteration (its score is the
+            # parent's, from the cache) rather than adopting a broken prompt.
+            return Step(parent, parent_eval, parent_eval.mean, f"No proposal adopted: {exc}",
+                        "no valid proposal (parent kept)", predictor, {"rejected": str(exc)})
+        candidate = parent.with_instructions(predictor, proposal.instructions)
+        result = ctx.evaluate(candidate, batch, label=f"iter {iteration}: proposal")
+        step = Step(
+            candidate,
+            result,
+            parent_eval.mean,
+            reasoning=self._reasoning(proposal, history),
+            change_summary=proposal.change_summary,
+            predictor=predictor,
+            details={"repaired": proposal.repaired, "attempts": proposal.attempts},
+        )
+        if step.score is not None and step.delta is not None:
+            entry = LogEntry(iteration, predictor if len(ctx.predictor_names) > 1 else None,
+                             step.score, step.delta, proposal.change_summary)
+            self.log.append(entry)
+            if step.delta > NO_EFFECT:
+                self.current = candidate
+        return step
+
+    @staticmethod
+    def _reasoning(proposal, history: str) -> str:
+        parts = [f"Failure patterns: {proposal.failure_patterns or '(none given)'}",
+                 f"Change: {proposal.change_summary}"]
+        if proposal.repaired:
+            parts.append(f"Repaired (the proposal dropped a fact computed from the data): {proposal.repaired}")
+        if history:
+            parts.append(history)
+        return "\n\n".join(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "current": self.current.to_dict() if self.current else None,
+            "log": [asdict(e) for e in self.log],
+            "turn": self.turn,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.current = Candidate.from_dict(state["current"]) if state.get("current") else None
+        self.log = [LogEntry(**e) for e in state.get("log", [])]
+        self.turn = state.get("turn", 0)

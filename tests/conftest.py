@@ -1,0 +1,89 @@
+"""Shared fixtures: a routing task whose score depends on the instructions the model receives."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="reflex-dspy-test-cache-"))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import dspy  # noqa: E402
+import pytest  # noqa: E402
+from fakes import fake_lm  # noqa: E402
+
+KEYWORDS = {
+    "billing": ["charged", "invoice", "refund", "price", "card"],
+    "shipping": ["delivery", "package", "parcel", "courier", "order"],
+    "technical": ["crash", "error", "slow", "broken", "freezes"],
+}
+LABELS = list(KEYWORDS)
+
+
+def truth(text: str) -> str:
+    text = text.lower()
+    return next(label for label, words in KEYWORDS.items() if any(w in text for w in words))
+
+
+def routing_examples(n_per_label: int = 8) -> list[dspy.Example]:
+    """Distinct messages per label; the fake task model routes them by keyword."""
+    out = []
+    for i in range(n_per_label):
+        for label, words in KEYWORDS.items():
+            text = f"Customer {i}: my {words[i % len(words)]} issue number {i} needs help ({label[:2]}{i})."
+            out.append(dspy.Example(input=text, output=label).with_inputs("input"))
+    return out
+
+
+def routing_respond(system: str, messages: list[dict]) -> str:
+    """The fake task model.
+
+    - instructions that say "verbose": always a sentence (wrong under `exact`);
+    - instructions listing every label: the bare correct label;
+    - otherwise: the bare label only for billing messages, a sentence for the rest.
+    """
+    text = messages[-1]["content"]
+    label = truth(text)
+    s = system.lower()
+    if "verbose" in s:
+        return f"I believe this message concerns {label}, and here is why at length."
+    if all(lbl in s for lbl in LABELS):
+        return label
+    return label if label == "billing" else f"This is about {label}."
+
+
+class ScriptedReasoner:
+    """The fake reasoning model: returns scripted proposals in order, records what it was shown.
+
+    A string becomes the revised instructions of a well-formed reply; "RAW:..." is sent as is.
+    """
+
+    def __init__(self, proposals: list[str | dict]):
+        self.proposals = list(proposals)
+        self.seen: list[str] = []
+
+    def __call__(self, system: str, messages: list[dict]) -> str:
+        self.seen.append(system + "\n" + "\n".join(m["content"] for m in messages))
+        n = len(self.seen) - 1
+        item = self.proposals[min(n, len(self.proposals) - 1)]
+        if isinstance(item, dict):
+            return json.dumps(item)
+        if item.startswith("RAW:"):
+            return item.removeprefix("RAW:")
+        return json.dumps({
+            "failure_patterns": "outputs are sentences, not labels",
+            "change_summary": f"proposal {n + 1}",
+            "revised_instructions": item,
+        })
+
+
+@pytest.fixture
+def task_lm():
+    return fake_lm(routing_respond)
+
+
+@pytest.fixture
+def examples():
+    return routing_examples()

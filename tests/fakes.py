@@ -1,0 +1,67 @@
+"""Deterministic fake LM engines for fast unit tests (never used by the product).
+
+A fake engine answers from the text it receives, so a better prompt really scores better:
+`respond(system, messages) -> str` sees the system prompt (the instructions) and the turns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+
+import dspy
+from dspy.lm15 import Message, Response, TextPart, Usage
+
+Respond = Callable[[str, list[dict]], str]
+_ids = itertools.count()
+
+
+class FakeEngine:
+    """A dspy 3.4 custom engine: `complete(Request) -> Response` from a Python function."""
+
+    supports_response_schema = False
+
+    def __init__(self, respond: Respond, error: Callable[[int], Exception | None] | None = None):
+        self.respond = respond
+        self.error = error  # error(call_number) -> exception to raise, for fault tests
+        self.calls = 0
+        self.requests: list[tuple[str, list[dict]]] = []
+        self._lock = threading.Lock()
+
+    def complete(self, request):
+        system = request.system if isinstance(request.system, str) or request.system is None else "".join(
+            p.text for p in request.system
+        )
+        messages = [{"role": m.role, "content": m.text or ""} for m in request.messages]
+        with self._lock:
+            self.calls += 1
+            number = self.calls
+            self.requests.append((system or "", messages))
+        if self.error is not None and (exc := self.error(number)) is not None:
+            raise exc
+        text = self.respond(system or "", messages)
+        n_in = sum(len(m["content"].split()) for m in messages) + len((system or "").split())
+        return Response(
+            id=None,
+            model="fake",
+            message=Message.assistant((TextPart(text),)),
+            finish_reason="stop",
+            usage=Usage(input_tokens=n_in, output_tokens=len(text.split()), total_tokens=n_in + len(text.split())),
+        )
+
+    def stream(self, request):
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self):
+        pass
+
+
+def fake_lm(respond: Respond, name: str | None = None, **engine_kwargs) -> dspy.LM:
+    """A `dspy.LM` backed by `FakeEngine`, with DSPy's cache off and no inner retries."""
+    engine = FakeEngine(respond, **engine_kwargs)
+    lm = dspy.LM(name or f"fake/model-{next(_ids)}", engine=engine, cache=False, num_retries=0)
+    lm.fake_engine = engine
+    return lm

@@ -1,0 +1,129 @@
+"""The one evaluator: cache, accounting, parallelism, retries, failures, budget."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import routing_examples, routing_respond
+from dspy.lm15 import AuthError, RateLimitError, ServerError
+from fakes import fake_lm
+
+from reflex_dspy.adapters import program_from_prompt
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.data import example_id
+from reflex_dspy.errors import BudgetExhausted, ProviderAuthError
+from reflex_dspy.evaluation import Evaluator, RetryPolicy, classify_error
+from reflex_dspy.metrics import resolve_metric
+
+FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
+LABELLED = "Answer with one word: billing, shipping or technical."
+
+
+def make(respond=routing_respond, **kwargs):
+    program = program_from_prompt("Say which team should handle the message.")
+    lm = fake_lm(respond, error=kwargs.pop("error", None))
+    ev = Evaluator(program, resolve_metric("exact"), task_lm=lm, retry=FAST_RETRY, **kwargs)
+    return ev, Candidate.from_program(program), lm
+
+
+def test_scores_by_example_id_and_cache_never_pays_twice():
+    ev, cand, lm = make()
+    examples = routing_examples(4)
+    first = ev.evaluate(cand, examples)
+    assert first.n == 12 and first.mean == pytest.approx(1 / 3)
+    assert list(first.results) == [example_id(ex) for ex in examples]
+    calls = lm.fake_engine.calls
+    again = ev.evaluate(cand, examples)
+    assert lm.fake_engine.calls == calls  # nothing paid again
+    assert again.cache_hits == 12 and again.scores == first.scores
+    better = ev.evaluate(cand.with_instructions("predict", LABELLED), examples)
+    assert better.mean == 1.0
+    assert lm.fake_engine.calls == calls + 12
+    assert ev.usage.metric_calls == 24 and ev.usage.cache_hits == 12
+    assert ev.usage.lm_calls == 24 and ev.usage.eval_tokens > 0
+
+
+def test_worst_examples_carry_outputs_and_feedback():
+    ev, cand, _ = make()
+    result = ev.evaluate(cand, routing_examples(2))
+    worst = result.worst(2)
+    assert all(r.score == 0.0 for r in worst)
+    assert worst[0].output["output"].startswith("This is about")
+    assert worst[0].feedback and "expected" in worst[0].feedback
+    assert worst[0].trace and worst[0].trace[0]["predictor"] == "predict"
+
+
+def test_transient_errors_are_retried_then_succeed():
+    # With one worker, every odd-numbered call is rate-limited and its retry succeeds.
+    def flaky(call_no):
+        return RateLimitError("429 slow down") if call_no % 2 == 1 else None
+
+    ev, cand, lm = make(error=flaky, max_workers=1)
+    result = ev.evaluate(cand, routing_examples(2))
+    assert result.n_failed == 0 and result.mean == pytest.approx(1 / 3)
+    assert ev.usage.retries == 6
+
+
+def test_persistent_failures_are_recorded_as_failed_not_zero():
+    ev, cand, _ = make(error=lambda n: ServerError("503 unavailable"))
+    result = ev.evaluate(cand, routing_examples(1))
+    assert result.n_failed == 3 and result.mean is None and result.scores == {}
+    assert all("ServerError" in r.error for r in result.results.values())
+    assert ev.usage.failed == 3 and ev.usage.retries == 3 * (FAST_RETRY.max_attempts - 1)
+    # Failures are not cached: a later evaluation tries again.
+    assert ev.evaluate(cand, routing_examples(1)).n_failed == 3
+
+
+def test_auth_errors_stop_the_run():
+    ev, cand, _ = make(error=lambda n: AuthError("401 invalid api key"))
+    with pytest.raises(ProviderAuthError, match="refused the credentials"):
+        ev.evaluate(cand, routing_examples(1))
+
+
+def test_classify_error_by_status_and_name():
+    class Http(Exception):
+        def __init__(self, status):
+            self.status_code = status
+
+    assert classify_error(Http(429)) == "transient"
+    assert classify_error(Http(503)) == "transient"
+    assert classify_error(Http(403)) == "auth"
+    assert classify_error(ValueError("bad")) == "fatal"
+    wrapped = RuntimeError("outer")
+    wrapped.__cause__ = Http(401)
+    assert classify_error(wrapped) == "auth"
+
+
+def test_budget_refuses_to_overspend_and_excludes_reporting_calls():
+    ev, cand, _ = make(budget=10)
+    examples = routing_examples(4)  # 12 examples
+    ev.evaluate(cand, examples, budgeted=False)  # reporting: not counted
+    assert ev.budget_left == 10
+    with pytest.raises(BudgetExhausted):
+        ev.evaluate(cand.with_instructions("predict", LABELLED), examples)
+    ev.evaluate(cand.with_instructions("predict", LABELLED), examples[:10])
+    assert ev.budget_left == 0
+    ev.evaluate(cand.with_instructions("predict", LABELLED), examples[:10])  # all cached: free
+
+
+def test_parallel_workers_overlap_slow_calls():
+    def slow(system, messages):
+        time.sleep(0.05)
+        return routing_respond(system, messages)
+
+    ev, cand, _ = make(respond=slow, max_workers=8)
+    start = time.perf_counter()
+    ev.evaluate(cand, routing_examples(8))  # 24 calls of 50 ms
+    assert time.perf_counter() - start < 24 * 0.05 / 2
+
+
+def test_state_round_trip_keeps_the_cache():
+    ev, cand, lm = make()
+    ev.evaluate(cand, routing_examples(2))
+    state = ev.state_dict()
+    ev2, _, lm2 = make()
+    ev2.load_state_dict(state)
+    again = ev2.evaluate(cand, routing_examples(2))
+    assert lm2.fake_engine.calls == 0 and again.cache_hits == 6
+    assert ev2.usage.metric_calls == ev.usage.metric_calls

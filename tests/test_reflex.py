@@ -1,0 +1,142 @@
+"""The run lifecycle and the iterative strategy, end to end on deterministic fake models."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+from conftest import LABELS, ScriptedReasoner, routing_examples, routing_respond
+from fakes import fake_lm
+
+from reflex_dspy import Reflex
+from reflex_dspy.adapters import program_from_prompt
+from reflex_dspy.errors import UsageError
+from reflex_dspy.strategies import Iterative, list_strategies
+
+INITIAL = "Say which team should handle the message."
+GOOD = "Route the message. Answer with one word: billing, shipping or technical."
+VERBOSE = "Be verbose. Explain which of billing, shipping, technical applies."
+
+
+def run(proposals, *, examples=None, **kwargs):
+    reasoner = ScriptedReasoner(proposals)
+    task = fake_lm(routing_respond)
+    opt = Reflex(
+        "exact", strategy="iterative", task_lm=task, reasoning_lm=fake_lm(reasoner), max_workers=2, **kwargs
+    )
+    program = opt.compile(program_from_prompt(INITIAL), trainset=examples or routing_examples())
+    return program, reasoner, task
+
+
+def test_iterative_finds_the_better_prompt_and_returns_exactly_the_selected_one():
+    program, _, task = run([GOOD], max_iterations=2, early_stopping_patience=0, score_threshold=1.0)
+    result = program.result
+    billing = sum(s["expected"]["output"] == "billing" for s in result.baseline.samples)
+    assert result.baseline.mean == pytest.approx(billing / result.baseline.n)
+    assert result.final.mean == 1.0
+    assert result.selected_iteration == 1
+    # The returned program, the best prompt and the recorded candidate are the same thing.
+    assert program.predict.signature.instructions == GOOD == result.best_prompt
+    assert result.candidate["predict"]["instructions"] == GOOD
+    assert result.stop_reason.startswith("score threshold")
+    # The program really answers with labels now.
+    task.fake_engine.requests.clear()
+    with dspy.context(lm=task):
+        assert program(input="my invoice is wrong").output == "billing"
+    assert task.fake_engine.requests[0][0] == GOOD
+
+
+def test_causal_log_attributes_each_delta_to_its_own_change():
+    program, reasoner, _ = run([VERBOSE, GOOD], max_iterations=2, early_stopping_patience=0, train_ratio=1.0,
+                               val_ratio=0.0)
+    first, second = program.result.iterations
+    assert first.delta == pytest.approx(-1 / 3, abs=0.01)  # verbose hurt relative to the initial prompt
+    # The hurtful change was not kept: the second proposal is measured against the initial prompt again.
+    assert second.delta == pytest.approx(2 / 3, abs=0.01)
+    # The log shown to the reasoning model for the second proposal names the first change and its verdict.
+    assert "Iter 1 (score 0.0000, Δ-0.3333 — ✗ hurt): proposal 1" in reasoner.seen[1]
+    assert "Rewrite history" not in reasoner.seen[0]
+    assert "✗ hurt" in second.reasoning
+
+
+def test_grounding_facts_reach_the_reasoner_and_repair_a_dropped_label_set():
+    program, reasoner, _ = run(["Answer briefly with the team name."], max_iterations=1, train_ratio=1.0,
+                               val_ratio=0.0)
+    shown = reasoner.seen[0]
+    assert all(f'"{label}"' in shown for label in LABELS)  # the exact label set, computed from the data
+    record = program.result.iterations[0]
+    assert record.details["repaired"] and all(label in record.system_prompt["predict"] for label in LABELS)
+    assert record.score == 1.0
+
+
+def test_selection_uses_val_never_test_and_keeps_initial_when_nothing_beats_it():
+    program, _, _ = run([VERBOSE], max_iterations=2, early_stopping_patience=0)
+    result = program.result
+    assert result.selected_iteration == 0
+    assert result.selected_by == "val"
+    assert program.predict.signature.instructions == INITIAL
+    assert result.final.mean == result.baseline.mean
+    assert result.significance.p_value == 1.0 or result.significance.p_value is None
+
+
+def test_early_stopping_counts_ties_as_no_improvement():
+    program, _, _ = run([VERBOSE, VERBOSE + " Really.", VERBOSE + " Truly.", GOOD], max_iterations=6,
+                        early_stopping_patience=2)
+    result = program.result
+    assert len(result.iterations) == 2
+    assert result.early_stopped
+
+
+def test_unparseable_proposals_are_rejected_never_adopted():
+    program, reasoner, _ = run(["", "RAW:not json at all {", "RAW:"], max_iterations=1, train_ratio=1.0, val_ratio=0.0)
+    record = program.result.iterations[0]
+    assert record.change_summary.startswith("no valid proposal")
+    assert record.system_prompt["predict"] == INITIAL
+    assert len(reasoner.seen) >= 3  # retried
+
+
+def test_minibatches_are_seeded_and_full_eval_steps_mark_iterations():
+    program, _, _ = run([GOOD], max_iterations=3, batch_size=4, full_eval_steps=2, early_stopping_patience=0,
+                        score_threshold=1.0, val_ratio=0.0)
+    records = program.result.iterations
+    assert [r.batch_size for r in records][:1] == [4]
+    assert all(r.is_full_eval == (r.iteration % 2 == 0) for r in records)
+
+
+def test_budget_stops_the_search_at_the_metric_call_limit():
+    program, _, _ = run([VERBOSE, GOOD], max_iterations=5, max_metric_calls=30, early_stopping_patience=0)
+    result = program.result
+    assert result.stop_reason == "metric-call budget spent"
+    assert 0 < result.usage["search_calls"] <= 30
+    assert result.usage["metric_calls"] <= result.usage["search_calls"] + 2 * result.split_sizes["test"]
+
+
+def test_summary_numbers_come_from_the_result():
+    program, _, _ = run([GOOD], max_iterations=1)
+    result = program.result
+    text = result.summary()
+    assert f"{result.baseline.mean:.4f}" in text and f"{result.final.mean:.4f}" in text
+    assert "Train/val/test" in text and "Significance" in text
+    assert program.trial_logs[1]["change_summary"] == "proposal 1"
+    assert program.candidate_programs[0]["iteration"] == 1
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(UsageError, match="max_iterations"):
+        Reflex("exact", max_iterations=0)
+    with pytest.raises(UsageError, match="unknown strategy 'nope'.*iterative"):
+        Reflex("exact", strategy="nope")
+    with pytest.raises(UsageError, match="val_ratio"):
+        Reflex("exact", train_ratio=0.5, val_ratio=0.6)
+
+
+def test_strategy_is_a_teleprompter_usable_alone():
+    reasoner = ScriptedReasoner([GOOD])
+    strategy = Iterative(metric="exact", bottom_k=3)
+    assert strategy.get_params()["bottom_k"] == 3
+    with dspy.context(lm=fake_lm(routing_respond)):
+        better = strategy.compile(
+            program_from_prompt(INITIAL), trainset=routing_examples(4), reasoning_lm=fake_lm(reasoner),
+            max_iterations=1,
+        )
+    assert better.predict.signature.instructions == GOOD
+    assert "iterative" in list_strategies()
