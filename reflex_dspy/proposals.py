@@ -36,6 +36,31 @@ def strip_log_lines(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not _LOG_LINE.match(line)).strip()
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def salvage(text: str, truncated: bool) -> tuple[str, str | None]:
+    """Drop repeated sentences and, when the reply hit max_tokens, its cut-off tail.
+
+    Small models often loop on one sentence until the token limit; the sentences before the
+    loop are usually a fine instruction. Returns the text and a note of what was dropped.
+    """
+    sentences = [x for x in _SENTENCE_END.split(text.strip()) if x]
+    dropped = []
+    if truncated and sentences and not sentences[-1].rstrip().endswith((".", "!", "?", ":", ")")):
+        sentences.pop()
+        dropped.append("a truncated tail")
+    kept, seen = [], set()
+    for sentence in sentences:
+        key = " ".join(sentence.lower().split())
+        if key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    if len(kept) < len(sentences):
+        dropped.append(f"{len(sentences) - len(kept)} repeated sentences")
+    return " ".join(kept), ("dropped " + " and ".join(dropped)) if dropped else None
+
+
 def derived_summary(before: str, after: str) -> str:
     """A factual one-line summary when the reasoning model gave none usable."""
     return f"rewrote the instructions ({len(before.split())} → {len(after.split())} words)"
@@ -108,8 +133,9 @@ class TaskFacts:
     def describe(self) -> str:
         lines = []
         if self.labels:
-            listed = ", ".join(f'"{label}" ({n})' for label, n in self.labels.items())
-            lines.append(f"The expected `{self.field}` is always exactly one of these labels: {listed}.")
+            lines.append(f"The expected `{self.field}` is always exactly one of: {', '.join(self.labels)}.")
+            counts = ", ".join(f"{label} {n}" for label, n in self.labels.items())
+            lines.append(f"(How often each occurs in the training data: {counts}.)")
         else:
             lines.append(f"Expected `{self.field}` values have a median length of {self.median_words:g} words.")
         if self.pattern:
@@ -197,6 +223,7 @@ class Proposal:
     failure_patterns: str
     repaired: str | None = None
     attempts: int = 1
+    salvaged: str | None = None
 
 
 class Proposer:
@@ -209,17 +236,16 @@ class Proposer:
         self.source_model = source_model
         self.attempts = attempts
 
-    def _run(self, signature: type[dspy.Signature], attempt: int, **inputs: Any) -> dspy.Prediction:
+    def _run(self, signature: type[dspy.Signature], attempt: int, **inputs: Any) -> tuple[dspy.Prediction, bool]:
+        """One reply and whether it was cut off at max_tokens (JSON repair hides that otherwise)."""
         # A retry must really ask again: vary the rollout id (and warm the temperature) so
         # neither DSPy's cache nor greedy decoding hands back the rejected reply.
         lm = self.lm if attempt == 0 else self.lm.copy(rollout_id=attempt, temperature=0.7)
         seen = len(lm.history)
         with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), self.evaluator.reasoning():
             reply = dspy.Predict(signature)(**inputs)
-        # JSON repair would silently complete a reply cut off at max_tokens: refuse it instead.
-        if any(getattr(h.get("response"), "finish_reason", None) == "length" for h in lm.history[seen:]):
-            raise ProposalRejected("reply truncated at max_tokens")
-        return reply
+        truncated = any(getattr(h.get("response"), "finish_reason", None) == "length" for h in lm.history[seen:])
+        return reply, truncated
 
     def propose_instruction(
         self,
@@ -240,7 +266,7 @@ class Proposer:
         reasons = []
         for attempt in range(self.attempts):
             try:
-                reply = self._run(
+                reply, truncated = self._run(
                     ProposeInstruction,
                     attempt,
                     step_name=step_name,
@@ -252,7 +278,7 @@ class Proposer:
             except Exception as exc:  # parse failures, truncation, provider errors: retry, then reject
                 reasons.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
                 continue
-            text = strip_log_lines(reply.revised_instructions or "")
+            text, salvaged = salvage(strip_log_lines(reply.revised_instructions or ""), truncated)
             if not text:
                 reasons.append("empty instructions")
                 continue
@@ -260,7 +286,8 @@ class Proposer:
                 reasons.append("unchanged instructions")
                 continue
             summary = " ".join(strip_log_lines(reply.change_summary or "").split()) or derived_summary(current, text)
-            proposal = Proposal(text, summary, (reply.failure_patterns or "").strip(), attempts=attempt + 1)
+            patterns = salvage(reply.failure_patterns or "", truncated)[0]
+            proposal = Proposal(text, summary, patterns, attempts=attempt + 1, salvaged=salvaged)
             if facts is not None and (fix := facts.missing_from(text)):
                 proposal.instructions = f"{text}\n\n{fix}"
                 proposal.repaired = fix

@@ -146,7 +146,7 @@ class RunResult:
             f"reasoning {u['reasoning_calls']} calls / {_fmt_tokens(u['reasoning_tokens'])} tokens"
         )
         lines.append(
-            f"Metric calls   : {u['metric_calls']} paid, {u['cache_hits']} from cache, "
+            f"Metric calls   : {u['metric_calls']} evaluated, {u['cache_hits']} reused from the run cache, "
             f"{u['failed']} failed, {u['retries']} retries"
         )
         lines.append(f"Duration       : {self.duration_seconds:.1f}s")

@@ -62,7 +62,9 @@ def test_grounding_facts_reach_the_reasoner_and_repair_a_dropped_label_set():
     program, reasoner, _ = run(["Answer briefly with the team name."], max_iterations=1, train_ratio=1.0,
                                val_ratio=0.0)
     shown = reasoner.seen[0]
-    assert all(f'"{label}"' in shown for label in LABELS)  # the exact label set, computed from the data
+    # The exact label set, computed from the data, is stated to the reasoning model.
+    line = next(x for x in shown.splitlines() if "always exactly one of:" in x)
+    assert sorted(line.split("one of:")[1].strip(" .").split(", ")) == sorted(LABELS)
     record = program.result.iterations[0]
     assert record.details["repaired"] and all(label in record.system_prompt["predict"] for label in LABELS)
     assert record.score == 1.0
@@ -84,6 +86,15 @@ def test_early_stopping_counts_ties_as_no_improvement():
     result = program.result
     assert len(result.iterations) == 2
     assert result.early_stopped
+
+
+def test_looping_truncated_reply_is_salvaged_not_adopted_verbatim():
+    from reflex_dspy.proposals import salvage
+
+    text, note = salvage("Answer with one label. Be brief. Be brief. Be brief. Be bri", truncated=True)
+    assert text == "Answer with one label. Be brief."
+    assert note == "dropped a truncated tail and 2 repeated sentences"
+    assert salvage("Complete sentence.", truncated=False) == ("Complete sentence.", None)
 
 
 def test_unparseable_proposals_are_rejected_never_adopted():

@@ -114,7 +114,7 @@ class Iterative(Strategy):
             reasoning=self._reasoning(proposal, history),
             change_summary=proposal.change_summary,
             predictor=predictor,
-            details={"repaired": proposal.repaired, "attempts": proposal.attempts},
+            details={"repaired": proposal.repaired, "salvaged": proposal.salvaged, "attempts": proposal.attempts},
         )
         if step.score is not None and step.delta is not None:
             entry = LogEntry(iteration, predictor if len(ctx.predictor_names) > 1 else None,
@@ -128,6 +128,8 @@ class Iterative(Strategy):
     def _reasoning(proposal, history: str) -> str:
         parts = [f"Failure patterns: {proposal.failure_patterns or '(none given)'}",
                  f"Change: {proposal.change_summary}"]
+        if proposal.salvaged:
+            parts.append(f"Salvaged the reply (it looped or hit the token limit): {proposal.salvaged}")
         if proposal.repaired:
             parts.append(f"Repaired (the proposal dropped a fact computed from the data): {proposal.repaired}")
         if history:
