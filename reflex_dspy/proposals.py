@@ -61,6 +61,19 @@ def salvage(text: str, truncated: bool) -> tuple[str, str | None]:
     return " ".join(kept), ("dropped " + " and ".join(dropped)) if dropped else None
 
 
+COPY_WORDS = 8  # a run of this many words shared with the examples is copying, not instructing
+
+
+def _shingles(text: str, n: int = COPY_WORDS) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def copies_data(proposal: str, data: str, current: str) -> bool:
+    """Whether `proposal` copies a long run of words from the example data (not from `current`)."""
+    return bool((_shingles(proposal) & _shingles(data)) - _shingles(current))
+
+
 def derived_summary(before: str, after: str) -> str:
     """A factual one-line summary when the reasoning model gave none usable."""
     return f"rewrote the instructions ({len(before.split())} → {len(after.split())} words)"
@@ -224,6 +237,7 @@ class Proposal:
     repaired: str | None = None
     attempts: int = 1
     salvaged: str | None = None
+    rejected: str | None = None  # why the model's replies were refused, when this is a fallback
 
 
 class Proposer:
@@ -285,6 +299,9 @@ class Proposer:
             if text == current.strip():
                 reasons.append("unchanged instructions")
                 continue
+            if copies_data(text, failures, current):
+                reasons.append("copied example text instead of writing instructions")
+                continue
             summary = " ".join(strip_log_lines(reply.change_summary or "").split()) or derived_summary(current, text)
             patterns = salvage(reply.failure_patterns or "", truncated)[0]
             proposal = Proposal(text, summary, patterns, attempts=attempt + 1, salvaged=salvaged)
@@ -292,4 +309,15 @@ class Proposer:
                 proposal.instructions = f"{text}\n\n{fix}"
                 proposal.repaired = fix
             return proposal
-        raise ProposalRejected("; ".join(reasons))
+        fix = facts.missing_from(current) if facts is not None else None
+        if fix is None:
+            raise ProposalRejected("; ".join(reasons))
+        # Every reply was rejected, but the data tells us what the instructions lack: state it.
+        return Proposal(
+            f"{current.strip()}\n\n{fix}",
+            "stated the output format computed from the data (the reasoning model's proposals were rejected)",
+            "",
+            repaired=fix,
+            attempts=self.attempts,
+            rejected="; ".join(reasons),
+        )

@@ -98,11 +98,25 @@ def test_looping_truncated_reply_is_salvaged_not_adopted_verbatim():
 
 
 def test_unparseable_proposals_are_rejected_never_adopted():
-    program, reasoner, _ = run(["", "RAW:not json at all {", "RAW:"], max_iterations=1, train_ratio=1.0, val_ratio=0.0)
+    # The initial prompt already states the labels, so no grounded fallback applies either.
+    reasoner = ScriptedReasoner(["", "RAW:not json at all {", "RAW:"])
+    opt = Reflex("exact", task_lm=fake_lm(routing_respond), reasoning_lm=fake_lm(reasoner), max_iterations=1,
+                 train_ratio=1.0, val_ratio=0.0)
+    program = opt.compile(program_from_prompt(GOOD), trainset=routing_examples())
     record = program.result.iterations[0]
     assert record.change_summary.startswith("no valid proposal")
-    assert record.system_prompt["predict"] == INITIAL
-    assert len(reasoner.seen) >= 3  # retried
+    assert record.system_prompt["predict"] == GOOD
+    assert len(reasoner.seen) == 3  # retried
+
+
+def test_rejected_proposals_fall_back_to_stating_the_computed_label_set():
+    parrot = "Customer 0: my delivery issue number 0 needs help (sh0), so route it"
+    program, reasoner, _ = run(["", parrot, "RAW:{"], max_iterations=1, train_ratio=1.0, val_ratio=0.0)
+    record = program.result.iterations[0]
+    assert "copied example text" in record.details["rejected"]
+    assert record.system_prompt["predict"].startswith(INITIAL)
+    assert all(label in record.system_prompt["predict"] for label in LABELS)
+    assert record.score == 1.0 and "proposals were rejected" in record.change_summary
 
 
 def test_minibatches_are_seeded_and_full_eval_steps_mark_iterations():

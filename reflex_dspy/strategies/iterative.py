@@ -114,7 +114,8 @@ class Iterative(Strategy):
             reasoning=self._reasoning(proposal, history),
             change_summary=proposal.change_summary,
             predictor=predictor,
-            details={"repaired": proposal.repaired, "salvaged": proposal.salvaged, "attempts": proposal.attempts},
+            details={"repaired": proposal.repaired, "salvaged": proposal.salvaged, "rejected": proposal.rejected,
+                     "attempts": proposal.attempts},
         )
         if step.score is not None and step.delta is not None:
             entry = LogEntry(iteration, predictor if len(ctx.predictor_names) > 1 else None,
@@ -126,7 +127,8 @@ class Iterative(Strategy):
 
     @staticmethod
     def _reasoning(proposal, history: str) -> str:
-        parts = [f"Failure patterns: {proposal.failure_patterns or '(none given)'}",
+        parts = [f"Rejected replies: {proposal.rejected}"] if proposal.rejected else []
+        parts += [f"Failure patterns: {proposal.failure_patterns or '(none given)'}",
                  f"Change: {proposal.change_summary}"]
         if proposal.salvaged:
             parts.append(f"Salvaged the reply (it looped or hit the token limit): {proposal.salvaged}")
