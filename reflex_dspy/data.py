@@ -301,21 +301,21 @@ def _record_to_example(
     return dspy.Example(**fields).with_inputs("input")
 
 
-def _read_text(path: Path) -> str:
-    """The file's text, or a one-line UsageError saying why it cannot be read."""
+def read_text_file(path: Path, kind: str) -> str:
+    """The UTF-8 text of a user's `kind` file ("dataset", "prompt", ...), or a one-line UsageError."""
     if not path.exists():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such {kind} file")
     if path.is_dir():
-        raise UsageError(f"{path}: is a directory, not a dataset file")
+        raise UsageError(f"{path}: is a directory, not a {kind} file")
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise UsageError(f"{path}: cannot read {kind} file ({exc.strerror or exc})") from None
     try:
         return raw.decode("utf-8-sig")  # tolerate the BOM spreadsheet tools write
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
+        raise UsageError(f"{path}:{line}: {kind} file is not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
 
 
 def _jsonl_records(path: Path, text: str) -> Iterable[tuple[str, Any]]:
@@ -381,7 +381,7 @@ def load_dataset(
     label-free data (judge-only runs).
     """
     path = Path(path)
-    text = _read_text(path)
+    text = read_text_file(path, "dataset")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         records = _csv_records(path, text, "\t" if suffix == ".tsv" else ",")

@@ -299,7 +299,7 @@ class Proposer:
             if text == current.strip():
                 reasons.append("unchanged instructions")
                 continue
-            if copies_data(text, failures, current):
+            if copies_data(text, f"{failures}\n{history}", current):
                 reasons.append("copied example text instead of writing instructions")
                 continue
             summary = " ".join(strip_log_lines(reply.change_summary or "").split()) or derived_summary(current, text)

@@ -202,7 +202,7 @@ def test_data_id_field_is_kept(tmp_path):
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.jsonl"
-    assert usage_error(load_dataset, path) == f"{path}: no such file"
+    assert usage_error(load_dataset, path) == f"{path}: no such dataset file"
 
 
 def test_directory_is_not_a_dataset(tmp_path):
@@ -216,13 +216,13 @@ def test_unreadable_file(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "read_bytes", refuse)
-    assert usage_error(load_dataset, path) == f"{path}: cannot read (Permission denied)"
+    assert usage_error(load_dataset, path) == f"{path}: cannot read dataset file (Permission denied)"
 
 
 def test_not_utf8_names_the_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'{"input": "a", "output": "b"}\n{"input": "\xff", "output": "b"}\n')
-    assert usage_error(load_dataset, path) == f"{path}:2: not UTF-8 text (byte 0xff)"
+    assert usage_error(load_dataset, path) == f"{path}:2: dataset file is not UTF-8 text (byte 0xff)"
 
 
 def test_malformed_jsonl_names_the_line(tmp_path):

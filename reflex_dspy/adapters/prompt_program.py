@@ -15,6 +15,7 @@ from pathlib import Path
 import dspy
 
 from reflex_dspy.adapters.system_prompt import SystemPromptAdapter
+from reflex_dspy.data import read_text_file
 from reflex_dspy.errors import UsageError
 
 PROMPT_SIGNATURE = "input: str -> output: str"
@@ -27,21 +28,7 @@ def load_prompt(path: str | Path) -> str:
     stripped text keeps "the prompt we loaded" and "the prompt the model sees" identical.
     """
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such prompt file")
-    if path.is_dir():
-        raise UsageError(f"{path}: is a directory, not a prompt file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read prompt file ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UsageError(
-            f"{path}:{line}: prompt file is not UTF-8 text (byte 0x{raw[exc.start]:02x})"
-        ) from None
+    text = read_text_file(path, "prompt")
     if not text.strip():
         raise UsageError(f"{path}: prompt file is empty")
     return text.strip()
