@@ -51,10 +51,11 @@ CACHE_ENV = "REFLEX_DSPY_CACHE"
 MODEL_PATH_ENV = "REFLEX_DSPY_MODEL_PATH"
 _INSTALL_HINT = 'pip install "reflex-dspy[local]"'
 
-# Engine defaults. Greedy decoding makes runs reproducible; 512 tokens is ample for the short
-# structured answers DSPy asks for and bounds a model that fails to stop.
+# Engine defaults. Greedy decoding makes runs reproducible. 256 tokens is ample for the short
+# answers a 0.5B CPU model is given, and bounds one that loops: a bad prompt makes it repeat
+# itself to the limit, at ~27 tokens/s, on every example (the reasoning model asks for more).
 DEFAULT_N_CTX = 4096
-DEFAULT_MAX_TOKENS = 512
+DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.0
 DEFAULT_SEED = 1234
 # A local OpenAI-compatible server gets an explicit max_tokens so a model that never emits EOS
