@@ -255,7 +255,7 @@ class Evaluator:
             if hit is not None:
                 results[eid] = hit
             elif eid not in results:
-                results[eid] = None  # placeholder keeps example order
+                results[eid] = None  # reserves the slot so results keep example order
                 todo.append((eid, ex))
         hits = len(results) - len(todo)
         if budgeted and self.budget is not None and len(todo) > self.budget_left:
