@@ -11,7 +11,6 @@ import pytest
 from dspy.clients.cache import Cache
 from fakes import FakeEngine, fake_lm
 
-from reflex_dspy import metrics as metrics_module
 from reflex_dspy.errors import UsageError
 from reflex_dspy.metrics import (
     DEFAULT_JUDGE_CRITERIA,
@@ -26,6 +25,7 @@ from reflex_dspy.metrics import (
     normalize_exact,
     resolve_metric,
 )
+from reflex_dspy.metrics import base as metrics_module
 
 
 def ex(output, input="Where is my refund?", reflex_id="ex-007", **more) -> dspy.Example:
@@ -315,7 +315,7 @@ def test_judge_recovers_on_a_retry():
     assert lm.fake_engine.calls == 2
 
 
-# pytest resets warning filters per test; outside pytest reflex_dspy.metrics silences this DSPy hint.
+# pytest resets warning filters per test; outside pytest reflex_dspy.metrics.judge silences this DSPy hint.
 @pytest.mark.filterwarnings("ignore:rollout_id has no effect")
 def test_judge_retry_bypasses_dspy_cache_and_replays_from_it(monkeypatch):
     """With DSPy's response cache on, a retry must still reach the model (a new rollout_id)."""
@@ -387,13 +387,13 @@ def test_as_data_keeps_lookalike_tags():
 
 
 def test_load_rubric_errors(tmp_path):
-    with pytest.raises(UsageError, match="judge criteria file not found: .*missing.md"):
+    with pytest.raises(UsageError, match="missing.md: no such judge criteria file"):
         load_rubric(tmp_path / "missing.md")
     empty = tmp_path / "empty.md"
     empty.write_text("  \n\n")
     with pytest.raises(UsageError, match="judge criteria file is empty"):
         load_rubric(empty)
-    with pytest.raises(UsageError, match="not a file"):
+    with pytest.raises(UsageError, match="is a directory, not a judge criteria file"):
         load_rubric(tmp_path)
 
 
