@@ -124,9 +124,10 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 def _optimize(args: argparse.Namespace) -> int:
     from reflex_dspy.adapters import load_prompt, program_from_prompt
     from reflex_dspy.config import OptimizerConfig
-    from reflex_dspy.data import load_dataset, split_dataset
+    from reflex_dspy.data import load_dataset
     from reflex_dspy.lm import describe_lm, probe_lm, resolve_lm
     from reflex_dspy.metrics import load_rubric, resolve_metric
+    from reflex_dspy.splits import split_dataset
     from reflex_dspy.strategies import get_strategy
 
     # Validate everything that needs no model before touching any model or file.

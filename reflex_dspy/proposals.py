@@ -19,6 +19,7 @@ from typing import Any
 import dspy
 
 from reflex_dspy.evaluation import Evaluator, ExampleResult
+from reflex_dspy.metrics import label_fields
 from reflex_dspy.signatures import ProposeInstruction
 
 # A label set is "small" when the gold outputs take at most this many distinct values and
@@ -81,13 +82,6 @@ def derived_summary(before: str, after: str) -> str:
 
 def _gold_values(example: dspy.Example, fields: Sequence[str]) -> list[str]:
     return [str(example[f]) for f in fields if f in example]
-
-
-def label_fields(examples: Sequence[dspy.Example]) -> list[str]:
-    """Gold fields of the data (everything that is not an input, minus our id)."""
-    if not examples:
-        return []
-    return [k for k in examples[0].labels().toDict() if k != "reflex_id"]
 
 
 def _as_json_keys(text: str) -> list[str] | None:
@@ -214,7 +208,7 @@ def format_failures(
             for step in r.trace:
                 if step["predictor"] == predictor:
                     parts.append(f"this step's output: {_clip(json.dumps(step['outputs']), per_field)}")
-        for k in label_fields([ex]):
+        for k in label_fields(ex):
             parts.append(f"program output {k}: {_clip(r.output.get(k, ''), per_field)}")
             parts.append(f"expected {k}: {_clip(ex[k], per_field)}")
         parts.append(f"score: {r.score:.2f}")

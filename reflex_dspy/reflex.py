@@ -20,12 +20,13 @@ from dspy.teleprompt import Teleprompter
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.config import OptimizerConfig
-from reflex_dspy.data import assign_ids, example_id, sample_batch, split_dataset
+from reflex_dspy.data import assign_ids, example_id
 from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
 from reflex_dspy.evaluation import Evaluator
-from reflex_dspy.metrics import metric_names, resolve_metric
-from reflex_dspy.proposals import Proposer, TaskFacts, label_fields
+from reflex_dspy.metrics import label_fields, metric_names, resolve_metric
+from reflex_dspy.proposals import Proposer, TaskFacts
 from reflex_dspy.result import IterationRecord, Measurement, RunResult
+from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import mean_std, paired_significance
 from reflex_dspy.strategies import Strategy, get_strategy
 from reflex_dspy.strategies.base import SearchContext
@@ -167,7 +168,7 @@ class _Run:
 
     def _facts(self, student: dspy.Module) -> dict[str, TaskFacts]:
         """Grounding facts for each optimizable predictor that produces a gold field."""
-        gold = label_fields(self.splits.train)
+        gold = list(label_fields(self.splits.train[0])) if self.splits.train else []
         facts = {}
         for name, predictor in student.named_predictors():
             if name in self.initial.predictors:
@@ -198,7 +199,7 @@ class _Run:
             samples.append({
                 "id": eid,
                 "inputs": {k: str(v) for k, v in ex.inputs().items()},
-                "expected": {k: str(ex[k]) for k in label_fields([ex])},
+                "expected": {k: str(v) for k, v in label_fields(ex).items()},
                 "output": r.output,
                 "score": r.score,
                 "error": r.error,

@@ -1,0 +1,128 @@
+"""Seeded train / val / test splits and mini-batches.
+
+Splits are computed from id-sorted examples (`reflex_dspy.data.example_id`): reordering a file
+must not change which examples are held out. Problems are returned as warnings, not printed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import dspy
+
+from reflex_dspy.data import assign_ids, example_id
+from reflex_dspy.errors import UsageError
+
+SMALL_TEST_SET = 20
+
+
+@dataclass
+class Splits:
+    """train / val / test lists of examples, and whether test is disjoint from train.
+
+    `warnings` are for the caller to show (we never print): small test sets, no val set, or
+    no held-out data at all.
+    """
+
+    train: list[dspy.Example]
+    val: list[dspy.Example]
+    test: list[dspy.Example]
+    held_out: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def ids(self) -> dict[str, list[str]]:
+        """Example ids per split: what a record of the run needs to reproduce it."""
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        return {name: [example_id(ex) for ex in part] for name, part in parts.items()}
+
+
+def _round_half_up(x: float) -> int:
+    """round() for counts: half-up (Python rounds 2.5 to 2), with slack for float noise like 2.4999999."""
+    return math.floor(x + 0.5 + 1e-9)
+
+
+def split_dataset(
+    examples: Sequence[dspy.Example],
+    *,
+    train_ratio: float = 0.8,
+    val_ratio: float = 0.1,
+    seed: int = 42,
+    valset: Sequence[dspy.Example] | None = None,
+) -> Splits:
+    """Deterministic train / val / test split of `examples` (SPEC §4 step 1).
+
+    test = round((1 - train_ratio) * n), at least 1; val = round(val_ratio * n), at least 1
+    when val_ratio > 0 and at least two examples remain, carved from the training portion;
+    train = the rest. Examples are sorted by id before the seeded shuffle, so the split
+    depends on content and seed, never on file order. `train_ratio=1.0` disables splitting
+    (train = test = everything). An explicit `valset` replaces the carved val set.
+    """
+    if not 0.0 < train_ratio <= 1.0:
+        raise UsageError(f"train_ratio must be in (0, 1], got {train_ratio}")
+    if not 0.0 <= val_ratio < 1.0:
+        raise UsageError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    if train_ratio < 1.0 and valset is None and val_ratio >= train_ratio:
+        raise UsageError(
+            f"val_ratio ({val_ratio}) must be smaller than train_ratio ({train_ratio}): "
+            "validation is carved out of the training portion"
+        )
+    pool = assign_ids(examples)
+    n = len(pool)
+    if n == 0:
+        raise UsageError("no examples to split: the dataset is empty")
+    explicit_val = assign_ids(valset) if valset is not None else None
+    warnings: list[str] = []
+
+    pool.sort(key=example_id)
+    random.Random(seed).shuffle(pool)
+
+    if train_ratio == 1.0:
+        train, val, test, held_out = pool, [], list(pool), False
+        warnings.append(
+            "train_ratio=1.0: no held-out test set; final scores are measured on the training data"
+        )
+    else:
+        if n < 2:
+            raise UsageError("1 example cannot be split into train and test: add data or use train_ratio=1.0")
+        n_test = max(1, _round_half_up((1.0 - train_ratio) * n))
+        n_val = 0
+        if explicit_val is None and val_ratio > 0:
+            if n - n_test >= 2:
+                n_val = max(1, _round_half_up(val_ratio * n))
+            else:
+                warnings.append(
+                    f"val_ratio={val_ratio} but {n} examples are too few for a validation set; "
+                    "candidates will be selected on train scores"
+                )
+        n_train = n - n_test - n_val
+        if n_train < 1:
+            raise UsageError(
+                f"train_ratio={train_ratio} and val_ratio={val_ratio} leave no training examples out of {n}"
+            )
+        test, val, train = pool[:n_test], pool[n_test : n_test + n_val], pool[n_test + n_val :]
+        held_out = True
+
+    if explicit_val is not None:
+        val = explicit_val
+        known = {example_id(ex) for ex in pool}
+        overlap = sum(example_id(ex) in known for ex in val)
+        if overlap:
+            warnings.append(f"{overlap} of {len(val)} validation examples also appear in the trainset")
+    if len(test) < SMALL_TEST_SET:
+        warnings.append(f"test set of {len(test)} examples is too small for stable scores")
+    return Splits(train=train, val=val, test=test, held_out=held_out, warnings=warnings)
+
+
+def sample_batch(train: Sequence[dspy.Example], size: int, seed: int) -> list[dspy.Example]:
+    """A seeded mini-batch of `size` examples; `size` 0 or ≥ len(train) means all of train, in order."""
+    if size < 0:
+        raise UsageError(f"batch size must be >= 0, got {size}")
+    if size == 0 or size >= len(train):
+        return list(train)
+    return random.Random(seed).sample(list(train), size)
