@@ -1,17 +1,21 @@
 """The one evaluator: runs a candidate on examples and scores it, for every strategy.
 
-Everything that costs LM calls during a run goes through here (or through `reasoning()` for
+Everything that costs LM calls during a run goes through here (or through `reasoned()` for
 the proposer), so accounting, caching, retries and the metric-call budget live in one place.
+
+Every paid result is also handed to `on_paid` as a journal entry the moment it exists; a
+resumed run `replay()`s that journal, so nothing paid for before a crash is paid again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +27,8 @@ from reflex_dspy.errors import BudgetExhausted, ProviderAuthError, ReflexError
 from reflex_dspy.metrics import MetricFailure, call_metric
 
 ProgressFn = Callable[[str, int, int], None]
+PaidFn = Callable[[dict[str, Any]], None]
+CacheKey = tuple[str, str, float, int]  # (fingerprint, example id, temperature, pass)
 
 
 # ---------------------------------------------------------------------------------------
@@ -94,6 +100,10 @@ class EvalResult:
         return sorted(scored, key=lambda r: r.score)[:k]
 
 
+class ReplayedFailure(Exception):
+    """A reasoning call that failed before a resume, raised again instead of paying for it twice."""
+
+
 @dataclass
 class Usage:
     """Running totals for one run. Reasoning tokens are kept apart from evaluation tokens."""
@@ -159,7 +169,7 @@ def classify_error(exc: BaseException) -> str:
     return "fatal"
 
 
-def _short(exc: BaseException, limit: int = 300) -> str:
+def short_error(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:limit]}"
 
@@ -194,9 +204,13 @@ class Evaluator:
     """Runs candidates of one student program on examples, in parallel, paying once per pair.
 
     The cache key is (candidate fingerprint, example id, temperature, pass): within a run the
-    same pair is never paid for twice, and the cache is part of the checkpoint so a resumed
-    run does not pay again either. `budget` caps the metric calls of budgeted evaluations
+    same pair is never paid for twice. `budget` caps the metric calls of budgeted evaluations
     (the search); baseline and final test evaluations are reporting and pass `budgeted=False`.
+
+    Journal entries replayed after the last checkpoint were paid by the interrupted process but
+    are not in the checkpoint's totals yet: they stay "pending" and are counted as paid when
+    first used (or at the next checkpoint, `settle()`), so a resumed run ends with the same
+    totals as an uninterrupted one.
     """
 
     def __init__(
@@ -225,7 +239,11 @@ class Evaluator:
         self.retry = retry or RetryPolicy()
         self.usage = Usage()
         self.on_progress: ProgressFn | None = None
-        self._cache: dict[tuple, ExampleResult] = {}
+        self.on_paid: PaidFn | None = None
+        self.paid_entries = 0  # journal entries so far (replayed ones included)
+        self._cache: dict[CacheKey, ExampleResult] = {}
+        self._replies: dict[str, dict[str, Any]] = {}
+        self._pending: dict[CacheKey | str, dict[str, Any]] = {}
         self._programs: dict[str, dspy.Module] = {}
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -249,19 +267,23 @@ class Evaluator:
         fp = candidate.fingerprint
         results: dict[str, ExampleResult] = {}
         todo: list[tuple[str, dspy.Example]] = []
+        replayed: list[CacheKey] = []
         for ex in examples:
             eid = example_id(ex)
-            hit = self._cache.get((fp, eid, self.temperature, eval_pass))
+            key = (fp, eid, self.temperature, eval_pass)
+            hit = self._cache.get(key)
             if hit is not None:
                 results[eid] = hit
+                if key in self._pending:
+                    replayed.append(key)
             elif eid not in results:
                 results[eid] = None  # reserves the slot so results keep example order
                 todo.append((eid, ex))
-        hits = len(results) - len(todo)
-        if budgeted and self.budget is not None and len(todo) > self.budget_left:
+        paid = len(todo) + len(replayed)
+        if budgeted and self.budget is not None and paid > self.budget_left:
             raise BudgetExhausted(
                 f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used, "
-                f"{len(todo)} more needed for {label}"
+                f"{paid} more needed for {label}"
             )
         program = self._program(candidate)
         lm = self.lm if eval_pass == 0 or self.temperature == 0 else self.lm.copy(rollout_id=eval_pass)
@@ -270,7 +292,10 @@ class Evaluator:
         if todo:
             workers = min(self.max_workers, len(todo))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reflex-eval") as pool:
-                futures = [pool.submit(self._run_one, program, lm, eid, ex) for eid, ex in todo]
+                futures = [
+                    pool.submit(self._run_one, program, lm, (fp, eid, self.temperature, eval_pass), ex)
+                    for eid, ex in todo
+                ]
                 try:
                     for future in futures:
                         result = future.result()
@@ -282,44 +307,101 @@ class Evaluator:
                         f.cancel()
                     raise
         with self._lock:
-            self.usage.cache_hits += hits
+            for key in replayed:
+                self._account(self._pending.pop(key))
+            self.usage.cache_hits += len(results) - paid
             if budgeted:
-                self.usage.search_calls += len(todo)
-            for eid, _ in todo:
-                result = results[eid]
-                if result.failed:
-                    self.usage.failed += 1
-                else:
-                    self._cache[(fp, eid, self.temperature, eval_pass)] = result
-        return EvalResult(fp, results, new_calls=len(todo), cache_hits=hits)
+                self.usage.search_calls += paid
+        return EvalResult(fp, results, new_calls=len(todo), cache_hits=len(results) - paid)
 
-    @contextmanager
-    def reasoning(self) -> Iterator[None]:
-        """Count the LM usage inside this block as reasoning (proposer) usage."""
-        with dspy.track_usage() as tracker:
-            yield
-        calls, tokens = _usage_totals(tracker)
+    def reasoned(self, key: Mapping[str, Any], call: Callable[[], tuple[dict[str, Any], bool]]):
+        """One reasoning-model reply `(fields, truncated)`, paid once per run and journaled.
+
+        `key` is everything the reply depends on (signature, inputs, attempt, model). A reply
+        that failed (unparseable, provider error) was paid too: its error is journaled and
+        raised again as `ReplayedFailure` on replay.
+        """
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         with self._lock:
-            self.usage.reasoning_calls += calls
-            self.usage.reasoning_tokens += tokens
+            entry = self._replies.get(digest)
+            if entry is not None and digest in self._pending:
+                self._account(self._pending.pop(digest))
+        if entry is None:
+            error = None
+            with dspy.track_usage() as tracker:
+                try:
+                    fields, truncated = call()
+                except Exception as exc:  # recorded, then raised to the proposer's retry loop
+                    kind = classify_error(exc)
+                    if kind == "auth":
+                        raise ProviderAuthError(f"the provider refused the credentials: {short_error(exc)}") from exc
+                    if kind == "transient":
+                        raise  # not a paid reply: a retry must really ask again
+                    error, fields, truncated = exc, {}, False
+            calls, tokens = _usage_totals(tracker)
+            entry = {"kind": "reasoning", "key": digest, "fields": fields, "truncated": truncated,
+                     "error": short_error(error, 120) if error else None, "calls": calls, "tokens": tokens}
+            with self._lock:
+                self._account(entry)
+                self._replies[digest] = entry
+                self._emit(entry)
+            if error is not None:
+                raise error
+        if entry["error"]:
+            raise ReplayedFailure(entry["error"])
+        return dict(entry["fields"]), entry["truncated"]
 
     def state_dict(self) -> dict[str, Any]:
-        """Cache and totals, so a resumed run pays for nothing already paid for."""
-        return {
-            "usage": self.usage.to_dict(),
-            "cache": [
-                {"fingerprint": fp, "example_id": eid, "temperature": t, "pass": p, "result": r.to_dict()}
-                for (fp, eid, t, p), r in self._cache.items()
-            ],
-        }
+        """Totals and the journal position they include; the cache itself lives in the journal."""
+        with self._lock:
+            return {"usage": self.usage.to_dict(), "paid_entries": self.paid_entries}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.usage = Usage(**state.get("usage", {}))
-        for entry in state.get("cache", []):
-            key = (entry["fingerprint"], entry["example_id"], entry["temperature"], entry["pass"])
-            self._cache[key] = ExampleResult(**entry["result"])
+    def replay(self, entries: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None = None) -> None:
+        """Restore totals from a checkpoint `state` and the cache from journal `entries`.
+
+        Entries past `state["paid_entries"]` were paid after that checkpoint: they become
+        pending and are counted when used. With `state=None` (a branch inheriting its parent's
+        journal) every entry is a cache hit that this run did not pay for.
+        """
+        accounted = len(entries) if state is None else state.get("paid_entries", 0)
+        with self._lock:
+            if state is not None:
+                self.usage = Usage(**state.get("usage", {}))
+                self.paid_entries += len(entries)
+            for index, entry in enumerate(entries):
+                if entry.get("kind") == "reasoning":
+                    key = entry["key"]
+                    self._replies[key] = dict(entry)
+                else:
+                    key = tuple(entry["key"])
+                    self._cache[key] = ExampleResult(**entry["result"])
+                if index >= accounted:
+                    self._pending[key] = dict(entry)
+
+    def settle(self) -> None:
+        """Count replayed entries no replayed step used; called before each checkpoint."""
+        with self._lock:
+            for entry in self._pending.values():
+                self._account(entry)
+            self._pending.clear()
 
     # -- internals ----------------------------------------------------------------------
+    def _account(self, entry: Mapping[str, Any]) -> None:
+        """Add one paid entry to the totals (caller holds the lock)."""
+        if entry.get("kind") == "reasoning":
+            self.usage.reasoning_calls += entry["calls"]
+            self.usage.reasoning_tokens += entry["tokens"]
+        else:
+            self.usage.metric_calls += 1
+            self.usage.lm_calls += entry["calls"]
+            self.usage.eval_tokens += entry["tokens"]
+
+    def _emit(self, entry: dict[str, Any]) -> None:
+        """Hand a paid entry to the journal (caller holds the lock, so lines never interleave)."""
+        self.paid_entries += 1
+        if self.on_paid is not None:
+            self.on_paid(entry)
+
     def _progress(self, label: str, done: int, total: int) -> None:
         if self.on_progress is not None:
             self.on_progress(label, done, total)
@@ -336,8 +418,9 @@ class Evaluator:
                     self._predictor_names[id(predictor)] = name
         return program
 
-    def _run_one(self, program: dspy.Module, lm: dspy.LM, eid: str, example: dspy.Example) -> ExampleResult:
+    def _run_one(self, program: dspy.Module, lm: dspy.LM, key: CacheKey, example: dspy.Example) -> ExampleResult:
         """Run and score one example, retrying transient provider errors with backoff."""
+        eid = key[1]
         prediction = trace = None
         error: BaseException | None = None
         calls = tokens = 0
@@ -355,7 +438,7 @@ class Evaluator:
                 break
             kind = classify_error(error)
             if kind == "auth":
-                raise ProviderAuthError(f"the provider refused the credentials: {_short(error)}") from error
+                raise ProviderAuthError(f"the provider refused the credentials: {short_error(error)}") from error
             if kind != "transient" or attempt == self.retry.max_attempts - 1:
                 break
             with self._lock:
@@ -365,7 +448,7 @@ class Evaluator:
 
         result = ExampleResult(eid, None)
         if error is not None:
-            result.error = _short(error)
+            result.error = short_error(error)
         else:
             result.output = _plain_output(prediction)
             result.trace = self._plain_trace(trace or [])
@@ -376,11 +459,20 @@ class Evaluator:
                 calls, tokens = calls + c, tokens + t
                 result.score, result.by_metric, result.feedback = scored.score, dict(scored.by_metric), scored.feedback
             except MetricFailure as exc:
-                result.error = _short(exc)
+                result.error = short_error(exc)
         with self._lock:
-            self.usage.metric_calls += 1
-            self.usage.lm_calls += calls
-            self.usage.eval_tokens += tokens
+            if result.failed:
+                # Not cached: a failure is retried when the pair is needed again.
+                self.usage.metric_calls += 1
+                self.usage.lm_calls += calls
+                self.usage.eval_tokens += tokens
+                self.usage.failed += 1
+            else:
+                entry = {"kind": "eval", "key": list(key), "result": result.to_dict(), "calls": calls,
+                         "tokens": tokens}
+                self._account(entry)
+                self._cache[key] = result
+                self._emit(entry)
         return result
 
     def _plain_trace(self, trace: list) -> list[dict[str, Any]]:

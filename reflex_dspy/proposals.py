@@ -18,7 +18,8 @@ from typing import Any
 
 import dspy
 
-from reflex_dspy.evaluation import Evaluator, ExampleResult
+from reflex_dspy.errors import ProviderAuthError
+from reflex_dspy.evaluation import Evaluator, ExampleResult, ReplayedFailure, short_error
 from reflex_dspy.metrics import label_fields
 from reflex_dspy.signatures import ProposeInstruction
 
@@ -249,11 +250,17 @@ class Proposer:
         # A retry must really ask again: vary the rollout id (and warm the temperature) so
         # neither DSPy's cache nor greedy decoding hands back the rejected reply.
         lm = self.lm if attempt == 0 else self.lm.copy(rollout_id=attempt, temperature=0.7)
-        seen = len(lm.history)
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()), self.evaluator.reasoning():
-            reply = dspy.Predict(signature)(**inputs)
-        truncated = any(getattr(h.get("response"), "finish_reason", None) == "length" for h in lm.history[seen:])
-        return reply, truncated
+
+        def call() -> tuple[dict[str, Any], bool]:
+            seen = len(lm.history)
+            with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+                reply = dspy.Predict(signature)(**inputs)
+            truncated = any(getattr(h.get("response"), "finish_reason", None) == "length" for h in lm.history[seen:])
+            return {k: reply.get(k) for k in signature.output_fields}, truncated
+
+        key = {"signature": signature.__name__, "attempt": attempt, "model": str(lm.model), "inputs": inputs}
+        fields, truncated = self.evaluator.reasoned(key, call)
+        return dspy.Prediction(**fields), truncated
 
     def propose_instruction(
         self,
@@ -283,8 +290,11 @@ class Proposer:
                     failures=failures,
                     rewrite_history=history or "(no earlier changes)",
                 )
+            except ProviderAuthError:
+                raise
             except Exception as exc:  # parse failures, truncation, provider errors: retry, then reject
-                reasons.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
+                # A `ReplayedFailure` is the same failure, paid before a resume: same reason text.
+                reasons.append(str(exc) if isinstance(exc, ReplayedFailure) else short_error(exc, 120))
                 continue
             text, salvaged = salvage(strip_log_lines(reply.revised_instructions or ""), truncated)
             if not text:

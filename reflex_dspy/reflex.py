@@ -10,6 +10,7 @@ single selected candidate.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,11 +27,13 @@ from reflex_dspy.evaluation import Evaluator
 from reflex_dspy.metrics import label_fields, metric_names, resolve_metric
 from reflex_dspy.proposals import Proposer, TaskFacts
 from reflex_dspy.result import IterationRecord, Measurement, RunResult
+from reflex_dspy.run_record import Record, open_record
 from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import mean_std, paired_significance
 from reflex_dspy.strategies import Strategy, get_strategy
 from reflex_dspy.strategies.base import SearchContext
 from reflex_dspy.tracking import Tracker, Trackers
+from reflex_dspy.tracking.store import redact_uri
 
 
 def _now() -> str:
@@ -48,6 +51,12 @@ class Reflex(Teleprompter):
     `task_lm` or `dspy.settings.lm`; the reasoning model is `reasoning_lm` (a `dspy.LM` or a
     model string), else `config.reasoning_model`, else the task model. Every `OptimizerConfig`
     field is accepted as a keyword.
+
+    Each compile is recorded as it goes: the reflex run layout under `run_dir` (default
+    `$REFLEX_RUN_DIR` or `.reflex`) and an MLflow run (`tracking_uri`, default
+    `$MLFLOW_TRACKING_URI` or SQLite `<run_dir>/mlflow.db`; `mlflow=False` turns MLflow off).
+    `track=False` records nothing. `metadata` is stored with the run (the CLI puts the dataset
+    and prompt paths there).
     """
 
     def __init__(
@@ -60,6 +69,12 @@ class Reflex(Teleprompter):
         optimize: Sequence[str] | None = None,
         trackers: Sequence[Tracker] = (),
         config: OptimizerConfig | None = None,
+        track: bool = True,
+        run_dir: str | os.PathLike[str] | None = None,
+        tracking_uri: str | None = None,
+        experiment: str = "reflex",
+        mlflow: bool = True,
+        metadata: dict[str, Any] | None = None,
         **config_fields: Any,
     ) -> None:
         super().__init__()
@@ -78,6 +93,12 @@ class Reflex(Teleprompter):
         self.reasoning_lm = reasoning_lm
         self.optimize = list(optimize) if optimize is not None else None
         self.trackers = list(trackers)
+        self.track = track
+        self.run_dir = run_dir
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.mlflow = mlflow
+        self.metadata = dict(metadata or {})
 
     def compile(
         self,
@@ -86,11 +107,18 @@ class Reflex(Teleprompter):
         trainset: Sequence[dspy.Example],
         valset: Sequence[dspy.Example] | None = None,
         teacher: dspy.Module | None = None,
+        resume: Any = None,
+        branch_from: tuple[str, int] | None = None,
         **kwargs: Any,
     ) -> dspy.Module:
+        """Optimize `student`. `resume` (a `Run` or run id) continues an interrupted run from its
+        checkpoint; `branch_from=(run_id, iteration)` starts a new run from that iteration's
+        candidate, reusing the parent's baseline."""
         if kwargs:
             raise UsageError(f"unexpected compile() arguments: {', '.join(sorted(kwargs))}")
-        return _Run(self, student, trainset, valset).execute()
+        if (resume is not None or branch_from is not None) and not self.track:
+            raise UsageError("resume and branch_from need a run record: leave track=True")
+        return _Run(self, student, trainset, valset).execute(resume=resume, branch_from=branch_from)
 
     # -- resolution helpers ------------------------------------------------------------------
     def _resolve_reasoning_lm(self, task_lm: dspy.LM) -> dspy.LM:
@@ -165,6 +193,11 @@ class _Run:
         )
         self.records: list[IterationRecord] = []
         self.candidates: dict[int, Candidate] = {0: self.initial}
+        self.later: dict[int, IterationRecord] = {}  # iteration files a resume finds past its checkpoint
+        self.record: Record | None = None
+        self.initial_val: float | None = None
+        self.best_val: float | None = None
+        self.stale = 0  # iterations since val last improved
 
     def _facts(self, student: dspy.Module) -> dict[str, TaskFacts]:
         """Grounding facts for each optimizable predictor that produces a gold field."""
@@ -178,10 +211,12 @@ class _Run:
         return facts
 
     # -- measurements ---------------------------------------------------------------------
-    def _measure(self, candidate: Candidate, split: str, examples: list[dspy.Example]) -> Measurement:
-        """`eval_runs` passes on a reporting split (outside the search budget)."""
+    def _measure(self, candidate: Candidate, what: str, split: str, examples: list[dspy.Example]) -> Measurement:
+        """`eval_runs` passes of `what` (baseline, final) on a reporting split, outside the search budget."""
         passes = [
-            self.evaluator.evaluate(candidate, examples, budgeted=False, label=f"{split} pass {p + 1}", eval_pass=p)
+            self.evaluator.evaluate(
+                candidate, examples, budgeted=False, label=f"{what} on {split}, pass {p + 1}", eval_pass=p
+            )
             for p in range(self.config.eval_runs)
         ]
         per_example: dict[str, list[float]] = {}
@@ -209,21 +244,40 @@ class _Run:
         return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples)
 
     # -- the run ----------------------------------------------------------------------------
-    def execute(self) -> dspy.Module:
+    def execute(self, resume: Any = None, branch_from: tuple[str, int] | None = None) -> dspy.Module:
         cfg, splits = self.config, self.splits
+        info = self._info()
         try:
-            self.trackers.on_run_start(self._info())
-            self.trackers.on_status("evaluating baseline")
-            baseline = self._measure(self.initial, "test", splits.test)
-            self.trackers.on_baseline(baseline)
+            record = self._open(info, resume, branch_from)
+            if record is not None and record.resumed:
+                self.trackers.on_resume(info, record.baseline, self.records)
+            else:
+                self.trackers.on_run_start(info)
+            baseline = record.baseline if record is not None else None
+            if baseline is None:
+                self.trackers.on_status("evaluating baseline")
+                baseline = self._measure(self.initial, "baseline", "test", splits.test)
+                self.trackers.on_baseline(baseline)
+            elif not (record and record.resumed):
+                self.trackers.on_baseline(baseline)  # a branch records its parent's baseline
             self.trackers.on_status("searching")
-            initial_val = (
-                self.evaluator.evaluate(self.initial, splits.val, label="val: initial").mean if splits.val else None
-            )
-            stop_reason = self._search(initial_val)
-            selected, sel_score, selected_by = self._select(initial_val)
+            checkpoint = record.checkpoint if record is not None else None
+            if checkpoint and checkpoint.get("strategy_state") is not None:
+                self._restore(checkpoint)
+            else:
+                self.initial_val = (
+                    self.evaluator.evaluate(self.initial, splits.val, label="val: initial").mean if splits.val else None
+                )
+                self.best_val = self.initial_val
+                self.strategy.start(self.ctx, self.initial)
+                self._checkpoint(0)
+            stop_reason = (checkpoint or {}).get("stop_reason")
+            if stop_reason is None:
+                stop_reason = self._search(start=len(self.records) + 1)
+                self._checkpoint(len(self.records), stop_reason)
+            selected, sel_score, selected_by = self._select()
             self.trackers.on_status("evaluating best", f"iteration {selected}")
-            final = self._measure(self.candidates[selected], "test", splits.test)
+            final = self._measure(self.candidates[selected], "final", "test", splits.test)
             self.trackers.on_status("finalizing")
             result = RunResult(
                 strategy=self.strategy.name or type(self.strategy).__name__,
@@ -238,27 +292,89 @@ class _Run:
                 best_prompt=self.candidates[selected].render(),
                 candidate=self.candidates[selected].to_dict(),
                 iterations=self.records,
-                initial_val_score=initial_val,
+                initial_val_score=self.initial_val,
                 stop_reason=stop_reason,
                 usage=self.evaluator.usage.to_dict(),
                 duration_seconds=time.monotonic() - self.started,
                 score_threshold=cfg.score_threshold,
                 models={"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
                 warnings=self.warnings,
+                run_id=record.run.run_id if record else None,
             )
+            program = self._program(result, selected)
+            self.trackers.on_program(program)
             self.trackers.on_result(result)
         except BaseException as exc:
             self.trackers.on_error(exc)
             raise
-        return self._program(result, selected)
+        return program
 
-    def _search(self, initial_val: float | None) -> str:
+    def _open(self, info: dict[str, Any], resume: Any, branch_from: tuple[str, int] | None) -> Record | None:
+        """Open the run record (nothing is written before the inputs were validated)."""
+        owner = self.owner
+        if not owner.track:
+            return None
+        record = open_record(
+            info, run_dir=owner.run_dir, tracking_uri=owner.tracking_uri, experiment=owner.experiment,
+            use_mlflow=owner.mlflow, resume=resume, branch_from=branch_from,
+        )
+        self.trackers.trackers.extend(record.trackers)
+        self.evaluator.on_paid = self.trackers.on_paid_call
+        if record.branch_candidate is not None:
+            self.initial = self.candidates[0] = record.branch_candidate
+        if record.inherited:
+            self.evaluator.replay(record.inherited)  # the parent's paid results: free cache hits
+        if record.resumed:
+            self.evaluator.replay(record.journal, record.checkpoint or {"paid_entries": 0})
+            self.records = list(record.records)
+            self.candidates.update({r.iteration: Candidate.from_dict(r.candidate) for r in self.records})
+            self.later = record.later
+        info.update(
+            run_id=record.run.run_id, run_name=record.run.path.name, run_dir=str(record.run.path.resolve()),
+            created=record.run.created if record.resumed else _now(),
+            branched_from=record.branched_from,
+            initial_candidate=self.initial.to_dict(), initial_prompt=self.initial.render(),
+            tracking={"uri": redact_uri(record.tracking_uri), "experiment": owner.experiment},
+        )
+        self.record = record
+        return record
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue after the checkpoint's iteration: strategy, early-stopping and RNG state."""
+        self.initial_val = checkpoint.get("initial_val")
+        self.best_val = checkpoint.get("best_val")
+        self.stale = checkpoint.get("stale", 0)
+        self.strategy.load_state_dict(checkpoint["strategy_state"])
+        version, internal, gauss = checkpoint["rng_state"]
+        self.ctx.rng.setstate((version, tuple(internal), gauss))
+
+    def _checkpoint(self, iteration: int, stop_reason: str | None = None) -> None:
+        """Everything a resume needs, after the start, each iteration and the end of the search."""
+        self.evaluator.settle()
+        best, score, by = self._select()
+        self.trackers.on_checkpoint({
+            "iteration": iteration,
+            "search_done": stop_reason is not None,
+            "stop_reason": stop_reason,
+            "strategy": self.strategy.name or type(self.strategy).__name__,
+            "strategy_state": self.strategy.state_dict(),
+            "initial_val": self.initial_val,
+            "best_val": self.best_val,
+            "stale": self.stale,
+            "best": {"iteration": best, "score": score, "by": by, "prompt": self.candidates[best].render()},
+            "trajectories": {
+                "train": [r.score for r in self.records],
+                "val": [r.val_score for r in self.records],
+            },
+            **self.evaluator.state_dict(),
+            "rng_state": list(self.ctx.rng.getstate()),
+            "updated": _now(),
+        })
+
+    def _search(self, start: int) -> str:
         """Run strategy iterations until a stop condition; returns why it stopped."""
         cfg, train, val = self.config, self.splits.train, self.splits.val
-        self.strategy.start(self.ctx, self.initial)
-        best_val = initial_val
-        stale = 0
-        for i in range(1, cfg.max_iterations + 1):
+        for i in range(start, cfg.max_iterations + 1):
             batch = sample_batch(train, cfg.batch_size, cfg.batch_seed + i)
             is_full = len(batch) == len(train)
             if cfg.batch_size and cfg.full_eval_steps and i % cfg.full_eval_steps == 0:
@@ -271,20 +387,28 @@ class _Run:
                 return "metric-call budget spent"
             self.candidates[i] = step.candidate
             record = self._record(i, step, val_score, before, is_full, len(batch))
+            if (earlier := self.later.get(i)) is not None:
+                # Written just before a crash, re-derived from the journal: the file is the record.
+                if earlier.fingerprint != record.fingerprint:
+                    raise ReflexError(f"resumed iteration {i} differs from the one on disk; the run cannot continue")
+                record = earlier
             self.records.append(record)
             self.trackers.on_iteration(record)
-            self.trackers.on_checkpoint({"iteration": i, "strategy_state": self.strategy.state_dict()})
 
             reached = val_score if val else step.score
+            stop = None
             if reached is not None and reached >= cfg.score_threshold:
-                return f"score threshold {cfg.score_threshold} reached"
-            if val and val_score is not None:
-                if best_val is None or val_score > best_val:
-                    best_val, stale = val_score, 0
+                stop = f"score threshold {cfg.score_threshold} reached"
+            elif val and val_score is not None:
+                if self.best_val is None or val_score > self.best_val:
+                    self.best_val, self.stale = val_score, 0
                 else:
-                    stale += 1  # ties do not reset patience
-                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                    return f"early stopping (no val improvement in {stale} iterations)"
+                    self.stale += 1  # ties do not reset patience
+                if cfg.early_stopping_patience and self.stale >= cfg.early_stopping_patience:
+                    stop = f"early stopping (no val improvement in {self.stale} iterations)"
+            if stop:
+                return stop
+            self._checkpoint(i)
         return "max iterations"
 
     def _record(self, i: int, step, val_score, before: dict, is_full: bool, batch_size: int) -> IterationRecord:
@@ -315,10 +439,10 @@ class _Run:
             details=step.details,
         )
 
-    def _select(self, initial_val: float | None) -> tuple[int, float | None, str]:
+    def _select(self) -> tuple[int, float | None, str]:
         """Best on val when val exists, else best train score; ties go to the earlier candidate."""
         if self.splits.val:
-            scored = [(0, initial_val)] + [(r.iteration, r.val_score) for r in self.records]
+            scored = [(0, self.initial_val)] + [(r.iteration, r.val_score) for r in self.records]
             by = "val"
         else:
             first = self.records[0] if self.records else None
@@ -343,6 +467,7 @@ class _Run:
             "models": {"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
             "budget": self.evaluator.budget,
             "warnings": self.warnings,
+            "metadata": self.owner.metadata,
         }
 
     def _program(self, result: RunResult, selected: int) -> dspy.Module:
@@ -356,6 +481,8 @@ class _Run:
             for r in ranked
         ]
         program.trial_logs = {r.iteration: r.to_dict() for r in self.records}
+        program.run_id = result.run_id
+        program.run_dir = str(self.record.run.path) if self.record else None
         return program
 
 

@@ -106,6 +106,7 @@ class RunResult:
     score_threshold: float
     models: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the reflex run directory's id, when the run was recorded
 
     @property
     def improvement(self) -> float | None:

@@ -9,6 +9,10 @@ import tempfile
 os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="reflex-dspy-test-cache-"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Runs recorded by tests that do not choose a run directory go to one temp store (one SQLite
+# MLflow database for the session), never to the repository or a user's tracking server.
+os.environ["REFLEX_RUN_DIR"] = tempfile.mkdtemp(prefix="reflex-dspy-test-runs-")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 import dspy  # noqa: E402
 import pytest  # noqa: E402

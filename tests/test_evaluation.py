@@ -13,7 +13,7 @@ from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import BudgetExhausted, ProviderAuthError
-from reflex_dspy.evaluation import Evaluator, RetryPolicy, classify_error
+from reflex_dspy.evaluation import Evaluator, ReplayedFailure, RetryPolicy, classify_error
 from reflex_dspy.metrics import resolve_metric
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
@@ -118,12 +118,61 @@ def test_parallel_workers_overlap_slow_calls():
     assert time.perf_counter() - start < 24 * 0.05 / 2
 
 
-def test_state_round_trip_keeps_the_cache():
+def test_journal_replay_pays_nothing_twice_and_counts_pending_entries_once():
     ev, cand, lm = make()
-    ev.evaluate(cand, routing_examples(2))
-    state = ev.state_dict()
+    journal: list[dict] = []
+    ev.on_paid = journal.append
+    ev.evaluate(cand, routing_examples(1))
+    state = ev.state_dict()  # a checkpoint after the first three examples
+    ev.evaluate(cand, routing_examples(2))  # three more, paid after the checkpoint
+    assert len(journal) == 6 and state["paid_entries"] == 3
+
     ev2, _, lm2 = make()
-    ev2.load_state_dict(state)
+    ev2.replay(journal, state)
+    assert ev2.usage.metric_calls == 3  # the checkpoint's totals
     again = ev2.evaluate(cand, routing_examples(2))
-    assert lm2.fake_engine.calls == 0 and again.cache_hits == 6
-    assert ev2.usage.metric_calls == ev.usage.metric_calls
+    assert lm2.fake_engine.calls == 0
+    # The three entries past the checkpoint were paid by the interrupted process: they count
+    # as paid calls, once, and the totals end equal to the uninterrupted evaluator's.
+    assert again.cache_hits == 3
+    assert ev2.usage.metric_calls == ev.usage.metric_calls == 6
+    assert ev2.usage.eval_tokens == ev.usage.eval_tokens
+
+
+def test_settle_counts_replayed_entries_that_were_never_used():
+    ev, cand, _ = make()
+    journal: list[dict] = []
+    ev.on_paid = journal.append
+    ev.evaluate(cand, routing_examples(1))
+    ev2, _, _ = make()
+    ev2.replay(journal, {"usage": {}, "paid_entries": 0})
+    ev2.settle()
+    assert ev2.usage.metric_calls == 3 and ev2.usage.eval_tokens == ev.usage.eval_tokens
+
+
+def test_reasoned_replies_are_journaled_and_replayed_including_failures():
+    ev, _, _ = make()
+    journal: list[dict] = []
+    ev.on_paid = journal.append
+    calls = []
+
+    def good():
+        calls.append(1)
+        return {"answer": "x"}, False
+
+    def bad():
+        calls.append(1)
+        raise ValueError("could not parse the reply")
+
+    assert ev.reasoned({"q": 1}, good) == ({"answer": "x"}, False)
+    with pytest.raises(ValueError):
+        ev.reasoned({"q": 2}, bad)
+    assert ev.reasoned({"q": 1}, good) == ({"answer": "x"}, False)  # cached within the run
+    assert len(calls) == 2 and [e["kind"] for e in journal] == ["reasoning", "reasoning"]
+
+    ev2, _, _ = make()
+    ev2.replay(journal, {"usage": {}, "paid_entries": 0})
+    assert ev2.reasoned({"q": 1}, good) == ({"answer": "x"}, False)
+    with pytest.raises(ReplayedFailure, match="ValueError: could not parse"):
+        ev2.reasoned({"q": 2}, bad)
+    assert len(calls) == 2

@@ -11,14 +11,21 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import dspy
+
     from reflex_dspy.result import IterationRecord, Measurement, RunResult
 
 
 class Tracker:
-    """Receives the events of one run, in order: start, baseline, iterations, result."""
+    """Receives the events of one run, in order: start (or resume), baseline, iterations, result."""
 
     def on_run_start(self, info: dict[str, Any]) -> None:
-        """Config (no secrets), split sizes, models, initial prompt."""
+        """A new run: run id and directory, config (no secrets), split sizes, models, initial prompt."""
+
+    def on_resume(
+        self, info: dict[str, Any], baseline: Measurement | None, records: list[IterationRecord]
+    ) -> None:
+        """Instead of `on_run_start` when an interrupted run continues: what was already recorded."""
 
     def on_status(self, phase: str, detail: str = "") -> None:
         """Lifecycle phase changes: evaluating baseline, searching, evaluating best, finalizing."""
@@ -33,7 +40,16 @@ class Tracker:
         """One finished iteration, with its val score when val exists."""
 
     def on_checkpoint(self, state: dict[str, Any]) -> None:
-        """Resumable state after an iteration."""
+        """Resumable state (JSON data) after the start, after each iteration and when the search ends."""
+
+    def on_paid_call(self, entry: dict[str, Any]) -> None:
+        """One paid result (an evaluated example or a reasoning reply), so a resume need not pay again.
+
+        Called from evaluation worker threads, serialised by the evaluator's lock.
+        """
+
+    def on_program(self, program: dspy.Module) -> None:
+        """The optimized program (the selected candidate applied to the student), just before `on_result`."""
 
     def on_result(self, result: RunResult) -> None:
         """The final outcome, once."""
@@ -55,6 +71,9 @@ class Trackers(Tracker):
     def on_run_start(self, info):
         self._each("on_run_start", info)
 
+    def on_resume(self, info, baseline, records):
+        self._each("on_resume", info, baseline, records)
+
     def on_status(self, phase, detail=""):
         self._each("on_status", phase, detail)
 
@@ -69,6 +88,12 @@ class Trackers(Tracker):
 
     def on_checkpoint(self, state):
         self._each("on_checkpoint", state)
+
+    def on_paid_call(self, entry):
+        self._each("on_paid_call", entry)
+
+    def on_program(self, program):
+        self._each("on_program", program)
 
     def on_result(self, result):
         self._each("on_result", result)

@@ -1,0 +1,166 @@
+"""Where a run is recorded, and what an interrupted or parent run hands to a new process.
+
+`Reflex` calls `open_record` once per compile: it allocates the run directory (or reopens one
+to resume), builds the two writers of the record (the reflex layout and MLflow), and loads
+what a resume or a branch starts from. Compatibility is checked before anything is written:
+a resume or a branch on different data, config or metric would make the copied numbers lie.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.errors import UsageError
+from reflex_dspy.result import IterationRecord, Measurement
+from reflex_dspy.tracking.base import Tracker
+from reflex_dspy.tracking.files import read_jsonl
+from reflex_dspy.tracking.store import JOURNAL, Run, RunStore
+
+DEFAULT_RUN_DIR = ".reflex"
+
+
+def default_run_dir() -> str:
+    """`$REFLEX_RUN_DIR`, else `.reflex` in the working directory."""
+    return os.environ.get("REFLEX_RUN_DIR") or DEFAULT_RUN_DIR
+
+
+@dataclass
+class Record:
+    """The run being written, its writers, and what it continues from."""
+
+    run: Run
+    store: RunStore
+    trackers: list[Tracker]
+    tracking_uri: str | None
+    resumed: bool = False
+    checkpoint: dict[str, Any] | None = None
+    baseline: Measurement | None = None
+    records: list[IterationRecord] = field(default_factory=list)
+    later: dict[int, IterationRecord] = field(default_factory=dict)  # written after the checkpoint
+    journal: list[dict[str, Any]] = field(default_factory=list)
+    inherited: list[dict[str, Any]] = field(default_factory=list)  # the parent's journal (branches)
+    branched_from: dict[str, Any] | None = None
+    branch_candidate: Candidate | None = None
+
+
+def check_compatible(saved: dict[str, Any], info: dict[str, Any], what: str, *, config: bool = True) -> None:
+    """Refuse to continue or branch a run on other data, metrics or (for resume) settings."""
+    if saved.get("split_ids") != info["split_ids"]:
+        raise UsageError(f"{what}: the dataset or its splits differ from that run's (example ids changed)")
+    if saved.get("metrics") != info["metrics"]:
+        raise UsageError(f"{what}: the metric differs from that run's ({saved.get('metrics')} vs {info['metrics']})")
+    if config:
+        old, new = saved.get("config") or {}, info["config"]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                raise UsageError(
+                    f"{what}: config field {key} is {new.get(key)!r} but the run used {old.get(key)!r}; "
+                    "resume with the run's settings"
+                )
+
+
+def _checked_run(store: RunStore, run: Run | str, what: str) -> Run:
+    found = run if isinstance(run, Run) else store.get_run(run)
+    status = found.status
+    if what == "resume" and status == "completed":
+        raise UsageError(f"run {found.run_id} is completed; nothing to resume")
+    if status == "running":
+        raise UsageError(f"run {found.run_id} is still running in another process")
+    return found
+
+
+def _trackers(run: Run, store: RunStore, tracking_uri: str | None, experiment: str) -> list[Tracker]:
+    from reflex_dspy.tracking.layout import LayoutTracker
+
+    trackers: list[Tracker] = [LayoutTracker(run)]
+    if tracking_uri:
+        from reflex_dspy.tracking.mlflow_tracker import MlflowTracker
+
+        trackers.append(MlflowTracker(tracking_uri, experiment, artifact_root=store.root.resolve() / "mlartifacts"))
+    return trackers
+
+
+def resolve_tracking_uri(store: RunStore, tracking_uri: str | None, use_mlflow: bool) -> str | None:
+    if not use_mlflow:
+        return None
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store.tracking_uri
+
+
+def open_record(
+    info: dict[str, Any],
+    *,
+    run_dir: str | os.PathLike[str] | None,
+    tracking_uri: str | None,
+    experiment: str,
+    use_mlflow: bool,
+    resume: Run | str | None = None,
+    branch_from: tuple[str, int] | None = None,
+) -> Record:
+    """Open the record of this compile; `info` is the run's description (checked, not written)."""
+    if resume is not None and branch_from is not None:
+        raise UsageError("resume= and branch_from= are mutually exclusive")
+    store = RunStore(run_dir or default_run_dir())
+    uri = resolve_tracking_uri(store, tracking_uri, use_mlflow)
+    if resume is not None:
+        run = _checked_run(store, resume, "resume")
+        saved = run.load_config()
+        check_compatible(saved, info, f"cannot resume run {run.run_id}")
+        checkpoint = run.load_checkpoint()
+        done = checkpoint["iteration"] if checkpoint else 0
+        files = run.load_iterations()
+        baseline = run.load_baseline()
+        record = Record(
+            run, store, _trackers(run, store, uri, experiment), uri, resumed=True, checkpoint=checkpoint,
+            baseline=Measurement(**baseline) if baseline else None,
+            records=[r for r in files if r.iteration <= done],
+            later={r.iteration: r for r in files if r.iteration > done},
+            journal=read_jsonl(run.file(JOURNAL)),
+            branched_from=saved.get("branched_from"),
+        )
+        if record.branched_from:
+            parent = store.get_run(record.branched_from["run_id"])
+            record.inherited = read_jsonl(parent.file(JOURNAL))
+            record.branch_candidate = Candidate.from_dict(saved["initial_candidate"])
+        return record
+    if branch_from is not None:
+        return _open_branch(store, uri, experiment, info, branch_from)
+    run = store.create_run()
+    return Record(run, store, _trackers(run, store, uri, experiment), uri)
+
+
+def _open_branch(store: RunStore, uri: str | None, experiment: str, info: dict[str, Any], branch_from) -> Record:
+    try:
+        parent_id, iteration = str(branch_from[0]), int(branch_from[1])
+    except (TypeError, ValueError, IndexError):
+        raise UsageError("branch_from must be (run_id, iteration), e.g. ('001', 3)") from None
+    parent = _checked_run(store, parent_id, "branch")
+    saved = parent.load_config()
+    check_compatible(saved, info, f"cannot branch from run {parent.run_id}", config=False)
+    baseline = parent.load_baseline()
+    if baseline is None:
+        raise UsageError(f"run {parent.run_id} has no baseline yet; nothing to branch from")
+    if iteration == 0:
+        candidate = Candidate.from_dict(saved["initial_candidate"])
+    else:
+        found = [r for r in parent.load_iterations() if r.iteration == iteration]
+        if not found:
+            raise UsageError(f"run {parent.run_id} has no iteration {iteration}")
+        candidate = Candidate.from_dict(found[0].candidate)
+    if sorted(candidate.predictors) != sorted(info["initial_candidate"]["predictors"]):
+        raise UsageError(f"iteration {iteration} of run {parent.run_id} optimizes other predictors than this program")
+    run = store.create_run()
+    return Record(
+        run, store, _trackers(run, store, uri, experiment), uri,
+        baseline=Measurement(**baseline),
+        inherited=read_jsonl(parent.file(JOURNAL)),
+        branched_from={"run_id": parent.run_id, "iteration": iteration},
+        branch_candidate=candidate,
+    )
+
+
+def run_path(record: Record | None) -> Path | None:
+    return record.run.path if record else None

@@ -1,0 +1,102 @@
+"""The reflex run layout writer: the run on disk, as it goes (SPEC §9; file list in store.py).
+
+Whole files are replaced atomically; iteration files and result.json are written once; the
+journal is appended line by line as results are paid for, so `kill -9` at any moment leaves a
+directory a resume can continue from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from reflex_dspy.tracking.base import Tracker
+from reflex_dspy.tracking.files import dumps, repair_jsonl, write_atomic, write_json, write_once
+from reflex_dspy.tracking.store import (
+    BASELINE,
+    BEST_PROMPT,
+    CHECKPOINT,
+    CONFIG,
+    JOURNAL,
+    PID,
+    RESULT,
+    Run,
+    iteration_file,
+    pid_sentinel,
+)
+
+if TYPE_CHECKING:
+    import dspy
+
+    from reflex_dspy.result import IterationRecord, Measurement, RunResult
+
+PROGRAM = "program.json"
+
+
+class LayoutTracker(Tracker):
+    """Writes one run directory allocated by `RunStore.create_run()`."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._journal = None
+        self._lock = threading.Lock()
+
+    def _open_journal(self) -> None:
+        repair_jsonl(self.run.file(JOURNAL))
+        self._journal = open(self.run.file(JOURNAL), "a", encoding="utf-8")  # noqa: SIM115 (closed at the end)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
+        self.run.file(PID).unlink(missing_ok=True)
+
+    def on_run_start(self, info: dict[str, Any]) -> None:
+        write_once(self.run.file(CONFIG), dumps(info))
+        self._open_journal()
+
+    def on_resume(self, info, baseline, records) -> None:
+        write_json(self.run.file(PID), pid_sentinel())
+        self._open_journal()
+
+    def on_baseline(self, baseline: Measurement) -> None:
+        write_json(self.run.file(BASELINE), baseline.to_dict())
+
+    def on_iteration(self, record: IterationRecord) -> None:
+        path = self.run.file(iteration_file(record.iteration))
+        if not path.exists():  # re-run after a crash between this file and the checkpoint
+            write_once(path, dumps(record.to_dict()))
+
+    def on_checkpoint(self, state: dict[str, Any]) -> None:
+        write_json(self.run.file(CHECKPOINT), state)
+        best = state.get("best") or {}
+        if best.get("prompt"):
+            write_atomic(self.run.file(BEST_PROMPT), best["prompt"].rstrip("\n") + "\n")
+
+    def on_paid_call(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            if self._journal is not None:
+                self._journal.write(dumps_line(entry))
+                self._journal.flush()  # in the kernel's hands: survives kill -9 of this process
+
+    def on_program(self, program: dspy.Module) -> None:
+        target = self.run.file(PROGRAM)
+        tmp = target.with_name(f".{PROGRAM}.{os.getpid()}.tmp.json")
+        program.save(str(tmp))
+        os.replace(tmp, target)
+
+    def on_result(self, result: RunResult) -> None:
+        write_atomic(self.run.file(BEST_PROMPT), result.best_prompt.rstrip("\n") + "\n")
+        write_once(self.run.file(RESULT), dumps(result.to_dict()))
+        self._close()
+
+    def on_error(self, error: BaseException) -> None:
+        self._close()
+
+
+def dumps_line(entry: dict[str, Any]) -> str:
+    """One compact journal line."""
+    return json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":")) + "\n"
