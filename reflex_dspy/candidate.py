@@ -74,10 +74,11 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
-        return cls({name: PredictorState.from_dict(s) for name, s in data.items()})
+        return cls({name: PredictorState.from_dict(s) for name, s in data["predictors"].items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: state.to_dict() for name, state in sorted(self.predictors.items())}
+        """`{"predictors": {name: {"instructions": ..., "demos": [...]}}}`, sorted by name."""
+        return {"predictors": {name: state.to_dict() for name, state in sorted(self.predictors.items())}}
 
     # -- edits (each returns a new candidate) ---------------------------------------
     def with_instructions(self, name: str, instructions: str) -> Candidate:

@@ -48,6 +48,13 @@ class ConsoleTracker(Tracker):
             parts.append(f"best {self._best:.3f}")
         return " · ".join(parts)
 
+    def on_resume(self, info: dict[str, Any], baseline: Measurement | None, records: list[IterationRecord]) -> None:
+        done = f"after iteration {records[-1].iteration}" if records else "from the start of the search"
+        self.console.print(f"[bold]Resuming run {info['run_id']}[/] {done}; nothing already paid for is paid again")
+        if records:
+            self._iteration = records[-1].iteration
+        self.on_run_start(info)
+
     def on_run_start(self, info: dict[str, Any]) -> None:
         sizes = info["split_sizes"]
         models = info["models"]
@@ -57,6 +64,10 @@ class ConsoleTracker(Tracker):
             f" · train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}"
             f" · metric {', '.join(info['metrics'])}"
         )
+        if info.get("run_dir"):
+            branch = info.get("branched_from")
+            origin = f" · branched from run {branch['run_id']} iteration {branch['iteration']}" if branch else ""
+            self.console.print(f"Run {info['run_id']}: {escape(info['run_dir'])}{origin}")
         for warning in info.get("warnings", []):
             self.console.print(f"[yellow]warning:[/] {warning}")
         self.progress.start()

@@ -36,7 +36,7 @@ def test_iterative_finds_the_better_prompt_and_returns_exactly_the_selected_one(
     assert result.selected_iteration == 1
     # The returned program, the best prompt and the recorded candidate are the same thing.
     assert program.predict.signature.instructions == GOOD == result.best_prompt
-    assert result.candidate["predict"]["instructions"] == GOOD
+    assert result.candidate["predictors"]["predict"]["instructions"] == GOOD
     assert result.stop_reason.startswith("score threshold")
     # The program really answers with labels now.
     task.fake_engine.requests.clear()
