@@ -33,7 +33,7 @@ from reflex_dspy.stats import mean_std, paired_significance
 from reflex_dspy.strategies import Strategy, get_strategy
 from reflex_dspy.strategies.base import SearchContext
 from reflex_dspy.tracking import Tracker, Trackers
-from reflex_dspy.tracking.store import redact_uri
+from reflex_dspy.tracking.redact import redact_uri
 
 
 def _now() -> str:
@@ -457,7 +457,7 @@ class _Run:
 
     def _info(self) -> dict[str, Any]:
         return {
-            "config": self.config.public_dict(),
+            "config": {**self.config.public_dict(), "reasoning_base_url": redact_uri(self.config.reasoning_base_url)},
             "strategy_params": {k: v for k, v in self.strategy.get_params().items() if _jsonable(v)},
             "split_sizes": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
             "split_ids": {k: [example_id(e) for e in getattr(self.splits, k)] for k in ("train", "val", "test")},

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 try:  # POSIX; elsewhere run numbers are allocated without a lock
     import fcntl
@@ -37,16 +36,6 @@ RUN_ID = re.compile(r"^\d{1,9}$")
 
 CONFIG, BASELINE, CHECKPOINT, RESULT = "config.json", "baseline.json", "checkpoint.json", "result.json"
 JOURNAL, BEST_PROMPT, PID, ITERATIONS = "journal.jsonl", "best_prompt.md", "run.pid", "iterations"
-
-
-def redact_uri(uri: str | None) -> str | None:
-    """A URI safe to record: credentials in `scheme://user:pass@host` are replaced by `***`."""
-    if not uri:
-        return uri
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def iteration_file(iteration: int) -> str:
