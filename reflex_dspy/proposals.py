@@ -19,8 +19,9 @@ from typing import Any
 import dspy
 
 from reflex_dspy.errors import ProviderAuthError
-from reflex_dspy.evaluation import Evaluator, ExampleResult, ReplayedFailure, short_error
+from reflex_dspy.evaluation import Evaluator, ExampleResult, ReplayedFailure
 from reflex_dspy.metrics import label_fields
+from reflex_dspy.retries import short_error
 from reflex_dspy.signatures import ProposeInstruction
 
 # A label set is "small" when the gold outputs take at most this many distinct values and

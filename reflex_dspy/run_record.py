@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from reflex_dspy.candidate import Candidate
@@ -160,7 +159,3 @@ def _open_branch(store: RunStore, uri: str | None, experiment: str, info: dict[s
         branched_from={"run_id": parent.run_id, "iteration": iteration},
         branch_candidate=candidate,
     )
-
-
-def run_path(record: Record | None) -> Path | None:
-    return record.run.path if record else None

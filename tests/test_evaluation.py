@@ -13,8 +13,9 @@ from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import BudgetExhausted, ProviderAuthError
-from reflex_dspy.evaluation import Evaluator, ReplayedFailure, RetryPolicy, classify_error
+from reflex_dspy.evaluation import Evaluator, ReplayedFailure
 from reflex_dspy.metrics import resolve_metric
+from reflex_dspy.retries import RetryPolicy, classify_error
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
 LABELLED = "Answer with one word: billing, shipping or technical."

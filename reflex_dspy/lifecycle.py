@@ -1,0 +1,392 @@
+"""One compile, from split to held-out test (SPEC §4): the state and steps of a run.
+
+    split → baseline on test → strategy iterations on train (val after each) →
+    select ONE candidate on val (else train) → evaluate exactly that one on test →
+    significance → result
+
+Held-out test is never used to choose: it is measured twice, for the baseline and for the
+single selected candidate. Everything that records the run goes through the trackers; a
+checkpoint after the start, each iteration and the search lets a new process continue.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.data import assign_ids, example_id
+from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
+from reflex_dspy.evaluation import Evaluator
+from reflex_dspy.metrics import label_fields, metric_names, resolve_metric
+from reflex_dspy.proposals import Proposer, TaskFacts
+from reflex_dspy.result import IterationRecord, Measurement, RunResult
+from reflex_dspy.run_record import Record, open_record
+from reflex_dspy.splits import sample_batch, split_dataset
+from reflex_dspy.stats import mean_std, paired_significance
+from reflex_dspy.strategies.base import SearchContext
+from reflex_dspy.tracking import Trackers
+from reflex_dspy.tracking.redact import redact_uri
+
+if TYPE_CHECKING:
+    from reflex_dspy.reflex import Reflex
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _describe_lm(lm: Any) -> str:
+    return str(getattr(lm, "model", lm))
+
+
+class RunLifecycle:
+    """The state and steps of one compile. Kept apart from `Reflex` so a Reflex is reusable."""
+
+    def __init__(self, owner: Reflex, student: dspy.Module, trainset, valset) -> None:
+        self.owner = owner
+        self.config = cfg = owner.config
+        self.student = student
+        self.started = time.monotonic()
+        self.trackers = Trackers(owner.trackers)
+        if owner.metric is None:
+            raise UsageError("a metric is required: pass metric= (a function or a built-in name such as 'exact')")
+        self.task_lm = owner.task_lm or dspy.settings.lm
+        if self.task_lm is None:
+            raise UsageError("no task model: pass task_lm= or call dspy.configure(lm=...) first")
+        self.reasoning_lm = owner._resolve_reasoning_lm(self.task_lm)
+        self.metric = resolve_metric(owner.metric, judge_lm=self.reasoning_lm)
+        self.strategy = owner._make_strategy(self.metric)
+
+        examples = assign_ids(list(trainset))
+        if not examples:
+            raise UsageError("the trainset is empty")
+        val_override = assign_ids(list(valset)) if valset is not None else None
+        self.splits = split_dataset(
+            examples, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio, seed=cfg.seed, valset=val_override
+        )
+        self.warnings = list(self.splits.warnings)
+        names = owner.optimize
+        self.initial = Candidate.from_program(student, names)
+        if not self.initial.predictors:
+            raise UsageError("the program has no predictors to optimize")
+        budget = cfg.metric_call_budget(len(self.splits.train) + len(self.splits.val))
+        self.evaluator = Evaluator(
+            student,
+            self.metric,
+            task_lm=self.task_lm,
+            max_workers=cfg.max_workers,
+            temperature=cfg.eval_temperature,
+            budget=budget,
+            seed=cfg.seed,
+        )
+        self.evaluator.on_progress = self.trackers.on_progress
+        self.ctx = SearchContext(
+            student=student,
+            trainset=self.splits.train,
+            evaluator=self.evaluator,
+            proposer=Proposer(self.reasoning_lm, self.evaluator, source_model=cfg.source_model),
+            config=cfg,
+            predictor_names=sorted(self.initial.predictors),
+            facts=self._facts(student),
+        )
+        self.records: list[IterationRecord] = []
+        self.candidates: dict[int, Candidate] = {0: self.initial}
+        self.later: dict[int, IterationRecord] = {}  # iteration files a resume finds past its checkpoint
+        self.record: Record | None = None
+        self.initial_val: float | None = None
+        self.best_val: float | None = None
+        self.stale = 0  # iterations since val last improved
+
+    def _facts(self, student: dspy.Module) -> dict[str, TaskFacts]:
+        """Grounding facts for each optimizable predictor that produces a gold field."""
+        gold = list(label_fields(self.splits.train[0])) if self.splits.train else []
+        facts = {}
+        for name, predictor in student.named_predictors():
+            if name in self.initial.predictors:
+                fields = [f for f in gold if f in predictor.signature.output_fields]
+                if fields:
+                    facts[name] = TaskFacts.from_examples(self.splits.train, fields[0])
+        return facts
+
+    # -- measurements ---------------------------------------------------------------------
+    def _measure(self, candidate: Candidate, what: str, split: str, examples: list[dspy.Example]) -> Measurement:
+        """`eval_runs` passes of `what` (baseline, final) on a reporting split, outside the search budget."""
+        passes = [
+            self.evaluator.evaluate(
+                candidate, examples, budgeted=False, label=f"{what} on {split}, pass {p + 1}", eval_pass=p
+            )
+            for p in range(self.config.eval_runs)
+        ]
+        per_example: dict[str, list[float]] = {}
+        for result in passes:
+            for eid, score in result.scores.items():
+                per_example.setdefault(eid, []).append(score)
+        scores = {eid: sum(v) / len(v) for eid, v in per_example.items()}
+        means = [r.mean for r in passes if r.mean is not None]
+        mean, std = mean_std(means) if means else (None, 0.0)
+        first = passes[0]
+        by_id = {example_id(ex): ex for ex in examples}
+        samples = []
+        for eid, r in first.results.items():
+            ex = by_id[eid]
+            samples.append({
+                "id": eid,
+                "inputs": {k: str(v) for k, v in ex.inputs().items()},
+                "expected": {k: str(v) for k, v in label_fields(ex).items()},
+                "output": r.output,
+                "score": r.score,
+                "error": r.error,
+            })
+        if first.n_failed == first.n:
+            raise ReflexError(f"every {split} example failed; first error: {first.results[first.failed_ids[0]].error}")
+        return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples)
+
+    # -- the run ----------------------------------------------------------------------------
+    def execute(self, resume: Any = None, branch_from: tuple[str, int] | None = None) -> dspy.Module:
+        cfg, splits = self.config, self.splits
+        info = self._info()
+        try:
+            record = self._open(info, resume, branch_from)
+            if record is not None and record.resumed:
+                self.trackers.on_resume(info, record.baseline, self.records)
+            else:
+                self.trackers.on_run_start(info)
+            baseline = record.baseline if record is not None else None
+            if baseline is None:
+                self.trackers.on_status("evaluating baseline")
+                baseline = self._measure(self.initial, "baseline", "test", splits.test)
+                self.trackers.on_baseline(baseline)
+            elif not (record and record.resumed):
+                self.trackers.on_baseline(baseline)  # a branch records its parent's baseline
+            self.trackers.on_status("searching")
+            checkpoint = record.checkpoint if record is not None else None
+            if checkpoint and checkpoint.get("strategy_state") is not None:
+                self._restore(checkpoint)
+            else:
+                self.initial_val = (
+                    self.evaluator.evaluate(self.initial, splits.val, label="val: initial").mean if splits.val else None
+                )
+                self.best_val = self.initial_val
+                self.strategy.start(self.ctx, self.initial)
+                self._checkpoint(0)
+            stop_reason = (checkpoint or {}).get("stop_reason")
+            if stop_reason is None:
+                stop_reason = self._search(start=len(self.records) + 1)
+                self._checkpoint(len(self.records), stop_reason)
+            selected, sel_score, selected_by = self._select()
+            self.trackers.on_status("evaluating best", f"iteration {selected}")
+            final = self._measure(self.candidates[selected], "final", "test", splits.test)
+            self.trackers.on_status("finalizing")
+            result = RunResult(
+                strategy=self.strategy.name or type(self.strategy).__name__,
+                split_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+                held_out=splits.held_out,
+                baseline=baseline,
+                final=final,
+                significance=paired_significance(baseline.scores, final.scores),
+                selected_iteration=selected,
+                selected_by=selected_by,
+                selected_score=sel_score,
+                best_prompt=self.candidates[selected].render(),
+                candidate=self.candidates[selected].to_dict(),
+                iterations=self.records,
+                initial_val_score=self.initial_val,
+                stop_reason=stop_reason,
+                usage=self.evaluator.usage.to_dict(),
+                duration_seconds=time.monotonic() - self.started,
+                score_threshold=cfg.score_threshold,
+                models={"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
+                warnings=self.warnings,
+                run_id=record.run.run_id if record else None,
+            )
+            program = self._program(result, selected)
+            self.trackers.on_program(program)
+            self.trackers.on_result(result)
+        except BaseException as exc:
+            self.trackers.on_error(exc)
+            raise
+        return program
+
+    def _open(self, info: dict[str, Any], resume: Any, branch_from: tuple[str, int] | None) -> Record | None:
+        """Open the run record (nothing is written before the inputs were validated)."""
+        owner = self.owner
+        if not owner.track:
+            return None
+        record = open_record(
+            info, run_dir=owner.run_dir, tracking_uri=owner.tracking_uri, experiment=owner.experiment,
+            use_mlflow=owner.mlflow, resume=resume, branch_from=branch_from,
+        )
+        self.trackers.trackers.extend(record.trackers)
+        self.evaluator.on_paid = self.trackers.on_paid_call
+        if record.branch_candidate is not None:
+            self.initial = self.candidates[0] = record.branch_candidate
+        if record.inherited:
+            self.evaluator.replay(record.inherited)  # the parent's paid results: free cache hits
+        if record.resumed:
+            self.evaluator.replay(record.journal, record.checkpoint or {"paid_entries": 0})
+            self.records = list(record.records)
+            self.candidates.update({r.iteration: Candidate.from_dict(r.candidate) for r in self.records})
+            self.later = record.later
+        info.update(
+            run_id=record.run.run_id, run_name=record.run.path.name, run_dir=str(record.run.path.resolve()),
+            created=record.run.created if record.resumed else _now(),
+            branched_from=record.branched_from,
+            initial_candidate=self.initial.to_dict(), initial_prompt=self.initial.render(),
+            tracking={"uri": redact_uri(record.tracking_uri), "experiment": owner.experiment},
+        )
+        self.record = record
+        return record
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue after the checkpoint's iteration: strategy, early-stopping and RNG state."""
+        self.initial_val = checkpoint.get("initial_val")
+        self.best_val = checkpoint.get("best_val")
+        self.stale = checkpoint.get("stale", 0)
+        self.strategy.load_state_dict(checkpoint["strategy_state"])
+        version, internal, gauss = checkpoint["rng_state"]
+        self.ctx.rng.setstate((version, tuple(internal), gauss))
+
+    def _checkpoint(self, iteration: int, stop_reason: str | None = None) -> None:
+        """Everything a resume needs, after the start, each iteration and the end of the search."""
+        self.evaluator.settle()
+        best, score, by = self._select()
+        self.trackers.on_checkpoint({
+            "iteration": iteration,
+            "search_done": stop_reason is not None,
+            "stop_reason": stop_reason,
+            "strategy": self.strategy.name or type(self.strategy).__name__,
+            "strategy_state": self.strategy.state_dict(),
+            "initial_val": self.initial_val,
+            "best_val": self.best_val,
+            "stale": self.stale,
+            "best": {"iteration": best, "score": score, "by": by, "prompt": self.candidates[best].render()},
+            "trajectories": {
+                "train": [r.score for r in self.records],
+                "val": [r.val_score for r in self.records],
+            },
+            **self.evaluator.state_dict(),
+            "rng_state": list(self.ctx.rng.getstate()),
+            "updated": _now(),
+        })
+
+    def _search(self, start: int) -> str:
+        """Run strategy iterations until a stop condition; returns why it stopped."""
+        cfg, train, val = self.config, self.splits.train, self.splits.val
+        for i in range(start, cfg.max_iterations + 1):
+            batch = sample_batch(train, cfg.batch_size, cfg.batch_seed + i)
+            is_full = len(batch) == len(train)
+            if cfg.batch_size and cfg.full_eval_steps and i % cfg.full_eval_steps == 0:
+                batch, is_full = list(train), True
+            before = self.evaluator.usage.to_dict()
+            try:
+                step = self.strategy.step(self.ctx, i, batch)
+                val_score = self.evaluator.evaluate(step.candidate, val, label=f"iter {i}: val").mean if val else None
+            except BudgetExhausted:
+                return "metric-call budget spent"
+            self.candidates[i] = step.candidate
+            record = self._record(i, step, val_score, before, is_full, len(batch))
+            if (earlier := self.later.get(i)) is not None:
+                # Written just before a crash, re-derived from the journal: the file is the record.
+                if earlier.fingerprint != record.fingerprint:
+                    raise ReflexError(f"resumed iteration {i} differs from the one on disk; the run cannot continue")
+                record = earlier
+            self.records.append(record)
+            self.trackers.on_iteration(record)
+
+            reached = val_score if val else step.score
+            stop = None
+            if reached is not None and reached >= cfg.score_threshold:
+                stop = f"score threshold {cfg.score_threshold} reached"
+            elif val and val_score is not None:
+                if self.best_val is None or val_score > self.best_val:
+                    self.best_val, self.stale = val_score, 0
+                else:
+                    self.stale += 1  # ties do not reset patience
+                if cfg.early_stopping_patience and self.stale >= cfg.early_stopping_patience:
+                    stop = f"early stopping (no val improvement in {self.stale} iterations)"
+            if stop:
+                return stop
+            self._checkpoint(i)
+        return "max iterations"
+
+    def _record(self, i: int, step, val_score, before: dict, is_full: bool, batch_size: int) -> IterationRecord:
+        after = self.evaluator.usage.to_dict()
+        name = self.strategy.name or type(self.strategy).__name__
+        return IterationRecord(
+            iteration=i,
+            phase=name,
+            strategy=name,
+            score=step.score,
+            val_score=val_score,
+            delta=step.delta,
+            scores_by_metric=step.result.by_metric,
+            system_prompt={n: s.instructions for n, s in step.candidate.predictors.items()},
+            candidate=step.candidate.to_dict(),
+            fingerprint=step.candidate.fingerprint,
+            reasoning=step.reasoning,
+            change_summary=step.change_summary,
+            predictor=step.predictor,
+            eval_tokens=after["eval_tokens"] - before["eval_tokens"],
+            reasoning_tokens=after["reasoning_tokens"] - before["reasoning_tokens"],
+            metric_calls=after["metric_calls"] - before["metric_calls"],
+            elapsed_seconds=round(time.monotonic() - self.started, 3),
+            timestamp=_now(),
+            is_full_eval=is_full,
+            batch_size=batch_size,
+            n_failed=step.result.n_failed,
+            details=step.details,
+        )
+
+    def _select(self) -> tuple[int, float | None, str]:
+        """Best on val when val exists, else best train score; ties go to the earlier candidate."""
+        if self.splits.val:
+            scored = [(0, self.initial_val)] + [(r.iteration, r.val_score) for r in self.records]
+            by = "val"
+        else:
+            first = self.records[0] if self.records else None
+            parent = first.score - first.delta if first and first.delta is not None else None
+            scored = [(0, parent)] + [(r.iteration, r.score) for r in self.records]
+            by = "train"
+        best_i, best = 0, None
+        for i, score in scored:
+            if score is not None and (best is None or score > best):
+                best_i, best = i, score
+        return best_i, best, by
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "config": {**self.config.public_dict(), "reasoning_base_url": redact_uri(self.config.reasoning_base_url)},
+            "strategy_params": {k: v for k, v in self.strategy.get_params().items() if _jsonable(v)},
+            "split_sizes": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
+            "split_ids": {k: [example_id(e) for e in getattr(self.splits, k)] for k in ("train", "val", "test")},
+            "initial_candidate": self.initial.to_dict(),
+            "initial_prompt": self.initial.render(),
+            "metrics": metric_names(self.metric),
+            "models": {"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
+            "budget": self.evaluator.budget,
+            "warnings": self.warnings,
+            "metadata": self.owner.metadata,
+        }
+
+    def _program(self, result: RunResult, selected: int) -> dspy.Module:
+        program = self.candidates[selected].apply(self.student)
+        by = "val_score" if self.splits.val else "score"
+        ranked = sorted(self.records, key=lambda r: -(getattr(r, by) or -1.0))
+        program.result = result
+        program.candidate_programs = [
+            {"iteration": r.iteration, "score": r.score, "val_score": r.val_score,
+             "program": self.candidates[r.iteration].apply(self.student)}
+            for r in ranked
+        ]
+        program.trial_logs = {r.iteration: r.to_dict() for r in self.records}
+        program.run_id = result.run_id
+        program.run_dir = str(self.record.run.path) if self.record else None
+        return program
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool | type(None) | list | dict)

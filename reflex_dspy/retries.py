@@ -1,0 +1,55 @@
+"""Provider errors: which ones to retry (with backoff), which stop the run, which fail an example."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient provider errors."""
+
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+_TRANSIENT_NAMES = ("RateLimit", "Timeout", "ServiceUnavailable", "InternalServer", "APIConnection", "Transport")
+_AUTH_NAMES = ("Authentication", "PermissionDenied", "AuthError", "Billing")
+
+
+def classify_error(exc: BaseException) -> str:
+    """'auth' (stop the run), 'transient' (retry) or 'fatal' (record the example as failed).
+
+    Walks the cause chain because DSPy and litellm wrap provider errors in their own types.
+    """
+    from dspy.utils.exceptions import LMAuthError, LMBillingError, is_retryable_lm_error
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, LMAuthError | LMBillingError):
+            return "auth"
+        if is_retryable_lm_error(exc):
+            return "transient"
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return "auth"
+        if status == 429 or status == 408 or (isinstance(status, int) and status >= 500):
+            return "transient"
+        name = type(exc).__name__
+        if any(n in name for n in _AUTH_NAMES):
+            return "auth"
+        if any(n in name for n in _TRANSIENT_NAMES) or isinstance(exc, TimeoutError | ConnectionError):
+            return "transient"
+        exc = exc.__cause__ or exc.__context__
+    return "fatal"
+
+
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:limit]}"
