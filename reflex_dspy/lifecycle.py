@@ -11,6 +11,7 @@ checkpoint after the start, each iteration and the search lets a new process con
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -254,12 +255,17 @@ class RunLifecycle:
         """Everything a resume needs, after the start, each iteration and the end of the search."""
         self.evaluator.settle()
         best, score, by = self._select()
+        strategy_state = self.strategy.state_dict()
+        try:
+            json.dumps(strategy_state)
+        except (TypeError, ValueError) as exc:  # a resume could not restore it: fail now, not then
+            raise ReflexError(f"strategy {self.strategy.name!r} returned a state that is not JSON: {exc}") from exc
         self.trackers.on_checkpoint({
             "iteration": iteration,
             "search_done": stop_reason is not None,
             "stop_reason": stop_reason,
             "strategy": self.strategy.name or type(self.strategy).__name__,
-            "strategy_state": self.strategy.state_dict(),
+            "strategy_state": strategy_state,
             "initial_val": self.initial_val,
             "best_val": self.best_val,
             "stale": self.stale,

@@ -79,6 +79,10 @@ def _fmt_tokens(n: int) -> str:
     return str(n)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _trajectory(values: list[float | None]) -> str:
     return " → ".join("n/a" if v is None else f"{v:.3f}" for v in values)
 
@@ -121,7 +125,8 @@ class RunResult:
     def summary(self) -> str:
         sizes = self.split_sizes
         lines = [
-            f"Strategy       : {self.strategy} ({len(self.iterations)} iterations; stopped: {self.stop_reason})",
+            f"Strategy       : {self.strategy} ({_plural(len(self.iterations), 'iteration')}; "
+            f"stopped: {self.stop_reason})",
             f"Train/val/test : {sizes['train']} / {sizes['val']} / {sizes['test']} samples"
             + ("" if self.held_out else "  (no held-out split: test = train)"),
             f"Baseline score : {self.baseline.describe()}",
@@ -139,7 +144,7 @@ class RunResult:
             lines.append(f"Train traj     : {_trajectory([r.score for r in self.iterations])}")
             if sizes["val"]:
                 vals = [self.initial_val_score, *(r.val_score for r in self.iterations)]
-                lines.append(f"Val traj       : {_trajectory(vals)}  (first = initial prompt)")
+                lines.append(f"Val traj       : {_trajectory(vals)}  (first = the starting prompt)")
         lines.append(f"Early stopped  : {'Yes (val score plateaued)' if self.early_stopped else 'No'}")
         u = self.usage
         lines.append(

@@ -1,0 +1,213 @@
+"""`reflex-dspy`: optimize a prompt file against a dataset, and read, compare and branch its runs.
+
+This module assembles the parser and maps errors to exit codes; the commands live in
+`optimize.py` (optimize, resume) and `runs.py` (runs, show, diff, export, branch). Imports of
+dspy, litellm, mlflow and llama.cpp happen inside the commands, so `--help` and `--version`
+stay instant. Exit codes: 0 ok, 1 failure, 2 usage error (bad input), the latter always as one
+line `reflex-dspy: error: ...` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reflex_dspy import __version__
+from reflex_dspy._env import apply_env_defaults
+from reflex_dspy.cli import runs
+from reflex_dspy.cli.optimize import API_KEY_ENV, DEFAULT_EXPERIMENT, DEFAULT_RUN_DIR, run_optimize
+from reflex_dspy.errors import ProviderAuthError, ReflexError, UsageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+_Group = argparse._ArgumentGroup | argparse.ArgumentParser
+
+
+def _reasoning_flags(g: _Group) -> None:
+    g.add_argument(
+        "--reasoning-model", help="model that diagnoses failures and rewrites (default: task model)"
+    )
+    g.add_argument("--reasoning-base-url", help="OpenAI-compatible server for the reasoning model")
+    g.add_argument(
+        "--reasoning-api-key", help=f"API key for the reasoning model (or ${API_KEY_ENV}); never saved"
+    )
+
+
+def _search_flags(g: _Group, *, strategy_required: bool = False) -> None:
+    """The flags `branch` may override too (`optimize.SEARCH_FLAGS`)."""
+    g.add_argument(
+        "-s", "--strategy", required=strategy_required, help="optimization strategy (default: iterative)"
+    )
+    g.add_argument("--max-iterations", type=int)
+    g.add_argument("--threshold", type=float, help="stop once this score is reached (default 0.85)")
+    g.add_argument("--early-stopping-patience", type=int)
+    g.add_argument("--batch-size", type=int, help="examples per iteration (0 = all of train)")
+    g.add_argument("--full-eval-steps", type=int, help="full train evaluation every N iterations")
+    g.add_argument("--max-workers", type=int)
+    g.add_argument("--max-metric-calls", type=int, help="search budget in metric calls")
+    g.add_argument(
+        "--auto", choices=("light", "medium", "heavy"), help="search budget preset (config auto_budget)"
+    )
+
+
+def _run_dir_flag(g: _Group) -> None:
+    g.add_argument(
+        "--run-dir", default=DEFAULT_RUN_DIR, help=f"where runs are recorded (default {DEFAULT_RUN_DIR})"
+    )
+
+
+def _mlflow_flags(g: _Group) -> None:
+    g.add_argument(
+        "--mlflow-tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db)"
+    )
+    g.add_argument(
+        "--mlflow-experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default reflex)"
+    )
+
+
+def _run_and_output_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run record and tracking")
+    _run_dir_flag(g)
+    _mlflow_flags(g)
+    g = parser.add_argument_group("output")
+    g.add_argument("-o", "--output", help="write the selected prompt here")
+    g.add_argument("--results-json", help="write the full result as JSON here")
+    g.add_argument(
+        "--dry-run", action="store_true", help="validate data, splits, models and config; call no model"
+    )
+
+
+def _optimize_parser(sub: argparse._SubParsersAction) -> None:
+    opt = sub.add_parser(
+        "optimize",
+        help="optimize a prompt file against a dataset",
+        description="Optimize PROMPT (a system prompt file) on DATASET (JSONL, JSON or CSV). "
+        "With no -m, the embedded local model is both the task and the reasoning model. "
+        "--resume continues the latest interrupted run of DATASET, --resume-from ID that run.",
+    )
+    opt.add_argument("dataset", nargs="?", metavar="DATASET", help="JSONL / JSON / CSV dataset")
+    opt.add_argument(
+        "prompt", nargs="?", metavar="PROMPT", help="the system prompt to optimize (a text file)"
+    )
+
+    g = opt.add_argument_group("models")
+    g.add_argument("-m", "--model", action="append", help="task model (litellm string, local/X, embedded)")
+    _reasoning_flags(g)
+    g.add_argument("--source-model", help="model family the prompt was written for (migration mode)")
+
+    g = opt.add_argument_group("scoring")
+    g.add_argument("--metric", action="append", help="rouge (default), bleu, exact, contains, json_match")
+    g.add_argument(
+        "--judge", metavar="MODEL", help="score with an LLM judge (1-5 rubric) instead of --metric"
+    )
+    g.add_argument("--judge-criteria", metavar="FILE", help="rubric file for --judge")
+
+    _search_flags(opt.add_argument_group("search"))
+
+    g = opt.add_argument_group("data and splits")
+    g.add_argument("--input-field", help="dataset field holding the input (dotted paths allowed)")
+    g.add_argument("--output-field", help="dataset field holding the expected output")
+    g.add_argument("--train-split", type=float, help="train ratio (default 0.8; 1.0 disables splitting)")
+    g.add_argument("--val-split", type=float, help="validation ratio carved from train (default 0.1)")
+    g.add_argument("--eval-runs", type=int, help="passes averaged for baseline and final (default 1)")
+    g.add_argument("--seed", type=int)
+
+    g = opt.add_argument_group("resume").add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the latest interrupted run of DATASET")
+    g.add_argument("--resume-from", metavar="ID", help="continue the interrupted run ID")
+    _run_and_output_flags(opt)
+    opt.set_defaults(handler=run_optimize)
+
+
+def _runs_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list recorded runs", description="List the runs under RUN_DIR/runs.")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show reasoning model, metric and path")
+    _run_dir_flag(p)
+    p.set_defaults(handler=runs.cmd_runs)
+
+    p = sub.add_parser("show", help="show one run and its iterations")
+    p.add_argument("run", metavar="RUN", help="run id, e.g. 003")
+    _run_dir_flag(p)
+    p.set_defaults(handler=runs.cmd_show)
+
+    p = sub.add_parser(
+        "diff",
+        help="diff the prompts of two iterations of a run",
+        description="Unified diff of the prompts of iterations A and B (0 = the initial prompt).",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("a", metavar="A", help="iteration number (0 = the initial prompt)")
+    p.add_argument("b", metavar="B", help="iteration number")
+    _run_dir_flag(p)
+    p.set_defaults(handler=runs.cmd_diff)
+
+    p = sub.add_parser(
+        "export",
+        help="re-create a run directory from MLflow",
+        description="Write DEST/runs/<NNN_stamp>/ for RUN from the MLflow store.",
+    )
+    p.add_argument("run", metavar="RUN")
+    _mlflow_flags(p)
+    _run_dir_flag(p)
+    p.add_argument(
+        "--to", default="reflex-export", metavar="DEST", help="destination (default ./reflex-export)"
+    )
+    p.set_defaults(handler=runs.cmd_export)
+
+    p = sub.add_parser(
+        "branch",
+        help="start a new run from an iteration of a recorded run",
+        description="Start a new run from iteration ITER of RUN with another search configuration. "
+        "The task (dataset, prompt, models, metric) and every setting not given come from RUN.",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("iteration", metavar="ITER")
+    _search_flags(p.add_argument_group("search (default: the parent's)"), strategy_required=True)
+    _reasoning_flags(p.add_argument_group("reasoning model (default: the parent's)"))
+    _run_and_output_flags(p)
+    p.set_defaults(handler=runs.cmd_branch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reflex-dspy",
+        description="Optimize prompts of DSPy programs and prompt files, with an auditable record.",
+    )
+    parser.add_argument("--version", action="version", version=f"reflex-dspy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _optimize_parser(sub)
+    _runs_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (argparse's own errors and --help included)."""
+    apply_env_defaults()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or argparse's usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        print(f"reflex-dspy: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except ProviderAuthError as exc:
+        print(f"reflex-dspy: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ReflexError as exc:
+        print(f"reflex-dspy: run failed: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("reflex-dspy: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,376 @@
+"""`reflex-dspy optimize`: one run of a prompt file on a dataset, new, resumed or branched.
+
+The task of a CLI run (dataset, prompt, models, metric, fields) is a `TaskSpec`. A new run
+builds it from the flags; `--resume` / `--resume-from` and `reflex-dspy branch` rebuild it from
+the "metadata" the CLI recorded in the run's config.json, so a run can be continued or branched
+with nothing but its id. `execute` is the one flow all three share: validate everything that
+needs no model, stop there on `--dry-run`, then probe the models and compile.
+
+dspy, litellm and mlflow are imported inside the functions so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reflex_dspy.errors import UsageError
+from reflex_dspy.tracking.files import dumps, write_atomic
+from reflex_dspy.tracking.redact import redact_uri
+from reflex_dspy.tracking.store import RunStore
+
+if TYPE_CHECKING:
+    from reflex_dspy.config import OptimizerConfig
+    from reflex_dspy.tracking.store import Run
+
+API_KEY_ENV = "REFLEX_REASONING_API_KEY"
+DEFAULT_RUN_DIR = ".reflex"
+DEFAULT_EXPERIMENT = "reflex"
+
+# Flag dest → OptimizerConfig field. The search flags are also the ones `branch` may override.
+SEARCH_FLAGS = {
+    "strategy": "strategy",
+    "max_iterations": "max_iterations",
+    "threshold": "score_threshold",
+    "early_stopping_patience": "early_stopping_patience",
+    "batch_size": "batch_size",
+    "full_eval_steps": "full_eval_steps",
+    "max_workers": "max_workers",
+    "max_metric_calls": "max_metric_calls",
+    "auto": "auto_budget",
+    "reasoning_model": "reasoning_model",
+    "reasoning_base_url": "reasoning_base_url",
+}
+CONFIG_FLAGS = {
+    **SEARCH_FLAGS,
+    "train_split": "train_ratio",
+    "val_split": "val_ratio",
+    "eval_runs": "eval_runs",
+    "seed": "seed",
+    "source_model": "source_model",
+}
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+@dataclass
+class TaskSpec:
+    """What a CLI run optimizes, independent of how the search is configured."""
+
+    dataset: str
+    prompt_path: str | None
+    task_model: str | None
+    metrics: list[str] | None
+    judge: str | None
+    judge_criteria: str | None
+    input_field: str | None
+    output_field: str | None
+    prompt_text: str | None = None  # the exact initial prompt of a recorded run (not re-read)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TaskSpec:
+        if not args.dataset or not args.prompt:
+            raise UsageError("optimize needs DATASET and PROMPT (or --resume-from ID)")
+        if args.model and len(args.model) > 1:
+            raise UsageError("-m: several task models are not supported yet; pass one")
+        if args.judge and args.metric:
+            raise UsageError("--metric and --judge are mutually exclusive")
+        if args.judge_criteria and not args.judge:
+            raise UsageError("--judge-criteria needs --judge MODEL")
+        return cls(
+            dataset=args.dataset,
+            prompt_path=args.prompt,
+            task_model=args.model[0] if args.model else None,
+            metrics=None if args.judge else (args.metric or ["rouge"]),
+            judge=args.judge,
+            judge_criteria=args.judge_criteria,
+            input_field=args.input_field,
+            output_field=args.output_field,
+        )
+
+    @classmethod
+    def from_run(cls, run: Run, action: str) -> TaskSpec:
+        """The task recorded by the CLI in `run`'s config.json; an API run has none."""
+        saved = run.load_config()
+        meta = saved.get("metadata") or {}
+        if not meta.get("dataset_path"):
+            call = (
+                "compile(resume=run)"
+                if action == "resume"
+                else f"compile(branch_from=({run.run_id!r}, ITER))"
+            )
+            raise UsageError(
+                f"run {run.run_id} was not started by the CLI (no dataset in its config.json); "
+                f"{action} it from Python with {call}"
+            )
+        metric = meta.get("metric")
+        return cls(
+            dataset=meta["dataset_path"],
+            prompt_path=meta.get("prompt_path"),
+            task_model=meta.get("task_model"),
+            metrics=None if metric == "judge" else list(metric or ["rouge"]),
+            judge=meta.get("judge"),
+            judge_criteria=meta.get("judge_criteria"),
+            input_field=meta.get("input_field"),
+            output_field=meta.get("output_field"),
+            prompt_text=initial_prompts(saved).get("predict"),
+        )
+
+    @property
+    def metric_spec(self) -> list[str] | str:
+        return "judge" if self.judge else (self.metrics or ["rouge"])
+
+    def metadata(self, config: OptimizerConfig) -> dict[str, Any]:
+        """What `--resume` and `branch` need to rebuild this task; paths absolute, no secrets."""
+        return {
+            "dataset_path": _abs(self.dataset),
+            "prompt_path": _abs(self.prompt_path),
+            "task_model": self.task_model,
+            "reasoning_model": config.reasoning_model,
+            "reasoning_base_url": redact_uri(config.reasoning_base_url),
+            "metric": self.metric_spec,
+            "judge": self.judge,
+            "judge_criteria": _abs(self.judge_criteria),
+            "input_field": self.input_field,
+            "output_field": self.output_field,
+        }
+
+
+def initial_prompts(saved: dict[str, Any]) -> dict[str, str]:
+    """Predictor → initial instructions from a config.json (`{"predictors": {...}}` or the bare map)."""
+    cand = saved.get("initial_candidate") or {}
+    preds = cand.get("predictors") if isinstance(cand.get("predictors"), dict) else cand
+    return {
+        name: s["instructions"] for name, s in preds.items() if isinstance(s, dict) and s.get("instructions")
+    }
+
+
+# --------------------------------------------------------------------------- the config
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    return getattr(args, "reasoning_api_key", None) or os.environ.get(API_KEY_ENV)
+
+
+def given_flags(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """Config field → value for each flag in `flags` given on the command line."""
+    return {field: v for flag, field in flags.items() if (v := getattr(args, flag, None)) is not None}
+
+
+def build_config(fields: dict[str, Any], args: argparse.Namespace) -> OptimizerConfig:
+    """The OptimizerConfig of `fields`, plus the API key from the flag or env (never saved)."""
+    from reflex_dspy.config import OptimizerConfig
+
+    key = api_key(args)
+    if key:
+        fields = {**fields, "reasoning_api_key": key}
+    return OptimizerConfig.build(**fields)
+
+
+def saved_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """The recorded config fields this version of OptimizerConfig knows."""
+    from reflex_dspy.config import OptimizerConfig
+
+    config = saved.get("config") or {}
+    return {k: v for k, v in config.items() if k in OptimizerConfig.model_fields and k != "reasoning_api_key"}
+
+
+def note(text: str) -> None:
+    print(f"reflex-dspy: note: {text}", file=sys.stderr)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def resumed_config(run: Run, args: argparse.Namespace) -> OptimizerConfig:
+    """A resumed run keeps its recorded config; flags that would change it are named and ignored."""
+    fields = saved_fields(run.load_config())
+    for flag, field in CONFIG_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None and value != fields.get(field):
+            recorded = fields.get(field)
+            if field == "reasoning_base_url":  # a URL may carry credentials: never echo it
+                value, recorded = "(given)", "(recorded)"
+            note(f"{_flag(flag)} {value} ignored: run {run.run_id} keeps its recorded {field} = {recorded}")
+    return build_config(fields, args)
+
+
+def _check_task_flags(args: argparse.Namespace, spec: TaskSpec, run_id: str) -> None:
+    """A resumed run optimizes its recorded task: another dataset is an error, other flags get a note."""
+    if args.dataset and _abs(args.dataset) != _abs(spec.dataset):
+        raise UsageError(f"run {run_id} optimizes {spec.dataset}, not {args.dataset}")
+    pairs = [
+        ("PROMPT", _abs(args.prompt), _abs(spec.prompt_path)),
+        ("-m", args.model[0] if args.model else None, spec.task_model),
+        ("--metric", args.metric, spec.metrics),
+        ("--judge", args.judge, spec.judge),
+        ("--judge-criteria", _abs(args.judge_criteria), _abs(spec.judge_criteria)),
+        ("--input-field", args.input_field, spec.input_field),
+        ("--output-field", args.output_field, spec.output_field),
+    ]
+    for name, given, recorded in pairs:
+        if given is not None and given != recorded:
+            note(f"{name} ignored: run {run_id} continues with its recorded value {recorded}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    if args.resume or args.resume_from:
+        return _resume(args)
+    spec = TaskSpec.from_args(args)
+    fields = {"strategy": "iterative", **given_flags(args, CONFIG_FLAGS)}
+    if args.threshold is not None:
+        fields["target_source"] = "manual"
+    return execute(args, spec, build_config(fields, args))
+
+
+def _resume(args: argparse.Namespace) -> int:
+    store = RunStore(args.run_dir)
+    if args.resume:
+        if not args.dataset:
+            raise UsageError("--resume needs DATASET (or use --resume-from ID)")
+        run = store.find_incomplete_run(dataset_path=args.dataset)
+        if run is None:
+            raise UsageError(
+                f"no interrupted run of {args.dataset} in {store.runs_dir}; start one without --resume"
+            )
+    else:
+        run = store.get_run(args.resume_from)
+        if run.status == "completed":
+            raise UsageError(f"run {run.run_id} is completed; nothing to resume")
+        if run.status == "running":
+            raise UsageError(f"run {run.run_id} is still running; wait for it or stop it first")
+    spec = TaskSpec.from_run(run, "resume")
+    _check_task_flags(args, spec, run.run_id)
+    return execute(args, spec, resumed_config(run, args), resume=run)
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    for flag, path in (("-o", args.output), ("--results-json", args.results_json)):
+        if path and Path(path).is_dir():
+            raise UsageError(f"{flag} {path}: is a directory, expected a file path")
+        if path and not Path(path).resolve().parent.exists():
+            raise UsageError(f"{flag} {path}: directory {Path(path).parent} does not exist")
+
+
+def execute(
+    args: argparse.Namespace,
+    spec: TaskSpec,
+    config: OptimizerConfig,
+    *,
+    resume: Run | None = None,
+    branch_from: tuple[str, int] | None = None,
+) -> int:
+    """Validate, then (unless `--dry-run`) probe the models and run; shared by optimize, resume, branch."""
+    from reflex_dspy.adapters import load_prompt, program_from_prompt
+    from reflex_dspy.data import load_dataset
+    from reflex_dspy.lm import describe_lm, probe_lm, resolve_lm
+    from reflex_dspy.metrics import load_rubric, resolve_metric
+    from reflex_dspy.splits import split_dataset
+    from reflex_dspy.strategies import get_strategy
+
+    # Everything that needs no model is checked before any model loads or any file is written.
+    get_strategy(config.strategy, **config.extra_kwargs)
+    _check_output_paths(args)
+    if spec.prompt_text is not None:
+        prompt, prompt_label = spec.prompt_text, spec.prompt_path or "recorded initial prompt"
+    else:
+        prompt, prompt_label = load_prompt(spec.prompt_path), spec.prompt_path
+    examples = load_dataset(spec.dataset, input_field=spec.input_field, output_field=spec.output_field)
+    splits = split_dataset(
+        examples, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.seed
+    )
+    rubric = load_rubric(spec.judge_criteria) if spec.judge_criteria else None
+    if not spec.judge:
+        resolve_metric(spec.metric_spec)  # unknown names fail here, before any model loads
+
+    task_lm = resolve_lm(spec.task_model, temperature=config.eval_temperature)
+    key = config.reasoning_api_key.get_secret_value() if config.reasoning_api_key else None
+    reasoning_lm = (
+        resolve_lm(config.reasoning_model, api_key=key, base_url=config.reasoning_base_url)
+        if config.reasoning_model
+        else task_lm
+    )
+    judge_lm = resolve_lm(spec.judge) if spec.judge else None
+
+    if args.dry_run:
+        n_search = len(splits.train) + len(splits.val)
+        per_iter = 2 * (config.batch_size or len(splits.train)) + len(splits.val)
+        print(f"dataset        : {spec.dataset} ({len(examples)} examples)")
+        print(f"splits         : train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}")
+        print(f"prompt         : {prompt_label} ({len(prompt)} characters)")
+        print(f"task model     : {describe_lm(task_lm)}")
+        print(f"reasoning model: {describe_lm(reasoning_lm)}")
+        metric_text = f"judge {describe_lm(judge_lm)}" if judge_lm else ", ".join(spec.metric_spec)
+        print(f"metric         : {metric_text}")
+        n = config.max_iterations
+        print(f"strategy       : {config.strategy}, up to {n} iteration{'' if n == 1 else 's'}")
+        est = 2 * config.eval_runs * len(splits.test) + len(splits.val) + config.max_iterations * per_iter
+        print(
+            f"estimated LM calls: at most {est} task calls and {config.max_iterations} reasoning calls "
+            f"(search budget: {config.metric_call_budget(n_search) or 'none'})"
+        )
+        if resume is not None:
+            print(f"resume         : run {resume.run_id} ({resume.path})")
+        if branch_from is not None:
+            print(f"branch         : from run {branch_from[0]}, iteration {branch_from[1]}")
+        for warning in splits.warnings:
+            print(f"warning        : {warning}")
+        print("dry run: no model was called and nothing was written")
+        return 0
+
+    for lm in {id(x): x for x in (task_lm, reasoning_lm, judge_lm) if x is not None}.values():
+        probe_lm(lm)
+    metric = resolve_metric(spec.metric_spec, judge_lm=judge_lm, judge_criteria=rubric)
+
+    from reflex_dspy.progress import ConsoleTracker
+    from reflex_dspy.reflex import Reflex
+
+    optimizer = Reflex(
+        metric,
+        task_lm=task_lm,
+        reasoning_lm=reasoning_lm,
+        trackers=[ConsoleTracker()],
+        config=config,
+        run_dir=args.run_dir,
+        tracking_uri=args.mlflow_tracking_uri,
+        experiment=args.mlflow_experiment,
+        metadata=spec.metadata(config),
+    )
+    extra: dict[str, Any] = {}
+    if resume is not None:
+        extra["resume"] = resume
+    if branch_from is not None:
+        extra["branch_from"] = branch_from
+    optimized = optimizer.compile(program_from_prompt(prompt), trainset=examples, **extra)
+    result = optimized.result
+    print(result.summary())
+    run_id = getattr(optimized, "run_id", None)
+    if run_id:
+        print(f"{'Run':<15}: {run_id} ({_run_path(args.run_dir, run_id)})")
+    if args.output:
+        write_atomic(args.output, result.best_prompt.rstrip("\n") + "\n")
+        print(f"{'Best prompt':<15}: written to {args.output}")
+    if args.results_json:
+        write_atomic(args.results_json, dumps(result.to_dict()))
+        print(f"{'Results':<15}: written to {args.results_json}")
+    return 0
+
+
+def _run_path(run_dir: str, run_id: str) -> Path | str:
+    try:
+        return RunStore(run_dir).get_run(run_id).path
+    except UsageError:
+        return run_dir
