@@ -247,6 +247,7 @@ class RunLifecycle:
         self.initial_val = checkpoint.get("initial_val")
         self.best_val = checkpoint.get("best_val")
         self.stale = checkpoint.get("stale", 0)
+        self.started -= checkpoint.get("elapsed_seconds", 0.0)  # durations count the interrupted process too
         self.strategy.load_state_dict(checkpoint["strategy_state"])
         version, internal, gauss = checkpoint["rng_state"]
         self.ctx.rng.setstate((version, tuple(internal), gauss))
@@ -276,6 +277,7 @@ class RunLifecycle:
             },
             **self.evaluator.state_dict(),
             "rng_state": list(self.ctx.rng.getstate()),
+            "elapsed_seconds": round(time.monotonic() - self.started, 3),
             "updated": _now(),
         })
 
