@@ -8,6 +8,7 @@ llama.cpp grammar, so replies always parse. `llama_cpp` is imported only when a 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -42,6 +43,14 @@ class _LoadedModel:
 # often the same embedded model, and 0.5B parameters must not sit in memory twice.
 _MODELS: dict[tuple[str, int], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
+
+
+def _close_models() -> None:
+    """Free loaded models before interpreter teardown: llama.cpp's own `__del__` runs too late
+    then (its C bindings are already gone) and prints a TypeError traceback at exit."""
+    for loaded in _MODELS.values():
+        loaded.llama.close()
+    _MODELS.clear()
 
 
 def _import_llama_cpp() -> Any:
@@ -220,6 +229,8 @@ class LlamaCppEngine:
                 except (ValueError, OSError, RuntimeError) as exc:
                     raise lm15.ConfigurationError(f"cannot load model {self.model_path}: {exc}") from exc
                 loaded = _LoadedModel(llama, threading.Lock(), time.perf_counter() - start)
+                if not _MODELS:
+                    atexit.register(_close_models)
                 _MODELS[key] = loaded
         return loaded
 

@@ -8,7 +8,6 @@ need the run layout in `Reflex` (`run_dir=`), so they skip until it is there.
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import types
@@ -25,10 +24,6 @@ from reflex_dspy.cli import main
 from reflex_dspy.tracking.store import RunStore
 
 GOOD = "Route the message. Answer with one word: billing, shipping or technical."
-real_reflex = pytest.mark.skipif(
-    "run_dir" not in inspect.signature(reflex_dspy.reflex.Reflex.__init__).parameters,
-    reason="needs Reflex(run_dir=..., metadata=...) and compile(resume=/branch_from=) from reflex.py",
-)
 
 
 @pytest.fixture
@@ -299,7 +294,6 @@ def test_branch_usage_errors(capsys, task, models, recorder, argv, message):
 # --------------------------------------------------------------------------- end to end (needs reflex.py)
 
 
-@real_reflex
 def test_optimize_runs_show_diff_branch_end_to_end(capsys, task, models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # so a stray default .reflex / mlruns would show up here
     base = ["--metric exact --max-iterations 1 --max-workers 2", *task.flags]
@@ -328,7 +322,6 @@ def test_optimize_runs_show_diff_branch_end_to_end(capsys, task, models, tmp_pat
     assert "└─ ⎇ 001/1 → 002" in out
 
 
-@real_reflex
 def test_an_interrupted_run_resumes_without_paying_again(capsys, task, models):
     calls = {"n": 0}
 
@@ -361,3 +354,19 @@ def test_an_interrupted_run_resumes_without_paying_again(capsys, task, models):
     assert run.status == "completed" and [r.iteration for r in run.load_iterations()][0] == 1
     assert calls["n"] == 3  # iteration 1's proposal was not asked for again
     assert models.task_lm.fake_engine.calls - paid < paid  # the baseline was not paid again
+
+
+def test_the_api_key_given_to_the_cli_is_written_nowhere(capsys, task, models, tmp_path):
+    secret = "sk-cli-test-SECRET-9876543210"
+    code, out, err = cli(
+        capsys, "optimize", task.data, task.prompt, "-m fake/task --reasoning-model fake/reasoner",
+        "--reasoning-api-key", secret, "--metric exact --max-iterations 1", *task.flags,
+        "--results-json", tmp_path / "r.json", "-o", tmp_path / "best.md",
+    )
+    assert code == 0, err
+    assert ("fake/reasoner", {"api_key": secret, "base_url": None}) in models.resolved  # really used
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in written) and any(p.name == "journal.jsonl" for p in written)
+    for path in written:  # layout, journal, MLflow database and artifacts, -o and --results-json
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in out + err
