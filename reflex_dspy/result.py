@@ -72,7 +72,9 @@ class IterationRecord:
         return asdict(self)
 
 
-def _fmt_tokens(n: int) -> str:
+def format_tokens(n: int | None) -> str:
+    """12345 → "12.3K": token counts as people read them."""
+    n = n or 0
     for unit, size in (("M", 1_000_000), ("K", 1_000)):
         if n >= size:
             return f"{n / size:.1f}{unit}"
@@ -148,8 +150,8 @@ class RunResult:
         lines.append(f"Early stopped  : {'Yes (val score plateaued)' if self.early_stopped else 'No'}")
         u = self.usage
         lines.append(
-            f"LM usage       : eval {u['lm_calls']} calls / {_fmt_tokens(u['eval_tokens'])} tokens, "
-            f"reasoning {u['reasoning_calls']} calls / {_fmt_tokens(u['reasoning_tokens'])} tokens"
+            f"LM usage       : eval {u['lm_calls']} calls / {format_tokens(u['eval_tokens'])} tokens, "
+            f"reasoning {u['reasoning_calls']} calls / {format_tokens(u['reasoning_tokens'])} tokens"
         )
         lines.append(
             f"Metric calls   : {u['metric_calls']} evaluated, {u['cache_hits']} reused from the run cache, "

@@ -25,6 +25,7 @@ from reflex_dspy.cli.optimize import (
     saved_fields,
 )
 from reflex_dspy.errors import UsageError
+from reflex_dspy.result import format_tokens
 from reflex_dspy.tracking.store import Run, RunStore, RunSummary
 
 # --------------------------------------------------------------------------- formatting
@@ -36,14 +37,6 @@ def _score(value: float | None, digits: int = 3) -> str:
 
 def _delta(value: float | None) -> str:
     return "-" if value is None else f"{value:+.3f}"
-
-
-def _tokens(n: int | None) -> str:
-    n = n or 0
-    for unit, size in (("M", 1_000_000), ("K", 1_000)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
 
 
 def _created(text: str) -> str:
@@ -237,7 +230,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 _score(r.score),
                 _delta(r.delta),
                 _score(r.val_score),
-                _tokens((r.eval_tokens or 0) + (r.reasoning_tokens or 0)),
+                format_tokens((r.eval_tokens or 0) + (r.reasoning_tokens or 0)),
                 _clip(r.change_summary),
             ]
             for r in records
