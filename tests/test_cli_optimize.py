@@ -370,3 +370,14 @@ def test_the_api_key_given_to_the_cli_is_written_nowhere(capsys, task, models, t
     for path in written:  # layout, journal, MLflow database and artifacts, -o and --results-json
         assert secret.encode() not in path.read_bytes(), path
     assert secret not in out + err
+
+
+def test_resume_takes_back_the_credentials_of_a_recorded_server_url(capsys, task, models, recorder, monkeypatch):
+    from reflex_dspy.cli.optimize import resumed_config
+
+    url = "https://user:pw@llm.example.com/v1"
+    run = make_run(task.store, config={"reasoning_base_url": "https://***@llm.example.com/v1"})
+    args = types.SimpleNamespace(reasoning_base_url=url, reasoning_api_key=None)
+    assert resumed_config(run, args).reasoning_base_url == url
+    other = types.SimpleNamespace(reasoning_base_url="https://x:y@elsewhere.example.com/v1", reasoning_api_key=None)
+    assert resumed_config(run, other).reasoning_base_url == "https://***@llm.example.com/v1"

@@ -195,6 +195,9 @@ def _flag(dest: str) -> str:
 def resumed_config(run: Run, args: argparse.Namespace) -> OptimizerConfig:
     """A resumed run keeps its recorded config; flags that would change it are named and ignored."""
     fields = saved_fields(run.load_config())
+    given_url = getattr(args, "reasoning_base_url", None)
+    if given_url and redact_uri(given_url) == fields.get("reasoning_base_url") != given_url:
+        fields["reasoning_base_url"] = given_url  # recorded without its credentials: take them again
     for flag, field in CONFIG_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None and value != fields.get(field):
