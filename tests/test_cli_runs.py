@@ -7,7 +7,6 @@ running an optimization.
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -81,7 +80,7 @@ def make_run(
             "created": run.created,
             "config": OptimizerConfig(**fields).public_dict(),
             "split_sizes": {"train": 19, "val": 2, "test": 3},
-            "initial_candidate": {"predict": {"instructions": INITIAL, "demos": []}},
+            "initial_candidate": {"predictors": {"predict": {"instructions": INITIAL, "demos": []}}},
             "initial_prompt": INITIAL,
             "metrics": ["exact"],
             "models": {"task": "fake/task", "reasoning": "fake/reasoner"},
@@ -243,11 +242,8 @@ def test_diff_shows_a_unified_diff_of_two_iterations(capsys, store):
     assert "+Answer with one word: billing, shipping or technical." in lines
 
 
-def test_diff_reads_an_initial_candidate_wrapped_in_predictors(capsys, store):
-    run = make_run(store)
-    config = json.loads(run.file("config.json").read_text())
-    config["initial_candidate"] = {"predictors": config["initial_candidate"]}
-    write_json(run.file("config.json"), config)
+def test_diff_from_iteration_0_reads_the_initial_prompt_from_config(capsys, store):
+    make_run(store)
     code, out, _ = cli(capsys, "diff", "001", "0", "1", "--run-dir", str(store.root))
     assert code == 0 and f"-{INITIAL}" in out.splitlines()
 

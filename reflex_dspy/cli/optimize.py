@@ -146,12 +146,9 @@ class TaskSpec:
 
 
 def initial_prompts(saved: dict[str, Any]) -> dict[str, str]:
-    """Predictor → initial instructions from a config.json (`{"predictors": {...}}` or the bare map)."""
-    cand = saved.get("initial_candidate") or {}
-    preds = cand.get("predictors") if isinstance(cand.get("predictors"), dict) else cand
-    return {
-        name: s["instructions"] for name, s in preds.items() if isinstance(s, dict) and s.get("instructions")
-    }
+    """Predictor → initial instructions, from a run's config.json."""
+    predictors = (saved.get("initial_candidate") or {}).get("predictors") or {}
+    return {name: state["instructions"] for name, state in predictors.items()}
 
 
 # --------------------------------------------------------------------------- the config

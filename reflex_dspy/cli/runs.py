@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -292,13 +291,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from reflex_dspy.run_record import resolve_tracking_uri
+
     store = RunStore(args.run_dir)
-    uri = args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        db = store.root / "mlflow.db"
-        if not db.is_file():  # never let MLflow create an empty store just to report "no such run"
-            raise UsageError(f"no MLflow store at {db}; pass --mlflow-tracking-uri or --run-dir")
-        uri = store.tracking_uri
+    uri = resolve_tracking_uri(store, args.mlflow_tracking_uri, use_mlflow=True)
+    db = store.root / "mlflow.db"
+    if uri == store.tracking_uri and not db.is_file():  # never let MLflow create an empty store
+        raise UsageError(f"no MLflow store at {db}; pass --mlflow-tracking-uri or --run-dir")
     dest = Path(args.to)
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"--to {dest}: is a file, expected a directory")

@@ -280,11 +280,8 @@ class MlflowTracker(Tracker):
         earlier = [i for i in self._records if i < iteration]
         if earlier:
             return dict(self._records[max(earlier)].system_prompt)
-        initial = self._info.get("initial_candidate") or {}
-        predictors = initial.get("predictors")
-        if isinstance(predictors, dict) and all(isinstance(p, dict) for p in predictors.values()):
-            initial = predictors
-        return {n: p.get("instructions", "") for n, p in initial.items() if isinstance(p, dict)}
+        predictors = (self._info.get("initial_candidate") or {}).get("predictors") or {}
+        return {name: state["instructions"] for name, state in predictors.items()}
 
     def _log_child(self, record: IterationRecord) -> None:
         diff: list[str] = []
