@@ -213,8 +213,69 @@ class Evaluator:
         eval_pass: int = 0,
     ) -> EvalResult:
         """Score `candidate` on `examples`. Raises `BudgetExhausted` before spending past the budget."""
+        return self.evaluate_many([candidate], examples, budgeted=budgeted, label=label, eval_pass=eval_pass)[0]
+
+    def evaluate_many(
+        self,
+        candidates: Sequence[Candidate],
+        examples: Sequence[dspy.Example],
+        *,
+        budgeted: bool = True,
+        label: str = "evaluate",
+        eval_pass: int = 0,
+    ) -> list[EvalResult]:
+        """Score several candidates on the same examples through one worker pool.
+
+        Strategies that compare variants (structural, PDO duels) use this so `max_workers` is
+        shared by all pairs instead of each candidate waiting for the previous one. The budget
+        is checked for the whole set before anything is spent.
+        """
+        requested = list(candidates)
+        candidates = list({c.fingerprint: c for c in requested}.values())  # identical variants run once
+        plans = [self._plan(c, examples, eval_pass) for c in candidates]
+        paid = sum(len(todo) + len(replayed) for _, todo, replayed in plans)
+        if budgeted and self.budget is not None and paid > self.budget_left:
+            raise BudgetExhausted(
+                f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used, "
+                f"{paid} more needed for {label}"
+            )
+        lm = self.lm if eval_pass == 0 or self.temperature == 0 else self.lm.copy(rollout_id=eval_pass)
+        jobs = [(results, self._program(c), (c.fingerprint, eid, self.temperature, eval_pass), ex)
+                for c, (results, todo, _) in zip(candidates, plans, strict=True) for eid, ex in todo]
+        done = 0
+        self._progress(label, 0, len(jobs))
+        if jobs:
+            with ThreadPoolExecutor(max_workers=min(self.max_workers, len(jobs)),
+                                    thread_name_prefix="reflex-eval") as pool:
+                futures = [(results, pool.submit(self._run_one, program, lm, key, ex))
+                           for results, program, key, ex in jobs]
+                try:
+                    for results, future in futures:
+                        result = future.result()
+                        results[result.example_id] = result
+                        done += 1
+                        self._progress(label, done, len(jobs))
+                except ProviderAuthError:
+                    for _, f in futures:
+                        f.cancel()
+                    raise
+        out: dict[str, EvalResult] = {}
+        with self._lock:
+            for c, (results, todo, replayed) in zip(candidates, plans, strict=True):
+                for key in replayed:
+                    self._account(self._pending.pop(key))
+                n_paid = len(todo) + len(replayed)
+                self.usage.cache_hits += len(results) - n_paid
+                if budgeted:
+                    self.usage.search_calls += n_paid
+                out[c.fingerprint] = EvalResult(c.fingerprint, results, new_calls=len(todo),
+                                                cache_hits=len(results) - n_paid)
+        return [out[c.fingerprint] for c in requested]
+
+    def _plan(self, candidate: Candidate, examples: Sequence[dspy.Example], eval_pass: int):
+        """Split `examples` into cached results, pairs to run, and replayed pairs still unpaid here."""
         fp = candidate.fingerprint
-        results: dict[str, ExampleResult] = {}
+        results: dict[str, ExampleResult | None] = {}
         todo: list[tuple[str, dspy.Example]] = []
         replayed: list[CacheKey] = []
         for ex in examples:
@@ -228,40 +289,21 @@ class Evaluator:
             elif eid not in results:
                 results[eid] = None  # reserves the slot so results keep example order
                 todo.append((eid, ex))
-        paid = len(todo) + len(replayed)
-        if budgeted and self.budget is not None and paid > self.budget_left:
-            raise BudgetExhausted(
-                f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used, "
-                f"{paid} more needed for {label}"
-            )
-        program = self._program(candidate)
-        lm = self.lm if eval_pass == 0 or self.temperature == 0 else self.lm.copy(rollout_id=eval_pass)
-        done = 0
-        self._progress(label, 0, len(todo))
-        if todo:
-            workers = min(self.max_workers, len(todo))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reflex-eval") as pool:
-                futures = [
-                    pool.submit(self._run_one, program, lm, (fp, eid, self.temperature, eval_pass), ex)
-                    for eid, ex in todo
-                ]
-                try:
-                    for future in futures:
-                        result = future.result()
-                        results[result.example_id] = result
-                        done += 1
-                        self._progress(label, done, len(todo))
-                except ProviderAuthError:
-                    for f in futures:
-                        f.cancel()
-                    raise
+        return results, todo, replayed
+
+    def count_external(self, *, metric_calls: int = 0, lm_calls: int = 0, eval_tokens: int = 0,
+                       reasoning_calls: int = 0, reasoning_tokens: int = 0) -> None:
+        """Account for calls made by an optimizer we delegate to (GEPA), which runs the program itself.
+
+        They count against the search budget like our own evaluations, so every total stays true.
+        """
         with self._lock:
-            for key in replayed:
-                self._account(self._pending.pop(key))
-            self.usage.cache_hits += len(results) - paid
-            if budgeted:
-                self.usage.search_calls += paid
-        return EvalResult(fp, results, new_calls=len(todo), cache_hits=len(results) - paid)
+            self.usage.metric_calls += metric_calls
+            self.usage.search_calls += metric_calls
+            self.usage.lm_calls += lm_calls
+            self.usage.eval_tokens += eval_tokens
+            self.usage.reasoning_calls += reasoning_calls
+            self.usage.reasoning_tokens += reasoning_tokens
 
     def reasoned(self, key: Mapping[str, Any], call: Callable[[], tuple[dict[str, Any], bool]]):
         """One reasoning-model reply `(fields, truncated)`, paid once per run and journaled.

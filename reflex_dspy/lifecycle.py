@@ -240,6 +240,7 @@ class RunLifecycle:
             tracking={"uri": redact_uri(record.tracking_uri), "experiment": owner.experiment},
         )
         self.record = record
+        self.ctx.workdir = record.run.path / "strategy"
         return record
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
@@ -289,6 +290,8 @@ class RunLifecycle:
             is_full = len(batch) == len(train)
             if cfg.batch_size and cfg.full_eval_steps and i % cfg.full_eval_steps == 0:
                 batch, is_full = list(train), True
+            if (finished := self.strategy.done()) is not None:
+                return f"strategy finished: {finished}"
             before = self.evaluator.usage.to_dict()
             try:
                 step = self.strategy.step(self.ctx, i, batch)
@@ -326,7 +329,7 @@ class RunLifecycle:
         name = self.strategy.name or type(self.strategy).__name__
         return IterationRecord(
             iteration=i,
-            phase=name,
+            phase=step.phase or name,
             strategy=name,
             score=step.score,
             val_score=val_score,

@@ -12,9 +12,9 @@ import json
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import dspy
 
@@ -32,6 +32,7 @@ _NUMBER = re.compile(r"^-?\d+(?:[.,]\d+)?$")
 # Lines that copy the rewrite log back (small models do): never part of an instruction or summary.
 _LOG_LINE = re.compile(r"^\s*(Rewrite history:|Iter \d+\b.*\(score)", re.IGNORECASE)
 REASONING_MAX_TOKENS = 1024
+T = TypeVar("T")
 
 
 def strip_log_lines(text: str) -> str:
@@ -263,6 +264,76 @@ class Proposer:
         fields, truncated = self.evaluator.reasoned(key, call)
         return dspy.Prediction(**fields), truncated
 
+    def ask(self, signature: type[dspy.Signature], check: Callable[[dspy.Prediction, bool, int], T] | None = None,
+            **inputs: Any) -> T | dspy.Prediction:
+        """Ask `signature` up to `attempts` times; the first reply `check` accepts wins.
+
+        `check(reply, truncated, attempt)` returns what the caller wants from the reply or raises
+        `ProposalRejected` with the reason it is unusable. Parse and provider failures are
+        retried too; when every attempt fails, `ProposalRejected` lists every reason.
+        """
+        reasons = []
+        for attempt in range(self.attempts):
+            try:
+                reply, truncated = self._run(signature, attempt, **inputs)
+            except ProviderAuthError:
+                raise
+            except Exception as exc:  # parse failures, truncation, provider errors: retry, then reject
+                # A `ReplayedFailure` is the same failure, paid before a resume: same reason text.
+                reasons.append(str(exc) if isinstance(exc, ReplayedFailure) else short_error(exc, 120))
+                continue
+            if check is None:
+                return reply
+            try:
+                return check(reply, truncated, attempt)
+            except ProposalRejected as exc:
+                reasons.append(str(exc))
+        raise ProposalRejected("; ".join(reasons))
+
+    def rewrite(
+        self,
+        signature: type[dspy.Signature],
+        *,
+        current: str,
+        facts: TaskFacts | None,
+        data: str = "",
+        output_field: str = "revised_instructions",
+        **inputs: Any,
+    ) -> Proposal:
+        """New instructions from `signature`, refused when empty, unchanged or copied from `data`.
+
+        A proposal that drops the label set or format computed from the data gets it back.
+        """
+
+        def check(reply: dspy.Prediction, truncated: bool, attempt: int) -> Proposal:
+            text, salvaged = salvage(strip_log_lines(reply.get(output_field) or ""), truncated)
+            if not text:
+                raise ProposalRejected("empty instructions")
+            if text == current.strip():
+                raise ProposalRejected("unchanged instructions")
+            if data and copies_data(text, data, current):
+                raise ProposalRejected("copied example text instead of writing instructions")
+            summary = " ".join(strip_log_lines(reply.get("change_summary") or "").split())
+            patterns = salvage(reply.get("failure_patterns") or "", truncated)[0]
+            proposal = Proposal(text, summary or derived_summary(current, text), patterns, attempts=attempt + 1,
+                                salvaged=salvaged)
+            if facts is not None and (fix := facts.missing_from(text)):
+                proposal.instructions = f"{text}\n\n{fix}"
+                proposal.repaired = fix
+            return proposal
+
+        return self.ask(signature, check, **inputs)
+
+    def grounding(self, facts: TaskFacts | None, differences: str = "") -> str:
+        """The facts sent with every rewrite request (plus migration context for `source_model`)."""
+        grounded = "\n".join(x for x in (facts.describe() if facts else "", differences) if x)
+        if self.source_model:
+            grounded += (
+                f"\nThe instructions were written for {self.source_model}; adapt idioms of that model "
+                "family to the model being optimized."
+            )
+        return grounded or "(none computed)"
+
     def propose_instruction(
         self,
         *,
@@ -273,56 +344,28 @@ class Proposer:
         history: str,
         step_name: str,
     ) -> Proposal:
-        grounded = "\n".join(x for x in (facts.describe() if facts else "", differences) if x)
-        if self.source_model:
-            grounded += (
-                f"\nThe instructions were written for {self.source_model}; adapt idioms of that model "
-                "family to the model being optimized."
+        try:
+            return self.rewrite(
+                ProposeInstruction,
+                current=current,
+                facts=facts,
+                data=f"{failures}\n{history}",
+                step_name=step_name,
+                current_instructions=current,
+                task_facts=self.grounding(facts, differences),
+                failures=failures,
+                rewrite_history=history or "(no earlier changes)",
             )
-        reasons = []
-        for attempt in range(self.attempts):
-            try:
-                reply, truncated = self._run(
-                    ProposeInstruction,
-                    attempt,
-                    step_name=step_name,
-                    current_instructions=current,
-                    task_facts=grounded or "(none computed)",
-                    failures=failures,
-                    rewrite_history=history or "(no earlier changes)",
-                )
-            except ProviderAuthError:
+        except ProposalRejected as exc:
+            fix = facts.missing_from(current) if facts is not None else None
+            if fix is None:
                 raise
-            except Exception as exc:  # parse failures, truncation, provider errors: retry, then reject
-                # A `ReplayedFailure` is the same failure, paid before a resume: same reason text.
-                reasons.append(str(exc) if isinstance(exc, ReplayedFailure) else short_error(exc, 120))
-                continue
-            text, salvaged = salvage(strip_log_lines(reply.revised_instructions or ""), truncated)
-            if not text:
-                reasons.append("empty instructions")
-                continue
-            if text == current.strip():
-                reasons.append("unchanged instructions")
-                continue
-            if copies_data(text, f"{failures}\n{history}", current):
-                reasons.append("copied example text instead of writing instructions")
-                continue
-            summary = " ".join(strip_log_lines(reply.change_summary or "").split()) or derived_summary(current, text)
-            patterns = salvage(reply.failure_patterns or "", truncated)[0]
-            proposal = Proposal(text, summary, patterns, attempts=attempt + 1, salvaged=salvaged)
-            if facts is not None and (fix := facts.missing_from(text)):
-                proposal.instructions = f"{text}\n\n{fix}"
-                proposal.repaired = fix
-            return proposal
-        fix = facts.missing_from(current) if facts is not None else None
-        if fix is None:
-            raise ProposalRejected("; ".join(reasons))
-        # Every reply was rejected, but the data tells us what the instructions lack: state it.
-        return Proposal(
-            f"{current.strip()}\n\n{fix}",
-            "stated the output format computed from the data (the reasoning model's proposals were rejected)",
-            "",
-            repaired=fix,
-            attempts=self.attempts,
-            rejected="; ".join(reasons),
-        )
+            # Every reply was rejected, but the data tells us what the instructions lack: state it.
+            return Proposal(
+                f"{current.strip()}\n\n{fix}",
+                "stated the output format computed from the data (the reasoning model's proposals were rejected)",
+                "",
+                repaired=fix,
+                attempts=self.attempts,
+                rejected=str(exc),
+            )

@@ -13,6 +13,8 @@ import abc
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dspy
@@ -38,15 +40,29 @@ class SearchContext:
     predictor_names: list[str]
     facts: dict[str, TaskFacts] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    workdir: Path | None = None  # a folder inside the run record for a strategy's own files (GEPA's log)
 
     def evaluate(self, candidate: Candidate, batch: Sequence[dspy.Example], label: str = "train") -> EvalResult:
         return self.evaluator.evaluate(candidate, batch, label=label)
 
-    @property
+    def evaluate_many(
+        self, candidates: Sequence[Candidate], batch: Sequence[dspy.Example], label: str = "train"
+    ) -> list[EvalResult]:
+        """Score several candidates on the same batch, sharing the evaluator's worker pool."""
+        return self.evaluator.evaluate_many(candidates, batch, label=label)
+
+    @cached_property
     def examples_by_id(self) -> dict[str, dspy.Example]:
         from reflex_dspy.data import example_id
 
         return {example_id(ex): ex for ex in self.trainset}
+
+    @cached_property
+    def has_gold(self) -> bool:
+        """Whether the examples carry reference outputs; without them the metric is a judge."""
+        from reflex_dspy.metrics import label_fields
+
+        return bool(self.trainset) and bool(label_fields(self.trainset[0]))
 
 
 @dataclass
@@ -64,6 +80,7 @@ class Step:
     change_summary: str
     predictor: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    phase: str | None = None  # the sub-strategy that produced it, when a strategy chains others (auto)
 
     @property
     def score(self) -> float | None:
@@ -122,6 +139,10 @@ class Strategy(Teleprompter, abc.ABC):
     @abc.abstractmethod
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
         """Produce iteration `iteration`'s candidate, scored on `batch` through `ctx.evaluate`."""
+
+    def done(self) -> str | None:
+        """Why the strategy has nothing more to propose (the search then stops), or None."""
+        return None
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
