@@ -12,6 +12,7 @@ checkpoint after the start, each iteration and the search lets a new process con
 from __future__ import annotations
 
 import json
+import random
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,7 @@ class RunLifecycle:
             config=cfg,
             predictor_names=sorted(self.initial.predictors),
             facts=self._facts(student),
+            rng=random.Random(cfg.seed),
         )
         self.records: list[IterationRecord] = []
         self.candidates: dict[int, Candidate] = {0: self.initial}
@@ -370,8 +372,10 @@ class RunLifecycle:
 
     def _info(self) -> dict[str, Any]:
         return {
-            "config": {**self.config.public_dict(), "reasoning_base_url": redact_uri(self.config.reasoning_base_url)},
-            "strategy_params": {k: v for k, v in self.strategy.get_params().items() if _jsonable(v)},
+            "config": {**self.config.public_dict(), "reasoning_base_url": redact_uri(self.config.reasoning_base_url),
+                       "extra_kwargs": _redacted(self.config.extra_kwargs)},
+            "strategy_params": _redacted({k: v for k, v in self.strategy.get_params().items()
+                                          if k != "metric" and _jsonable(v)}),
             "split_sizes": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
             "split_ids": {k: [example_id(e) for e in getattr(self.splits, k)] for k in ("train", "val", "test")},
             "initial_candidate": self.initial.to_dict(),
@@ -401,3 +405,8 @@ class RunLifecycle:
 
 def _jsonable(value: Any) -> bool:
     return isinstance(value, str | int | float | bool | type(None) | list | dict)
+
+
+def _redacted(params: dict[str, Any]) -> dict[str, Any]:
+    """Strategy parameters safe to record: a URL such as PDO's `storage` loses its credentials."""
+    return {k: redact_uri(v) if isinstance(v, str) else v for k, v in params.items()}

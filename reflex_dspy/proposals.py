@@ -40,7 +40,7 @@ def strip_log_lines(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not _LOG_LINE.match(line)).strip()
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])(\s+)")
 
 
 def salvage(text: str, truncated: bool) -> tuple[str, str | None]:
@@ -49,20 +49,23 @@ def salvage(text: str, truncated: bool) -> tuple[str, str | None]:
     Small models often loop on one sentence until the token limit; the sentences before the
     loop are usually a fine instruction. Returns the text and a note of what was dropped.
     """
-    sentences = [x for x in _SENTENCE_END.split(text.strip()) if x]
+    # Sentences with the whitespace that followed each, so line breaks and lists survive.
+    parts = _SENTENCE_END.split(text.strip())
+    sentences = [(parts[i], parts[i + 1] if i + 1 < len(parts) else "") for i in range(0, len(parts), 2) if parts[i]]
     dropped = []
-    if truncated and sentences and not sentences[-1].rstrip().endswith((".", "!", "?", ":", ")")):
+    if truncated and sentences and not sentences[-1][0].rstrip().endswith((".", "!", "?", ":", ")")):
         sentences.pop()
         dropped.append("a truncated tail")
     kept, seen = [], set()
-    for sentence in sentences:
+    for sentence, gap in sentences:
         key = " ".join(sentence.lower().split())
         if key not in seen:
             seen.add(key)
-            kept.append(sentence)
+            kept.append((sentence, gap))
     if len(kept) < len(sentences):
         dropped.append(f"{len(sentences) - len(kept)} repeated sentences")
-    return " ".join(kept), ("dropped " + " and ".join(dropped)) if dropped else None
+    text = "".join(sentence + gap for sentence, gap in kept).strip()
+    return text, ("dropped " + " and ".join(dropped)) if dropped else None
 
 
 COPY_WORDS = 8  # a run of this many words shared with the examples is copying, not instructing

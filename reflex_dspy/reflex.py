@@ -35,7 +35,7 @@ class Reflex(Teleprompter):
         self,
         metric: Any = None,
         *,
-        strategy: str | Strategy = "iterative",
+        strategy: str | Strategy = "auto",
         task_lm: dspy.LM | None = None,
         reasoning_lm: dspy.LM | str | None = None,
         optimize: Sequence[str] | None = None,

@@ -126,7 +126,7 @@ def test_optimize_hands_reflex_the_run_layout_tracking_and_metadata(
 ):
     monkeypatch.setenv("REFLEX_REASONING_API_KEY", "sk-secret-123")
     out_file = tmp_path / "best.md"
-    flags = "-m fake/task --reasoning-model fake/reasoner --metric exact --max-metric-calls 50"
+    flags = "-m fake/task --reasoning-model fake/reasoner --metric exact --max-metric-calls 50 -p max_phases=3"
     code, out, _ = cli(
         capsys, "optimize", task.data, task.prompt, flags, "--mlflow-experiment exp -o", out_file, *task.flags
     )
@@ -134,7 +134,8 @@ def test_optimize_hands_reflex_the_run_layout_tracking_and_metadata(
     init = recorder.init
     assert init["run_dir"] == str(task.run_dir) and init["experiment"] == "exp"
     assert init["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert init["config"].max_metric_calls == 50 and init["config"].strategy == "iterative"
+    assert init["config"].max_metric_calls == 50 and init["config"].strategy == "auto"
+    assert init["config"].extra_kwargs == {"max_phases": 3}
     assert init["config"].reasoning_api_key.get_secret_value() == "sk-secret-123"
     assert init["metadata"] == _meta(task, reasoning_model="fake/reasoner")
     assert "sk-secret" not in json.dumps(init["metadata"]) + json.dumps(init["config"].public_dict())
@@ -297,7 +298,7 @@ def test_branch_usage_errors(capsys, task, models, recorder, argv, message):
 def test_optimize_runs_show_diff_branch_end_to_end(capsys, task, models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # so a stray default .reflex / mlruns would show up here
     base = ["--metric exact --max-iterations 1 --max-workers 2", *task.flags]
-    flags = "-m fake/task --reasoning-model fake/reasoner"
+    flags = "-m fake/task --reasoning-model fake/reasoner -s iterative"
     code, out, err = cli(
         capsys, "optimize", task.data, task.prompt, flags, *base, "--results-json", tmp_path / "r.json"
     )
@@ -339,7 +340,7 @@ def test_an_interrupted_run_resumes_without_paying_again(capsys, task, models):
 
     models.reasoning_lm = fake_lm(reasoner, name="fake/reasoner")
     argv = [
-        "-m fake/task --reasoning-model fake/reasoner --metric exact --max-iterations 3",
+        "-m fake/task --reasoning-model fake/reasoner --metric exact --max-iterations 3 -s iterative",
         "--early-stopping-patience 0 --threshold 1.0 --max-workers 2",
         *task.flags,
     ]
@@ -359,7 +360,7 @@ def test_an_interrupted_run_resumes_without_paying_again(capsys, task, models):
 def test_the_api_key_given_to_the_cli_is_written_nowhere(capsys, task, models, tmp_path):
     secret = "sk-cli-test-SECRET-9876543210"
     code, out, err = cli(
-        capsys, "optimize", task.data, task.prompt, "-m fake/task --reasoning-model fake/reasoner",
+        capsys, "optimize", task.data, task.prompt, "-m fake/task --reasoning-model fake/reasoner -s iterative",
         "--reasoning-api-key", secret, "--metric exact --max-iterations 1", *task.flags,
         "--results-json", tmp_path / "r.json", "-o", tmp_path / "best.md",
     )

@@ -100,7 +100,7 @@ def test_looping_truncated_reply_is_salvaged_not_adopted_verbatim():
 def test_unparseable_proposals_are_rejected_never_adopted():
     # The initial prompt already states the labels, so no grounded fallback applies either.
     reasoner = ScriptedReasoner(["", "RAW:not json at all {", "RAW:"])
-    opt = Reflex("exact", task_lm=fake_lm(routing_respond), reasoning_lm=fake_lm(reasoner), max_iterations=1,
+    opt = Reflex("exact", strategy="iterative", task_lm=fake_lm(routing_respond), reasoning_lm=fake_lm(reasoner), max_iterations=1,
                  train_ratio=1.0, val_ratio=0.0)
     program = opt.compile(program_from_prompt(GOOD), trainset=routing_examples())
     record = program.result.iterations[0]

@@ -35,10 +35,33 @@ def _reasoning_flags(g: _Group) -> None:
     )
 
 
+class _ParamAction(argparse.Action):
+    """Collects `-p KEY=VALUE` into a dict; VALUE is read as JSON when it parses, else as text."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        import json
+
+        key, sep, raw = value.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"{option_string} {value!r}: expected KEY=VALUE")
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = raw
+        params = dict(getattr(namespace, self.dest) or {})
+        params[key.strip()] = parsed
+        setattr(namespace, self.dest, params)
+
+
 def _search_flags(g: _Group, *, strategy_required: bool = False) -> None:
     """The flags `branch` may override too (`optimize.SEARCH_FLAGS`)."""
     g.add_argument(
-        "-s", "--strategy", required=strategy_required, help="optimization strategy (default: iterative)"
+        "-s", "--strategy", required=strategy_required,
+        help="auto (default), iterative, structural, fewshot, pdo, gepa, or a registered name",
+    )
+    g.add_argument(
+        "-p", "--strategy-param", action=_ParamAction, metavar="KEY=VALUE",
+        help="a strategy parameter (repeatable; VALUE is JSON or text), e.g. -p duels_per_round=2",
     )
     g.add_argument("--max-iterations", type=int)
     g.add_argument("--threshold", type=float, help="stop once this score is reached (default 0.85)")

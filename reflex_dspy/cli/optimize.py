@@ -34,6 +34,7 @@ DEFAULT_EXPERIMENT = "reflex"
 # Flag dest → OptimizerConfig field. The search flags are also the ones `branch` may override.
 SEARCH_FLAGS = {
     "strategy": "strategy",
+    "strategy_param": "extra_kwargs",
     "max_iterations": "max_iterations",
     "threshold": "score_threshold",
     "early_stopping_patience": "early_stopping_patience",
@@ -230,7 +231,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     if args.resume or args.resume_from:
         return _resume(args)
     spec = TaskSpec.from_args(args)
-    fields = {"strategy": "iterative", **given_flags(args, CONFIG_FLAGS)}
+    fields = given_flags(args, CONFIG_FLAGS)
     if args.threshold is not None:
         fields["target_source"] = "manual"
     return execute(args, spec, build_config(fields, args))

@@ -1,13 +1,25 @@
-"""Strategies and their registry: `register_strategy(name, cls)`, `list_strategies()`."""
+"""Strategies and their registry: `register_strategy(name, cls)`, `list_strategies()`.
+
+Built-in strategies are imported when first asked for, so importing the package (and the
+CLI's `--help`) does not pay for Optuna or GEPA.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from reflex_dspy.errors import UsageError
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
-from reflex_dspy.strategies.iterative import Iterative
 
+_BUILTIN = {
+    "auto": "reflex_dspy.strategies.auto:Auto",
+    "fewshot": "reflex_dspy.strategies.fewshot:FewShot",
+    "gepa": "reflex_dspy.strategies.gepa:GEPA",
+    "iterative": "reflex_dspy.strategies.iterative:Iterative",
+    "pdo": "reflex_dspy.strategies.pdo:PDO",
+    "structural": "reflex_dspy.strategies.structural:Structural",
+}
 _REGISTRY: dict[str, type[Strategy]] = {}
 
 
@@ -19,20 +31,36 @@ def register_strategy(name: str, cls: type[Strategy]) -> None:
 
 
 def list_strategies() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered under `name`; unknown names are a `UsageError` listing the known ones."""
+    cls = _REGISTRY.get(name)
+    if cls is None and name in _BUILTIN:
+        module, _, attr = _BUILTIN[name].partition(":")
+        cls = _REGISTRY[name] = getattr(importlib.import_module(module), attr)
+    if cls is None:
+        raise UsageError(f"unknown strategy {name!r} (known: {', '.join(list_strategies())})")
+    return cls
 
 
 def get_strategy(name: str, metric: Any = None, **params: Any) -> Strategy:
     """Instantiate the strategy registered under `name` with its parameters (`extra_kwargs`)."""
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise UsageError(f"unknown strategy {name!r} (known: {', '.join(list_strategies())})")
+    cls = strategy_class(name)
     try:
         return cls(metric, **params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid parameters for strategy {name!r}: {exc}") from None
 
 
-register_strategy("iterative", Iterative)
+def __getattr__(name: str) -> Any:
+    """`from reflex_dspy.strategies import PDO` etc. without importing every strategy up front."""
+    for key, target in _BUILTIN.items():
+        if target.endswith(f":{name}"):
+            return strategy_class(key)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["Iterative", "SearchContext", "Step", "Strategy", "get_strategy", "list_strategies", "register_strategy"]
+
+__all__ = ["SearchContext", "Step", "Strategy", "get_strategy", "list_strategies", "register_strategy",
+           "strategy_class"]

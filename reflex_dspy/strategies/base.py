@@ -106,8 +106,13 @@ class Strategy(Teleprompter, abc.ABC):
     def __init__(self, metric: Any = None, **params: Any) -> None:
         super().__init__()
         self.metric = metric
+        self._param_names = list(params)
         for key, value in params.items():
             setattr(self, key, value)
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters (not the search state `Teleprompter.get_params` would add)."""
+        return {"metric": self.metric, **{k: getattr(self, k) for k in self._param_names}}
 
     def compile(
         self,

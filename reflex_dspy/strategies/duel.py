@@ -1,0 +1,121 @@
+"""One PDO duel: two prompts answer the same examples, and each example is won, lost or tied.
+
+With reference outputs the metric decides (the higher score wins). Without them the metric is a
+judge that grades each answer alone, and absolute grades are noisy; a pairwise judge that sees
+both answers side by side is the sharper signal, so it decides, with the two answers in random
+order so a position bias cannot favour either prompt. When the judge gives no usable verdict,
+the metric's own scores decide that example, and the fallback is counted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.data import example_id
+from reflex_dspy.metrics import as_data, input_fields, render_fields
+from reflex_dspy.proposals import ProposalRejected
+from reflex_dspy.signatures import CompareResponses
+from reflex_dspy.strategies.base import SearchContext
+
+GENERIC_CRITERIA = (
+    "The better response answers the task input correctly and completely, in the format the task asks "
+    "for, clearly and without unnecessary content."
+)
+TIE = 1e-9
+
+
+@dataclass
+class DuelOutcome:
+    """Per-example results of `first` against `second`."""
+
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+    first_won: list[str] = field(default_factory=list)
+    first_lost: list[str] = field(default_factory=list)
+    skipped: int = 0  # examples where either prompt failed: not compared
+    judged: int = 0
+    judge_fallbacks: int = 0
+
+    @property
+    def games(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def first_rate(self) -> float | None:
+        return (self.wins + self.ties / 2) / self.games if self.games else None
+
+    def to_attrs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge_criteria(metric: Any) -> str:
+    """What a good response does, taken from the metric's judge rubric when it has one."""
+    for part in [metric, *getattr(metric, "metrics", [])]:
+        criteria = getattr(part, "criteria", None)
+        if isinstance(criteria, str) and criteria.strip():
+            return criteria.strip()
+    return GENERIC_CRITERIA
+
+
+def _verdict(reply: dspy.Prediction, truncated: bool, attempt: int) -> str:
+    winner = str(reply.get("winner") or "").strip()
+    if winner.lower() == "tie":
+        return "tie"
+    if winner.upper() in ("A", "B"):
+        return winner.upper()
+    raise ProposalRejected(f"winner {winner!r} is not A, B or tie")
+
+
+def judge_pair(ctx: SearchContext, example: dspy.Example, first: dict[str, Any], second: dict[str, Any],
+               criteria: str, rng: random.Random) -> int:
+    """+1 when the judge prefers `first`, -1 for `second`, 0 for a tie; the A/B order is drawn from `rng`."""
+    swapped = rng.random() < 0.5
+    a, b = (second, first) if swapped else (first, second)
+    verdict = ctx.proposer.ask(
+        CompareResponses, _verdict, criteria=criteria,
+        task_input=as_data(render_fields(input_fields(example))),
+        response_a=as_data(render_fields(a) if a else ""), response_b=as_data(render_fields(b) if b else ""),
+    )
+    if verdict == "tie":
+        return 0
+    return (1 if verdict == "A" else -1) * (-1 if swapped else 1)
+
+
+def run_duel(ctx: SearchContext, first: Candidate, second: Candidate, samples: Sequence[dspy.Example],
+             criteria: str | None, rng: random.Random, label: str) -> DuelOutcome:
+    """Score both prompts on `samples` in one evaluation (cached pairs are free) and compare them.
+
+    `criteria=None` means the examples carry gold: the metric decides. Otherwise a pairwise judge does.
+    """
+    results_a, results_b = ctx.evaluate_many([first, second], samples, label=label)
+    out = DuelOutcome()
+    for ex in samples:
+        eid = example_id(ex)
+        x, y = results_a.results.get(eid), results_b.results.get(eid)
+        if x is None or y is None or x.score is None or y.score is None:
+            out.skipped += 1
+            continue
+        by_score = (x.score > y.score + TIE) - (y.score > x.score + TIE)
+        sign = by_score
+        if criteria is not None:
+            try:
+                sign = judge_pair(ctx, ex, x.output, y.output, criteria, rng)
+                out.judged += 1
+            except ProposalRejected:
+                out.judge_fallbacks += 1  # no usable verdict: the metric's grades decide this example
+        if sign > 0:
+            out.wins += 1
+            out.first_won.append(eid)
+        elif sign < 0:
+            out.losses += 1
+            out.first_lost.append(eid)
+        else:
+            out.ties += 1
+    return out

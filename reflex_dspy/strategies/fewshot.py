@@ -1,0 +1,310 @@
+"""Few-shot demos bootstrapped from the program's own successful traces (DSPy-style).
+
+Every `bootstrap_rounds` iterations a teacher (the current best candidate; when the examples
+carry gold outputs, plus labeled demos for the predictors whose fields the examples fill, as
+DSPy's BootstrapFewShot does) runs on a fresh train sample through the one evaluator. A trace
+is successful when its metric score clears the bar (a perfect score, or for a graded metric
+such as a judge where nothing is perfect, the top quarter): that is what lets it work without
+gold. Each successful trace gives every optimizable predictor its own demo (that step's inputs
+and outputs), so multi-step programs get demos from full traces.
+
+Each iteration the selection rule picks up to `max_examples` pool entries; the candidate with
+those demos is scored against the current one on the batch minus the source examples of
+either candidate's demos, so no demo is ever scored on its own example. It is kept only when
+strictly better.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.data import ID_FIELD, example_id
+from reflex_dspy.evaluation import EvalResult
+from reflex_dspy.metrics import label_fields
+from reflex_dspy.strategies.base import SearchContext, Step, Strategy
+from reflex_dspy.strategies.demo_selection import (
+    SELECTION_RULES,
+    PoolEntry,
+    Selection,
+    answer_text,
+    cap_pool,
+    diverse,
+    select,
+)
+
+AGENT_TRIES = 2  # reasoning-model selections per iteration before giving up on finding an untried set
+# Labeled demos the teacher gets (at least max_examples). Like DSPy's labeled teacher (16 by default),
+# it must show most of a label set to produce successful traces on every label; the cost is
+# prompt tokens in bootstrap evaluations only.
+TEACHER_DEMOS = 8
+
+
+def success_bar(scores: Sequence[float]) -> float | None:
+    """The score a trace needs to count as successful, or None when no trace stands out.
+
+    A perfect score when any trace reached it (0/1 metrics); otherwise the top quarter of the
+    sample, and never the sample's floor (a trace no better than the worst teaches nothing).
+    """
+    if not scores:
+        return None
+    top, floor = max(scores), min(scores)
+    if top >= 1.0:
+        return 1.0
+    quartile = sorted(scores, reverse=True)[max(len(scores) // 4 - 1, 0)]
+    bar = quartile if quartile > floor else top
+    return bar if bar > floor or (bar > 0 and len(scores) == 1) else None
+
+
+def _inputs(example: dspy.Example) -> dict[str, str]:
+    return {k: str(v) for k, v in example.inputs().items() if k != ID_FIELD}
+
+
+def content_sources(candidate: Candidate, examples: Sequence[dspy.Example]) -> set[str]:
+    """Ids of `examples` whose inputs appear verbatim in one of the candidate's demos.
+
+    This catches demos a user brought (their source is unknown) as well as our own.
+    """
+    demos = [d for state in candidate.predictors.values() for d in state.demos]
+    found = set()
+    for ex in examples:
+        inputs = _inputs(ex)
+        if inputs and any(all(k in d and str(d[k]) == v for k, v in inputs.items()) for d in demos):
+            found.add(example_id(ex))
+    return found
+
+
+class FewShot(Strategy):
+    """Bootstrapped few-shot demos; see the module docstring.
+
+    Parameters: `max_examples` (5) demos per predictor; `candidate_pool_size` (20) successful
+    traces kept; `bootstrap_rounds` (3) iterations between re-bootstraps; `selection_strategy`
+    ("diverse", "top_k" or "agent_curated").
+    """
+
+    name = "fewshot"
+
+    def __init__(self, metric: Any = None, *, max_examples: int = 5, candidate_pool_size: int = 20,
+                 bootstrap_rounds: int = 3, selection_strategy: str = "diverse"):
+        if selection_strategy not in SELECTION_RULES:
+            raise ValueError(f"selection_strategy must be one of {', '.join(SELECTION_RULES)}")
+        if max_examples < 1 or bootstrap_rounds < 1:
+            raise ValueError("max_examples and bootstrap_rounds must be at least 1")
+        if candidate_pool_size < max_examples:
+            raise ValueError("candidate_pool_size must be at least max_examples")
+        super().__init__(metric, max_examples=max_examples, candidate_pool_size=candidate_pool_size,
+                         bootstrap_rounds=bootstrap_rounds, selection_strategy=selection_strategy)
+        self.current: Candidate | None = None
+        self.current_sources: list[str] = []
+        self.pool: list[PoolEntry] = []
+        self.rounds_left = 0  # iterations until the next bootstrap
+        self.round = 0  # bootstraps so far
+        self.variant = 0  # selections since the last bootstrap: each tries another set
+        self.tried: list[str] = []  # demo sets already scored (entry keys, sorted and joined)
+        self.finished: str | None = None
+
+    # -- lifecycle hooks ------------------------------------------------------------------
+    def start(self, ctx: SearchContext, initial: Candidate) -> None:
+        self.current = initial
+        self.current_sources = sorted(content_sources(initial, ctx.trainset))
+        self.pool, self.tried, self.finished = [], [], None
+        self.rounds_left = self.round = self.variant = 0
+
+    def done(self) -> str | None:
+        return self.finished
+
+    def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        boot = self._bootstrap(ctx, iteration) if self.rounds_left <= 0 or not self.pool else None
+        selection = self._untried(ctx)
+        if selection is None and boot is None:  # every set this pool can form was tried: refresh it now
+            boot = self._bootstrap(ctx, iteration)
+            selection = self._untried(ctx)
+        self.rounds_left -= 1
+        if selection is None:
+            why = "the pool is empty" if not self.pool else "every demo set the rule forms from the pool was tried"
+            if boot is not None and boot["added"] == 0 and boot["exhaustive"]:
+                self.finished = f"no new successful trace on all of train and {why}"
+            self.rounds_left = 0
+            return self._no_change(ctx, iteration, batch, why, boot)
+        return self._try(ctx, iteration, batch, selection, boot)
+
+    # -- bootstrapping ----------------------------------------------------------------------
+    def _teacher(self, ctx: SearchContext, eligible: list[dspy.Example],
+                 rng: random.Random) -> tuple[Candidate, list[str]]:
+        """The current candidate, plus labeled demos where gold outputs fill a predictor's fields."""
+        if not ctx.has_gold or not eligible:
+            return self.current, []
+        keys = set(eligible[0].keys()) - {ID_FIELD}
+        fits = {name: [*p.signature.input_fields, *p.signature.output_fields]
+                for name, p in ctx.student.named_predictors() if name in self.current.predictors}
+        fits = {name: fields for name, fields in fits.items() if set(fields) <= keys}
+        if not fits:
+            return self.current, []
+        sample = rng.sample(eligible, min(len(eligible), self.candidate_pool_size * 2))
+        gold = [PoolEntry(example_id(ex), 1.0, _inputs(ex), answer_text(label_fields(ex)),
+                          {name: {k: ex[k] for k in fields} for name, fields in fits.items()}) for ex in sample]
+        chosen = diverse(gold, max(self.max_examples, TEACHER_DEMOS), variant=self.round)
+        teacher = self.current
+        for name in fits:
+            teacher = teacher.with_demos(name, [*teacher.predictors[name].demos, *(e.demos[name] for e in chosen)])
+        return teacher, [e.example_id for e in chosen]
+
+    def _bootstrap(self, ctx: SearchContext, iteration: int) -> dict[str, Any]:
+        """Run the teacher on a fresh train sample and pool its successful traces."""
+        # Seeded by (run seed, round), not drawn from `ctx.rng`: the same seed gives the same run
+        # from a fresh start too, and nothing beyond `round` needs saving for a resume.
+        rng = random.Random(f"fewshot:{ctx.config.seed}:{self.round}")
+        seen = set(self.current_sources)
+        teacher, labeled = self._teacher(ctx, [ex for ex in ctx.trainset if example_id(ex) not in seen], rng)
+        seen |= set(labeled)  # the teacher saw these answers: their traces prove nothing
+        eligible = [ex for ex in ctx.trainset if example_id(ex) not in seen]
+        size = min(len(eligible), max(2 * self.candidate_pool_size, self.max_examples))
+        sample = rng.sample(eligible, size)
+        result = ctx.evaluate(teacher, sample, label=f"iter {iteration}: bootstrap")
+        bar = success_bar(list(result.scores.values()))
+        self.round += 1
+        fresh = []
+        for r in result.results.values():
+            if bar is None or r.score is None or r.score < bar:
+                continue
+            demos: dict[str, dict[str, Any]] = {}
+            for step in r.trace:
+                if step["predictor"] in self.current.predictors and step["predictor"] not in demos:
+                    demos[step["predictor"]] = {**step["inputs"], **step["outputs"]}
+            if demos:
+                ex = ctx.examples_by_id[r.example_id]
+                fresh.append(PoolEntry(r.example_id, r.score, _inputs(ex), answer_text(r.output), demos, self.round))
+        before = {e.key for e in self.pool}
+        by_id = {e.example_id: e for e in self.pool}
+        for entry in fresh:  # a newer trace of the same example replaces the old one unless it scored lower
+            if entry.example_id not in by_id or entry.score >= by_id[entry.example_id].score:
+                by_id[entry.example_id] = entry
+        self.pool = cap_pool(list(by_id.values()), self.candidate_pool_size)
+        added = sum(e.key not in before for e in self.pool)
+        self.rounds_left, self.variant = self.bootstrap_rounds, 0
+        return {"round": self.round, "sampled": size, "successful": len(fresh), "bar": bar, "added": added,
+                "pool": len(self.pool), "teacher_labeled_demos": labeled, "exhaustive": size == len(eligible)}
+
+    # -- selection ----------------------------------------------------------------------------
+    def _untried(self, ctx: SearchContext) -> Selection | None:
+        """The next selection whose demo set has not been scored yet, or None."""
+        tries = AGENT_TRIES if self.selection_strategy == "agent_curated" else len(self.pool)
+        for _ in range(tries):
+            variant = self.variant
+            self.variant += 1
+            selection = select(self.selection_strategy, self.pool, self.max_examples, variant,
+                               proposer=ctx.proposer, instructions=self.current.render(), facts=self._facts(ctx))
+            selection.details["variant"] = variant
+            key = "|".join(sorted(e.key for e in selection.entries))
+            if selection.entries and key not in self.tried:
+                self.tried.append(key)
+                return selection
+        return None
+
+    @staticmethod
+    def _facts(ctx: SearchContext) -> str:
+        described = [ctx.facts[n].describe() for n in ctx.predictor_names if n in ctx.facts]
+        return "\n".join(described) or "(none computed)"
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _build(self, selection: Selection) -> tuple[Candidate, set[str]]:
+        """The current candidate with the selected demos; and the source ids of all its demos."""
+        candidate, sources = self.current, {e.example_id for e in selection.entries}
+        for name in self.current.predictors:
+            demos = [e.demos[name] for e in selection.entries if name in e.demos]
+            if demos:
+                candidate = candidate.with_demos(name, demos)
+            elif self.current.predictors[name].demos:
+                sources |= set(self.current_sources)  # this predictor keeps the current demos
+        return candidate, sources
+
+    def _try(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], selection: Selection,
+             boot: dict[str, Any] | None) -> Step:
+        candidate, sources = self._build(selection)
+        parent = self.current
+        left_out = (set(self.current_sources) | sources | content_sources(parent, batch)
+                    | content_sources(candidate, batch))
+        scored_on = [ex for ex in batch if example_id(ex) not in left_out]
+        excluded = sorted({example_id(ex) for ex in batch} & left_out)
+        details = {"selection_strategy": selection.rule, "selected": [e.example_id for e in selection.entries],
+                   "answers": [e.answer for e in selection.entries], "selection_note": selection.note,
+                   "fallback": selection.fallback, "left_out_of_batch": excluded, "scored_on": len(scored_on),
+                   "pool_size": len(self.pool), "bootstrap": boot, **selection.details}
+        if not scored_on:
+            return self._no_change(ctx, iteration, batch, "every batch example is a source of the demos", boot)
+        parent_eval, result = ctx.evaluate_many([parent, candidate], scored_on, label=f"iter {iteration}: demos")
+        kept = result.mean is not None and (parent_eval.mean is None or result.mean > parent_eval.mean)
+        if kept:
+            self.current, self.current_sources = candidate, sorted(sources)
+        details["kept"] = kept
+        n = len(selection.entries)
+        summary = (f"{n} demo{'s' * (n != 1)} by {selection.rule} from a pool of {len(self.pool)} "
+                   f"(answers: {', '.join(sorted(set(details['answers'])))[:120]})")
+        lines = [self._boot_line(boot)] if boot else []
+        lines.append(f"Selected {n} demos by {selection.rule} ({selection.note}): {', '.join(details['selected'])}.")
+        if selection.fallback:
+            lines.append(f"The reasoning model's choice was refused ({selection.fallback}); used the diverse rule.")
+        if selection.reasoning:
+            lines.append(f"Model's reasoning: {selection.reasoning}")
+        verdict = "kept" if kept else "not kept (not strictly better)"
+        lines.append(f"Scored on {len(scored_on)} batch examples ({len(excluded)} demo sources left out): "
+                     f"{_fmt(result.mean)} vs {_fmt(parent_eval.mean)} for the current demos → {verdict}.")
+        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
+        return Step(candidate, result, parent_eval.mean, "\n".join(lines), summary, predictor, details)
+
+    def _no_change(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], why: str,
+                   boot: dict[str, Any] | None) -> Step:
+        """An honest iteration that changes nothing: the current candidate, scored as the parent."""
+        left_out = set(self.current_sources) | content_sources(self.current, batch)
+        scored_on = [ex for ex in batch if example_id(ex) not in left_out]
+        if scored_on:
+            result = ctx.evaluate(self.current, scored_on, label=f"iter {iteration}: current")
+        else:
+            result = EvalResult(self.current.fingerprint, {})
+        lines = [self._boot_line(boot)] if boot else []
+        lines.append(f"No demo set tried: {why}; the current candidate is kept.")
+        if self.finished:
+            lines.append(f"Stopping: {self.finished}.")
+        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
+        return Step(self.current, result, result.mean, "\n".join(lines), f"no change ({why})", predictor,
+                    {"no_change": why, "selected": [], "kept": False, "pool_size": len(self.pool), "bootstrap": boot, "scored_on": len(scored_on),
+                     "selection_strategy": self.selection_strategy})
+
+    @staticmethod
+    def _boot_line(boot: dict[str, Any]) -> str:
+        teacher = (f"the current candidate + {len(boot['teacher_labeled_demos'])} labeled demos"
+                   if boot["teacher_labeled_demos"] else "the current candidate")
+        bar = "none stood out" if boot["bar"] is None else f"score ≥ {boot['bar']:.2f}"
+        return (f"Bootstrap round {boot['round']} with {teacher} as teacher: {boot['sampled']} train examples, "
+                f"{boot['successful']} successful traces ({bar}), {boot['added']} new; pool {boot['pool']}.")
+
+    # -- persistence --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "current": self.current.to_dict() if self.current else None,
+            "current_sources": list(self.current_sources),
+            "pool": [e.to_dict() for e in self.pool],
+            "rounds_left": self.rounds_left,
+            "round": self.round,
+            "variant": self.variant,
+            "tried": list(self.tried),
+            "finished": self.finished,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.current = Candidate.from_dict(state["current"]) if state.get("current") else None
+        self.current_sources = list(state.get("current_sources", []))
+        self.pool = [PoolEntry.from_dict(e) for e in state.get("pool", [])]
+        self.rounds_left = state.get("rounds_left", 0)
+        self.round = state.get("round", 0)
+        self.variant = state.get("variant", 0)
+        self.tried = list(state.get("tried", []))
+        self.finished = state.get("finished")
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.3f}"

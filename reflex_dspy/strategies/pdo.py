@@ -1,0 +1,311 @@
+"""PDO, the prompt duel optimizer: a pool of prompts compared head to head, driven by Optuna.
+
+Absolute scores on a small batch are noisy; whether prompt A beats prompt B on the same
+examples is a much sharper question. So each round runs `duels_per_round` duels between pairs
+chosen by double Thompson sampling (an Optuna sampler, so a duel is a trial and several
+processes can share one study through a database), ranks the pool from the duel history, and
+every `mutation_frequency` rounds asks the reasoning model to improve the top prompts where
+they lost. The iteration's recorded score is the champion's real metric score on the batch,
+never a win rate, so PDO's iterations compare with every other strategy's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.errors import UsageError
+from reflex_dspy.proposals import ProposalRejected
+from reflex_dspy.strategies import ranking
+from reflex_dspy.strategies.base import SearchContext, Step, Strategy
+
+if TYPE_CHECKING:  # Optuna is imported only when PDO runs, keeping `import reflex_dspy` light
+    from reflex_dspy.strategies.duel_sampler import DuelSampler, DuelStore
+
+
+def _seed(*parts: Any) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def _rng_state(rng) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+class PDO(Strategy):
+    """Prompt duel optimizer; see the module docstring.
+
+    `storage` is any Optuna storage URL (e.g. `sqlite:///pdo.db`) for several workers sharing one
+    study, which then needs a `study_name`; without it the study lives in memory.
+    """
+
+    name = "pdo"
+
+    def __init__(
+        self,
+        metric: Any = None,
+        *,
+        duels_per_round: int = 3,
+        samples_per_duel: int = 10,
+        initial_pool_size: int = 6,
+        thompson_alpha: float = 1.2,
+        mutation_frequency: int = 5,
+        num_top_to_mutate: int = 2,
+        max_pool_size: int = 20,
+        ranking_method: str = "auto",
+        storage: str | None = None,
+        study_name: str | None = None,
+    ):
+        if ranking_method not in ranking.METHODS:
+            raise ValueError(f"ranking_method must be one of {', '.join(ranking.METHODS)}")
+        if min(duels_per_round, samples_per_duel) < 1 or initial_pool_size < 2 or max_pool_size < 2:
+            raise ValueError("duels_per_round and samples_per_duel must be >= 1, pool sizes >= 2")
+        if min(mutation_frequency, num_top_to_mutate) < 0 or thompson_alpha < 0:
+            raise ValueError("mutation_frequency, num_top_to_mutate and thompson_alpha must be >= 0")
+        if storage is not None and not study_name:
+            raise ValueError("a shared storage needs a study_name, so that every worker joins the same study")
+        super().__init__(metric, duels_per_round=duels_per_round, samples_per_duel=samples_per_duel,
+                         initial_pool_size=initial_pool_size, thompson_alpha=thompson_alpha,
+                         mutation_frequency=mutation_frequency, num_top_to_mutate=num_top_to_mutate,
+                         max_pool_size=max_pool_size, ranking_method=ranking_method, storage=storage,
+                         study_name=study_name)
+        self.store: DuelStore | None = None
+        self.sampler: DuelSampler | None = None
+        self.worker = "local"
+        self.champion: str | None = None  # fingerprint
+        self.ranker_champions: dict[str, str] = {}
+        self.turn = 0  # round robin over predictors for mutations
+        # Own RNG (duel samples, A/B order, Dirichlet draws), seeded from the run's seed and kept in
+        # the state, so a run is reproducible whatever else draws from the context's RNG.
+        self.rng = random.Random(0)
+
+    # -- setting up ----------------------------------------------------------------------------
+    def _open(self, seed: int, sampler_state: list[Any] | None = None) -> None:
+        from reflex_dspy.strategies.duel_sampler import DuelSampler, DuelStore
+
+        self.sampler = DuelSampler(self.thompson_alpha, _seed(seed, self.worker, "sampler"))
+        if sampler_state is not None:
+            self.sampler.set_state(sampler_state)
+        self.store = DuelStore.open(self.sampler, self.storage, self.study_name or "pdo")
+
+    def start(self, ctx: SearchContext, initial: Candidate) -> None:
+        from reflex_dspy.strategies.pdo_variants import initial_variants
+
+        if self.storage is not None:
+            self.worker = f"{socket.gethostname()}-{os.getpid()}"
+        seed = ctx.config.seed
+        self._open(seed)
+        self.rng.seed(_seed(seed, self.worker, "pdo"))
+        pool = self.store.pool()
+        if pool:  # joining a shared study: use its pool, which must be for the same program
+            if any(set(r["candidate"]["predictors"]) != set(initial.predictors) for r in pool):
+                raise UsageError(f"study {self.study_name!r} holds prompts for other predictors than this program's")
+            variants = initial_variants(ctx, initial, 1)  # just this worker's starting prompt (a no-op if known)
+        else:
+            variants = initial_variants(ctx, initial, self.initial_pool_size)
+        for i, variant in enumerate(variants):
+            self.store.add(variant.record([0, self.worker, i]))
+        self.champion = initial.fingerprint
+        self.ranker_champions = {}
+        self.turn = 0
+
+    def done(self) -> str | None:
+        if self.store is not None and len(self.store.pool()) < 2:
+            return "fewer than two prompts in the pool to duel"
+        return None
+
+    # -- one round --------------------------------------------------------------------------------
+    def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        from reflex_dspy.strategies.duel import judge_criteria
+
+        criteria = None if ctx.has_gold else judge_criteria(ctx.evaluator.metric)
+        duels = [d for k in range(self.duels_per_round) if (d := self._duel(ctx, iteration, k, batch, criteria))]
+        ids = [r["fingerprint"] for r in self.store.pool()]
+        records = self.store.records()  # read after the pool, so it holds every id even as other workers add
+        history = self.store.duels()
+        rewards = self._reward(iteration, duels)
+        weights = ranking.dirichlet(self.store.alphas(), self.rng) if self.ranking_method == "auto" else None
+        order, rankings = ranking.rank(self.ranking_method, ids, history, weights)
+        matrix = ranking.WinMatrix(ids, history)
+        self.ranker_champions = {n: r[0] for n, r in rankings.items() if r and matrix.played(r[0])}
+        previous = self.champion
+        if order and matrix.played(order[0]):
+            self.champion = order[0]
+        mutants = []
+        if self.mutation_frequency and iteration % self.mutation_frequency == 0:
+            mutants = self._mutate(ctx, iteration, order, matrix, records)
+        pruned = self._prune(iteration, order, matrix, records)
+        champion = Candidate.from_dict(records[self.champion]["candidate"])
+        before = Candidate.from_dict(records[previous]["candidate"])
+        result, parent = ctx.evaluate_many([champion, before], batch, label=f"iter {iteration}: champion")
+        label = self._label(records[self.champion])
+        verb = "champion" if previous == self.champion else "new champion"
+        top = [{"name": records[f]["name"], "fingerprint": f, "win_rate": self._rate(f, matrix)} for f in order[:3]]
+        return Step(
+            champion, result, parent.mean,
+            reasoning=self._reasoning(order, records, matrix, weights, duels, mutants, pruned),
+            change_summary=f"{verb}: {label} over {len(self.store.pool()) - 1} rivals",
+            predictor=records[self.champion].get("predictor"),
+            details={"duels": duels, "pool_size": len(self.store.pool()), "ranking_method": self.ranking_method,
+                     "weights": weights, "rewards": rewards, "top": top, "mutants": mutants, "pruned": pruned,
+                     "champion": {"name": records[self.champion]["name"], "fingerprint": self.champion},
+                     "worker": self.worker, "total_duels": len(history)},
+        )
+
+    def _duel(self, ctx: SearchContext, iteration: int, k: int, batch, criteria: str | None) -> dict | None:
+        """One duel as one Optuna trial; a duel this worker already finished (before a crash) is reused."""
+        from reflex_dspy.strategies.duel import run_duel
+
+        key = f"{self.worker}/{iteration}/{k}"
+        if (done := self.store.find(key)) is not None:
+            return self._duel_summary(done.number, done.user_attrs)
+        begun = self.store.begin({"worker": self.worker, "round": iteration, "duel_key": key})
+        if begun is None:
+            return None
+        trial, first, second = begun
+        records = self.store.records()
+        try:
+            samples = self.rng.sample(list(batch), min(self.samples_per_duel, len(batch)))
+            outcome = run_duel(ctx, Candidate.from_dict(records[first]["candidate"]),
+                               Candidate.from_dict(records[second]["candidate"]), samples, criteria,
+                               self.rng, label=f"iter {iteration}: duel {k + 1}")
+        except BaseException:
+            self.store.abort(trial)
+            raise
+        self.store.finish(trial, outcome.to_attrs(), outcome.first_rate)
+        return self._duel_summary(trial.number, {"first": first, "second": second, **outcome.to_attrs()})
+
+    def _duel_summary(self, number: int, attrs: dict[str, Any]) -> dict[str, Any]:
+        names = self.store.records()
+        return {"trial": number, "first": attrs["first"], "second": attrs["second"],
+                "first_name": names[attrs["first"]]["name"], "second_name": names[attrs["second"]]["name"],
+                **{k: attrs.get(k, 0) for k in ("wins", "losses", "ties", "skipped", "judged", "judge_fallbacks")}}
+
+    def _reward(self, iteration: int, duels: list[dict[str, Any]]) -> dict[str, float]:
+        """Credit each ranker with the win share its last champion earned in this round's duels."""
+        played = [ranking.Duel(d["first"], d["second"], d["wins"], d["losses"], d["ties"]) for d in duels]
+        rewards = {name: rate for name, fp in self.ranker_champions.items()
+                   if (rate := ranking.win_rate_of(fp, played)) is not None}
+        if rewards:
+            self.store.add_reward(self.worker, iteration, rewards)
+        return rewards
+
+    def _mutate(self, ctx: SearchContext, iteration: int, order: list[str], matrix, records) -> list[dict]:
+        """Improve the top prompts where they lost to the rival they beat least often."""
+        from reflex_dspy.strategies.pdo_variants import Variant, format_losses, mutate
+
+        made = []
+        for rank_, fp in enumerate([f for f in order if matrix.played(f)][: self.num_top_to_mutate]):
+            rivals = [r for r in order if r != fp and matrix.n(fp, r)]
+            if not rivals:
+                continue
+            rival = min(rivals, key=lambda r: (matrix.p(fp, r), order.index(r)))
+            predictor = ctx.predictor_names[self.turn % len(ctx.predictor_names)]
+            self.turn += 1
+            winner, other = (Candidate.from_dict(records[f]["candidate"]) for f in (fp, rival))
+            lost = [ctx.examples_by_id[e] for e in self._losses(fp, rival) if e in ctx.examples_by_id][:5]
+            losses = ""
+            if lost:
+                w, r = ctx.evaluate_many([winner, other], lost, label=f"iter {iteration}: losses")
+                losses = format_losses(lost, w.results, r.results)
+            name = f"m{iteration}.{rank_ + 1}" + ("" if self.worker == "local" else f"@{self.worker}")
+            try:
+                proposal = mutate(ctx, winner, other, predictor, losses)
+            except ProposalRejected as exc:
+                made.append({"name": name, "parent": records[fp]["name"], "rejected": str(exc)})
+                continue
+            variant = Variant(winner.with_instructions(predictor, proposal.instructions), name,
+                              f"mutation of {records[fp]['name']} against {records[rival]['name']}: "
+                              f"{proposal.change_summary}", predictor)
+            added = self.store.add(variant.record([iteration, self.worker, rank_ + 1], parent=fp))
+            made.append({"name": name, "parent": records[fp]["name"], "fingerprint": variant.candidate.fingerprint,
+                         "added": added, "losses_shown": len(lost), "repaired": proposal.repaired})
+        return made
+
+    def _losses(self, winner: str, rival: str) -> list[str]:
+        """Example ids on which `winner` did worse than `rival`, across their duels."""
+        lost: list[str] = []
+        for t in self.store.trials():
+            a = t.user_attrs
+            if (a["first"], a["second"]) == (winner, rival):
+                lost += a.get("first_lost", [])
+            elif (a["first"], a["second"]) == (rival, winner):
+                lost += a.get("first_won", [])
+        return list(dict.fromkeys(lost))
+
+    def _prune(self, iteration: int, order: list[str], matrix, records) -> list[str]:
+        """Drop the lowest ranked prompts that have dueled; one that never dueled is never dropped."""
+        active = [r["fingerprint"] for r in self.store.pool()]
+        excess = len(active) - self.max_pool_size
+        droppable = [f for f in order[1:] if f in active and matrix.played(f) and f != self.champion]
+        pruned = droppable[::-1][: max(excess, 0)]
+        for fp in pruned:
+            self.store.prune(fp, {"round": iteration, "worker": self.worker})
+        return [records[f]["name"] for f in pruned]
+
+    # -- reporting --------------------------------------------------------------------------------
+    @staticmethod
+    def _rate(fp: str, matrix) -> float | None:
+        games = sum(matrix.n(fp, b) for b in matrix.ids if b != fp)
+        return round(sum(matrix.b(fp, b) for b in matrix.ids if b != fp) / games, 4) if games else None
+
+    @staticmethod
+    def _label(record: dict[str, Any]) -> str:
+        return f"{record['name']} ({record['origin']})" if record["name"] != "initial" else "the initial prompt"
+
+    def _reasoning(self, order, records, matrix, weights, duels, mutants, pruned) -> str:
+        method = self.ranking_method
+        if weights:
+            method += " (weights " + ", ".join(f"{n} {w:.2f}" for n, w in weights.items()) + ")"
+        lines = [f"Ranking by {method}:"]
+        for i, fp in enumerate(order[:3], 1):
+            rate = self._rate(fp, matrix)
+            shown = f"win rate {rate:.2f}" if rate is not None else "not dueled yet"
+            lines.append(f"{i}. {self._label(records[fp])}: {shown}")
+        lines.append("Duels this round: " + ("; ".join(
+            f"{d['first_name']} vs {d['second_name']} {d['wins']}-{d['losses']}-{d['ties']}" for d in duels)
+            or "none"))
+        if mutants:
+            lines.append("Mutants: " + "; ".join(f"{m['name']} of {m['parent']}" + (
+                f" (refused: {m['rejected']})" if "rejected" in m
+                else " (identical to a prompt already in the pool)" if not m["added"] else "") for m in mutants))
+        if pruned:
+            lines.append("Pruned: " + ", ".join(pruned))
+        return "\n".join(lines)
+
+    # -- resuming ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.store is None:
+            return {}
+        return {
+            "worker": self.worker,
+            "champion": self.champion,
+            "ranker_champions": self.ranker_champions,
+            "turn": self.turn,
+            "sampler_rng": self.sampler.get_state(),
+            "rng": _rng_state(self.rng),
+            # A shared study lives in its database; an in-memory one is rebuilt from this copy.
+            "study": self.store.snapshot() if self.storage is None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.worker = state["worker"]
+        self.champion = state["champion"]
+        self.ranker_champions = dict(state.get("ranker_champions", {}))
+        self.turn = state.get("turn", 0)
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self._open(0, state["sampler_rng"])
+        if self.storage is None:
+            self.store.restore(state["study"])
+        else:
+            self.store.fail_running(self.worker)

@@ -1,0 +1,149 @@
+"""The auto strategy: phases along axes chosen from the phase history, best candidate handed on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from strategy_kit import comparable, interrupted_then_resumed, run_strategy
+
+import reflex_dspy.strategies as strategies
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.strategies import SearchContext, Step, Strategy
+from reflex_dspy.strategies.auto import Auto
+
+
+def reasoner_choosing(axis: str):
+    """A stateless reasoning model: picks `axis`, and answers other meta-prompts sensibly."""
+
+    def respond(system: str, messages: list[dict]) -> str:
+        prompt = system + messages[-1]["content"]
+        if "available_axes" in prompt:
+            return json.dumps({"reason": f"{axis} has not been tried", "axis": axis})
+        if "restructured_instructions" in prompt:
+            return json.dumps({"change_summary": "no new layout", "restructured_instructions": ""})
+        return json.dumps({"failure_patterns": "-", "change_summary": "-", "revised_instructions": ""})
+
+    return respond
+
+
+def test_auto_opens_structural_then_follows_the_reasoning_models_choice_to_the_better_candidate(tmp_path):
+    program = run_strategy(Auto(max_phases=3), reasoner_choosing("fewshot"), run_dir=tmp_path, max_iterations=6,
+                           train_ratio=1.0, val_ratio=0.0)
+    result = program.result
+    phases = [r.phase for r in result.iterations]
+    assert phases[0] == "structural" and "fewshot" in phases
+    assert {r.strategy for r in result.iterations} == {"auto"} and result.strategy == "auto"
+    first_fewshot = next(r for r in result.iterations if r.phase == "fewshot")
+    assert "chosen by the reasoning model: fewshot has not been tried" in first_fewshot.reasoning
+    assert first_fewshot.reasoning.startswith("[fewshot phase 2] Phase 2: fewshot")
+    assert result.final.mean == 1.0
+    demos = result.candidate["predictors"]["predict"]["demos"]
+    assert {d["output"] for d in demos} >= {"shipping", "technical"}
+
+
+def test_an_unusable_axis_choice_falls_back_to_the_deterministic_rule(tmp_path):
+    program = run_strategy(Auto(start_structural=False, max_phases=2, axes=["iterative", "fewshot"]),
+                           reasoner_choosing("banana"), run_dir=tmp_path, max_iterations=4,
+                           train_ratio=1.0, val_ratio=0.0)
+    records = program.result.iterations
+    assert records[0].phase == "iterative"  # the rule's first untried axis
+    assert "deterministic rule (the reasoning model's choice was refused: axis 'banana'" in records[0].reasoning
+
+
+# -- scripted axes: the phase logic in isolation ---------------------------------------------
+BETTER = {"input": "Customer 0: my delivery issue.", "output": "shipping"}
+EDITS = {
+    "fewshot": lambda c: c.with_demos("predict", [BETTER]),  # 1/3 → 2/3
+    "iterative": lambda c: c.with_instructions("predict", c.predictors["predict"].instructions + " Be verbose."),
+    "structural": lambda c: c,  # no change at all
+}
+
+
+class Scripted(Strategy):
+    """Applies EDITS[axis] to the candidate it was started from; records what it started from."""
+
+    starts: list[tuple[str, Candidate]] = []
+
+    def __init__(self, metric: Any = None) -> None:
+        super().__init__(metric)
+        self.current: Candidate | None = None
+
+    def start(self, ctx: SearchContext, initial: Candidate) -> None:
+        self.current = initial
+        Scripted.starts.append((self.name, initial))
+
+    def step(self, ctx: SearchContext, iteration: int, batch) -> Step:
+        parent = ctx.evaluate(self.current, batch)
+        candidate = EDITS[self.name](self.current)
+        result = ctx.evaluate(candidate, batch)
+        return Step(candidate, result, parent.mean, reasoning="scripted", change_summary=f"{self.name} edit")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self.current.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.current = Candidate.from_dict(state["current"])
+
+
+@pytest.fixture
+def scripted_axes(monkeypatch):
+    Scripted.starts = []
+    for axis in EDITS:
+        monkeypatch.setitem(strategies._REGISTRY, axis, type(f"Scripted_{axis}", (Scripted,), {"name": axis}))
+
+
+def axes_in_order(*order: str):
+    def respond(system: str, messages: list[dict]) -> str:
+        done = messages[-1]["content"].count('"axis"')
+        return json.dumps({"reason": "scripted", "axis": order[min(done, len(order) - 1)]})
+
+    return respond
+
+
+def test_a_regressing_phase_hands_on_the_best_candidate_so_far(scripted_axes, tmp_path):
+    auto = Auto(start_structural=False, max_phases=3, min_phases=3)
+    program = run_strategy(auto, axes_in_order("fewshot", "iterative", "structural"), run_dir=tmp_path,
+                           max_iterations=3, train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
+    result = program.result
+    assert [r.phase for r in result.iterations] == ["fewshot", "iterative", "structural"]
+    assert [round(r.score, 3) for r in result.iterations] == [0.667, 0.0, 0.667]
+    (_, first), (_, second), (_, third) = Scripted.starts
+    assert second.predictors["predict"].demos and third == second  # not the verbose regression
+    gains = [p["gain"] for p in auto.phases]
+    assert gains[0] == pytest.approx(1 / 3, abs=1e-3) and gains[1] == pytest.approx(0.0)
+    assert result.selected_iteration in (1, 3) and result.final.mean == pytest.approx(2 / 3)
+
+
+def test_auto_stops_once_min_phases_ran_and_a_phase_brought_no_gain(scripted_axes, tmp_path):
+    program = run_strategy(Auto(start_structural=True, max_phases=4, min_phases=1), axes_in_order("fewshot"),
+                           run_dir=tmp_path, max_iterations=8, train_ratio=1.0, val_ratio=0.0)
+    result = program.result
+    assert [r.phase for r in result.iterations] == ["structural", "structural"]  # 8 // 4 = 2 per phase
+    assert result.stop_reason == "strategy finished: auto converged: phase 1 (structural) brought no gain"
+
+
+def test_batching_settings_reach_every_phase(scripted_axes, tmp_path, monkeypatch):
+    monkeypatch.setitem(EDITS, "fewshot", EDITS["iterative"])  # never reaches the threshold on a batch
+    program = run_strategy(Auto(start_structural=False, max_phases=2, min_phases=2), axes_in_order("fewshot",
+                           "iterative"), run_dir=tmp_path, max_iterations=4, batch_size=6, train_ratio=1.0,
+                           val_ratio=0.0, score_threshold=0.99)
+    records = program.result.iterations
+    assert {r.phase for r in records} == {"fewshot", "iterative"}
+    assert {r.batch_size for r in records} == {6}
+
+
+def test_auto_state_survives_a_resume_mid_phase(tmp_path):
+    reference, resumed = interrupted_then_resumed(
+        lambda: Auto(max_phases=3), reasoner_choosing("fewshot"), tmp_path, at=2, max_iterations=6,
+        train_ratio=1.0, val_ratio=0.0,
+    )
+    assert comparable(reference) == comparable(resumed)
+
+
+def test_invalid_auto_parameters_are_clear_errors():
+    with pytest.raises(ValueError, match="min_phases"):
+        Auto(min_phases=5, max_phases=4)
+    with pytest.raises(ValueError, match="unknown axis 'gepa'"):
+        Auto(axes=["gepa"])
