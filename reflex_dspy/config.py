@@ -37,6 +37,7 @@ class OptimizerConfig(BaseModel):
     reasoning_provider: str | None = None
     reasoning_api_key: SecretStr | None = Field(None, exclude=True, repr=False)
     reasoning_base_url: str | None = None
+    reasoning_max_tokens: int = Field(1024, ge=64)  # room for a diagnosis plus a full instruction
     eval_temperature: float = Field(0.0, ge=0.0, le=2.0)
     target_model: str | None = None
     target_source: Literal["verdict_json", "verdict_run", "manual"] | None = None

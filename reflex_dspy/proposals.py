@@ -243,9 +243,10 @@ class Proposal:
 class Proposer:
     """Calls the reasoning model through DSPy signatures, with retries and grounding repair."""
 
-    def __init__(self, lm: dspy.LM, evaluator: Evaluator, *, source_model: str | None = None, attempts: int = 3):
+    def __init__(self, lm: dspy.LM, evaluator: Evaluator, *, source_model: str | None = None, attempts: int = 3,
+                 max_tokens: int = REASONING_MAX_TOKENS):
         # A full instruction plus a diagnosis needs more room than a task answer.
-        self.lm = lm.copy(max_tokens=max(lm.kwargs.get("max_tokens") or 0, REASONING_MAX_TOKENS))
+        self.lm = lm.copy(max_tokens=max_tokens)
         self.evaluator = evaluator
         self.source_model = source_model
         self.attempts = attempts

@@ -30,6 +30,7 @@ def _reasoning_flags(g: _Group) -> None:
         "--reasoning-model", help="model that diagnoses failures and rewrites (default: task model)"
     )
     g.add_argument("--reasoning-base-url", help="OpenAI-compatible server for the reasoning model")
+    g.add_argument("--reasoning-max-tokens", type=int, help="reply length limit of the reasoning model (1024)")
     g.add_argument(
         "--reasoning-api-key", help=f"API key for the reasoning model (or ${API_KEY_ENV}); never saved"
     )

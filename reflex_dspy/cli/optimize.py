@@ -45,6 +45,7 @@ SEARCH_FLAGS = {
     "auto": "auto_budget",
     "reasoning_model": "reasoning_model",
     "reasoning_base_url": "reasoning_base_url",
+    "reasoning_max_tokens": "reasoning_max_tokens",
 }
 CONFIG_FLAGS = {
     **SEARCH_FLAGS,

@@ -147,7 +147,8 @@ class FewShot(Strategy):
         sample = rng.sample(eligible, min(len(eligible), self.candidate_pool_size * 2))
         gold = [PoolEntry(example_id(ex), 1.0, _inputs(ex), answer_text(label_fields(ex)),
                           {name: {k: ex[k] for k in fields} for name, fields in fits.items()}) for ex in sample]
-        chosen = diverse(gold, max(self.max_examples, TEACHER_DEMOS), variant=self.round)
+        # At most half of what is eligible: the rest is what the teacher's traces are bootstrapped on.
+        chosen = diverse(gold, min(max(self.max_examples, TEACHER_DEMOS), len(eligible) // 2), variant=self.round)
         teacher = self.current
         for name in fits:
             teacher = teacher.with_demos(name, [*teacher.predictors[name].demos, *(e.demos[name] for e in chosen)])
