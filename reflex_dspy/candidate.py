@@ -41,6 +41,12 @@ class PredictorState:
     def to_dict(self) -> dict[str, Any]:
         return {"instructions": self.instructions, "demos": [dict(d) for d in self.demos]}
 
+    def render(self) -> str:
+        if not self.demos:
+            return self.instructions
+        shown = "\n\n".join("\n".join(f"{k}: {v}" for k, v in demo.items()) for demo in self.demos)
+        return f"{self.instructions}\n\nExamples:\n\n{shown}"
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PredictorState:
         return cls(data["instructions"], tuple(dict(d) for d in data.get("demos", ())))
@@ -103,7 +109,8 @@ class Candidate:
         return program
 
     def render(self) -> str:
-        """The prompt text a person reads: one predictor's instructions, or each under a heading."""
+        """The prompt text a person reads: one predictor's instructions, or each under a heading,
+        with its demos after them (so a prompt file written from a fewshot result keeps them)."""
         if len(self.predictors) == 1:
-            return next(iter(self.predictors.values())).instructions
-        return "\n\n".join(f"## {name}\n\n{s.instructions}" for name, s in sorted(self.predictors.items()))
+            return next(iter(self.predictors.values())).render()
+        return "\n\n".join(f"## {name}\n\n{s.render()}" for name, s in sorted(self.predictors.items()))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from reflex_dspy.candidate import Candidate
+
 pytest.importorskip("llama_cpp")
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "support_routing"
@@ -32,7 +34,7 @@ def test_cli_optimizes_the_example_on_the_embedded_model(tmp_path):
     # The written prompt is exactly the selected candidate.
     selected = result["selected_iteration"]
     initial = (EXAMPLE / "prompt.md").read_text().strip()
-    expected = initial if selected == 0 else result["iterations"][selected - 1]["system_prompt"]["predict"]
+    expected = initial if selected == 0 else Candidate.from_dict(result["iterations"][selected - 1]["candidate"]).render()
     assert out.read_text().strip() == expected.strip() == result["best_prompt"].strip()
 
     # The summary's numbers are the ones in --results-json.

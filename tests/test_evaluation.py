@@ -177,3 +177,26 @@ def test_reasoned_replies_are_journaled_and_replayed_including_failures():
     with pytest.raises(ReplayedFailure, match="ValueError: could not parse"):
         ev2.reasoned({"q": 2}, bad)
     assert len(calls) == 2
+
+
+def test_evaluate_many_shares_one_pool_dedups_identical_candidates_and_checks_the_budget_first():
+    lm = fake_lm(routing_respond)
+    evaluator = Evaluator(program_from_prompt("Answer."), resolve_metric("exact"), task_lm=lm, max_workers=4,
+                          budget=30)
+    examples = routing_examples(4)  # 12
+    a = Candidate.from_program(program_from_prompt("Answer."))
+    b = a.with_instructions("predict", "Answer with billing, shipping or technical.")
+    ra, rb, ra2 = evaluator.evaluate_many([a, b, a], examples)
+    assert lm.fake_engine.calls == 24 and ra is ra2  # the duplicate ran once
+    assert rb.mean == 1.0 and ra.mean == pytest.approx(1 / 3)
+    c = a.with_instructions("predict", "Be verbose.")
+    with pytest.raises(BudgetExhausted, match="30 used|24/30 used"):
+        evaluator.evaluate_many([c, c.with_instructions("predict", "x")], examples)
+    assert lm.fake_engine.calls == 24  # nothing spent past the check
+
+
+def test_a_prompt_file_written_from_a_candidate_keeps_its_demos():
+    plain = Candidate.from_program(program_from_prompt("Route the message."))
+    assert plain.render() == "Route the message."
+    shown = plain.with_demos("predict", [{"input": "my invoice", "output": "billing"}]).render()
+    assert shown == "Route the message.\n\nExamples:\n\ninput: my invoice\noutput: billing"
