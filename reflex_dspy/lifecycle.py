@@ -316,6 +316,8 @@ class RunLifecycle:
             if reached is not None and reached >= cfg.score_threshold:
                 stop = f"score threshold {cfg.score_threshold} reached"
             elif val and val_score is not None:
+                if len(self.records) > 1 and self.records[-2].phase != record.phase:
+                    self.stale = 0  # patience counts within a phase: a new axis deserves its own chance
                 if self.best_val is None or val_score > self.best_val:
                     self.best_val, self.stale = val_score, 0
                 else:

@@ -147,3 +147,13 @@ def test_invalid_auto_parameters_are_clear_errors():
         Auto(min_phases=5, max_phases=4)
     with pytest.raises(ValueError, match="unknown axis 'gepa'"):
         Auto(axes=["gepa"])
+
+
+def test_early_stopping_patience_counts_within_a_phase(scripted_axes, tmp_path):
+    auto = Auto(start_structural=True, max_phases=3, min_phases=3)
+    program = run_strategy(auto, axes_in_order("structural", "iterative", "fewshot"), run_dir=tmp_path, max_iterations=6,
+                           early_stopping_patience=3)
+    # Four flat or worse iterations would end a single-strategy run at the third; each phase gets its turn.
+    result = program.result
+    assert [r.phase for r in result.iterations][:5] == ["structural"] * 2 + ["iterative"] * 2 + ["fewshot"]
+    assert not result.stop_reason.startswith("early stopping")
