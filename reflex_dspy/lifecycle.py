@@ -29,7 +29,7 @@ from reflex_dspy.result import IterationRecord, Measurement, RunResult
 from reflex_dspy.run_record import Record, open_record
 from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import mean_std, paired_significance
-from reflex_dspy.strategies.base import SearchContext
+from reflex_dspy.strategies.base import SearchContext, restore_rng, rng_state
 from reflex_dspy.tracking import Trackers
 from reflex_dspy.tracking.redact import redact_uri
 
@@ -253,8 +253,7 @@ class RunLifecycle:
         self.stale = checkpoint.get("stale", 0)
         self.started -= checkpoint.get("elapsed_seconds", 0.0)  # durations count the interrupted process too
         self.strategy.load_state_dict(checkpoint["strategy_state"])
-        version, internal, gauss = checkpoint["rng_state"]
-        self.ctx.rng.setstate((version, tuple(internal), gauss))
+        restore_rng(self.ctx.rng, checkpoint["rng_state"])
 
     def _checkpoint(self, iteration: int, stop_reason: str | None = None) -> None:
         """Everything a resume needs, after the start, each iteration and the end of the search."""
@@ -280,7 +279,7 @@ class RunLifecycle:
                 "val": [r.val_score for r in self.records],
             },
             **self.evaluator.state_dict(),
-            "rng_state": list(self.ctx.rng.getstate()),
+            "rng_state": rng_state(self.ctx.rng),
             "elapsed_seconds": round(time.monotonic() - self.started, 3),
             "updated": _now(),
         })

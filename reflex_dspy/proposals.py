@@ -192,9 +192,18 @@ def compare_outputs(facts: TaskFacts, failures: Sequence[ExampleResult], gold: d
     return "\n".join(notes)
 
 
-def _clip(text: Any, limit: int) -> str:
-    text = str(text)
+def clip(value: Any, limit: int = 300) -> str:
+    """`value` as text (non-strings as JSON) of at most `limit` characters, `…` where it was cut."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def example_blocks(blocks: Sequence[Sequence[str]]) -> str:
+    """Numbered `<example n>` blocks in one `<data>` wrapper: how examples reach a meta-prompt."""
+    if not blocks:
+        return ""
+    body = "\n".join("\n".join([f"<example {n}>", *lines, f"</example {n}>"]) for n, lines in enumerate(blocks, 1))
+    return f"<data>\n{body}\n</data>"
 
 
 def format_failures(
@@ -205,24 +214,21 @@ def format_failures(
 ) -> str:
     """The worst examples as delimited data: inputs, the program's output, gold, feedback."""
     blocks = []
-    for n, r in enumerate(failures, 1):
+    for r in failures:
         ex = examples[r.example_id]
-        parts = [f"<example {n}>"]
-        for k, v in ex.inputs().items():
-            parts.append(f"input {k}: {_clip(v, per_field)}")
+        parts = [f"input {k}: {clip(v, per_field)}" for k, v in ex.inputs().items()]
         if predictor is not None:
             for step in r.trace:
                 if step["predictor"] == predictor:
-                    parts.append(f"this step's output: {_clip(json.dumps(step['outputs']), per_field)}")
+                    parts.append(f"this step's output: {clip(json.dumps(step['outputs']), per_field)}")
         for k in label_fields(ex):
-            parts.append(f"program output {k}: {_clip(r.output.get(k, ''), per_field)}")
-            parts.append(f"expected {k}: {_clip(ex[k], per_field)}")
+            parts.append(f"program output {k}: {clip(r.output.get(k, ''), per_field)}")
+            parts.append(f"expected {k}: {clip(ex[k], per_field)}")
         parts.append(f"score: {r.score:.2f}")
         if r.feedback:
-            parts.append(f"feedback: {_clip(r.feedback, per_field)}")
-        parts.append(f"</example {n}>")
-        blocks.append("\n".join(parts))
-    return "<data>\n" + "\n".join(blocks) + "\n</data>"
+            parts.append(f"feedback: {clip(r.feedback, per_field)}")
+        blocks.append(parts)
+    return example_blocks(blocks)
 
 
 class ProposalRejected(Exception):

@@ -28,6 +28,17 @@ if TYPE_CHECKING:
     from reflex_dspy.config import OptimizerConfig
 
 
+def rng_state(rng: random.Random) -> list[Any]:
+    """`rng`'s state as JSON (a checkpoint holds only JSON); `restore_rng` puts it back."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def restore_rng(rng: random.Random, state: Sequence[Any]) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
 @dataclass
 class SearchContext:
     """What a strategy may use during a run."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import dspy
 
-from reflex_dspy.proposals import ProposalRejected, Proposer
+from reflex_dspy.proposals import ProposalRejected, Proposer, clip
 from reflex_dspy.signatures import CurateDemos
 
 SELECTION_RULES = ("diverse", "top_k", "agent_curated")
@@ -147,9 +147,8 @@ class Selection:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _clip(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _clip(text: Any, limit: int = 300) -> str:
+    return clip(" ".join(str(text).split()), limit)  # one line per candidate field
 
 
 def render_candidates(entries: Sequence[PoolEntry]) -> str:

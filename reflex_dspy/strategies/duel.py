@@ -22,6 +22,7 @@ from reflex_dspy.metrics import as_data, input_fields, render_fields
 from reflex_dspy.proposals import ProposalRejected
 from reflex_dspy.signatures import CompareResponses
 from reflex_dspy.strategies.base import SearchContext
+from reflex_dspy.strategies.ranking import Duel
 
 GENERIC_CRITERIA = (
     "The better response answers the task input correctly and completely, in the format the task asks "
@@ -43,13 +44,9 @@ class DuelOutcome:
     judged: int = 0
     judge_fallbacks: int = 0
 
-    @property
-    def games(self) -> int:
-        return self.wins + self.losses + self.ties
-
-    @property
-    def first_rate(self) -> float | None:
-        return (self.wins + self.ties / 2) / self.games if self.games else None
+    def as_duel(self, first: str, second: str) -> Duel:
+        """The record the rankers and the sampler read (wins, losses and ties only)."""
+        return Duel(first, second, self.wins, self.losses, self.ties)
 
     def to_attrs(self) -> dict[str, Any]:
         return asdict(self)

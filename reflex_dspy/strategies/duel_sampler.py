@@ -28,6 +28,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
+from reflex_dspy.strategies.base import restore_rng, rng_state
 from reflex_dspy.strategies.ranking import RANKERS, Duel, WinMatrix
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Optuna logs every trial at INFO
@@ -221,12 +222,10 @@ class DuelSampler(BaseSampler):
         self.rng = random.Random(seed)
 
     def get_state(self) -> list[Any]:
-        version, internal, gauss = self.rng.getstate()
-        return [version, list(internal), gauss]
+        return rng_state(self.rng)
 
     def set_state(self, state: Sequence[Any]) -> None:
-        version, internal, gauss = state
-        self.rng.setstate((version, tuple(internal), gauss))
+        restore_rng(self.rng, state)
 
     def reseed_rng(self) -> None:
         self.rng.seed()

@@ -156,9 +156,7 @@ class FewShot(Strategy):
 
     def _bootstrap(self, ctx: SearchContext, iteration: int) -> dict[str, Any]:
         """Run the teacher on a fresh train sample and pool its successful traces."""
-        # Seeded by (run seed, round), not drawn from `ctx.rng`: the same seed gives the same run
-        # from a fresh start too, and nothing beyond `round` needs saving for a resume.
-        rng = random.Random(f"fewshot:{ctx.config.seed}:{self.round}")
+        rng = ctx.rng  # seeded by the run and restored on resume
         seen = set(self.current_sources)
         teacher, labeled = self._teacher(ctx, [ex for ex in ctx.trainset if example_id(ex) not in seen], rng)
         seen |= set(labeled)  # the teacher saw these answers: their traces prove nothing

@@ -24,7 +24,7 @@ from reflex_dspy.candidate import Candidate
 from reflex_dspy.errors import UsageError
 from reflex_dspy.proposals import ProposalRejected
 from reflex_dspy.strategies import ranking
-from reflex_dspy.strategies.base import SearchContext, Step, Strategy
+from reflex_dspy.strategies.base import SearchContext, Step, Strategy, restore_rng, rng_state
 
 if TYPE_CHECKING:  # Optuna is imported only when PDO runs, keeping `import reflex_dspy` light
     from reflex_dspy.strategies.duel_sampler import DuelSampler, DuelStore
@@ -32,11 +32,6 @@ if TYPE_CHECKING:  # Optuna is imported only when PDO runs, keeping `import refl
 
 def _seed(*parts: Any) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
-
-
-def _rng_state(rng) -> list[Any]:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
 
 
 class PDO(Strategy):
@@ -179,7 +174,7 @@ class PDO(Strategy):
         except BaseException:
             self.store.abort(trial)
             raise
-        self.store.finish(trial, outcome.to_attrs(), outcome.first_rate)
+        self.store.finish(trial, outcome.to_attrs(), outcome.as_duel(first, second).first_rate)
         return self._duel_summary(trial.number, {"first": first, "second": second, **outcome.to_attrs()})
 
     def _duel_summary(self, number: int, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -290,7 +285,7 @@ class PDO(Strategy):
             "ranker_champions": self.ranker_champions,
             "turn": self.turn,
             "sampler_rng": self.sampler.get_state(),
-            "rng": _rng_state(self.rng),
+            "rng": rng_state(self.rng),
             # A shared study lives in its database; an in-memory one is rebuilt from this copy.
             "study": self.store.snapshot() if self.storage is None else None,
         }
@@ -302,8 +297,7 @@ class PDO(Strategy):
         self.champion = state["champion"]
         self.ranker_champions = dict(state.get("ranker_champions", {}))
         self.turn = state.get("turn", 0)
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        restore_rng(self.rng, state["rng"])
         self._open(0, state["sampler_rng"])
         if self.storage is None:
             self.store.restore(state["study"])

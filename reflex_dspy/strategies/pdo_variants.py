@@ -9,7 +9,6 @@ the run never stops on a bad reply.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import dspy
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.evaluation import ExampleResult
 from reflex_dspy.metrics import label_fields
-from reflex_dspy.proposals import Proposal, ProposalRejected, TaskFacts
+from reflex_dspy.proposals import Proposal, ProposalRejected, TaskFacts, clip, example_blocks
 from reflex_dspy.signatures import GenerateVariant, MutateWinner
 from reflex_dspy.strategies.base import SearchContext
 
@@ -119,27 +118,20 @@ def initial_variants(ctx: SearchContext, initial: Candidate, size: int) -> list[
     return pool
 
 
-def _clip(value: Any, limit: int = 300) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def format_losses(examples: Sequence[dspy.Example], winner: dict[str, ExampleResult],
                   rival: dict[str, ExampleResult]) -> str:
     """Examples the winner lost to the rival, as delimited data: input, both outputs, the reference."""
     from reflex_dspy.data import example_id
 
     blocks = []
-    for n, ex in enumerate(examples, 1):
+    for ex in examples:
         eid = example_id(ex)
-        lines = [f"<example {n}>"]
-        lines += [f"input {k}: {_clip(v)}" for k, v in ex.inputs().items()]
-        lines.append(f"winner's output: {_clip(winner[eid].output) if eid in winner else '(none)'}")
-        lines.append(f"rival's output: {_clip(rival[eid].output) if eid in rival else '(none)'}")
-        lines += [f"expected {k}: {_clip(v)}" for k, v in label_fields(ex).items()]
-        lines.append(f"</example {n}>")
-        blocks.append("\n".join(lines))
-    return "<data>\n" + "\n".join(blocks) + "\n</data>" if blocks else ""
+        lines = [f"input {k}: {clip(v)}" for k, v in ex.inputs().items()]
+        lines.append(f"winner's output: {clip(winner[eid].output) if eid in winner else '(none)'}")
+        lines.append(f"rival's output: {clip(rival[eid].output) if eid in rival else '(none)'}")
+        lines += [f"expected {k}: {clip(v)}" for k, v in label_fields(ex).items()]
+        blocks.append(lines)
+    return example_blocks(blocks)
 
 
 def mutate(ctx: SearchContext, winner: Candidate, rival: Candidate, predictor: str, losses: str) -> Proposal:
