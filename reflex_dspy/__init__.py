@@ -21,6 +21,11 @@ _LAZY = {
     "get_strategy": "reflex_dspy.strategies",
     "embedded_lm": "reflex_dspy.lm",
     "resolve_lm": "reflex_dspy.lm",
+    # pipeline mode
+    "AgentTrace": "reflex_dspy.trace",
+    "TraceNode": "reflex_dspy.trace",
+    "current_trace": "reflex_dspy.trace",
+    "optimize": "reflex_dspy.marking",
 }
 
 __all__ = ["__version__", *_LAZY]

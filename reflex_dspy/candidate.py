@@ -15,6 +15,8 @@ from typing import Any
 
 import dspy
 
+from reflex_dspy.errors import UsageError
+
 
 def _plain(value: Any) -> Any:
     """JSON-friendly form of a demo value (dspy objects and pydantic models included)."""
@@ -75,7 +77,7 @@ class Candidate:
                 states[name] = PredictorState(predictor.signature.instructions, demos)
         if wanted is not None and (missing := wanted - states.keys()):
             known = ", ".join(n for n, _ in program.named_predictors())
-            raise ValueError(f"no predictor named {sorted(missing)[0]!r} in the program (known: {known})")
+            raise UsageError(f"no predictor named {sorted(missing)[0]!r} in the program (known: {known})")
         return cls(states)
 
     @classmethod
@@ -95,6 +97,11 @@ class Candidate:
         state = self.predictors[name]
         plain = tuple(_plain(d) for d in demos)
         return Candidate({**self.predictors, name: PredictorState(state.instructions, plain)})
+
+    def changed_from(self, other: Candidate) -> list[str]:
+        """Names of the predictors whose instructions or demos differ from `other`'s, sorted."""
+        names = set(self.predictors) | set(other.predictors)
+        return sorted(n for n in names if self.predictors.get(n) != other.predictors.get(n))
 
     # -- use ------------------------------------------------------------------------
     def apply(self, student: dspy.Module) -> dspy.Module:

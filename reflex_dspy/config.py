@@ -46,6 +46,9 @@ class OptimizerConfig(BaseModel):
     extra_kwargs: dict[str, Any] = Field(default_factory=dict)
     max_metric_calls: int | None = Field(None, ge=1)
     auto_budget: Literal["light", "medium", "heavy"] | None = None
+    # Promotion gate: the selected candidate must beat the baseline on held-out test by this much
+    # (and significantly) to be promoted; None = no gate.
+    min_holdout_improvement: float | None = Field(None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check_ratios(self) -> OptimizerConfig:

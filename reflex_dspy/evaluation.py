@@ -14,8 +14,9 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +26,9 @@ from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import BudgetExhausted, ProviderAuthError, ReflexError
 from reflex_dspy.metrics import MetricFailure, call_metric
-from reflex_dspy.retries import RetryPolicy, classify_error, short_error
+from reflex_dspy.retries import RetryPolicy, classify_error, is_rate_limit, short_error
+from reflex_dspy.throttle import AdaptiveLimit
+from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, tool_recorder, using_trace
 
 ProgressFn = Callable[[str, int, int], None]
 PaidFn = Callable[[dict[str, Any]], None]
@@ -46,6 +49,8 @@ class ExampleResult:
     output: dict[str, Any] = field(default_factory=dict)
     trace: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    by_model: dict[str, float] = field(default_factory=dict)  # with several task models
+    agent_trace: dict[str, Any] | None = None  # the whole execution trace (trace.AgentTrace), pipeline mode
 
     @property
     def failed(self) -> bool:
@@ -95,6 +100,15 @@ class EvalResult:
                 totals.setdefault(name, []).append(value)
         return {name: sum(v) / len(v) for name, v in totals.items()}
 
+    @property
+    def by_model(self) -> dict[str, float]:
+        """Mean score per task model (empty with a single task model)."""
+        totals: dict[str, list[float]] = {}
+        for r in self.results.values():
+            for name, value in r.by_model.items():
+                totals.setdefault(name, []).append(value)
+        return {name: sum(v) / len(v) for name, v in totals.items()}
+
     def worst(self, k: int) -> list[ExampleResult]:
         """The `k` lowest-scoring scored examples (ties keep example order)."""
         scored = [r for r in self.results.values() if r.score is not None]
@@ -118,6 +132,7 @@ class Usage:
     reasoning_tokens: int = 0
     failed: int = 0
     retries: int = 0
+    rate_limits: int = 0  # 429 answers, each one retried after slowing down
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -167,7 +182,7 @@ class Evaluator:
         student: dspy.Module,
         metric: Callable,
         *,
-        task_lm: dspy.LM | None = None,
+        task_lm: dspy.LM | Mapping[str, dspy.LM] | None = None,
         adapter: Any = None,
         max_workers: int = 4,
         temperature: float = 0.0,
@@ -175,18 +190,23 @@ class Evaluator:
         retry: RetryPolicy | None = None,
         seed: int = 0,
     ) -> None:
-        lm = task_lm or dspy.settings.lm
-        if lm is None:
+        models = dict(task_lm) if isinstance(task_lm, Mapping) else {"task": task_lm or dspy.settings.lm}
+        if not models or any(lm is None for lm in models.values()):
             raise ReflexError("no task model: pass task_lm= or call dspy.configure(lm=...) first")
         self.student = student
         self.metric = metric
-        self.lm = lm.copy(temperature=temperature)
+        # Several task models: every example runs on each, its score is their mean (per model kept).
+        self.lms = {label: lm.copy(temperature=temperature) for label, lm in models.items()}
+        self.lm = next(iter(self.lms.values()))
+        self.calls_per_example = len(self.lms)
         self.adapter = adapter if adapter is not None else dspy.settings.adapter
         self.max_workers = max_workers
         self.temperature = temperature
         self.budget = budget
         self.retry = retry or RetryPolicy()
         self.usage = Usage()
+        self.limit = AdaptiveLimit(max_workers, on_change=self._notice)
+        self.on_notice: Callable[[str], None] | None = None
         self.on_progress: ProgressFn | None = None
         self.on_paid: PaidFn | None = None
         self.paid_entries = 0  # journal entries so far (replayed ones included)
@@ -197,6 +217,8 @@ class Evaluator:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._predictor_names: dict[int, str] = {}
+        self._optimized: dict[int, frozenset[str]] = {}  # program id → its optimized predictors
+        self._in_flight: dict[int, float] = {}  # reasoning calls now running → start time
 
     # -- public -------------------------------------------------------------------------
     @property
@@ -233,13 +255,14 @@ class Evaluator:
         requested = list(candidates)
         candidates = list({c.fingerprint: c for c in requested}.values())  # identical variants run once
         plans = [self._plan(c, examples, eval_pass) for c in candidates]
-        paid = sum(len(todo) + len(replayed) for _, todo, replayed in plans)
+        paid = sum(len(todo) + len(replayed) for _, todo, replayed in plans) * self.calls_per_example
         if budgeted and self.budget is not None and paid > self.budget_left:
             raise BudgetExhausted(
                 f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used, "
                 f"{paid} more needed for {label}"
             )
-        lm = self.lm if eval_pass == 0 or self.temperature == 0 else self.lm.copy(rollout_id=eval_pass)
+        lms = {label: lm if eval_pass == 0 or self.temperature == 0 else lm.copy(rollout_id=eval_pass)
+               for label, lm in self.lms.items()}
         jobs = [(results, self._program(c), (c.fingerprint, eid, self.temperature, eval_pass), ex)
                 for c, (results, todo, _) in zip(candidates, plans, strict=True) for eid, ex in todo]
         done = 0
@@ -247,7 +270,7 @@ class Evaluator:
         if jobs:
             with ThreadPoolExecutor(max_workers=min(self.max_workers, len(jobs)),
                                     thread_name_prefix="reflex-eval") as pool:
-                futures = [(results, pool.submit(self._run_one, program, lm, key, ex))
+                futures = [(results, pool.submit(self._run_one, program, lms, key, ex))
                            for results, program, key, ex in jobs]
                 try:
                     for results, future in futures:
@@ -265,9 +288,9 @@ class Evaluator:
                 for key in replayed:
                     self._account(self._pending.pop(key))
                 n_paid = len(todo) + len(replayed)
-                self.usage.cache_hits += len(results) - n_paid
+                self.usage.cache_hits += (len(results) - n_paid) * self.calls_per_example
                 if budgeted:
-                    self.usage.search_calls += n_paid
+                    self.usage.search_calls += n_paid * self.calls_per_example
                 out[c.fingerprint] = EvalResult(c.fingerprint, results, new_calls=len(todo),
                                                 cache_hits=len(results) - n_paid)
         return [out[c.fingerprint] for c in requested]
@@ -319,7 +342,7 @@ class Evaluator:
                 self._account(self._pending.pop(digest))
         if entry is None:
             error = None
-            with dspy.track_usage() as tracker:
+            with self._reasoning(), dspy.track_usage() as tracker:
                 try:
                     fields, truncated = call()
                 except Exception as exc:  # recorded, then raised to the proposer's retry loop
@@ -383,7 +406,7 @@ class Evaluator:
             self.usage.reasoning_calls += entry["calls"]
             self.usage.reasoning_tokens += entry["tokens"]
         else:
-            self.usage.metric_calls += 1
+            self.usage.metric_calls += entry.get("metric_calls", 1)
             self.usage.lm_calls += entry["calls"]
             self.usage.eval_tokens += entry["tokens"]
 
@@ -392,6 +415,27 @@ class Evaluator:
         self.paid_entries += 1
         if self.on_paid is not None:
             self.on_paid(entry)
+
+    @property
+    def waiting_since(self) -> float | None:
+        """`time.monotonic()` when the oldest reasoning call still in flight started (for a heartbeat)."""
+        with self._lock:
+            return min(self._in_flight.values()) if self._in_flight else None
+
+    @contextmanager
+    def _reasoning(self) -> Iterator[None]:
+        token = object()
+        with self._lock:
+            self._in_flight[id(token)] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.pop(id(token), None)
+
+    def _notice(self, message: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(message)
 
     def _progress(self, label: str, done: int, total: int) -> None:
         if self.on_progress is not None:
@@ -407,16 +451,76 @@ class Evaluator:
                 self._programs[candidate.fingerprint] = program
                 for name, predictor in program.named_predictors():
                     self._predictor_names[id(predictor)] = name
+                self._optimized[id(program)] = frozenset(candidate.predictors)  # trace flags
         return program
 
-    def _run_one(self, program: dspy.Module, lm: dspy.LM, key: CacheKey, example: dspy.Example) -> ExampleResult:
-        """Run and score one example, retrying transient provider errors with backoff."""
+    def _run_one(self, program: dspy.Module, lms: Mapping[str, dspy.LM], key: CacheKey,
+                 example: dspy.Example) -> ExampleResult:
+        """Run and score one example on every task model; one failure fails the example."""
         eid = key[1]
-        prediction = trace = None
-        error: BaseException | None = None
+        result = ExampleResult(eid, None)
+        calls = tokens = 0
+        scores: dict[str, float] = {}
+        for label, lm in lms.items():
+            tools = tool_recorder(program)  # dspy.Tool calls, for the whole execution trace (trace.py)
+            with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), tools]):
+                prediction, trace, error, c, t = self._attempt(program, lm, example)
+            calls, tokens = calls + c, tokens + t
+            if error is not None:
+                result.error = short_error(error) if len(lms) == 1 else f"{label}: {short_error(error)}"
+                break
+            agent = self._agent_trace(program, prediction, trace or [], tools.calls, eid)
+            if not scores:  # the first model's output and trace are the ones shown to the reasoning model
+                result.output = _plain_output(prediction)
+                result.trace = self._plain_trace(trace or [])
+                result.agent_trace = agent.to_dict()
+            try:
+                with dspy.track_usage() as tracker, using_trace(agent):  # metrics may read current_trace()
+                    scored = call_metric(self.metric, example, prediction, None)
+                c, t = _usage_totals(tracker)
+                calls, tokens = calls + c, tokens + t
+            except MetricFailure as exc:
+                result.error = short_error(exc)
+                break
+            scores[label] = scored.score
+            for name, value in scored.by_metric.items():  # summed here, averaged below
+                result.by_metric[name] = result.by_metric.get(name, 0.0) + value
+            if scored.feedback:
+                prefix = f"[{label}] " if len(lms) > 1 else ""
+                result.feedback = "\n".join(filter(None, [result.feedback, prefix + scored.feedback]))
+        if result.error is None:
+            result.score = sum(scores.values()) / len(scores)
+            result.by_metric = {k: v / len(scores) for k, v in result.by_metric.items()}
+            if len(lms) > 1:
+                result.by_model = scores
+        else:
+            result.by_metric, result.feedback = {}, None
+        with self._lock:
+            if result.failed:
+                # Not cached: a failure is retried when the pair is needed again.
+                self.usage.metric_calls += len(lms)
+                self.usage.lm_calls += calls
+                self.usage.eval_tokens += tokens
+                self.usage.failed += 1
+            else:
+                entry = {"kind": "eval", "key": list(key), "result": result.to_dict(), "calls": calls,
+                         "tokens": tokens, "metric_calls": len(lms)}
+                self._account(entry)
+                self._cache[key] = result
+                self._emit(entry)
+        return result
+
+    def _attempt(self, program: dspy.Module, lm: dspy.LM, example: dspy.Example):
+        """`(prediction, trace, error, calls, tokens)` of one example on one model.
+
+        Transient provider errors are retried with backoff; a 429 also lowers the concurrency
+        (throttle.py), and the backoff sleep happens outside the in-flight slot.
+        """
+        prediction = trace = error = None
         calls = tokens = 0
         for attempt in range(self.retry.max_attempts):
-            with dspy.context(lm=lm, adapter=self.adapter, trace=[]), dspy.track_usage() as tracker:
+            with self.limit.slot(), dspy.context(lm=lm, adapter=self.adapter, trace=[]), \
+                    dspy.track_usage() as tracker:
                 try:
                     prediction = program(**example.inputs())
                     trace = list(dspy.settings.trace)
@@ -426,45 +530,34 @@ class Evaluator:
             c, t = _usage_totals(tracker)
             calls, tokens = calls + c, tokens + t
             if error is None:
+                self.limit.succeeded()
                 break
             kind = classify_error(error)
             if kind == "auth":
                 raise ProviderAuthError(f"the provider refused the credentials: {short_error(error)}") from error
             if kind != "transient" or attempt == self.retry.max_attempts - 1:
                 break
+            rate_limited = is_rate_limit(error)
+            if rate_limited:
+                self.limit.rate_limited()
             with self._lock:
                 self.usage.retries += 1
+                self.usage.rate_limits += int(rate_limited)
                 delay = self.retry.delay(attempt, self._rng)
             time.sleep(delay)
+        return prediction, trace, error, calls, tokens
 
-        result = ExampleResult(eid, None)
-        if error is not None:
-            result.error = short_error(error)
-        else:
-            result.output = _plain_output(prediction)
-            result.trace = self._plain_trace(trace or [])
-            try:
-                with dspy.track_usage() as tracker:
-                    scored = call_metric(self.metric, example, prediction, None)
-                c, t = _usage_totals(tracker)
-                calls, tokens = calls + c, tokens + t
-                result.score, result.by_metric, result.feedback = scored.score, dict(scored.by_metric), scored.feedback
-            except MetricFailure as exc:
-                result.error = short_error(exc)
-        with self._lock:
-            if result.failed:
-                # Not cached: a failure is retried when the pair is needed again.
-                self.usage.metric_calls += 1
-                self.usage.lm_calls += calls
-                self.usage.eval_tokens += tokens
-                self.usage.failed += 1
-            else:
-                entry = {"kind": "eval", "key": list(key), "result": result.to_dict(), "calls": calls,
-                         "tokens": tokens}
-                self._account(entry)
-                self._cache[key] = result
-                self._emit(entry)
-        return result
+    def _agent_trace(self, program: dspy.Module, prediction: Any, trace: list, tools: list[dict[str, Any]],
+                     eid: str) -> AgentTrace:
+        """A pipeline_fn's own trace (adapters/pipeline_fn.py), else DSPy's predictor steps with the tool calls."""
+        given = getattr(prediction, PREDICTION_TRACE_ATTR, None)
+        if isinstance(given, AgentTrace):
+            given.input_id = eid
+            return given
+        output = _plain_output(prediction)
+        final = next(iter(output.values())) if len(output) == 1 else output
+        optimized = self._optimized.get(id(program), frozenset())
+        return AgentTrace.from_steps(self._plain_trace(trace), tools, optimized, final, eid)
 
     def _plain_trace(self, trace: list) -> list[dict[str, Any]]:
         steps = []

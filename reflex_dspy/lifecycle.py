@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +24,11 @@ from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import assign_ids, example_id
 from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
 from reflex_dspy.evaluation import Evaluator
+from reflex_dspy.heartbeat import Heartbeat
+from reflex_dspy.marking import select_predictors
 from reflex_dspy.metrics import label_fields, metric_names, resolve_metric
 from reflex_dspy.proposals import Proposer, TaskFacts
-from reflex_dspy.result import IterationRecord, Measurement, RunResult
+from reflex_dspy.result import IterationRecord, Measurement, RunResult, promotion_report
 from reflex_dspy.run_record import Record, open_record
 from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import mean_std, paired_significance
@@ -41,14 +44,20 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+HEARTBEAT_SECONDS = 2.0
+
+
 def _describe_lm(lm: Any) -> str:
+    if isinstance(lm, Mapping):  # several task models
+        return ", ".join(lm)
     return str(getattr(lm, "model", lm))
 
 
 class RunLifecycle:
     """The state and steps of one compile. Kept apart from `Reflex` so a Reflex is reusable."""
 
-    def __init__(self, owner: Reflex, student: dspy.Module, trainset, valset) -> None:
+    def __init__(self, owner: Reflex, student: dspy.Module, trainset, valset,
+                 splits: Mapping[str, Sequence[str]] | None = None) -> None:
         self.owner = owner
         self.config = cfg = owner.config
         self.student = student
@@ -59,7 +68,8 @@ class RunLifecycle:
         self.task_lm = owner.task_lm or dspy.settings.lm
         if self.task_lm is None:
             raise UsageError("no task model: pass task_lm= or call dspy.configure(lm=...) first")
-        self.reasoning_lm = owner._resolve_reasoning_lm(self.task_lm)
+        primary = next(iter(self.task_lm.values())) if isinstance(self.task_lm, Mapping) else self.task_lm
+        self.reasoning_lm = owner._resolve_reasoning_lm(primary)
         self.metric = resolve_metric(owner.metric, judge_lm=self.reasoning_lm)
         self.strategy = owner._make_strategy(self.metric)
 
@@ -68,10 +78,11 @@ class RunLifecycle:
             raise UsageError("the trainset is empty")
         val_override = assign_ids(list(valset)) if valset is not None else None
         self.splits = split_dataset(
-            examples, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio, seed=cfg.seed, valset=val_override
+            examples, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio, seed=cfg.seed, valset=val_override,
+            pinned=splits,
         )
         self.warnings = list(self.splits.warnings)
-        names = owner.optimize
+        names = select_predictors(student, owner.optimize)  # explicit names, else marks, else all (marking.py)
         self.initial = Candidate.from_program(student, names)
         if not self.initial.predictors:
             raise UsageError("the program has no predictors to optimize")
@@ -86,6 +97,8 @@ class RunLifecycle:
             seed=cfg.seed,
         )
         self.evaluator.on_progress = self.trackers.on_progress
+        self.evaluator.on_notice = self.trackers.on_notice
+        self.phase = "starting"
         self.ctx = SearchContext(
             student=student,
             trainset=self.splits.train,
@@ -130,6 +143,10 @@ class RunLifecycle:
             for eid, score in result.scores.items():
                 per_example.setdefault(eid, []).append(score)
         scores = {eid: sum(v) / len(v) for eid, v in per_example.items()}
+        per_model: dict[str, list[float]] = {}
+        for result in passes:
+            for label, score in result.by_model.items():
+                per_model.setdefault(label, []).append(score)
         means = [r.mean for r in passes if r.mean is not None]
         mean, std = mean_std(means) if means else (None, 0.0)
         first = passes[0]
@@ -147,10 +164,35 @@ class RunLifecycle:
             })
         if first.n_failed == first.n:
             raise ReflexError(f"every {split} example failed; first error: {first.results[first.failed_ids[0]].error}")
-        return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples)
+        return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples,
+                           scores_by_model={k: sum(v) / len(v) for k, v in per_model.items()})
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self, resume: Any = None, branch_from: tuple[str, int] | None = None) -> dspy.Module:
+        with Heartbeat(lambda: self.trackers.on_heartbeat(self.status()), HEARTBEAT_SECONDS):
+            return self._execute(resume, branch_from)
+
+    def _status(self, phase: str, detail: str = "") -> None:
+        self.phase = phase
+        self.trackers.on_status(phase, detail)
+
+    def status(self) -> dict[str, Any]:
+        """The live status line: phase, iteration, metric calls against the budget, best so far."""
+        waiting = self.evaluator.waiting_since
+        best = self._select()[1] if self.records else None
+        return {
+            "phase": self.phase,
+            "iteration": len(self.records),
+            "max_iterations": self.config.max_iterations,
+            "search_calls": self.evaluator.usage.search_calls,
+            "metric_calls": self.evaluator.usage.metric_calls,
+            "budget": self.evaluator.budget,
+            "best": best,
+            "waiting_seconds": None if waiting is None else round(time.monotonic() - waiting, 1),
+            "concurrency": self.evaluator.limit.limit,
+        }
+
+    def _execute(self, resume: Any, branch_from: tuple[str, int] | None) -> dspy.Module:
         cfg, splits = self.config, self.splits
         info = self._info()
         try:
@@ -161,12 +203,12 @@ class RunLifecycle:
                 self.trackers.on_run_start(info)
             baseline = record.baseline if record is not None else None
             if baseline is None:
-                self.trackers.on_status("evaluating baseline")
+                self._status("evaluating baseline")
                 baseline = self._measure(self.initial, "baseline", "test", splits.test)
                 self.trackers.on_baseline(baseline)
             elif not (record and record.resumed):
                 self.trackers.on_baseline(baseline)  # a branch records its parent's baseline
-            self.trackers.on_status("searching")
+            self._status("searching")
             checkpoint = record.checkpoint if record is not None else None
             if checkpoint and checkpoint.get("strategy_state") is not None:
                 self._restore(checkpoint)
@@ -182,9 +224,9 @@ class RunLifecycle:
                 stop_reason = self._search(start=len(self.records) + 1)
                 self._checkpoint(len(self.records), stop_reason)
             selected, sel_score, selected_by = self._select()
-            self.trackers.on_status("evaluating best", f"iteration {selected}")
+            self._status("evaluating best", f"iteration {selected}")
             final = self._measure(self.candidates[selected], "final", "test", splits.test)
-            self.trackers.on_status("finalizing")
+            self._status("finalizing")
             result = RunResult(
                 strategy=self.strategy.name or type(self.strategy).__name__,
                 split_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
@@ -206,7 +248,13 @@ class RunLifecycle:
                 models={"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
                 warnings=self.warnings,
                 run_id=record.run.run_id if record else None,
+                target=({"model": cfg.target_model, "source": cfg.target_source, "threshold": cfg.score_threshold}
+                        if cfg.target_source else None),
+                budget=self.evaluator.budget,
             )
+            if cfg.min_holdout_improvement is not None:
+                result.promotion = promotion_report(result.improvement, result.significance,
+                                                    cfg.min_holdout_improvement)
             program = self._program(result, selected)
             self.trackers.on_program(program)
             self.trackers.on_result(result)
@@ -353,7 +401,9 @@ class RunLifecycle:
             is_full_eval=is_full,
             batch_size=batch_size,
             n_failed=step.result.n_failed,
-            details=step.details,
+            # Which nodes this iteration changed, against the previous iteration's candidate (pipeline mode).
+            details={**step.details,
+                     "changed_predictors": step.candidate.changed_from(self.candidates.get(i - 1, self.initial))},
         )
 
     def _select(self) -> tuple[int, float | None, str]:
@@ -386,7 +436,7 @@ class RunLifecycle:
             "models": {"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
             "budget": self.evaluator.budget,
             "warnings": self.warnings,
-            "metadata": self.owner.metadata,
+            "metadata": _redacted(self.owner.metadata),
         }
 
     def _program(self, result: RunResult, selected: int) -> dspy.Module:

@@ -267,3 +267,21 @@ def probe_lm(lm: dspy.BaseLM) -> None:
         if isinstance(key, str) and key:
             reason = reason.replace(key, "***")
         raise UsageError(f"model {name} is unreachable: {reason}") from None
+
+
+def missing_keys(lm: dspy.BaseLM) -> list[str]:
+    """Environment variables a remote model needs that are not set, found without calling it.
+
+    Used by `--dry-run`. An in-process model, an explicit `api_key` or a custom server URL
+    needs nothing from the environment.
+    """
+    kwargs = getattr(lm, "kwargs", None) or {}
+    if isinstance(getattr(lm, "engine", None), LlamaCppEngine) or kwargs.get("api_key") or kwargs.get("api_base"):
+        return []
+    from dspy.clients.lm import _get_litellm
+
+    try:
+        found = _get_litellm().validate_environment(model=str(lm.model))
+    except Exception:  # an unknown provider layout: the probe of a real run will tell
+        return []
+    return list(found.get("missing_keys") or [])

@@ -1,6 +1,9 @@
 """Console progress for long runs: a live status line, a bar per evaluation, a line per iteration.
 
-Output goes to stderr so that stdout carries only the summary (scripts can capture it).
+The status line (phase, iteration, metric calls against the budget, best so far) is fed by the
+run's heartbeat, so it keeps moving while the reasoning model thinks; without a terminal (CI
+logs) a line is printed every `QUIET_SECONDS` of such silence instead. Output goes to stderr so
+that stdout carries only the summary (scripts can capture it).
 """
 
 from __future__ import annotations
@@ -16,6 +19,25 @@ from reflex_dspy.tracking.base import Tracker
 
 if TYPE_CHECKING:
     from reflex_dspy.result import IterationRecord, Measurement, RunResult
+
+
+QUIET_SECONDS = 30.0
+
+
+def status_text(state: dict[str, Any]) -> str:
+    """`iter 3/10 · calls 40/100 · best 0.800 · reasoning model thinking 12s`, from a heartbeat."""
+    parts = []
+    if state.get("iteration"):
+        parts.append(f"iter {state['iteration']}/{state['max_iterations']}")
+    if state.get("budget"):
+        parts.append(f"calls {state['search_calls']}/{state['budget']}")
+    elif state.get("metric_calls"):
+        parts.append(f"calls {state['metric_calls']}")
+    if state.get("best") is not None:
+        parts.append(f"best {state['best']:.3f}")
+    if state.get("waiting_seconds") is not None:
+        parts.append(f"reasoning model thinking {state['waiting_seconds']:.0f}s")
+    return " · ".join(parts)
 
 
 class ConsoleTracker(Tracker):
@@ -35,30 +57,36 @@ class ConsoleTracker(Tracker):
         )
         self._task = None
         self._phase = "starting"
-        self._budget: int | None = None
-        self._calls = 0
         self._best: float | None = None
-        self._iteration = 0
+        self._state: dict[str, Any] = {}
+        self._quiet_reported = 0.0
 
     def _status(self) -> str:
-        parts = [f"iter {self._iteration}"] if self._iteration else []
-        if self._budget:
-            parts.append(f"calls {self._calls}/{self._budget}")
-        if self._best is not None:
-            parts.append(f"best {self._best:.3f}")
-        return " · ".join(parts)
+        return status_text(self._state)
+
+    def on_heartbeat(self, state: dict[str, Any]) -> None:
+        self._state = state
+        if self.progress.disable or not self.progress.live.is_started:
+            waiting = state.get("waiting_seconds") or 0.0
+            if waiting < self._quiet_reported:
+                self._quiet_reported = 0.0  # a new reasoning call
+            if waiting >= self._quiet_reported + QUIET_SECONDS:
+                self._quiet_reported = waiting
+                self.console.print(f"[dim]… {state['phase']} · {status_text(state)}[/]")
+        elif self._task is not None:
+            self.progress.update(self._task, status=self._status())
+
+    def on_notice(self, message: str) -> None:
+        self.console.print(f"[yellow]{escape(message)}[/]")
 
     def on_resume(self, info: dict[str, Any], baseline: Measurement | None, records: list[IterationRecord]) -> None:
         done = f"after iteration {records[-1].iteration}" if records else "from the start of the search"
         self.console.print(f"[bold]Resuming run {info['run_id']}[/] {done}; nothing already paid for is paid again")
-        if records:
-            self._iteration = records[-1].iteration
         self.on_run_start(info)
 
     def on_run_start(self, info: dict[str, Any]) -> None:
         sizes = info["split_sizes"]
         models = info["models"]
-        self._budget = info.get("budget")
         self.console.print(
             f"[bold]reflex[/] {info['config']['strategy']} · task {models['task']} · reasoning {models['reasoning']}"
             f" · train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}"
@@ -83,15 +111,12 @@ class ConsoleTracker(Tracker):
                 self.progress.remove_task(self._task)
             self._task = self.progress.add_task(label, total=max(total, 1), phase=self._phase, status=self._status())
         elif self._task is not None:
-            if label.startswith(("iter", "val")):
-                self._calls += 1
             self.progress.update(self._task, completed=done, status=self._status())
 
     def on_baseline(self, baseline: Measurement) -> None:
         self.console.print(f"Baseline on test: {baseline.describe()}")
 
     def on_iteration(self, record: IterationRecord) -> None:
-        self._iteration = record.iteration
         score = "n/a" if record.score is None else f"{record.score:.4f}"
         delta = "" if record.delta is None else f" Δ{record.delta:+.4f}"
         val = "" if record.val_score is None else f" · val {record.val_score:.4f}"

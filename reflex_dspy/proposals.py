@@ -23,6 +23,7 @@ from reflex_dspy.evaluation import Evaluator, ExampleResult, ReplayedFailure
 from reflex_dspy.metrics import label_fields
 from reflex_dspy.retries import short_error
 from reflex_dspy.signatures import ProposeInstruction
+from reflex_dspy.trace import AgentTrace
 
 # A label set is "small" when the gold outputs take at most this many distinct values and
 # each value repeats on average: then we state the exact set rather than its shape.
@@ -206,18 +207,32 @@ def example_blocks(blocks: Sequence[Sequence[str]]) -> str:
     return f"<data>\n{body}\n</data>"
 
 
+TRACE_CHARS, TRACES_CHARS = 1200, 3600  # one execution trace, and all of them in one report
+
+
 def format_failures(
     failures: Sequence[ExampleResult],
     examples: dict[str, dspy.Example],
     predictor: str | None = None,
     per_field: int = 300,
 ) -> str:
-    """The worst examples as delimited data: inputs, the program's output, gold, feedback."""
+    """The worst examples as delimited data: inputs, the program's output, gold, feedback.
+
+    In pipeline mode each example also shows its execution trace (every step, tool calls, which
+    step is being optimized) so the reasoning model sees which node failed, while the traces fit
+    in `TRACES_CHARS` (the worst examples come first).
+    """
     blocks = []
+    budget = TRACES_CHARS
     for r in failures:
         ex = examples[r.example_id]
         parts = [f"input {k}: {clip(v, per_field)}" for k, v in ex.inputs().items()]
-        if predictor is not None:
+        agent = AgentTrace.from_dict(r.agent_trace) if r.agent_trace else None
+        if agent is not None and agent.is_pipeline and budget > 200:
+            text = agent.render(value_chars=200, max_chars=min(TRACE_CHARS, budget), delimit=False)
+            budget -= len(text)
+            parts.append(f"execution trace ([optimize] marks the step being improved):\n{text}")
+        elif predictor is not None:
             for step in r.trace:
                 if step["predictor"] == predictor:
                     parts.append(f"this step's output: {clip(json.dumps(step['outputs']), per_field)}")

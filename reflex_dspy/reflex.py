@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy.teleprompt import Teleprompter
@@ -15,12 +16,16 @@ from reflex_dspy.lifecycle import RunLifecycle
 from reflex_dspy.strategies import Strategy, get_strategy
 from reflex_dspy.tracking import Tracker
 
+if TYPE_CHECKING:
+    from reflex_dspy.targets import Target
+
 
 class Reflex(Teleprompter):
     """Optimize the prompts of a DSPy program; returns an optimized copy, like every teleprompter.
 
     `metric` is a DSPy metric, a built-in metric name, or a list of them. The task model is
-    `task_lm` or `dspy.settings.lm`; the reasoning model is `reasoning_lm` (a `dspy.LM` or a
+    `task_lm` or `dspy.settings.lm`; a dict `{label: lm}` optimizes for several task models at
+    once (each example runs on every model, scored by their mean, reported per model); the reasoning model is `reasoning_lm` (a `dspy.LM` or a
     model string), else `config.reasoning_model`, else the task model. Every `OptimizerConfig`
     field is accepted as a keyword.
 
@@ -36,7 +41,7 @@ class Reflex(Teleprompter):
         metric: Any = None,
         *,
         strategy: str | Strategy = "auto",
-        task_lm: dspy.LM | None = None,
+        task_lm: dspy.LM | Mapping[str, dspy.LM] | None = None,
         reasoning_lm: dspy.LM | str | None = None,
         optimize: Sequence[str] | None = None,
         trackers: Sequence[Tracker] = (),
@@ -81,16 +86,68 @@ class Reflex(Teleprompter):
         teacher: dspy.Module | None = None,
         resume: Any = None,
         branch_from: tuple[str, int] | None = None,
+        splits: str | os.PathLike[str] | Mapping[str, Sequence[str]] | None = None,
         **kwargs: Any,
     ) -> dspy.Module:
         """Optimize `student`. `resume` (a `Run` or run id) continues an interrupted run from its
         checkpoint; `branch_from=(run_id, iteration)` starts a new run from that iteration's
-        candidate, reusing the parent's baseline."""
+        candidate, reusing the parent's baseline. `splits` pins example ids to train / val /
+        test (a splits JSON file or `{"train": [...], "val": [...], "test": [...]}`)."""
         if kwargs:
             raise UsageError(f"unexpected compile() arguments: {', '.join(sorted(kwargs))}")
         if (resume is not None or branch_from is not None) and not self.track:
             raise UsageError("resume and branch_from need a run record: leave track=True")
-        return RunLifecycle(self, student, trainset, valset).execute(resume=resume, branch_from=branch_from)
+        if isinstance(splits, str | os.PathLike):
+            from reflex_dspy.splits import load_splits_file
+
+            splits = load_splits_file(splits)
+        lifecycle = RunLifecycle(self, student, trainset, valset, splits=splits)
+        return lifecycle.execute(resume=resume, branch_from=branch_from)
+
+    # -- targets --------------------------------------------------------------------------------
+    def set_target_from_verdict(self, path: str | os.PathLike[str]) -> Target:
+        """Use the best model's score in a verdict-style results file as the score threshold."""
+        from reflex_dspy.targets import target_from_verdict
+
+        target = target_from_verdict(Path(path))
+        self.config = target.apply(self.config)
+        return target
+
+    def benchmark_and_set_target(
+        self,
+        student: dspy.Module,
+        trainset: Sequence[dspy.Example],
+        targets: Mapping[str, dspy.LM] | Sequence[dspy.LM | str],
+        *,
+        valset: Sequence[dspy.Example] | None = None,
+        splits: Mapping[str, Sequence[str]] | None = None,
+    ) -> Target:
+        """Run `student` as it is with the task model(s) and each target model on the search
+        examples (train + val, never the held-out test), and use the best score as the threshold.
+
+        `targets` are `dspy.LM`s, model strings, or a `{label: lm}` dict. Returns the `Target`
+        with every model's score.
+        """
+        from reflex_dspy.metrics import resolve_metric
+        from reflex_dspy.splits import split_dataset
+        from reflex_dspy.targets import benchmark_models, best_target
+
+        if self.metric is None:
+            raise UsageError("a metric is required to benchmark targets: pass metric= to Reflex")
+        own = self.task_lm or dspy.settings.lm
+        if own is None:
+            raise UsageError("no task model: pass task_lm= or call dspy.configure(lm=...) first")
+        models = dict(own) if isinstance(own, Mapping) else {str(getattr(own, "model", "task")): own}
+        models.update(_labelled(targets))
+        cfg = self.config
+        parts = split_dataset(trainset, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio, seed=cfg.seed,
+                              valset=valset, pinned=splits)
+        metric = resolve_metric(self.metric, judge_lm=self._resolve_reasoning_lm(next(iter(models.values()))))
+        scores = benchmark_models(student, parts.train + parts.val, metric, models,
+                                  max_workers=cfg.max_workers, temperature=cfg.eval_temperature)
+        target = best_target(scores, "verdict_run")
+        self.config = target.apply(self.config)
+        return target
 
     # -- resolution helpers ------------------------------------------------------------------
     def _resolve_reasoning_lm(self, task_lm: dspy.LM) -> dspy.LM:
@@ -111,3 +168,16 @@ class Reflex(Teleprompter):
         if self._strategy is not None:
             return self._strategy
         return get_strategy(self.config.strategy, metric, **self.config.extra_kwargs)
+
+
+def _labelled(models: Mapping[str, dspy.LM] | Sequence[dspy.LM | str]) -> dict[str, dspy.LM]:
+    """`{label: lm}` from LMs or model strings (resolved like `-m`)."""
+    if isinstance(models, Mapping):
+        return dict(models)
+    from reflex_dspy.lm import resolve_lm
+
+    out = {}
+    for model in models:
+        lm = resolve_lm(model) if isinstance(model, str) else model
+        out[model if isinstance(model, str) else str(getattr(lm, "model", lm))] = lm
+    return out

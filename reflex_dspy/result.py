@@ -25,6 +25,7 @@ class Measurement:
     scores: dict[str, float]
     scores_by_metric: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    scores_by_model: dict[str, float] = field(default_factory=dict)  # with several task models
 
     def describe(self) -> str:
         if self.mean is None:
@@ -113,6 +114,9 @@ class RunResult:
     models: dict[str, str]
     warnings: list[str] = field(default_factory=list)
     run_id: str | None = None  # the reflex run directory's id, when the run was recorded
+    target: dict[str, Any] | None = None  # {"model", "source", "threshold"} when a target set the threshold
+    budget: int | None = None  # the search's metric-call budget, when one was set
+    promotion: dict[str, Any] | None = None  # `promotion_report()`, when a minimum improvement was required
 
     @property
     def improvement(self) -> float | None:
@@ -137,7 +141,15 @@ class RunResult:
         if (delta := self.improvement) is not None:
             rel = f" ({delta / self.baseline.mean * 100:+.1f}%)" if self.baseline.mean else ""
             lines.append(f"Improvement    : {delta:+.4f}{rel}")
+        lines.extend(
+            f"  {label:<13}: {self.baseline.scores_by_model.get(label, float('nan')):.4f} → {score:.4f}"
+            for label, score in self.final.scores_by_model.items()
+        )
         lines.append(f"Significance   : {self.significance.describe()}")
+        if self.target:
+            lines.append(f"Target         : {target_label(self.target)}")
+        if self.promotion:
+            lines.append(f"Promotion      : {self.promotion['reason']}")
         chosen = "the initial prompt" if self.selected_iteration == 0 else f"iteration {self.selected_iteration}"
         score = "n/a" if self.selected_score is None else f"{self.selected_score:.4f}"
         lines.append(f"Selected       : {chosen} (best on {self.selected_by}: {score})")
@@ -156,7 +168,10 @@ class RunResult:
         lines.append(
             f"Metric calls   : {u['metric_calls']} evaluated, {u['cache_hits']} reused from the run cache, "
             f"{u['failed']} failed, {u['retries']} retries"
+            + (f" ({u['rate_limits']} after rate limits)" if u.get("rate_limits") else "")
         )
+        if self.budget is not None:
+            lines.append(f"Budget         : {u['search_calls']} / {self.budget} search metric calls spent")
         lines.append(f"Duration       : {self.duration_seconds:.1f}s")
         lines.extend(f"Warning        : {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -167,3 +182,34 @@ class RunResult:
         data["improvement"] = self.improvement
         data["early_stopped"] = self.early_stopped
         return data
+
+
+SOURCE_TAGS = {"verdict_json": "json", "verdict_run": "run", "manual": "manual"}
+
+
+def target_label(target: dict[str, Any]) -> str:
+    """`model @ 0.85 [json]`, or the bare threshold when no model set it."""
+    threshold = f"{target['threshold']:.4g}"
+    if not target.get("model"):
+        return f"{threshold} [{SOURCE_TAGS.get(target.get('source'), 'default')}]"
+    return f"{target['model']} @ {threshold} [{SOURCE_TAGS.get(target.get('source'), target.get('source'))}]"
+
+
+def promotion_report(improvement: float | None, significance: Significance, required: float) -> dict[str, Any]:
+    """Whether the selected candidate beat the baseline on held-out test by `required`, significantly.
+
+    Both conditions must hold; "not enough data" for the test is not significant, so a run
+    too small to tell is never promoted.
+    """
+    significant = bool(significance.significant)
+    big_enough = improvement is not None and improvement >= required
+    promoted = big_enough and significant
+    lift = "n/a" if improvement is None else f"{improvement:+.4f}"
+    if promoted:
+        reason = f"promoted: held-out improvement {lift} ≥ {required:+.4f}, significant"
+    elif not big_enough:
+        reason = f"not promoted: held-out improvement {lift} < required {required:+.4f}"
+    else:
+        reason = f"not promoted: improvement {lift} ≥ {required:+.4f} but not significant"
+    return {"required": required, "improvement": improvement, "significant": significant,
+            "promoted": promoted, "reason": reason}

@@ -53,3 +53,15 @@ def classify_error(exc: BaseException) -> str:
 def short_error(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:limit]}"
+
+
+def is_rate_limit(exc: BaseException) -> bool:
+    """Whether the provider said "slow down" (HTTP 429), anywhere in the cause chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        if status == 429 or "RateLimit" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -6,10 +6,12 @@ must not change which examples are held out. Problems are returned as warnings, 
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dspy
 
@@ -54,6 +56,7 @@ def split_dataset(
     val_ratio: float = 0.1,
     seed: int = 42,
     valset: Sequence[dspy.Example] | None = None,
+    pinned: Mapping[str, Sequence[str]] | None = None,
 ) -> Splits:
     """Deterministic train / val / test split of `examples` (SPEC §4 step 1).
 
@@ -61,8 +64,12 @@ def split_dataset(
     when val_ratio > 0 and at least two examples remain, carved from the training portion;
     train = the rest. Examples are sorted by id before the seeded shuffle, so the split
     depends on content and seed, never on file order. `train_ratio=1.0` disables splitting
-    (train = test = everything). An explicit `valset` replaces the carved val set.
+    (train = test = everything). An explicit `valset` replaces the carved val set. `pinned`
+    (a splits file, `load_splits_file`) names the ids of each split instead: ratios and seed
+    are then not used.
     """
+    if pinned is not None:
+        return _pinned_splits(assign_ids(examples), pinned)
     if not 0.0 < train_ratio <= 1.0:
         raise UsageError(f"train_ratio must be in (0, 1], got {train_ratio}")
     if not 0.0 <= val_ratio < 1.0:
@@ -126,3 +133,62 @@ def sample_batch(train: Sequence[dspy.Example], size: int, seed: int) -> list[ds
     if size == 0 or size >= len(train):
         return list(train)
     return random.Random(seed).sample(list(train), size)
+
+
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test", "holdout": "test"}
+
+
+def load_splits_file(path: str | Path) -> dict[str, list[str]]:
+    """`{"train": [ids], "val": [ids], "test": [ids]}` from a JSON file ("holdout" = "test").
+
+    Ids are the dataset's `id` field (or the ids `reflex-dspy show` lists). Wrong shapes are
+    one-line errors naming the file and the key; an id pinned to two splits is refused.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the splits file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f'{path}: expected an object like {{"train": [...], "val": [...], "test": [...]}}')
+    splits: dict[str, list[str]] = {}
+    for key, ids in data.items():
+        name = SPLIT_NAMES.get(key)
+        if name is None:
+            raise UsageError(f"{path}: unknown split {key!r} (expected train, val, test or holdout)")
+        if name in splits:
+            raise UsageError(f"{path}: split {name!r} given twice")
+        if not isinstance(ids, list) or not all(isinstance(i, str | int) for i in ids):
+            raise UsageError(f"{path}: {key!r} must be a list of example ids")
+        splits[name] = [str(i) for i in ids]
+    for required in ("train", "test"):
+        if not splits.get(required):
+            raise UsageError(f"{path}: the {required!r} split is missing or empty")
+    seen: dict[str, str] = {}
+    for name, ids in splits.items():
+        for i in ids:
+            if i in seen:
+                raise UsageError(f"{path}: example {i!r} is pinned to both {seen[i]!r} and {name!r}")
+            seen[i] = name
+    return splits
+
+
+def _pinned_splits(pool: list[dspy.Example], pinned: Mapping[str, Sequence[str]]) -> Splits:
+    by_id = {example_id(ex): ex for ex in pool}
+    parts: dict[str, list[dspy.Example]] = {}
+    for name in ("train", "val", "test"):
+        unknown = [i for i in pinned.get(name, ()) if i not in by_id]
+        if unknown:
+            raise UsageError(
+                f"splits file: {len(unknown)} {name} id(s) not in the dataset, e.g. {unknown[0]!r}"
+            )
+        parts[name] = [by_id[i] for i in pinned.get(name, ())]
+    warnings = []
+    unlisted = len(pool) - sum(len(p) for p in parts.values())
+    if unlisted:
+        warnings.append(f"{unlisted} dataset examples are in no split of the splits file and are not used")
+    if len(parts["test"]) < SMALL_TEST_SET:
+        warnings.append(f"test set of {len(parts['test'])} examples is too small for stable scores")
+    return Splits(train=parts["train"], val=parts["val"], test=parts["test"], held_out=True, warnings=warnings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import types
 
 os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="reflex-dspy-test-cache-"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -17,6 +18,8 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 import dspy  # noqa: E402
 import pytest  # noqa: E402
 from fakes import fake_lm  # noqa: E402
+
+from reflex_dspy.tracking.store import RunStore  # noqa: E402
 
 KEYWORDS = {
     "billing": ["charged", "invoice", "refund", "price", "card"],
@@ -91,3 +94,19 @@ def task_lm():
 @pytest.fixture
 def examples():
     return routing_examples()
+
+
+@pytest.fixture
+def task(tmp_path) -> types.SimpleNamespace:
+    """A routing dataset and prompt file, a run dir and an MLflow URI, all under tmp_path."""
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(json.dumps({"input": e.input, "output": e.output}) + "\n" for e in routing_examples(4))
+    )
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("Say which team should handle the message.\n")
+    run_dir = tmp_path / "reflex"
+    flags = ["--run-dir", str(run_dir), "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    return types.SimpleNamespace(
+        data=data, prompt=prompt, run_dir=run_dir, store=RunStore(run_dir), flags=flags
+    )

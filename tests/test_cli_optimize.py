@@ -14,32 +14,15 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import ScriptedReasoner, routing_examples, routing_respond
+from conftest import ScriptedReasoner, routing_respond
 from fakes import fake_lm
 from test_cli_runs import INITIAL, make_run
 
 import reflex_dspy.lm
 import reflex_dspy.reflex
 from reflex_dspy.cli import main
-from reflex_dspy.tracking.store import RunStore
 
 GOOD = "Route the message. Answer with one word: billing, shipping or technical."
-
-
-@pytest.fixture
-def task(tmp_path) -> types.SimpleNamespace:
-    """A routing dataset and prompt file, a run dir and an MLflow URI, all under tmp_path."""
-    data = tmp_path / "data.jsonl"
-    data.write_text(
-        "".join(json.dumps({"input": e.input, "output": e.output}) + "\n" for e in routing_examples(4))
-    )
-    prompt = tmp_path / "prompt.md"
-    prompt.write_text(INITIAL + "\n")
-    run_dir = tmp_path / "reflex"
-    flags = ["--run-dir", str(run_dir), "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    return types.SimpleNamespace(
-        data=data, prompt=prompt, run_dir=run_dir, store=RunStore(run_dir), flags=flags
-    )
 
 
 @pytest.fixture
@@ -60,6 +43,7 @@ def models(monkeypatch) -> types.SimpleNamespace:
 
 class _Result:
     best_prompt = GOOD
+    promotion = None
 
     def summary(self) -> str:
         return "Final score    : 1.0000"
@@ -97,6 +81,7 @@ def _meta(task, **extra) -> dict:
         "dataset_path": str(task.data.resolve()),
         "prompt_path": str(task.prompt.resolve()),
         "task_model": "fake/task",
+        "task_models": ["fake/task"],
         "reasoning_model": None,
         "reasoning_base_url": None,
         "metric": ["exact"],
@@ -104,6 +89,7 @@ def _meta(task, **extra) -> dict:
         "judge_criteria": None,
         "input_field": None,
         "output_field": None,
+        "splits_file": None,
         **extra,
     }
 
@@ -116,7 +102,7 @@ def test_dry_run_calls_no_model_and_writes_nothing(capsys, task, models, tmp_pat
     code, out, _ = cli(capsys, "optimize", task.data, task.prompt, flags, *task.flags)
     assert code == 0 and "dry run: no model was called" in out
     n_search = sum(int(n) for n in re.search(r"train (\d+) / val (\d+)", out).groups())
-    assert f"search budget: {6 * n_search})" in out  # --auto light
+    assert f"(budget {6 * n_search})" in out  # --auto light
     assert models.task_lm.fake_engine.calls == 0 and models.probed == []
     assert not task.run_dir.exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -139,7 +125,8 @@ def test_optimize_hands_reflex_the_run_layout_tracking_and_metadata(
     assert init["config"].reasoning_api_key.get_secret_value() == "sk-secret-123"
     assert init["metadata"] == _meta(task, reasoning_model="fake/reasoner")
     assert "sk-secret" not in json.dumps(init["metadata"]) + json.dumps(init["config"].public_dict())
-    assert set(recorder.compile) == {"trainset"} and len(recorder.compile["trainset"]) == 12
+    assert set(recorder.compile) == {"trainset", "splits"} and len(recorder.compile["trainset"]) == 12
+    assert recorder.compile["splits"] is None
     assert recorder.program.predict.signature.instructions == INITIAL
     assert set(models.probed) == {models.task_lm, models.reasoning_lm}
     assert "Run            : 007 (" in out and out_file.read_text() == GOOD + "\n"

@@ -64,16 +64,26 @@ def _search_flags(g: _Group, *, strategy_required: bool = False) -> None:
         "-p", "--strategy-param", action=_ParamAction, metavar="KEY=VALUE",
         help="a strategy parameter (repeatable; VALUE is JSON or text), e.g. -p duels_per_round=2",
     )
-    g.add_argument("--max-iterations", type=int)
-    g.add_argument("--threshold", type=float, help="stop once this score is reached (default 0.85)")
-    g.add_argument("--early-stopping-patience", type=int)
+    g.add_argument("--max-iterations", type=int, help="iterations of the search (default 10)")
+    g.add_argument("--early-stopping-patience", type=int, help="stop after N iterations without val gain (3)")
     g.add_argument("--batch-size", type=int, help="examples per iteration (0 = all of train)")
     g.add_argument("--full-eval-steps", type=int, help="full train evaluation every N iterations")
-    g.add_argument("--max-workers", type=int)
-    g.add_argument("--max-metric-calls", type=int, help="search budget in metric calls")
+    g.add_argument("--max-workers", type=int, help="parallel calls (default 4; lowered on rate limits)")
+
+
+def _threshold_flag(g: _Group) -> None:
     g.add_argument(
-        "--auto", choices=("light", "medium", "heavy"), help="search budget preset (config auto_budget)"
+        "--threshold", type=float,
+        help="stop once val reaches this score; overrides --verdict-results and --target (default 0.85)",
     )
+
+
+def _budget_flags(g: _Group) -> None:
+    g = g.add_mutually_exclusive_group()
+    g.add_argument("--max-metric-calls", type=int, metavar="N",
+                   help="exact search budget: the search never spends more than N metric calls")
+    g.add_argument("--auto", choices=("light", "medium", "heavy"),
+                   help="search budget preset: 6 / 12 / 24 metric calls per train+val example")
 
 
 def _run_dir_flag(g: _Group) -> None:
@@ -95,12 +105,34 @@ def _run_and_output_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run record and tracking")
     _run_dir_flag(g)
     _mlflow_flags(g)
-    g = parser.add_argument_group("output")
-    g.add_argument("-o", "--output", help="write the selected prompt here")
+    g = parser.add_argument_group("promotion and output")
+    g.add_argument(
+        "--min-holdout-improvement", type=float, metavar="X",
+        help="promote only if the selected prompt beats the baseline on held-out test by X, significantly",
+    )
+    g.add_argument("-o", "--output", help="write the selected prompt here (only when promoted, see above)")
+    g.add_argument("--force-output", action="store_true", help="write -o even when not promoted")
     g.add_argument("--results-json", help="write the full result as JSON here")
     g.add_argument(
         "--dry-run", action="store_true", help="validate data, splits, models and config; call no model"
     )
+
+
+def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """Pipeline mode (cli/pipeline.py): optimize a node of a multi-step agent on an inputs file."""
+    g = parser.add_argument_group(
+        "pipeline mode",
+        "PROMPT --pipeline-file agent.py --inputs-file inputs.jsonl: the only positional is PROMPT",
+    )
+    g.add_argument("--pipeline-file", metavar="FILE",
+                   help="Python file defining pipeline_fn(prompt, input) -> AgentTrace, or build_program() "
+                   "returning a DSPy program whose marked predictors are optimized")
+    g.add_argument("--inputs-file", metavar="FILE",
+                   help="JSON array or JSONL of {input, ideal?, id?} records (instead of DATASET)")
+    g.add_argument("--optimize", action="append", metavar="PREDICTOR", dest="optimize_predictor",
+                   help="optimize this predictor of the DSPy program (repeatable; default: the marked ones)")
+    g.add_argument("--sample-timeout", type=float, metavar="SECONDS",
+                   help="stop a pipeline call after SECONDS and count its example as failed")
 
 
 def _optimize_parser(sub: argparse._SubParsersAction) -> None:
@@ -117,9 +149,20 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
     )
 
     g = opt.add_argument_group("models")
-    g.add_argument("-m", "--model", action="append", help="task model (litellm string, local/X, embedded)")
+    g.add_argument(
+        "-m", "--model", action="append",
+        help="task model (litellm string, local/X, embedded); repeat to optimize for several at once",
+    )
     _reasoning_flags(g)
     g.add_argument("--source-model", help="model family the prompt was written for (migration mode)")
+
+    g = opt.add_argument_group("target score (precedence: --threshold, --verdict-results, --target, 0.85)")
+    _threshold_flag(g)
+    g.add_argument("--verdict-results", metavar="FILE",
+                   help="results JSON of a model comparison: the best model's score is the target")
+    g.add_argument("--target", action="append", metavar="MODEL",
+                   help="benchmark this model and yours on train+val first; the best score is the target "
+                   "(repeatable)")
 
     g = opt.add_argument_group("scoring")
     g.add_argument("--metric", action="append", help="rouge (default), bleu, exact, contains, json_match")
@@ -129,14 +172,19 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--judge-criteria", metavar="FILE", help="rubric file for --judge")
 
     _search_flags(opt.add_argument_group("search"))
+    _budget_flags(opt.add_argument_group("budget"))
 
     g = opt.add_argument_group("data and splits")
     g.add_argument("--input-field", help="dataset field holding the input (dotted paths allowed)")
     g.add_argument("--output-field", help="dataset field holding the expected output")
     g.add_argument("--train-split", type=float, help="train ratio (default 0.8; 1.0 disables splitting)")
     g.add_argument("--val-split", type=float, help="validation ratio carved from train (default 0.1)")
+    g.add_argument("--splits-file", metavar="FILE",
+                   help='JSON pinning example ids: {"train": [...], "val": [...], "test": [...]}')
     g.add_argument("--eval-runs", type=int, help="passes averaged for baseline and final (default 1)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="seed of the split and the search (default 42)")
+
+    _pipeline_flags(opt)
 
     g = opt.add_argument_group("resume").add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the latest interrupted run of DATASET")
@@ -188,7 +236,10 @@ def _runs_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument("iteration", metavar="ITER")
-    _search_flags(p.add_argument_group("search (default: the parent's)"), strategy_required=True)
+    g = p.add_argument_group("search (default: the parent's)")
+    _search_flags(g, strategy_required=True)
+    _threshold_flag(g)
+    _budget_flags(g)
     _reasoning_flags(p.add_argument_group("reasoning model (default: the parent's)"))
     _run_and_output_flags(p)
     p.set_defaults(handler=runs.cmd_branch)
@@ -203,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _optimize_parser(sub)
     _runs_parsers(sub)
+    # -- dashboard (issue 7): cli/dashboard.py imports the server inside its handler (--help stays instant)
+    from reflex_dspy.cli.dashboard import cmd_dashboard
+
+    p = sub.add_parser("dashboard", help="browse runs in a local web page",
+                       description="Serve a page over RUN_DIR's runs: list, flow graph, diffs, branching, live.")
+    _run_dir_flag(p)
+    p.add_argument("--port", type=int, default=8128, help="port (default 8128; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--no-open", action="store_true", help="do not open a browser")
+    p.add_argument("--mlflow-ui-url", help="MLflow UI to link each run to (default $REFLEX_MLFLOW_UI_URL)")
+    p.set_defaults(handler=cmd_dashboard)
     return parser
 
 

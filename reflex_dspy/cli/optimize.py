@@ -46,6 +46,7 @@ SEARCH_FLAGS = {
     "reasoning_model": "reasoning_model",
     "reasoning_base_url": "reasoning_base_url",
     "reasoning_max_tokens": "reasoning_max_tokens",
+    "min_holdout_improvement": "min_holdout_improvement",
 }
 CONFIG_FLAGS = {
     **SEARCH_FLAGS,
@@ -70,20 +71,26 @@ class TaskSpec:
 
     dataset: str
     prompt_path: str | None
-    task_model: str | None
+    task_models: list[str] | None  # None: the embedded model
     metrics: list[str] | None
     judge: str | None
     judge_criteria: str | None
     input_field: str | None
     output_field: str | None
     prompt_text: str | None = None  # the exact initial prompt of a recorded run (not re-read)
+    splits_file: str | None = None
+    pipeline: dict[str, Any] | None = None  # pipeline mode: file, sample_timeout, optimize (cli/pipeline.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TaskSpec:
+        from reflex_dspy.cli import pipeline  # -- pipeline mode: PROMPT --pipeline-file F --inputs-file F
+
+        if pipeline.is_pipeline(args):
+            return pipeline.spec_from_args(cls, args)
         if not args.dataset or not args.prompt:
             raise UsageError("optimize needs DATASET and PROMPT (or --resume-from ID)")
-        if args.model and len(args.model) > 1:
-            raise UsageError("-m: several task models are not supported yet; pass one")
+        if args.model and len(set(args.model)) < len(args.model):
+            raise UsageError("-m: the same task model is given twice")
         if args.judge and args.metric:
             raise UsageError("--metric and --judge are mutually exclusive")
         if args.judge_criteria and not args.judge:
@@ -91,12 +98,13 @@ class TaskSpec:
         return cls(
             dataset=args.dataset,
             prompt_path=args.prompt,
-            task_model=args.model[0] if args.model else None,
+            task_models=list(args.model) if args.model else None,
             metrics=None if args.judge else (args.metric or ["rouge"]),
             judge=args.judge,
             judge_criteria=args.judge_criteria,
             input_field=args.input_field,
             output_field=args.output_field,
+            splits_file=args.splits_file,
         )
 
     @classmethod
@@ -118,13 +126,17 @@ class TaskSpec:
         return cls(
             dataset=meta["dataset_path"],
             prompt_path=meta.get("prompt_path"),
-            task_model=meta.get("task_model"),
+            task_models=meta.get("task_models") or ([meta["task_model"]] if meta.get("task_model") else None),
             metrics=None if metric == "judge" else list(metric or ["rouge"]),
             judge=meta.get("judge"),
             judge_criteria=meta.get("judge_criteria"),
             input_field=meta.get("input_field"),
             output_field=meta.get("output_field"),
             prompt_text=initial_prompts(saved).get("predict"),
+            splits_file=meta.get("splits_file"),
+            # pipeline mode: the recorded initial candidate is where a resume or branch starts from
+            pipeline={**meta["pipeline"], "initial_candidate": saved.get("initial_candidate")}
+            if meta.get("pipeline") else None,
         )
 
     @property
@@ -136,7 +148,8 @@ class TaskSpec:
         return {
             "dataset_path": _abs(self.dataset),
             "prompt_path": _abs(self.prompt_path),
-            "task_model": self.task_model,
+            "task_model": self.task_models[0] if self.task_models else None,
+            "task_models": self.task_models,
             "reasoning_model": config.reasoning_model,
             "reasoning_base_url": redact_uri(config.reasoning_base_url),
             "metric": self.metric_spec,
@@ -144,6 +157,9 @@ class TaskSpec:
             "judge_criteria": _abs(self.judge_criteria),
             "input_field": self.input_field,
             "output_field": self.output_field,
+            "splits_file": _abs(self.splits_file),
+            **({"pipeline": {k: v for k, v in self.pipeline.items() if k != "initial_candidate"}}
+               if self.pipeline else {}),  # pipeline mode
         }
 
 
@@ -213,7 +229,7 @@ def _check_task_flags(args: argparse.Namespace, spec: TaskSpec, run_id: str) -> 
         raise UsageError(f"run {run_id} optimizes {spec.dataset}, not {args.dataset}")
     pairs = [
         ("PROMPT", _abs(args.prompt), _abs(spec.prompt_path)),
-        ("-m", args.model[0] if args.model else None, spec.task_model),
+        ("-m", args.model, spec.task_models),
         ("--metric", args.metric, spec.metrics),
         ("--judge", args.judge, spec.judge),
         ("--judge-criteria", _abs(args.judge_criteria), _abs(spec.judge_criteria)),
@@ -233,20 +249,37 @@ def run_optimize(args: argparse.Namespace) -> int:
         return _resume(args)
     spec = TaskSpec.from_args(args)
     fields = given_flags(args, CONFIG_FLAGS)
-    if args.threshold is not None:
-        fields["target_source"] = "manual"
+    fields.update(_target_fields(args))
     return execute(args, spec, build_config(fields, args))
+
+
+def _target_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The threshold by precedence: --threshold, then --verdict-results, then --target (run later)."""
+    if args.threshold is not None:
+        for flag, given in (("--verdict-results", args.verdict_results), ("--target", args.target)):
+            if given:
+                note(f"{flag} ignored: --threshold {args.threshold} sets the target")
+        return {"target_source": "manual"}
+    if args.verdict_results:
+        from reflex_dspy.targets import target_from_verdict
+
+        if args.target:
+            note("--target ignored: --verdict-results sets the target")
+        target = target_from_verdict(args.verdict_results)
+        return {"score_threshold": target.score, "target_model": target.model, "target_source": target.source}
+    return {}
 
 
 def _resume(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
     if args.resume:
-        if not args.dataset:
+        dataset = getattr(args, "inputs_file", None) or args.dataset  # pipeline mode: runs keyed by inputs file
+        if not dataset:
             raise UsageError("--resume needs DATASET (or use --resume-from ID)")
-        run = store.find_incomplete_run(dataset_path=args.dataset)
+        run = store.find_incomplete_run(dataset_path=dataset)
         if run is None:
             raise UsageError(
-                f"no interrupted run of {args.dataset} in {store.runs_dir}; start one without --resume"
+                f"no interrupted run of {dataset} in {store.runs_dir}; start one without --resume"
             )
     else:
         run = store.get_run(args.resume_from)
@@ -255,7 +288,12 @@ def _resume(args: argparse.Namespace) -> int:
         if run.status == "running":
             raise UsageError(f"run {run.run_id} is still running; wait for it or stop it first")
     spec = TaskSpec.from_run(run, "resume")
-    _check_task_flags(args, spec, run.run_id)
+    if spec.pipeline:  # pipeline mode
+        from reflex_dspy.cli.pipeline import check_resume_flags
+
+        check_resume_flags(args, spec, run.run_id)
+    else:
+        _check_task_flags(args, spec, run.run_id)
     return execute(args, spec, resumed_config(run, args), resume=run)
 
 
@@ -276,11 +314,15 @@ def execute(
     branch_from: tuple[str, int] | None = None,
 ) -> int:
     """Validate, then (unless `--dry-run`) probe the models and run; shared by optimize, resume, branch."""
+    if spec.pipeline:  # pipeline mode has its own loading and dry run (cli/pipeline.py)
+        from reflex_dspy.cli.pipeline import execute_pipeline
+
+        return execute_pipeline(args, spec, config, resume=resume, branch_from=branch_from)
     from reflex_dspy.adapters import load_prompt, program_from_prompt
     from reflex_dspy.data import load_dataset
-    from reflex_dspy.lm import describe_lm, probe_lm, resolve_lm
+    from reflex_dspy.lm import probe_lm, resolve_lm
     from reflex_dspy.metrics import load_rubric, resolve_metric
-    from reflex_dspy.splits import split_dataset
+    from reflex_dspy.splits import load_splits_file, split_dataset
     from reflex_dspy.strategies import get_strategy
 
     # Everything that needs no model is checked before any model loads or any file is written.
@@ -291,14 +333,17 @@ def execute(
     else:
         prompt, prompt_label = load_prompt(spec.prompt_path), spec.prompt_path
     examples = load_dataset(spec.dataset, input_field=spec.input_field, output_field=spec.output_field)
+    pinned = load_splits_file(spec.splits_file) if spec.splits_file else None
     splits = split_dataset(
-        examples, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.seed
+        examples, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.seed, pinned=pinned
     )
     rubric = load_rubric(spec.judge_criteria) if spec.judge_criteria else None
     if not spec.judge:
         resolve_metric(spec.metric_spec)  # unknown names fail here, before any model loads
 
-    task_lm = resolve_lm(spec.task_model, temperature=config.eval_temperature)
+    task_lms = {m or "embedded": resolve_lm(m, temperature=config.eval_temperature)
+                for m in (spec.task_models or [None])}
+    task_lm = next(iter(task_lms.values()))
     key = config.reasoning_api_key.get_secret_value() if config.reasoning_api_key else None
     reasoning_lm = (
         resolve_lm(config.reasoning_model, api_key=key, base_url=config.reasoning_base_url)
@@ -306,43 +351,34 @@ def execute(
         else task_lm
     )
     judge_lm = resolve_lm(spec.judge) if spec.judge else None
+    # --target models are benchmarked only when no higher-precedence source set the threshold.
+    targets = {} if resume or branch_from or config.target_source else {
+        m: resolve_lm(m, temperature=config.eval_temperature) for m in (getattr(args, "target", None) or [])
+    }
 
     if args.dry_run:
-        n_search = len(splits.train) + len(splits.val)
-        per_iter = 2 * (config.batch_size or len(splits.train)) + len(splits.val)
-        print(f"dataset        : {spec.dataset} ({len(examples)} examples)")
-        print(f"splits         : train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}")
-        print(f"prompt         : {prompt_label} ({len(prompt)} characters)")
-        print(f"task model     : {describe_lm(task_lm)}")
-        print(f"reasoning model: {describe_lm(reasoning_lm)}")
-        metric_text = f"judge {describe_lm(judge_lm)}" if judge_lm else ", ".join(spec.metric_spec)
-        print(f"metric         : {metric_text}")
-        n = config.max_iterations
-        print(f"strategy       : {config.strategy}, up to {n} iteration{'' if n == 1 else 's'}")
-        est = 2 * config.eval_runs * len(splits.test) + len(splits.val) + config.max_iterations * per_iter
-        print(
-            f"estimated LM calls: at most {est} task calls and {config.max_iterations} reasoning calls "
-            f"(search budget: {config.metric_call_budget(n_search) or 'none'})"
-        )
-        if resume is not None:
-            print(f"resume         : run {resume.run_id} ({resume.path})")
-        if branch_from is not None:
-            print(f"branch         : from run {branch_from[0]}, iteration {branch_from[1]}")
-        for warning in splits.warnings:
-            print(f"warning        : {warning}")
-        print("dry run: no model was called and nothing was written")
+        from reflex_dspy.cli.dry_run import report
+
+        report(args, spec, config, prompt=prompt, prompt_label=prompt_label, examples=examples, splits=splits,
+               models={"task": task_lms, "reasoning": reasoning_lm, "judge": judge_lm, "targets": targets},
+               resume=resume, branch_from=branch_from)
         return 0
 
-    for lm in {id(x): x for x in (task_lm, reasoning_lm, judge_lm) if x is not None}.values():
+    models = [*task_lms.values(), reasoning_lm, judge_lm, *targets.values()]
+    for lm in {id(x): x for x in models if x is not None}.values():
         probe_lm(lm)
     metric = resolve_metric(spec.metric_spec, judge_lm=judge_lm, judge_criteria=rubric)
+    program = program_from_prompt(prompt)
+
+    if targets:
+        config = _benchmark_targets(program, splits.train + splits.val, metric, {**task_lms, **targets}, config)
 
     from reflex_dspy.progress import ConsoleTracker
     from reflex_dspy.reflex import Reflex
 
     optimizer = Reflex(
         metric,
-        task_lm=task_lm,
+        task_lm=task_lms if len(task_lms) > 1 else task_lm,
         reasoning_lm=reasoning_lm,
         trackers=[ConsoleTracker()],
         config=config,
@@ -356,19 +392,39 @@ def execute(
         extra["resume"] = resume
     if branch_from is not None:
         extra["branch_from"] = branch_from
-    optimized = optimizer.compile(program_from_prompt(prompt), trainset=examples, **extra)
+    optimized = optimizer.compile(program, trainset=examples, splits=pinned, **extra)
     result = optimized.result
     print(result.summary())
     run_id = getattr(optimized, "run_id", None)
     if run_id:
         print(f"{'Run':<15}: {run_id} ({_run_path(args.run_dir, run_id)})")
     if args.output:
-        write_atomic(args.output, result.best_prompt.rstrip("\n") + "\n")
-        print(f"{'Best prompt':<15}: written to {args.output}")
+        promoted = result.promotion is None or result.promotion["promoted"]
+        if promoted or getattr(args, "force_output", False):
+            write_atomic(args.output, result.best_prompt.rstrip("\n") + "\n")
+            forced = "" if promoted else " (not promoted; written because of --force-output)"
+            print(f"{'Best prompt':<15}: written to {args.output}{forced}")
+        else:
+            print(f"{'Best prompt':<15}: not written to {args.output}: not promoted (--force-output writes it)")
     if args.results_json:
         write_atomic(args.results_json, dumps(result.to_dict()))
         print(f"{'Results':<15}: written to {args.results_json}")
     return 0
+
+
+def _benchmark_targets(program, examples, metric, models, config: OptimizerConfig) -> OptimizerConfig:
+    """Score every task and target model on train+val with the initial prompt; the best is the target."""
+    from reflex_dspy.targets import benchmark_models, best_target
+
+    print(f"Benchmarking {len(models)} models on {len(examples)} train+val examples to set the target ...",
+          file=sys.stderr)
+    scores = benchmark_models(program, examples, metric, models, max_workers=config.max_workers,
+                              temperature=config.eval_temperature)
+    target = best_target(scores, "verdict_run")
+    for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+        mark = "  ← target" if label == target.model else ""
+        print(f"  {label:<40} {score:.4f}{mark}", file=sys.stderr)
+    return target.apply(config)
 
 
 def _run_path(run_dir: str, run_id: str) -> Path | str:

@@ -183,7 +183,13 @@ def _header(run: Run, s: RunSummary, config: dict[str, Any]) -> list[str]:
         runs = baseline.get("n_runs", 1)
         spread = f" ± {baseline.get('std', 0):.4f} ({runs} runs)" if runs > 1 else ""
         add("Baseline", f"{baseline['mean']:.4f}{spread} on {baseline.get('n', '?')} test examples")
-    add("Target", _score(s.target, 2) if s.target is not None else None)
+    if cfg.get("target_source") or cfg.get("target_model"):
+        from reflex_dspy.result import target_label
+
+        add("Target", target_label({"model": cfg.get("target_model"), "source": cfg.get("target_source"),
+                                    "threshold": cfg.get("score_threshold")}))
+    else:
+        add("Target", _score(s.target, 2) if s.target is not None else None)
     if s.branched_from:
         parent = s.branched_from
         add("Branched from", f"run {parent.get('run_id')}, iteration {parent.get('iteration')}")
@@ -211,6 +217,8 @@ def _result_lines(result: dict[str, Any]) -> list[str]:
     )
     if result.get("stop_reason"):
         lines.append(f"{'Stopped':<15}: {result['stop_reason']}")
+    if result.get("promotion"):
+        lines.append(f"{'Promotion':<15}: {result['promotion']['reason']}")
     return lines
 
 

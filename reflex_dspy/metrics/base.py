@@ -202,6 +202,9 @@ def label_fields(example: dspy.Example, prediction: Any = None) -> dict[str, Any
         shared = set(prediction.keys()) if prediction is not None and hasattr(prediction, "keys") else set()
         labels = {k: v for k, v in example.items() if k in shared}
     labels.pop(RESERVED_ID_FIELD, None)
+    predicted = set(prediction.keys()) if prediction is not None and hasattr(prediction, "keys") else set()
+    if "id" not in predicted:
+        labels.pop("id", None)  # a dataset's own example id is bookkeeping, not a label to produce
     return labels
 
 

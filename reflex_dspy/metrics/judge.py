@@ -9,7 +9,6 @@ with a new `rollout_id` and, if it never parses, the example is recorded as fail
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from reflex_dspy.metrics.base import (
     render_fields,
 )
 from reflex_dspy.signatures import JudgeResponse
+from reflex_dspy.trace import as_data, current_trace
 
 # The judge re-asks with a fresh `rollout_id` (a new cache key) rather than a higher temperature,
 # so that a retry is a true re-ask yet a later replay of the same run hits the cache. DSPy warns
@@ -46,16 +46,11 @@ Grade the response on accuracy, helpfulness, clarity and completeness, judged to
 2 - Mostly inaccurate, unhelpful or unclear, with only a little of value.
 1 - Wrong, off-task, empty or fabricated."""
 
-_DATA_TAG = re.compile(r"</?data\b", re.IGNORECASE)
-
-
-def as_data(text: str) -> str:
-    """Wrap untrusted text (dataset rows, model outputs) in <data> tags for a judge or proposer.
-
-    Tags inside the text are defanged so an output cannot close the block early and smuggle in
-    instructions (SPEC §13).
-    """
-    return f"<data>\n{_DATA_TAG.sub(lambda m: m.group(0) + '_', text)}\n</data>"
+TRACE_NOTE = (
+    "The full execution trace of the pipeline that produced this response follows, step by step in order: "
+    "every step's inputs and outputs and every tool call with its arguments and result. Steps marked "
+    "[optimize] are the ones whose prompt is being optimized; [context] steps are fixed parts of the pipeline."
+)
 
 
 def load_rubric(path: str | os.PathLike[str]) -> str:
@@ -77,8 +72,11 @@ class JudgeMetric(Metric):
     middle score. Provider errors (rate limits, timeouts, auth) propagate: the evaluator owns
     retrying those.
 
-    `render_response(example, prediction) -> str` replaces how the response is shown, e.g. a whole
-    pipeline execution trace instead of the final output fields.
+    `render_response(example, prediction) -> str` replaces how the response is shown.
+
+    Pipeline mode: when the evaluator provides the example's execution trace (`current_trace()`)
+    and it has more than one step or any tool call, the rendered trace follows the response, so
+    a rubric can judge how the answer was reached (e.g. penalise an answer that ignored a tool).
     """
 
     name = "judge"
@@ -111,11 +109,15 @@ class JudgeMetric(Metric):
             if not shown or len(shown) < len(labels):
                 shown = {k: prediction[k] for k in keys if k != RESERVED_ID_FIELD}
             response = render_fields(shown) if shown else as_text(prediction)
+        response = as_data(response)
+        trace = current_trace()
+        if trace is not None and trace.is_pipeline:
+            response = f"{response}\n\n{TRACE_NOTE}\n{trace.render()}"
         return {
             "criteria": self.criteria,
             "task_input": as_data(render_fields(input_fields(example, prediction))),
             "reference_answer": as_data(render_fields(labels) if labels else ""),
-            "response": as_data(response),
+            "response": response,
         }
 
     def evaluate(self, example: dspy.Example, prediction: Any, trace: Any = None) -> MetricResult:

@@ -33,6 +33,13 @@ class Tracker:
     def on_progress(self, label: str, done: int, total: int) -> None:
         """Examples done within one evaluation."""
 
+    def on_heartbeat(self, state: dict[str, Any]) -> None:
+        """Every few seconds from a background thread: phase, iteration, metric calls against the
+        budget, best score so far, and how long a reasoning call has been running (`waiting_seconds`)."""
+
+    def on_notice(self, message: str) -> None:
+        """Something the user should know mid-run, e.g. the provider rate-limited and the run slowed down."""
+
     def on_baseline(self, baseline: Measurement) -> None:
         """The baseline measured on test."""
 
@@ -79,6 +86,12 @@ class Trackers(Tracker):
 
     def on_progress(self, label, done, total):
         self._each("on_progress", label, done, total)
+
+    def on_heartbeat(self, state):
+        self._each("on_heartbeat", state)
+
+    def on_notice(self, message):
+        self._each("on_notice", message)
 
     def on_baseline(self, baseline):
         self._each("on_baseline", baseline)

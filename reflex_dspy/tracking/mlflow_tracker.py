@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from reflex_dspy._env import apply_env_defaults
+from reflex_dspy.result import target_label
 from reflex_dspy.tracking.base import Tracker
 from reflex_dspy.tracking.files import dumps
 from reflex_dspy.tracking.plot import trajectory_svg
@@ -411,6 +412,15 @@ class MlflowTracker(Tracker):
                    "improvement": result.improvement, "selected_iteration": result.selected_iteration}
         tags = {"reflex.significant": "n/a" if sig.significant is None else str(sig.significant).lower(),
                 "reflex.stop_reason": result.stop_reason}
+        if result.budget is not None:
+            metrics["metric_call_budget"] = result.budget
+            metrics["search_metric_calls"] = result.usage.get("search_calls")
+        metrics.update({"final_score." + re.sub(r"[^\w\-./ ]", "_", label): score  # MLflow's allowed characters
+                        for label, score in result.final.scores_by_model.items()})
+        if result.target:
+            tags["reflex.target"] = target_label(result.target)
+        if result.promotion:
+            tags["reflex.promoted"] = str(result.promotion["promoted"]).lower()
         self._log(self.run_id, metrics=metrics, tags=tags)
         self.client.log_text(self.run_id, dumps(result.to_dict()), "result.json")
         self.client.log_text(self.run_id, _prompt_file(result.best_prompt), "best_prompt.md")

@@ -1,0 +1,118 @@
+"""Engine benchmarks on latency-bound fakes: overhead per metric call, scaling, waste, start-up."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from workloads import ROOT, examples, models, optimize, program, task_model
+
+
+def overhead(latencies: list[float], repeats: int, record: bool) -> list[dict[str, Any]]:
+    """Wall time of a fixed optimization minus the time the fake models slept, per metric call.
+
+    One worker, so the latencies add up exactly; `record` adds the run layout and MLflow (SQLite),
+    measured on a store that exists already: creating a new MLflow database (about 1 s of schema
+    migrations, once per run directory) is reported apart by `store_creation`.
+    """
+    rows = []
+    for latency in latencies:
+        per_call = []
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                if record:
+                    optimize(0.0, run_dir=Path(tmp), iterations=1)
+                result, wall = optimize(latency, run_dir=Path(tmp) if record else None)
+            u = result.usage
+            slept = (u["lm_calls"] + u["reasoning_calls"]) * latency
+            per_call.append((wall - slept) / u["metric_calls"])
+        ms = statistics.median(per_call) * 1000
+        rows.append({"latency_ms": latency * 1000, "recorded": record, "metric_calls": u["metric_calls"],
+                     "overhead_ms": ms, "pct_of_50ms": ms / 50 * 100})
+    return rows
+
+
+def store_creation(repeats: int) -> dict[str, Any]:
+    """Seconds to open a brand-new run directory's MLflow SQLite store (the first run's fixed cost)."""
+    from reflex_dspy.tracking.mlflow_tracker import MlflowTracker
+
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            MlflowTracker(f"sqlite:///{tmp}/mlflow.db", "bench").client  # noqa: B018 (opens the store)
+            times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "repeats": repeats}
+
+
+def eval_scaling(workers: list[int], latency: float, n_per_label: int) -> list[dict[str, Any]]:
+    """Speed-up of one evaluation of n examples against a latency-bound model, by max_workers."""
+    from reflex_dspy.candidate import Candidate
+    from reflex_dspy.evaluation import Evaluator
+    from reflex_dspy.metrics import resolve_metric
+
+    data = examples(n_per_label)
+    student = program()
+    rows, base = [], None
+    for k in workers:
+        ev = Evaluator(student, resolve_metric("exact"), task_lm=task_model(latency), max_workers=k)
+        start = time.perf_counter()
+        ev.evaluate(Candidate.from_program(student), data)
+        wall = time.perf_counter() - start
+        base = base or wall
+        rows.append({"workers": k, "wall_s": wall, "speedup": base / wall, "efficiency": base / wall / k})
+    return rows
+
+
+def pdo_scaling(workers: list[int], latency: float, iterations: int) -> list[dict[str, Any]]:
+    """Wall time of a PDO run (duels scored in parallel) by max_workers."""
+    rows, base = [], None
+    for k in workers:
+        _, wall = optimize(latency, workers=k, strategy="pdo", iterations=iterations, n_per_label=8)
+        base = base or wall
+        rows.append({"workers": k, "wall_s": wall, "speedup": base / wall, "efficiency": base / wall / k})
+    return rows
+
+
+def waste(iterations: int) -> dict[str, Any]:
+    """Calls the models answered against the minimum (distinct pairs and replies), and calls an
+    interrupted-then-resumed run made beyond an uninterrupted one (goal 0)."""
+    from reflex_dspy.tracking.base import Tracker
+    from reflex_dspy.tracking.store import RunStore
+
+    class StopAt(Tracker):
+        def on_iteration(self, record) -> None:
+            if record.iteration == 2:
+                raise KeyboardInterrupt
+
+    def answered(lms) -> int:
+        return sum(lm.fake_engine.calls for lm in lms)
+
+    whole_lms, first_lms, second_lms = models(0.0), models(0.0), models(0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole, _ = optimize(0.0, iterations=iterations, run_dir=Path(tmp) / "a", lms=whole_lms)
+        with contextlib.suppress(KeyboardInterrupt):
+            optimize(0.0, iterations=iterations, run_dir=Path(tmp) / "b", trackers=[StopAt()], lms=first_lms)
+        run = RunStore(Path(tmp) / "b").list_runs()[-1]
+        optimize(0.0, iterations=iterations, run_dir=Path(tmp) / "b", resume=run.run_id, lms=second_lms)
+    u = whole.usage
+    return {"answered": answered(whole_lms), "distinct": u["metric_calls"] + u["reasoning_calls"],
+            "cache_hits": u["cache_hits"],
+            "repaid_after_resume": answered(first_lms) + answered(second_lms) - answered(whole_lms)}
+
+
+def startup(repeats: int) -> dict[str, Any]:
+    """`reflex-dspy --help` wall time in a fresh interpreter (median)."""
+    exe = Path(sys.executable).with_name("reflex-dspy")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([str(exe), "--help"], check=True, capture_output=True, cwd=ROOT)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "max_s": max(times), "repeats": repeats}

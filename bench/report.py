@@ -1,0 +1,101 @@
+"""docs/benchmarks.md and its SVG plots, written from the measurements of one `bench/run.py` call."""
+
+from __future__ import annotations
+
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+W, H, L, R, T, B = 560, 320, 56, 20, 30, 44
+
+
+def line_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
+              ideal: list[tuple[float, float]] | None = None) -> str:
+    """A small dependency-free SVG line plot (linear axes from 0)."""
+    points = [p for s in series.values() for p in s] + (ideal or [])
+    xmax = max(x for x, _ in points) or 1.0
+    ymax = max(y for _, y in points) * 1.1 or 1.0
+
+    def x(v: float) -> float:
+        return L + (W - L - R) * v / xmax
+
+    def y(v: float) -> float:
+        return H - B - (H - T - B) * v / ymax
+
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+             f'font-size="12"><rect width="{W}" height="{H}" fill="white"/>',
+             f'<text x="{W / 2}" y="18" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+             f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
+             f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
+             f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>',
+             f'<text x="14" y="{(T + H - B) / 2}" text-anchor="middle" '
+             f'transform="rotate(-90 14 {(T + H - B) / 2})">{escape(ylabel)}</text>']
+    for i in range(5):
+        v = ymax * i / 4
+        parts.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+    for v in sorted({p[0] for p in points}):
+        parts.append(f'<text x="{x(v):.1f}" y="{H - B + 16}" text-anchor="middle">{v:g}</text>')
+    if ideal:
+        coords = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in ideal)
+        parts.append(f'<polyline fill="none" stroke="#999" stroke-dasharray="4 4" points="{coords}"/>')
+    for n, (name, pts) in enumerate(series.items()):
+        color = colors[n % len(colors)]
+        coords = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in pts)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>')
+        parts += [f'<circle cx="{x(a):.1f}" cy="{y(b):.1f}" r="3" fill="{color}"/>' for a, b in pts]
+        parts.append(f'<text x="{L + 10}" y="{T + 14 + 16 * n}" fill="{color}">{escape(name)}</text>')
+    return "\n".join(parts + ["</svg>"])
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def write(out: Path, mode: str, m: dict[str, Any]) -> None:
+    """Write the markdown report and its plots next to it (`out` is the .md path)."""
+    plots = out.parent / "benchmarks"
+    plots.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python bench/run.py --{mode}` on {datetime.now(UTC):%Y-%m-%d} "
+        f"({platform.machine()}, Python {platform.python_version()}). Every figure below is a measurement "
+        "of that run; fake models are latency-bound (they sleep), so wall time minus latency is the "
+        "framework's own cost.",
+        "",
+        "## Framework overhead per metric call",
+        "",
+        "A fixed optimization (iterative, 3 iterations, 24 examples, one worker) against fake models "
+        "that sleep a fixed latency; overhead = (wall − calls × latency) / metric calls. Goal: < 2% of "
+        "a 50 ms call (1 ms).",
+        "",
+    ]
+    rows = [[f"{r['latency_ms']:.0f} ms", "yes" if r["recorded"] else "no", str(r["metric_calls"]),
+             f"{r['overhead_ms']:.2f} ms", f"{r['pct_of_50ms']:.1f}%"] for r in m["overhead"]]
+    lines += _table(["latency", "recorded (run layout + MLflow)", "metric calls", "overhead / call",
+                     "% of a 50 ms call"], rows)
+    lines += ["", f"Opening a new run directory's MLflow SQLite store costs {m['store']['median_s']:.2f} s once "
+              "(schema migrations); it is not included above.", ""]
+    for name, rows in (("Evaluation", m["eval_scaling"]), ("PDO run", m["pdo_scaling"])):
+        lines += [f"## Scaling: {name} speed-up by max_workers", ""]
+        lines += _table(["workers", "wall", "speed-up", "efficiency (goal ≥ 0.9)"],
+                        [[str(r["workers"]), f"{r['wall_s']:.2f} s", f"{r['speedup']:.2f}x",
+                          f"{r['efficiency']:.2f}"] for r in rows])
+        slug = name.split()[0].lower()
+        (plots / f"scaling-{slug}.svg").write_text(line_plot(
+            {name: [(r["workers"], r["speedup"]) for r in rows]}, f"{name} speed-up", "max_workers", "speed-up",
+            ideal=[(r["workers"], r["workers"]) for r in rows]))
+        lines += ["", f"![{name} scaling](benchmarks/scaling-{slug}.svg)", ""]
+    w = m["waste"]
+    lines += ["## No waste", "",
+              f"An uninterrupted run: the models answered {w['answered']} calls for {w['distinct']} distinct "
+              f"(candidate, example) pairs and reasoning replies ({w['cache_hits']} evaluations served from the "
+              f"run cache). Interrupted at iteration 2 and resumed: {w['repaid_after_resume']} calls more than "
+              "the uninterrupted run (goal 0).", "",
+              "## Start-up", "",
+              f"`reflex-dspy --help`: median {m['startup']['median_s'] * 1000:.0f} ms over "
+              f"{m['startup']['repeats']} runs (goal < 500 ms).", ""]
+    out.write_text("\n".join(lines))

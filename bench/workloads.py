@@ -1,0 +1,102 @@
+"""Deterministic, latency-bound workloads for the engine benchmarks (overhead, scaling, waste).
+
+The fake models come from `tests/fakes.py` (one place for fakes); here they only gain a fixed
+latency, so wall time minus latency is what the framework itself costs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import dspy  # noqa: E402
+from fakes import fake_lm  # noqa: E402
+
+INITIAL = "Say which team should handle the message."
+KEYWORDS = {
+    "billing": ["charged", "invoice", "refund", "price", "card"],
+    "shipping": ["delivery", "package", "parcel", "courier", "order"],
+    "technical": ["crash", "error", "slow", "broken", "freezes"],
+}
+PROPOSALS = [
+    "Route the message to a team ({n}).",
+    "Answer with one word: billing, shipping or technical ({n}).",
+    "Read the message and reply with the team name only ({n}).",
+]
+
+
+def examples(n_per_label: int) -> list[dspy.Example]:
+    out = []
+    for i in range(n_per_label):
+        for label, words in KEYWORDS.items():
+            text = f"Customer {i}: my {words[i % len(words)]} issue number {i} ({label[:2]}{i})."
+            out.append(dspy.Example(input=text, output=label).with_inputs("input"))
+    return out
+
+
+def _label(text: str) -> str:
+    text = text.lower()
+    return next(label for label, words in KEYWORDS.items() if any(w in text for w in words))
+
+
+def task_model(latency: float) -> dspy.LM:
+    """Answers the bare label when the instructions list every label (except for technical
+    messages, so no prompt reaches 1.0 and every run does all its iterations), else a sentence."""
+
+    def respond(system: str, messages: list[dict]) -> str:
+        time.sleep(latency)
+        label = _label(messages[-1]["content"])
+        listed = all(k in system.lower() for k in KEYWORDS)
+        return label if listed and label != "technical" else f"This is about {label}."
+
+    return fake_lm(respond, name="bench/task")
+
+
+def reasoning_model(latency: float) -> dspy.LM:
+    """A stateless proposer: the proposal depends only on how many rewrites the prompt has seen."""
+
+    def respond(system: str, messages: list[dict]) -> str:
+        time.sleep(latency)
+        text = messages[-1]["content"]
+        n = text.count("Iter ")
+        return json.dumps({
+            "failure_patterns": "outputs are sentences, not labels",
+            "change_summary": f"proposal {n + 1}",
+            "revised_instructions": PROPOSALS[n % len(PROPOSALS)].format(n=n),
+        })
+
+    # A fixed name: a resumed run recognises the replies journaled by the interrupted one by model name.
+    return fake_lm(respond, name="bench/reasoner")
+
+
+def program() -> dspy.Module:
+    from reflex_dspy.adapters import program_from_prompt
+
+    return program_from_prompt(INITIAL)
+
+
+def models(latency: float) -> tuple[dspy.LM, dspy.LM]:
+    """(task model, reasoning model); their `.fake_engine.calls` count the calls really answered."""
+    return task_model(latency), reasoning_model(latency)
+
+
+def optimize(latency: float, *, workers: int = 1, iterations: int = 3, n_per_label: int = 8,
+             run_dir: Path | None = None, strategy: str = "iterative", trackers=(), resume: Any = None,
+             lms: tuple[dspy.LM, dspy.LM] | None = None, **config: Any) -> tuple[Any, float]:
+    """One fixed optimization; returns (result, wall seconds)."""
+    from reflex_dspy import Reflex
+
+    task, reasoner = lms or models(latency)
+    opt = Reflex("exact", strategy=strategy, task_lm=task, reasoning_lm=reasoner,
+                 max_workers=workers, max_iterations=iterations, early_stopping_patience=0, score_threshold=1.0,
+                 track=run_dir is not None, run_dir=run_dir, trackers=trackers,
+                 tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}" if run_dir else None, **config)
+    start = time.perf_counter()
+    optimized = opt.compile(program(), trainset=examples(n_per_label), resume=resume)
+    return optimized.result, time.perf_counter() - start

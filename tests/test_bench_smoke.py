@@ -1,0 +1,22 @@
+"""The benchmarks still run (seconds): `bench/run.py --smoke` writes a report with every section."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_writes_every_section_and_its_plots(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    for heading in ("Framework overhead per metric call", "Scaling: Evaluation", "Scaling: PDO", "No waste",
+                    "Start-up"):
+        assert f"## {heading}" in text
+    assert "Interrupted at iteration 2 and resumed: 0 calls more" in text
+    assert (tmp_path / "benchmarks" / "scaling-evaluation.svg").read_text().startswith("<svg")
