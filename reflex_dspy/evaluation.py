@@ -549,7 +549,7 @@ class Evaluator:
 
     def _agent_trace(self, program: dspy.Module, prediction: Any, trace: list, tools: list[dict[str, Any]],
                      eid: str) -> AgentTrace:
-        """A pipeline_fn's own trace (adapters/pipeline_fn.py), else DSPy's predictor steps with the tool calls."""
+        """A pipeline_fn's own trace (adapters/pipeline_fn.py), else DSPy's predictor steps and tool calls."""
         given = getattr(prediction, PREDICTION_TRACE_ATTR, None)
         if isinstance(given, AgentTrace):
             given.input_id = eid

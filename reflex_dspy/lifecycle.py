@@ -82,7 +82,7 @@ class RunLifecycle:
             pinned=splits,
         )
         self.warnings = list(self.splits.warnings)
-        names = select_predictors(student, owner.optimize)  # explicit names, else marks, else all (marking.py)
+        names = select_predictors(student, owner.optimize)  # explicit names, else marks, else all
         self.initial = Candidate.from_program(student, names)
         if not self.initial.predictors:
             raise UsageError("the program has no predictors to optimize")
@@ -401,9 +401,9 @@ class RunLifecycle:
             is_full_eval=is_full,
             batch_size=batch_size,
             n_failed=step.result.n_failed,
-            # Which nodes this iteration changed, against the previous iteration's candidate (pipeline mode).
-            details={**step.details,
-                     "changed_predictors": step.candidate.changed_from(self.candidates.get(i - 1, self.initial))},
+            # The nodes this iteration changed against the previous iteration's candidate (pipeline mode).
+            details={**step.details, "changed_predictors":
+                     step.candidate.changed_from(self.candidates.get(i - 1, self.initial))},
         )
 
     def _select(self) -> tuple[int, float | None, str]:

@@ -75,7 +75,9 @@ def build_program() -> ShopAssistant:
 
 
 _ENTRY = re.compile(r"price (\d+) dollars, (\d+) in stock")
-_SOLD_OUT = re.compile(r"out of stock|not (?:currently )?(?:in stock|available)|unavailable|sold out|\b0 in stock")
+_SOLD_OUT = re.compile(
+    r"out of stock|not (?:currently )?(?:in stock|available)|unavailable|sold out|\b0 in stock"
+)
 
 
 def faithful(example: dspy.Example, prediction: dspy.Prediction, trace: object = None) -> float:
@@ -95,5 +97,9 @@ def faithful(example: dspy.Example, prediction: dspy.Prediction, trace: object =
     reply = str(prediction.answer).lower()
     says_price = re.search(rf"(?<![\d.]){price}(?:\.00)?(?!\d)", reply) is not None
     sold_out = _SOLD_OUT.search(reply) is not None
-    says_stock = sold_out if stock == "0" else (not sold_out and re.search(rf"(?<!\d){stock}(?!\d)", reply) is not None)
+    says_stock = (
+        sold_out
+        if stock == "0"
+        else (not sold_out and re.search(rf"(?<!\d){stock}(?!\d)", reply) is not None)
+    )
     return (says_price + says_stock) / 2

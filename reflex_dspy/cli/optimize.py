@@ -273,7 +273,7 @@ def _target_fields(args: argparse.Namespace) -> dict[str, Any]:
 def _resume(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
     if args.resume:
-        dataset = getattr(args, "inputs_file", None) or args.dataset  # pipeline mode: runs keyed by inputs file
+        dataset = getattr(args, "inputs_file", None) or args.dataset  # pipeline mode: keyed by inputs file
         if not dataset:
             raise UsageError("--resume needs DATASET (or use --resume-from ID)")
         run = store.find_incomplete_run(dataset_path=dataset)

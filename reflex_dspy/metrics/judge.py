@@ -47,9 +47,10 @@ Grade the response on accuracy, helpfulness, clarity and completeness, judged to
 1 - Wrong, off-task, empty or fabricated."""
 
 TRACE_NOTE = (
-    "The full execution trace of the pipeline that produced this response follows, step by step in order: "
-    "every step's inputs and outputs and every tool call with its arguments and result. Steps marked "
-    "[optimize] are the ones whose prompt is being optimized; [context] steps are fixed parts of the pipeline."
+    "The full execution trace of the pipeline that produced this response follows, step by step in "
+    "order: every step's inputs and outputs and every tool call with its arguments and result. Steps "
+    "marked [optimize] are the ones whose prompt is being optimized; [context] steps are fixed parts of "
+    "the pipeline."
 )
 
 
