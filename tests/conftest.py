@@ -110,3 +110,23 @@ def task(tmp_path) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         data=data, prompt=prompt, run_dir=run_dir, store=RunStore(run_dir), flags=flags
     )
+
+
+def strong_respond(system: str, messages: list[dict]) -> str:
+    """A stronger task model: routes every message right whatever the prompt says."""
+    return routing_respond(f"Answer with one word: {', '.join(LABELS)}.", messages)
+
+
+@pytest.fixture
+def lms(monkeypatch) -> dict:
+    """`reflex_dspy.lm.resolve_lm` → fakes by spec: fake/task (weak), fake/strong, fake/reasoner
+    (proposes the labelled prompt); probes pass. For CLI tests of targets and run controls."""
+    import reflex_dspy.lm
+
+    labelled = f"Answer with one word: {', '.join(LABELS)}."
+    made = {"fake/task": fake_lm(routing_respond, name="fake/task"),
+            "fake/strong": fake_lm(strong_respond, name="fake/strong"),
+            "fake/reasoner": fake_lm(ScriptedReasoner([labelled]), name="fake/reasoner")}
+    monkeypatch.setattr(reflex_dspy.lm, "resolve_lm", lambda spec, **kw: made[spec or "fake/task"])
+    monkeypatch.setattr(reflex_dspy.lm, "probe_lm", lambda lm: None)
+    return made

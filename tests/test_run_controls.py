@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import LABELS, ScriptedReasoner, routing_examples, routing_respond
+from conftest import LABELS, ScriptedReasoner, routing_examples, routing_respond, strong_respond
 from dspy.lm15 import RateLimitError
 from fakes import fake_lm
 from test_cli_optimize import cli
@@ -31,8 +31,6 @@ LABELLED = f"Answer with one word: {', '.join(LABELS)}."
 PROPOSALS = [f"Be verbose ({i}). Explain which of billing, shipping, technical applies." for i in range(1, 6)]
 
 
-def strong_respond(system, messages):
-    return routing_respond(LABELLED, messages)
 
 
 def compile_run(proposals=(LABELLED,), *, examples=None, task_lm=None, trackers=(), splits=None, **config):
@@ -80,14 +78,6 @@ def test_promotion_needs_the_required_lift_and_significance():
     assert "not significant" in tiny.promotion["reason"]
 
 
-@pytest.fixture
-def lms(monkeypatch):
-    made = {"fake/task": fake_lm(routing_respond, name="fake/task"),
-            "fake/strong": fake_lm(strong_respond, name="fake/strong"),
-            "fake/reasoner": fake_lm(ScriptedReasoner([LABELLED]), name="fake/reasoner")}
-    monkeypatch.setattr(reflex_dspy.lm, "resolve_lm", lambda spec, **kw: made[spec or "fake/task"])
-    monkeypatch.setattr(reflex_dspy.lm, "probe_lm", lambda lm: None)
-    return made
 
 
 RUN = "-m fake/task --reasoning-model fake/reasoner --metric exact -s iterative --max-iterations 1"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import LABELS, routing_examples, routing_respond
+from conftest import LABELS, routing_examples, routing_respond, strong_respond
 from fakes import fake_lm
 from test_cli_optimize import cli
 
-import reflex_dspy.lm
 from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.errors import UsageError
@@ -66,9 +65,6 @@ def test_target_label_shows_model_threshold_and_source():
 # --------------------------------------------------------------------------- Python API
 
 
-def strong_respond(system, messages):
-    """A target model that routes every message right whatever the prompt says."""
-    return routing_respond(LABELLED, messages)
 
 
 def test_benchmark_and_set_target_uses_the_best_model_on_train_and_val_only(tmp_path):
@@ -98,17 +94,6 @@ def test_set_target_from_verdict_sets_the_threshold_and_the_result_reports_it(tm
 # --------------------------------------------------------------------------- CLI precedence
 
 
-@pytest.fixture
-def lms(monkeypatch):
-    """resolve_lm → the weak task model, a strong target, or a reasoner answering LABELLED."""
-    from conftest import ScriptedReasoner
-
-    made = {"fake/task": fake_lm(routing_respond, name="fake/task"),
-            "fake/strong": fake_lm(strong_respond, name="fake/strong"),
-            "fake/reasoner": fake_lm(ScriptedReasoner([LABELLED]), name="fake/reasoner")}
-    monkeypatch.setattr(reflex_dspy.lm, "resolve_lm", lambda spec, **kw: made[spec or "fake/task"])
-    monkeypatch.setattr(reflex_dspy.lm, "probe_lm", lambda lm: None)
-    return made
 
 
 RUN = "-m fake/task --reasoning-model fake/reasoner --metric exact -s iterative --max-iterations 1"

@@ -393,8 +393,15 @@ def execute(
     if branch_from is not None:
         extra["branch_from"] = branch_from
     optimized = optimizer.compile(program, trainset=examples, splits=pinned, **extra)
+    return report_outputs(args, optimized)
+
+
+def report_outputs(args: argparse.Namespace, optimized: Any, extra_lines: tuple[str, ...] = ()) -> int:
+    """Print the summary and write `-o` (only when promoted, unless --force-output) and `--results-json`."""
     result = optimized.result
     print(result.summary())
+    for line in extra_lines:
+        print(line)
     run_id = getattr(optimized, "run_id", None)
     if run_id:
         print(f"{'Run':<15}: {run_id} ({_run_path(args.run_dir, run_id)})")
@@ -409,6 +416,7 @@ def execute(
     if args.results_json:
         write_atomic(args.results_json, dumps(result.to_dict()))
         print(f"{'Results':<15}: written to {args.results_json}")
+    sys.stdout.flush()
     return 0
 
 

@@ -18,7 +18,6 @@ in-process embedded model cannot take a request timeout; its max_tokens bounds e
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING, Any
 
 from reflex_dspy.errors import UsageError
@@ -160,7 +159,7 @@ def execute_pipeline(
         make_program,
     )
     from reflex_dspy.candidate import Candidate
-    from reflex_dspy.cli.optimize import _check_output_paths, _run_path
+    from reflex_dspy.cli.optimize import _check_output_paths
     from reflex_dspy.data import example_id
     from reflex_dspy.lm import probe_lm, resolve_lm
     from reflex_dspy.marking import select_predictors
@@ -294,30 +293,12 @@ def execute_pipeline(
     finally:
         if isinstance(program, PipelineFnProgram):
             program.close()  # stops its worker processes
-    return _report(args, optimized, _run_path)
+    return _report(args, optimized)
 
 
-def _report(args: argparse.Namespace, optimized: Any, run_path: Any) -> int:
-    """The summary and the files asked for (as a prompt-file run writes them)."""
-    from reflex_dspy.tracking.files import dumps, write_atomic
+def _report(args: argparse.Namespace, optimized: Any) -> int:
+    """The prompt-file run's summary and files, plus which nodes the run changed."""
+    from reflex_dspy.cli.optimize import report_outputs
 
-    result = optimized.result
-    print(result.summary())
-    changed = sorted({n for r in result.iterations for n in r.details.get("changed_predictors", [])})
-    print(f"{'Changed nodes':<15}: {', '.join(changed) or 'none'}")
-    if run_id := getattr(optimized, "run_id", None):
-        print(f"{'Run':<15}: {run_id} ({run_path(args.run_dir, run_id)})")
-    if args.output:
-        promotion = getattr(result, "promotion", None)
-        if promotion is None or promotion["promoted"] or getattr(args, "force_output", False):
-            write_atomic(args.output, result.best_prompt.rstrip("\n") + "\n")
-            print(f"{'Best prompt':<15}: written to {args.output}")
-        else:
-            print(
-                f"{'Best prompt':<15}: not written to {args.output}: not promoted (--force-output writes it)"
-            )
-    if args.results_json:
-        write_atomic(args.results_json, dumps(result.to_dict()))
-        print(f"{'Results':<15}: written to {args.results_json}")
-    sys.stdout.flush()
-    return 0
+    changed = sorted({n for r in optimized.result.iterations for n in r.details.get("changed_predictors", [])})
+    return report_outputs(args, optimized, (f"{'Changed nodes':<15}: {', '.join(changed) or 'none'}",))
