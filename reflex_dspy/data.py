@@ -312,6 +312,15 @@ def read_text_file(path: Path, kind: str) -> str:
         raise UsageError(f"{path}:{line}: {kind} file is not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
 
 
+def read_json_file(path: str | Path, kind: str) -> Any:
+    """The parsed JSON of a user's `kind` file (splits, results), or a one-line UsageError with the line."""
+    path = Path(path)
+    try:
+        return json.loads(read_text_file(path, kind))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}: {kind} file is not valid JSON ({exc.msg})") from None
+
+
 def _jsonl_records(path: Path, text: str) -> Iterable[tuple[str, Any]]:
     # split("\n") rather than splitlines(): JSON strings may legally hold U+2028 and friends.
     for number, line in enumerate(text.split("\n"), start=1):

@@ -6,7 +6,6 @@ must not change which examples are held out. Problems are returned as warnings, 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import dspy
 
-from reflex_dspy.data import assign_ids, example_id
+from reflex_dspy.data import assign_ids, example_id, read_json_file
 from reflex_dspy.errors import UsageError
 
 SMALL_TEST_SET = 20
@@ -145,12 +144,7 @@ def load_splits_file(path: str | Path) -> dict[str, list[str]]:
     one-line errors naming the file and the key; an id pinned to two splits is refused.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the splits file ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, "splits")
     if not isinstance(data, dict):
         raise UsageError(f'{path}: expected an object like {{"train": [...], "val": [...], "test": [...]}}')
     splits: dict[str, list[str]] = {}

@@ -15,12 +15,12 @@ A model's entry is a number or an object with one of `mean_score`, `mean`, `scor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reflex_dspy.data import read_json_file
 from reflex_dspy.errors import ReflexError, UsageError
 
 if TYPE_CHECKING:
@@ -77,12 +77,7 @@ def _entries(rows: Sequence[Any], path: Path, key: str) -> dict[str, float]:
 def load_verdict_results(path: str | Path) -> dict[str, float]:
     """Model → score from a verdict-style results JSON; a wrong shape is a one-line error."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the results file ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, "results")
     if isinstance(data, list):
         scores = _entries(data, path, "")
     elif isinstance(data, Mapping) and isinstance(data.get("models"), Mapping):

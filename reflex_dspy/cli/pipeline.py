@@ -93,8 +93,8 @@ def check_resume_flags(args: argparse.Namespace, spec: TaskSpec, run_id: str) ->
 # --------------------------------------------------------------------------- the run
 
 
-def _placeholder_lm(name: str) -> Any:
-    """The 'task model' of a pipeline_fn run: the function calls its own model, so any call here is a bug."""
+def _pipeline_fn_lm(name: str) -> Any:
+    """The task model slot of a pipeline_fn run, which calls its own model: a call here is refused loudly."""
     import dspy
 
     class _NoModel:
@@ -111,7 +111,8 @@ def _placeholder_lm(name: str) -> Any:
 def _task_lm(
     pipeline: Any, spec: TaskSpec, config: OptimizerConfig, timeout: float | None
 ) -> tuple[Any, bool]:
-    """(task model, whether it is a placeholder): -m, else the model the file configured, else embedded."""
+    """(task model, whether it lives only inside pipeline_fn): -m, else the model the file configured,
+    else embedded."""
     import dspy
 
     from reflex_dspy.cli.optimize import note
@@ -125,7 +126,7 @@ def _task_lm(
                 "-m applies to a DSPy program"
             )
         configured = dspy.settings.lm  # what the file configured, seen by pipeline_fn's DSPy calls in threads
-        return (configured, False) if configured is not None else (_placeholder_lm(pipeline.path.name), True)
+        return (configured, False) if configured is not None else (_pipeline_fn_lm(pipeline.path.name), True)
     lm = (
         resolve_lm(model, temperature=config.eval_temperature)
         if model or dspy.settings.lm is None
@@ -209,13 +210,13 @@ def execute_pipeline(
             pinned=pinned,
         )
         rubric = load_rubric(spec.judge_criteria) if spec.judge_criteria else None
-        task_lm, placeholder = _task_lm(pipeline, spec, config, timeout)
+        task_lm, inside_fn = _task_lm(pipeline, spec, config, timeout)
         key = config.reasoning_api_key.get_secret_value() if config.reasoning_api_key else None
         reasoning_lm = (
             resolve_lm(config.reasoning_model, api_key=key, base_url=config.reasoning_base_url)
             if config.reasoning_model
             else resolve_lm(None)
-            if placeholder
+            if inside_fn
             else task_lm
         )
         judge_lm = resolve_lm(spec.judge) if spec.judge else None
@@ -264,7 +265,7 @@ def execute_pipeline(
             return 0
 
         for lm in {
-            id(x): x for x in (None if placeholder else task_lm, reasoning_lm, judge_lm) if x
+            id(x): x for x in (None if inside_fn else task_lm, reasoning_lm, judge_lm) if x
         }.values():
             probe_lm(lm)
         metric = resolve_metric(spec.metric_spec, judge_lm=judge_lm, judge_criteria=rubric)

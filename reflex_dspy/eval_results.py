@@ -1,0 +1,136 @@
+"""What one evaluation produced: per-example results, a candidate's scores, and the run's totals.
+
+Plain records (JSON via `to_dict`/`asdict`), kept apart from the evaluator that fills them so
+strategies, proposals and the journal can read results without the machinery that runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dspy
+
+
+@dataclass
+class ExampleResult:
+    """The outcome of one (candidate, example) pair. `score is None` means it failed."""
+
+    example_id: str
+    score: float | None
+    by_metric: dict[str, float] = field(default_factory=dict)
+    feedback: str | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    by_model: dict[str, float] = field(default_factory=dict)  # with several task models
+    agent_trace: dict[str, Any] | None = None  # the whole execution trace (trace.AgentTrace), pipeline mode
+
+    @property
+    def failed(self) -> bool:
+        return self.score is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    """Scores of one candidate on a list of examples, keyed by stable example id."""
+
+    fingerprint: str
+    results: dict[str, ExampleResult]
+    new_calls: int = 0
+    cache_hits: int = 0
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Per-example scores of the examples that did not fail."""
+        return {i: r.score for i, r in self.results.items() if r.score is not None}
+
+    @property
+    def n(self) -> int:
+        return len(self.results)
+
+    @property
+    def failed_ids(self) -> list[str]:
+        return [i for i, r in self.results.items() if r.failed]
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed_ids)
+
+    @property
+    def mean(self) -> float | None:
+        """Mean over scored examples; failed ones are excluded and reported, never counted as 0."""
+        scores = list(self.scores.values())
+        return sum(scores) / len(scores) if scores else None
+
+    @property
+    def by_metric(self) -> dict[str, float]:
+        totals: dict[str, list[float]] = {}
+        for r in self.results.values():
+            for name, value in r.by_metric.items():
+                totals.setdefault(name, []).append(value)
+        return {name: sum(v) / len(v) for name, v in totals.items()}
+
+    @property
+    def by_model(self) -> dict[str, float]:
+        """Mean score per task model (empty with a single task model)."""
+        totals: dict[str, list[float]] = {}
+        for r in self.results.values():
+            for name, value in r.by_model.items():
+                totals.setdefault(name, []).append(value)
+        return {name: sum(v) / len(v) for name, v in totals.items()}
+
+    def worst(self, k: int) -> list[ExampleResult]:
+        """The `k` lowest-scoring scored examples (ties keep example order)."""
+        scored = [r for r in self.results.values() if r.score is not None]
+        return sorted(scored, key=lambda r: r.score)[:k]
+
+
+class ReplayedFailure(Exception):
+    """A reasoning call that failed before a resume, raised again instead of paying for it twice."""
+
+
+@dataclass
+class Usage:
+    """Running totals for one run. Reasoning tokens are kept apart from evaluation tokens."""
+
+    metric_calls: int = 0
+    search_calls: int = 0  # the budgeted part of metric_calls (train and val, not test)
+    cache_hits: int = 0
+    lm_calls: int = 0
+    eval_tokens: int = 0
+    reasoning_calls: int = 0
+    reasoning_tokens: int = 0
+    failed: int = 0
+    retries: int = 0
+    rate_limits: int = 0  # 429 answers, each one retried after slowing down
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _usage_totals(tracker: Any) -> tuple[int, int]:
+    """(calls, tokens) recorded by a `dspy.track_usage()` tracker; DSPy cache hits record nothing."""
+    calls = tokens = 0
+    for entries in tracker.usage_data.values():
+        for entry in entries:
+            calls += 1
+            total = entry.get("total_tokens")
+            if total is None:
+                total = (entry.get("prompt_tokens") or 0) + (entry.get("completion_tokens") or 0)
+            tokens += total or 0
+    return calls, tokens
+
+
+def _plain_output(prediction: Any) -> dict[str, Any]:
+    if isinstance(prediction, dspy.Prediction):
+        items = prediction.toDict().items()
+    elif isinstance(prediction, Mapping):
+        items = prediction.items()
+    else:
+        return {"output": str(prediction)}
+    return {k: v if isinstance(v, str | int | float | bool | type(None)) else str(v) for k, v in items}
