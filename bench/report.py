@@ -50,6 +50,41 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: 
     return "\n".join(parts + ["</svg>"])
 
 
+def scatter_plot(points: list[tuple[str, float, float, float, float, str]], title: str, xlabel: str, ylabel: str,
+                 hline: float | None = None) -> str:
+    """Labelled points (label, x, y, y_low, y_high, color) with vertical spread bars; y from 0 to 1."""
+    xmax = max(p[1] for p in points) * 1.15 or 1.0
+
+    def x(v: float) -> float:
+        return L + (W - L - R) * v / xmax
+
+    def y(v: float) -> float:
+        return H - B - (H - T - B) * v
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+             f'font-size="11"><rect width="{W}" height="{H}" fill="white"/>',
+             f'<text x="{W / 2}" y="18" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+             f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
+             f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
+             f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>',
+             f'<text x="14" y="{(T + H - B) / 2}" text-anchor="middle" '
+             f'transform="rotate(-90 14 {(T + H - B) / 2})">{escape(ylabel)}</text>']
+    for i in range(5):
+        parts.append(f'<text x="{L - 6}" y="{y(i / 4) + 4:.1f}" text-anchor="end">{i / 4:g}</text>')
+    for i in range(5):
+        v = xmax * i / 4
+        parts.append(f'<text x="{x(v):.1f}" y="{H - B + 16}" text-anchor="middle">{v:.0f}</text>')
+    if hline is not None:
+        parts.append(f'<line x1="{L}" y1="{y(hline):.1f}" x2="{W - R}" y2="{y(hline):.1f}" stroke="#999" '
+                     f'stroke-dasharray="4 4"/><text x="{W - R}" y="{y(hline) - 4:.1f}" text-anchor="end" '
+                     'fill="#777">baseline</text>')
+    for label, px, py, lo, hi, color in points:
+        parts.append(f'<line x1="{x(px):.1f}" y1="{y(lo):.1f}" x2="{x(px):.1f}" y2="{y(hi):.1f}" stroke="{color}"/>')
+        parts.append(f'<circle cx="{x(px):.1f}" cy="{y(py):.1f}" r="4" fill="{color}"/>')
+        parts.append(f'<text x="{x(px) + 6:.1f}" y="{y(py) + 4:.1f}" fill="{color}">{escape(label)}</text>')
+    return "\n".join(parts + ["</svg>"])
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -66,6 +101,7 @@ def write(out: Path, mode: str, m: dict[str, Any]) -> None:
         "of that run; fake models are latency-bound (they sleep), so wall time minus latency is the "
         "framework's own cost.",
         "",
+        *m.get("quality_lines", []),
         "## Framework overhead per metric call",
         "",
         "A fixed optimization (iterative, 3 iterations, 24 examples, one worker) against fake models "

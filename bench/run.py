@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import engine  # noqa: E402
+import quality  # noqa: E402
+import quality_report  # noqa: E402
+import quality_tasks  # noqa: E402
 import report  # noqa: E402
-from workloads import ROOT  # noqa: E402
+from workloads import ROOT, quality_models  # noqa: E402
+
+QUALITY_RESULTS = ROOT / "bench" / "results" / "quality"
 
 MODES = {
     # repeats, latencies (s), workers, latency for scaling, examples per label, PDO iterations
@@ -38,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     for mode in MODES:
         group.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--quality-results", type=Path, default=QUALITY_RESULTS,
+                        help="one JSON file per quality run; --full runs the missing ones (delete a file to rerun it)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the quality benchmark in --full (default 3)")
     args = parser.parse_args(argv)
     mode = args.mode or "quick"
     p = MODES[mode]
@@ -47,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
 
     m = {}
+    step("quality per budget")
+    m["quality_lines"] = quality_section(mode, args, step)
     step("overhead")
     m["overhead"] = engine.overhead(p["latencies"], p["repeats"], record=False)
     m["overhead"] += engine.overhead(p["latencies"][-1:], p["repeats"], record=True)
@@ -63,6 +74,30 @@ def main(argv: list[str] | None = None) -> int:
     report.write(args.out, mode, m)
     step(f"wrote {args.out}")
     return 0
+
+
+def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
+    """--full runs every missing quality run on the embedded model (hours on 2 cores); --quick
+    reports the results already in the folder; --smoke runs a tiny comparison against fakes."""
+    plots = args.out.parent / "benchmarks"
+    plots.mkdir(parents=True, exist_ok=True)
+    if mode == "smoke":
+        shutil.rmtree(args.out.parent / "quality-smoke", ignore_errors=True)
+        results = quality.run(args.out.parent / "quality-smoke", tasks=["routing"], seeds=[0], budget=8,
+                              optimizers=["iterative", "BootstrapFewShotWithRandomSearch"], sizes=(4, 4, 4),
+                              models=quality_models, log=step)
+        return quality_report.section(results, plots, "Smoke run against fake models: checks the harness only.")
+    tasks = quality_tasks.available()
+    if mode == "full":
+        quality.run(args.quality_results, tasks=tasks, optimizers=quality.OPTIMIZERS, seeds=range(args.seeds),
+                    log=step)
+    source = (f"The embedded default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, llama.cpp in-process) as task "
+              f"model *and* as reasoning/proposer model for every optimizer; JSONAdapter; train / val / test = "
+              f"{' / '.join(map(str, quality_tasks.SIZES))} examples per seed (the seed also draws the split); "
+              f"reflex strategies get `max_metric_calls={quality.BUDGET}`. Results come from the run files in "
+              f"`{args.quality_results.relative_to(ROOT) if args.quality_results.is_relative_to(ROOT) else args.quality_results}`"
+              f" (`--full` runs the missing ones; `--quick` only reports them).")
+    return quality_report.section(quality.load(args.quality_results), plots, source)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
 from reflex_dspy.metrics import MetricFailure, call_metric
 from reflex_dspy.retries import RetryPolicy, classify_error, is_rate_limit, short_error
 from reflex_dspy.throttle import AdaptiveLimit
-from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, tool_recorder, using_trace
+from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder, using_trace
 
 ProgressFn = Callable[[str, int, int], None]
 PaidFn = Callable[[dict[str, Any]], None]
@@ -99,6 +99,7 @@ class Evaluator:
         self._rng = random.Random(seed)
         self._predictor_names: dict[int, str] = {}
         self._optimized: dict[int, frozenset[str]] = {}  # program id → its optimized predictors
+        self._tools: dict[int, bool] = {}  # program id → holds dspy.Tools (record their calls)
         self._in_flight: dict[int, float] = {}  # reasoning calls now running → start time
 
     # -- public -------------------------------------------------------------------------
@@ -333,6 +334,7 @@ class Evaluator:
                 for name, predictor in program.named_predictors():
                     self._predictor_names[id(predictor)] = name
                 self._optimized[id(program)] = frozenset(candidate.predictors)  # trace flags
+                self._tools[id(program)] = holds_tools(program)
         return program
 
     def _run_one(self, program: dspy.Module, lms: Mapping[str, dspy.LM], key: CacheKey,
@@ -344,7 +346,8 @@ class Evaluator:
         scores: dict[str, float] = {}
         for label, lm in lms.items():
             tools = tool_recorder(program)  # dspy.Tool calls, for the whole execution trace (trace.py)
-            with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), tools]):
+            callbacks = [tools] if self._tools.get(id(program), True) else []
+            with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), *callbacks]):
                 prediction, trace, error, c, t = self._attempt(program, lm, example)
             calls, tokens = calls + c, tokens + t
             if error is not None:

@@ -270,6 +270,22 @@ def tool_recorder(root: Any = None) -> Any:
     return _recorder_class()(root)
 
 
+def holds_tools(program: Any) -> bool:
+    """Whether a module of `program` holds a `dspy.Tool` (an attribute, or inside a list or dict
+    attribute as ReAct keeps them). Only then is `tool_recorder` installed: any DSPy callback makes
+    every module, adapter and LM call inspect its arguments, about half a millisecond per example
+    (bench/: overhead). A tool built inside `forward` is not seen, and its calls are not recorded.
+    """
+    import dspy
+
+    for _, module in program.named_sub_modules():
+        for value in vars(module).values():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else (value,)
+            if any(isinstance(item, dspy.Tool) for item in items):
+                return True
+    return False
+
+
 _RECORDER: type | None = None
 
 

@@ -15,8 +15,11 @@ def test_bench_smoke_writes_every_section_and_its_plots(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     text = out.read_text()
-    for heading in ("Framework overhead per metric call", "Scaling: Evaluation", "Scaling: PDO", "No waste",
+    for heading in ("Quality per budget", "Framework overhead per metric call", "Scaling: Evaluation", "Scaling: PDO", "No waste",
                     "Start-up"):
         assert f"## {heading}" in text
     assert "Interrupted at iteration 2 and resumed: 0 calls more" in text
-    assert (tmp_path / "benchmarks" / "scaling-evaluation.svg").read_text().startswith("<svg")
+    assert "| routing | 0.000 |" in text  # the quality headline row: baseline measured, both families ran
+    assert "| BootstrapFewShotWithRandomSearch | 0.000 | 1.000 |" in text
+    for plot in ("scaling-evaluation.svg", "quality-routing.svg"):
+        assert (tmp_path / "benchmarks" / plot).read_text().startswith("<svg")

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from reflex_dspy import AgentTrace, TraceNode, current_trace
-from reflex_dspy.trace import as_data, using_trace
+from reflex_dspy.trace import as_data, holds_tools, using_trace
 
 
 def agent_trace() -> AgentTrace:
@@ -119,3 +119,22 @@ def test_current_trace_is_set_per_thread_only_inside_the_block():
         worker.start()
         worker.join()
     assert current_trace() is None and seen == [None]
+
+
+def test_tool_calls_are_recorded_only_for_programs_that_hold_tools():
+    """Any DSPy callback slows every call, so the tool recorder is installed only where tools are."""
+    import dspy
+
+    def lookup(name: str) -> str:
+        return name
+
+    class Agent(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = dspy.Module()
+            self.inner.tools = {"lookup": dspy.Tool(lookup)}  # as ReAct keeps them, one module down
+            self.answer = dspy.Predict("question -> answer")
+
+    assert holds_tools(Agent())
+    assert holds_tools(dspy.ReAct("question -> answer", tools=[lookup]))
+    assert not holds_tools(dspy.ChainOfThought("question -> answer"))

@@ -1,0 +1,132 @@
+"""The three tasks of the quality-per-budget benchmark: the embedded model's score on each depends
+on the prompt, and every initial instruction leaves out what the metric checks.
+
+- `routing`: 48 support messages, four teams; the instruction never names the teams.
+- `dates`: 48 sentences with a date written in one of several styles; the metric wants ISO 8601,
+  the instruction only says "find the date".
+- `web_of_lies`: a balanced 48-question slice of `../shared/data/prompt-ops/web_of_lies.json`;
+  the metric wants a bare Yes/No.
+
+Outputs are plain `str` fields (a `Literal` would state the label set in the JSON schema).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dspy
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB_OF_LIES = ROOT.parent / "shared" / "data" / "prompt-ops" / "web_of_lies.json"
+SIZE = 48  # examples per task
+SIZES = (8, 8, 16)  # train, val, test: small enough for 3 seeds x 3 tasks x 10 optimizers on 2 cores
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    signature: type[dspy.Signature]
+    load: Callable[[], list[dspy.Example]]
+    output: str  # the output field the metric reads
+
+    def program(self) -> dspy.Module:
+        return dspy.Predict(self.signature)
+
+    def score(self, example: dspy.Example, pred: dspy.Prediction) -> float:
+        return float(normalize(getattr(pred, self.output, "")) == normalize(example[self.output]))
+
+    def feedback(self, example: dspy.Example, pred: dspy.Prediction) -> str:
+        got = getattr(pred, self.output, "")
+        if self.score(example, pred):
+            return f"Correct: {got!r}."
+        return f"Wrong: the answer was {got!r}, expected exactly {example[self.output]!r}."
+
+
+def normalize(text: object) -> str:
+    return re.sub(r"[\s.!\"']+$", "", str(text).strip().lower())
+
+
+class Routing(dspy.Signature):
+    """You help the support team of a software company. Read the customer's message and say which team should handle it."""
+
+    message: str = dspy.InputField()
+    team: str = dspy.OutputField()
+
+
+class Dates(dspy.Signature):
+    """Find the date mentioned in the text."""
+
+    text: str = dspy.InputField()
+    date: str = dspy.OutputField()
+
+
+class WebOfLies(dspy.Signature):
+    """Answer the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def _routing() -> list[dspy.Example]:
+    rows = [json.loads(line) for line in (ROOT / "examples" / "support_routing" / "data.jsonl").open()]
+    return [dspy.Example(id=f"r{i}", message=r["input"], team=r["ideal"]).with_inputs("message")
+            for i, r in enumerate(rows)]
+
+
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+EVENTS = ["The contract was signed", "Our office reopened", "The parcel arrived", "She was born",
+          "The invoice is due", "The concert takes place", "We moved house", "The trial started"]
+
+
+def _ordinal(d: int) -> str:
+    return f"{d}{'th' if 10 <= d % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(d % 10, 'th')}"
+
+
+def _dates() -> list[dspy.Example]:
+    rng = random.Random(7)
+    styles = [
+        lambda d, m, y: f"on {MONTHS[m - 1]} {_ordinal(d)}, {y}",
+        lambda d, m, y: f"on {d} {MONTHS[m - 1]} {y}",
+        lambda d, m, y: f"on the {_ordinal(d)} of {MONTHS[m - 1]} {y}",
+        lambda d, m, y: f"on {MONTHS[m - 1][:3]}. {d}, {y}",
+    ]
+    out = []
+    for i in range(SIZE):
+        d, m, y = rng.randint(1, 28), rng.randint(1, 12), rng.randint(1990, 2030)
+        text = f"{EVENTS[i % len(EVENTS)]} {styles[i % len(styles)](d, m, y)}."
+        out.append(dspy.Example(id=f"d{i}", text=text, date=f"{y:04d}-{m:02d}-{d:02d}").with_inputs("text"))
+    return out
+
+
+def _web_of_lies() -> list[dspy.Example]:
+    rows = json.loads(WEB_OF_LIES.read_text())
+    yes = [r for r in rows if r["answer"] == "Yes"][: SIZE // 2]
+    no = [r for r in rows if r["answer"] == "No"][: SIZE // 2]
+    return [dspy.Example(id=f"w{i}", question=r["input"].removeprefix("Question: "), answer=r["answer"])
+            .with_inputs("question") for i, r in enumerate(yes + no)]
+
+
+TASKS = {
+    "routing": Task("routing", Routing, _routing, "team"),
+    "dates": Task("dates", Dates, _dates, "date"),
+    "web_of_lies": Task("web_of_lies", WebOfLies, _web_of_lies, "answer"),
+}
+
+
+def available() -> list[str]:
+    """The tasks whose data is present (web_of_lies needs the shared data folder beside the repo)."""
+    return [n for n in TASKS if n != "web_of_lies" or WEB_OF_LIES.exists()]
+
+
+def split(examples: list[dspy.Example], seed: int, sizes: tuple[int, int, int] = SIZES):
+    """The seed's train / val / test split: the same for every optimizer at that seed."""
+    pool = sorted(examples, key=lambda e: e.id)
+    random.Random(seed).shuffle(pool)
+    a, b, c = sizes
+    return pool[:a], pool[a:a + b], pool[a + b:a + b + c]
