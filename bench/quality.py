@@ -165,16 +165,16 @@ def embedded_models() -> tuple[dspy.LM, dspy.LM]:
 def run(out: Path, *, tasks: Iterable[str], optimizers: Iterable[str], seeds: Iterable[int],
         budget: int = BUDGET, sizes: tuple[int, int, int] = quality_tasks.SIZES, models: Callable[[], tuple[dspy.LM, dspy.LM]] = embedded_models,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> list[dict[str, Any]]:
-    """Run every missing (task, optimizer, seed), seeds outermost and tasks innermost, so that
-    early results already cover every task and optimizer; return all results found in `out`."""
+    """Run every missing (task, optimizer, seed), seeds outermost, then tasks, so that an early stop
+    leaves whole comparisons (every optimizer on a task); return all results found in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     tasks, optimizers, seeds = list(tasks), list(optimizers), list(seeds)
     lms: tuple[dspy.LM, dspy.LM] | None = None
     meters: dict[str, Meter] = {}
     for seed in seeds:
-        for optimizer in ["baseline", *optimizers]:
-            for name in tasks:
-                task = TASKS[name]
+        for name in tasks:
+            task = TASKS[name]
+            for optimizer in ["baseline", *optimizers]:
                 path = out / f"{name}-{optimizer}-s{seed}.json"
                 if path.exists():
                     continue

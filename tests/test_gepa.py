@@ -136,6 +136,13 @@ def test_run_budget_caps_gepa_and_leaves_room_to_score_its_candidates():
     assert gepa["metric_calls"] <= gepa["limit"] < 60
 
 
+def test_a_small_budget_reserves_room_for_one_candidate_not_three():
+    """40 calls cannot hold GEPA's step plus the scoring of 3 candidates; it can with 1 (it used to stop)."""
+    result = gepa_run(GEPA(), max_metric_calls=40, batch_size=4)
+    assert len(result.iterations) == 1
+    assert result.usage["search_calls"] <= 40
+
+
 def test_a_budget_too_small_for_one_gepa_step():
     with pytest.raises(UsageError, match="too small for one GEPA step"):
         gepa_run(GEPA(max_metric_calls=5))

@@ -260,8 +260,8 @@ class GEPA(Strategy):
     def _limit(self, ctx: SearchContext, iteration: int, batch_n: int, pareto_n: int) -> int | None:
         """GEPA's metric-call limit: its own budget, capped by what the run can spare, or None.
 
-        The run's share leaves room to score `RESERVED_EMITS` candidates (each on a batch, and
-        on val, assumed no larger than a batch). Raises when not even one GEPA step fits.
+        The run's share leaves room to score up to `RESERVED_EMITS` candidates (each on a batch,
+        and on val, assumed no larger than a batch). Raises when not even one GEPA step fits.
         """
         minimum = 2 * pareto_n + max(2 * self.reflection_minibatch_size, MERGE_SUBSAMPLE)
         if self.max_metric_calls is not None and self.max_metric_calls < minimum:
@@ -270,11 +270,15 @@ class GEPA(Strategy):
         left = ctx.evaluator.budget_left
         if left is None:
             return self.max_metric_calls
+        # Reserve room to score up to RESERVED_EMITS candidates, fewer when that would leave GEPA
+        # nothing (a small budget), but always one: a candidate nobody scores is wasted.
         emits = min(ctx.config.max_iterations - iteration + 1, RESERVED_EMITS)
+        while emits > 1 and left - emits * 2 * batch_n < minimum:
+            emits -= 1
         spare = left - emits * 2 * batch_n
         if spare < minimum:
             raise BudgetExhausted(f"{left} metric calls left: too few for one GEPA step ({minimum}) while "
-                                  f"keeping {emits * 2 * batch_n} to score its candidates")
+                                  f"keeping {emits * 2 * batch_n} to score its candidate")
         return spare if self.max_metric_calls is None else min(spare, self.max_metric_calls)
 
     def _run_gepa(self, ctx: SearchContext, iteration: int, batch_n: int) -> None:
