@@ -81,6 +81,9 @@ def section(results: list[dict[str, Any]], plots: Path, source: str) -> list[str
     lines += ["### Headline", "", *headline(summary, tasks), ""]
     for task in tasks:
         lines += [f"### {task}", ""]
+        if not any((task, opt) in summary for opt in OPTIMIZERS):
+            lines += ["Only the baseline has been measured so far.", ""]
+            continue
         rows, points = [], []
         base = None
         for opt in OPTIMIZERS:

@@ -96,7 +96,10 @@ def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
               f"{' / '.join(map(str, quality_tasks.SIZES))} examples per seed (the seed also draws the split); "
               f"reflex strategies get `max_metric_calls={quality.BUDGET}`. Results come from the run files in "
               f"`{args.quality_results.relative_to(ROOT) if args.quality_results.is_relative_to(ROOT) else args.quality_results}`"
-              f" (`--full` runs the missing ones; `--quick` only reports them).")
+              f" (`--full` runs the missing ones; `--quick` only reports them). Metric calls are the optimizer's "
+              "metric calls on train/val (GEPA's count includes its feedback calls); task-model calls are those the "
+              "model really answered: DSPy's response cache is shared by the runs of a task, so later runs reuse "
+              "answers to prompts seen before, which lowers their calls, tokens and wall time, never their scores.")
     return quality_report.section(quality.load(args.quality_results), plots, source)
 
 

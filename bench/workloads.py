@@ -31,6 +31,16 @@ PROPOSALS = [
 ]
 
 
+SLEPT = [0.0]  # seconds the fakes really slept: sleep() overshoots its argument, and that is not overhead
+
+
+def _sleep(latency: float) -> None:
+    if latency:  # sleep(0) still yields the CPU: on a busy machine that alone costs milliseconds
+        start = time.perf_counter()
+        time.sleep(latency)
+        SLEPT[0] += time.perf_counter() - start  # one worker in the overhead runs: no lock needed
+
+
 def examples(n_per_label: int) -> list[dspy.Example]:
     out = []
     for i in range(n_per_label):
@@ -50,8 +60,7 @@ def task_model(latency: float) -> dspy.LM:
     messages, so no prompt reaches 1.0 and every run does all its iterations), else a sentence."""
 
     def respond(system: str, messages: list[dict]) -> str:
-        if latency:  # sleep(0) still yields the CPU: on a busy machine that alone costs milliseconds
-            time.sleep(latency)
+        _sleep(latency)
         label = _label(messages[-1]["content"])
         listed = all(k in system.lower() for k in KEYWORDS)
         return label if listed and label != "technical" else f"This is about {label}."
@@ -63,8 +72,7 @@ def reasoning_model(latency: float) -> dspy.LM:
     """A stateless proposer: the proposal depends only on how many rewrites the prompt has seen."""
 
     def respond(system: str, messages: list[dict]) -> str:
-        if latency:
-            time.sleep(latency)
+        _sleep(latency)
         text = messages[-1]["content"]
         n = text.count("Iter ")
         return json.dumps({
