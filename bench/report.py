@@ -11,6 +11,18 @@ from xml.sax.saxutils import escape
 W, H, L, R, T, B = 560, 320, 56, 20, 30, 44
 
 
+def _frame(title: str, xlabel: str, ylabel: str, font_size: int) -> list[str]:
+    """The SVG header, title, axes and axis labels every plot shares."""
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+            f'font-size="{font_size}"><rect width="{W}" height="{H}" fill="white"/>',
+            f'<text x="{W / 2}" y="18" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+            f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
+            f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
+            f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>',
+            f'<text x="14" y="{(T + H - B) / 2}" text-anchor="middle" '
+            f'transform="rotate(-90 14 {(T + H - B) / 2})">{escape(ylabel)}</text>']
+
+
 def line_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
               ideal: list[tuple[float, float]] | None = None) -> str:
     """A small dependency-free SVG line plot (linear axes from 0)."""
@@ -25,14 +37,7 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: 
         return H - B - (H - T - B) * v / ymax
 
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
-             f'font-size="12"><rect width="{W}" height="{H}" fill="white"/>',
-             f'<text x="{W / 2}" y="18" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
-             f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
-             f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
-             f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>',
-             f'<text x="14" y="{(T + H - B) / 2}" text-anchor="middle" '
-             f'transform="rotate(-90 14 {(T + H - B) / 2})">{escape(ylabel)}</text>']
+    parts = _frame(title, xlabel, ylabel, font_size=12)
     for i in range(5):
         v = ymax * i / 4
         parts.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
@@ -61,14 +66,7 @@ def scatter_plot(points: list[tuple[str, float, float, float, float, str]], titl
     def y(v: float) -> float:
         return H - B - (H - T - B) * v
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
-             f'font-size="11"><rect width="{W}" height="{H}" fill="white"/>',
-             f'<text x="{W / 2}" y="18" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
-             f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
-             f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
-             f'<text x="{(L + W - R) / 2}" y="{H - 8}" text-anchor="middle">{escape(xlabel)}</text>',
-             f'<text x="14" y="{(T + H - B) / 2}" text-anchor="middle" '
-             f'transform="rotate(-90 14 {(T + H - B) / 2})">{escape(ylabel)}</text>']
+    parts = _frame(title, xlabel, ylabel, font_size=11)
     for i in range(5):
         parts.append(f'<text x="{L - 6}" y="{y(i / 4) + 4:.1f}" text-anchor="end">{i / 4:g}</text>')
     for i in range(5):
