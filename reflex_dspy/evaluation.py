@@ -147,18 +147,23 @@ class Evaluator:
                for label, lm in self.lms.items()}
         jobs = [(results, self._program(c), (c.fingerprint, eid, self.temperature, eval_pass), ex)
                 for c, (results, todo, _) in zip(candidates, plans, strict=True) for eid, ex in todo]
-        done = 0
         self._progress(label, 0, len(jobs))
-        if jobs:
+        if min(self.max_workers, len(jobs)) == 1:
+            # One at a time runs here: a pool thread would only add a hand-off per example
+            # after every blocking call (measured in bench/: overhead).
+            for done, (results, program, key, ex) in enumerate(jobs, 1):
+                result = self._run_one(program, lms, key, ex)
+                results[result.example_id] = result
+                self._progress(label, done, len(jobs))
+        elif jobs:
             with ThreadPoolExecutor(max_workers=min(self.max_workers, len(jobs)),
                                     thread_name_prefix="reflex-eval") as pool:
                 futures = [(results, pool.submit(self._run_one, program, lms, key, ex))
                            for results, program, key, ex in jobs]
                 try:
-                    for results, future in futures:
+                    for done, (results, future) in enumerate(futures, 1):
                         result = future.result()
                         results[result.example_id] = result
-                        done += 1
                         self._progress(label, done, len(jobs))
                 except ProviderAuthError:
                     for _, f in futures:
