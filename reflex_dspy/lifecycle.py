@@ -370,7 +370,14 @@ class RunLifecycle:
                 else:
                     self.stale += 1  # ties do not reset patience
                 if cfg.early_stopping_patience and self.stale >= cfg.early_stopping_patience:
-                    stop = f"early stopping (no val improvement in {self.stale} iterations)"
+                    try:
+                        moved_on = self.strategy.patience_spent(self.ctx, i, batch)
+                    except BudgetExhausted:
+                        return "metric-call budget spent"
+                    if moved_on:
+                        self.stale = 0
+                    else:
+                        stop = f"early stopping (no val improvement in {self.stale} iterations)"
             if stop:
                 return stop
             self._checkpoint(i)

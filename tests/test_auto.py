@@ -157,3 +157,17 @@ def test_early_stopping_patience_counts_within_a_phase(scripted_axes, tmp_path):
     result = program.result
     assert [r.phase for r in result.iterations][:5] == ["structural"] * 2 + ["iterative"] * 2 + ["fewshot"]
     assert not result.stop_reason.startswith("early stopping")
+
+
+def test_a_stalled_phase_ends_and_the_next_axis_gets_its_turn(scripted_axes, tmp_path):
+    """Patience spent inside a phase ends that phase, not the run: a flat structural opening used to
+    stop auto before any other axis ran (bench: auto gained nothing on all three quality tasks)."""
+    auto = Auto(start_structural=True, max_phases=2, min_phases=2)
+    program = run_strategy(auto, axes_in_order("fewshot"), run_dir=tmp_path, max_iterations=20,
+                           early_stopping_patience=2, score_threshold=0.99)
+    result = program.result
+    phases = [r.phase for r in result.iterations]
+    assert phases[:2] == ["structural", "structural"]  # 2 flat iterations of a 10-iteration share
+    assert "fewshot" in phases
+    assert [p["axis"] for p in auto.phases][0] == "structural" and auto.phases[0]["iterations"] == 2
+    assert result.final.mean > result.baseline.mean

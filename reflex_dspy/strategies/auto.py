@@ -104,6 +104,13 @@ class Auto(Strategy):
             self._end_phase(ctx, iteration, batch)
         return step
 
+    def patience_spent(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> bool:
+        """A phase that stalls ends there; the run goes on with the next axis unless auto is done.
+        (It used to end the whole run: a flat structural opening stopped auto before any other axis.)"""
+        if self.sub is not None:
+            self._end_phase(ctx, iteration, batch)
+        return self.finished is None
+
     # -- phases -----------------------------------------------------------------------------
     def _begin_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> str:
         from reflex_dspy.strategies import get_strategy

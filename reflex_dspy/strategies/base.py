@@ -160,6 +160,11 @@ class Strategy(Teleprompter, abc.ABC):
         """Why the strategy has nothing more to propose (the search then stops), or None."""
         return None
 
+    def patience_spent(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> bool:
+        """Val has not improved for `early_stopping_patience` iterations. True: the strategy moves
+        on to something else (auto's next phase) and the search continues; False: it stops."""
+        return False
+
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume mid-run, as JSON-serialisable data."""
