@@ -16,7 +16,7 @@ def _sd(values: list[float]) -> float | None:
 
 
 def _pm(mean: float, sd: float | None, fmt: str = "{:.3f}") -> str:
-    return fmt.format(mean) + ("" if sd is None else " ± " + fmt.format(sd))
+    return fmt.format(mean) + ("" if sd is None else f" ± {sd:.3f}")
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -78,7 +78,10 @@ def section(results: list[dict[str, Any]], plots: Path, source: str) -> list[str
     if not tasks:
         return lines + ["No quality results yet: run `python bench/run.py --full`.", ""]
     summary = summarize(results)
-    lines += ["### Headline", "", *headline(summary, tasks), ""]
+    lines += ["### Headline", "", *headline(summary, tasks), "",
+              "The best of 6 reflex strategies against the best of 4 DSPy optimizers, each chosen by mean test "
+              "gain: a best-of-more pick favours reflex, so read the per-optimizer tables too. The ratio is "
+              "taken at each optimizer's own calls (DSPy's auto='light' settings decide theirs).", ""]
     for task in tasks:
         lines += [f"### {task}", ""]
         if not any((task, opt) in summary for opt in OPTIMIZERS):

@@ -26,6 +26,7 @@ import report  # noqa: E402
 from workloads import ROOT, quality_models  # noqa: E402
 
 QUALITY_RESULTS = ROOT / "bench" / "results" / "quality"
+DOC = ROOT / "docs" / "benchmarks.md"
 
 MODES = {
     # repeats, latencies (s), workers, latency for scaling, examples per label, PDO iterations
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     for mode in MODES:
         group.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, default=DOC, help="the report (the README's headline table follows it only here)")
     parser.add_argument("--quality-results", type=Path, default=QUALITY_RESULTS,
                         help="one JSON file per quality run; --full runs the missing ones (delete a file to rerun it)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the quality benchmark in --full (default 3)")
@@ -100,7 +101,20 @@ def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
               "metric calls on train/val (GEPA's count includes its feedback calls); task-model calls are those the "
               "model really answered: DSPy's response cache is shared by the runs of a task, so later runs reuse "
               "answers to prompts seen before, which lowers their calls, tokens and wall time, never their scores.")
-    return quality_report.section(quality.load(args.quality_results), plots, source)
+    results = quality.load(args.quality_results)
+    if args.out.resolve() == DOC:
+        _update_readme(quality_report.headline(quality_report.summarize(results), tasks))
+    return quality_report.section(results, plots, source)
+
+
+def _update_readme(table: list[str]) -> None:
+    """Keep the README's headline table (between its markers) the one docs/benchmarks.md shows."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench-headline -->", "<!-- /bench-headline -->"
+    if table and start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + "\n" + "\n".join(table) + "\n" + end + rest.split(end, 1)[1])
 
 
 if __name__ == "__main__":
