@@ -16,14 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import dspy  # noqa: E402
-from fakes import fake_lm  # noqa: E402
+from fakes import KEYWORDS, fake_lm, truth  # noqa: E402
 
 INITIAL = "Say which team should handle the message."
-KEYWORDS = {
-    "billing": ["charged", "invoice", "refund", "price", "card"],
-    "shipping": ["delivery", "package", "parcel", "courier", "order"],
-    "technical": ["crash", "error", "slow", "broken", "freezes"],
-}
 PROPOSALS = [
     "Route the message to a team ({n}).",
     "Answer with one word: billing, shipping or technical ({n}).",
@@ -42,6 +37,8 @@ def _sleep(latency: float) -> None:
 
 
 def examples(n_per_label: int) -> list[dspy.Example]:
+    """The routing task of tests/fakes.py in the bench's own wording: with the tests' wording the
+    waste benchmark's run completed before its interruption at iteration 2 (not investigated)."""
     out = []
     for i in range(n_per_label):
         for label, words in KEYWORDS.items():
@@ -50,18 +47,13 @@ def examples(n_per_label: int) -> list[dspy.Example]:
     return out
 
 
-def _label(text: str) -> str:
-    text = text.lower()
-    return next(label for label, words in KEYWORDS.items() if any(w in text for w in words))
-
-
 def task_model(latency: float) -> dspy.LM:
     """Answers the bare label when the instructions list every label (except for technical
     messages, so no prompt reaches 1.0 and every run does all its iterations), else a sentence."""
 
     def respond(system: str, messages: list[dict]) -> str:
         _sleep(latency)
-        label = _label(messages[-1]["content"])
+        label = truth(messages[-1]["content"])
         listed = all(k in system.lower() for k in KEYWORDS)
         return label if listed and label != "technical" else f"This is about {label}."
 

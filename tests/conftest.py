@@ -15,33 +15,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ["REFLEX_RUN_DIR"] = tempfile.mkdtemp(prefix="reflex-dspy-test-runs-")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-import dspy  # noqa: E402
 import pytest  # noqa: E402
-from fakes import fake_lm  # noqa: E402
+from fakes import KEYWORDS, LABELS, fake_lm, routing_examples, truth  # noqa: E402, F401 (re-exported)
 
 from reflex_dspy.tracking.store import RunStore  # noqa: E402
-
-KEYWORDS = {
-    "billing": ["charged", "invoice", "refund", "price", "card"],
-    "shipping": ["delivery", "package", "parcel", "courier", "order"],
-    "technical": ["crash", "error", "slow", "broken", "freezes"],
-}
-LABELS = list(KEYWORDS)
-
-
-def truth(text: str) -> str:
-    text = text.lower()
-    return next(label for label, words in KEYWORDS.items() if any(w in text for w in words))
-
-
-def routing_examples(n_per_label: int = 8) -> list[dspy.Example]:
-    """Distinct messages per label; the fake task model routes them by keyword."""
-    out = []
-    for i in range(n_per_label):
-        for label, words in KEYWORDS.items():
-            text = f"Customer {i}: my {words[i % len(words)]} issue number {i} needs help ({label[:2]}{i})."
-            out.append(dspy.Example(input=text, output=label).with_inputs("input"))
-    return out
 
 
 def routing_respond(system: str, messages: list[dict]) -> str:

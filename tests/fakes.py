@@ -65,3 +65,27 @@ def fake_lm(respond: Respond, name: str | None = None, **engine_kwargs) -> dspy.
     lm = dspy.LM(name or f"fake/model-{next(_ids)}", engine=engine, cache=False, num_retries=0)
     lm.fake_engine = engine
     return lm
+
+
+# -- the routing task most tests share (conftest.py re-exports it; bench/ uses it too) ----------
+KEYWORDS = {
+    "billing": ["charged", "invoice", "refund", "price", "card"],
+    "shipping": ["delivery", "package", "parcel", "courier", "order"],
+    "technical": ["crash", "error", "slow", "broken", "freezes"],
+}
+LABELS = list(KEYWORDS)
+
+
+def truth(text: str) -> str:
+    text = text.lower()
+    return next(label for label, words in KEYWORDS.items() if any(w in text for w in words))
+
+
+def routing_examples(n_per_label: int = 8) -> list[dspy.Example]:
+    """Distinct messages per label; the fake task model routes them by keyword."""
+    out = []
+    for i in range(n_per_label):
+        for label, words in KEYWORDS.items():
+            text = f"Customer {i}: my {words[i % len(words)]} issue number {i} needs help ({label[:2]}{i})."
+            out.append(dspy.Example(input=text, output=label).with_inputs("input"))
+    return out
