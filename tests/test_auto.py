@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import pytest
+from fakes import routing_examples
 from strategy_kit import comparable, interrupted_then_resumed, run_strategy
 
 import reflex_dspy.strategies as strategies
@@ -171,3 +173,33 @@ def test_a_stalled_phase_ends_and_the_next_axis_gets_its_turn(scripted_axes, tmp
     assert "fewshot" in phases
     assert [p["axis"] for p in auto.phases][0] == "structural" and auto.phases[0]["iterations"] == 2
     assert result.final.mean > result.baseline.mean
+
+
+def test_at_a_small_budget_auto_skips_the_structural_opening_and_shares_the_calls(scripted_axes, tmp_path,
+                                                                                 monkeypatch):
+    """At 64 metric calls the structural opening (4 layouts a round, each on the whole batch) used
+    to spend 56 of them, so auto was structural alone (bench: no gain on any quality task)."""
+    tries = itertools.count(1)  # a new instruction every step, so every step pays for its batch
+    monkeypatch.setitem(EDITS, "iterative", lambda c: c.with_instructions(
+        "predict", c.predictors["predict"].instructions + f" Try {next(tries)}."))
+    auto = Auto()  # start_structural=True, min_phases=2
+    program = run_strategy(auto, axes_in_order("iterative", "fewshot"), examples=routing_examples(2),
+                           run_dir=tmp_path, max_iterations=40, max_metric_calls=64, train_ratio=1.0,
+                           val_ratio=0.0, score_threshold=0.99)
+    result = program.result
+    first = result.iterations[0]
+    assert first.phase == "iterative"
+    assert "structural opening skipped: one round scores 4 layouts, about 24 metric calls" in first.reasoning
+    # Half of the 64 calls for the first of the two promised phases (not its 10 iterations):
+    # 6 train examples per new instruction, and a sixth step would overrun the share of 32.
+    assert auto.phases[0]["axis"] == "iterative"
+    assert (auto.phases[0]["iterations"], auto.phases[0]["metric_calls"]) == (5, 30)
+    assert "fewshot" in [r.phase for r in result.iterations]
+    assert result.usage["search_calls"] <= 64
+
+
+def test_a_budget_that_covers_structural_rounds_keeps_the_opening(scripted_axes, tmp_path):
+    auto = Auto()
+    program = run_strategy(auto, axes_in_order("iterative"), examples=routing_examples(2), run_dir=tmp_path,
+                           max_iterations=8, max_metric_calls=128, train_ratio=1.0, val_ratio=0.0)
+    assert program.result.iterations[0].phase == "structural"

@@ -1,12 +1,19 @@
 """Auto: chains the other strategies in phases, each along one axis, chosen from what worked.
 
 A run is a sequence of phases (structural, iterative, fewshot, pdo). Each phase runs one
-strategy for its share of `max_iterations` on the candidate handed on by the previous phases:
+strategy for its share of `max_iterations`, and of the metric-call budget when there is one,
+on the candidate handed on by the previous phases:
 the best candidate so far, not the last one, so a phase that regressed costs nothing but its
 calls. After each phase the reasoning model picks the next axis from the phase history (JSON,
 validated); when it gives no usable answer a deterministic rule picks instead. The run stops
 after `max_phases`, or once `min_phases` have run and a phase brought no gain (converged).
 Every phase sees the same context (batches, seed, budget), since they are steps of one run.
+
+The call share matters at small budgets: without it the structural opening (each round scores
+`variants_per_round` layouts on the batch) spent 56 of 64 metric calls in the quality benchmark,
+so auto was structural alone. The budget left is split over the phases auto still promises
+(`min_phases`); a phase ends when another step like its last would overrun its share, and the
+structural opening is skipped when one round would cost more than half of it.
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ class Auto(Strategy):
         self.next_axis: tuple[str, str] | None = None  # (axis, why) chosen for the next phase
         self.in_phase = 0
         self.phase_budget = 0
+        self.phase_calls: int | None = None  # the phase's share of the metric-call budget
+        self.phase_calls_start = 0  # search calls spent when the phase began
+        self.step_end = 0  # search calls spent when the previous step ended
         self.phases: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"candidate", "score", "iteration"} over all phases
         self.phase_best: dict[str, Any] | None = None
@@ -78,10 +88,33 @@ class Auto(Strategy):
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
         self._reset()
         self.best = {"candidate": initial.to_dict(), "score": None, "iteration": 0}
-        if self.start_structural:
+        self.step_end = ctx.evaluator.usage.search_calls
+        skip = self._structural_unaffordable(ctx) if self.start_structural else None
+        if self.start_structural and not skip:
             self.next_axis = ("structural", "start_structural=True: the first phase fixes the layout")
+        elif skip:
+            axis, why = self._choose(ctx, [a for a in self.axes if a != "structural"])
+            self.next_axis = (axis, f"{skip}; {why}")
         else:
             self.next_axis = self._choose(ctx)
+
+    def _structural_unaffordable(self, ctx: SearchContext) -> str | None:
+        """Why the structural opening is skipped, or None: one round (every layout scored on the
+        batch) must fit in half of the first phase's share of the metric-call budget."""
+        share = self._call_share(ctx)
+        if share is None or len(self.axes) == 1:
+            return None
+        variants = self.axis_params.get("structural", {}).get("variants_per_round", 4)
+        round_cost = variants * (ctx.config.batch_size or len(ctx.trainset))
+        if 2 * round_cost <= share:
+            return None
+        return (f"structural opening skipped: one round scores {variants} layouts, about {round_cost} metric calls, "
+                f"more than half of the first phase's share ({share} of {ctx.evaluator.budget_left} calls left)")
+
+    def _call_share(self, ctx: SearchContext) -> int | None:
+        """The next phase's share of the metric calls left: an equal part per phase still promised."""
+        left = ctx.evaluator.budget_left
+        return None if left is None else left // max(self.min_phases - len(self.phases), 1)
 
     def done(self) -> str | None:
         return self.finished
@@ -100,7 +133,11 @@ class Auto(Strategy):
         prefix = f"[{self.axis} phase {len(self.phases) + 1}]"
         step.reasoning = f"{prefix} {opening}\n\n{step.reasoning}" if opening else f"{prefix} {step.reasoning}"
         step.details = {**step.details, "phase_number": len(self.phases) + 1}
-        if self.in_phase >= self.phase_budget or self.sub.done() is not None:
+        # One step's cost: this step's calls plus the validation of the previous one.
+        spent_now = ctx.evaluator.usage.search_calls
+        step_cost, self.step_end = spent_now - self.step_end, spent_now
+        share_spent = self.phase_calls is not None and spent_now - self.phase_calls_start + step_cost > self.phase_calls
+        if self.in_phase >= self.phase_budget or share_spent or self.sub.done() is not None:
             self._end_phase(ctx, iteration, batch)
         return step
 
@@ -123,12 +160,15 @@ class Auto(Strategy):
         share = self.phase_iterations.get(axis) or max(ctx.config.max_iterations // self.max_phases, 1)
         self.phase_budget = left if phases_left == 1 else max(min(share, left), 1)
         self.in_phase = 0
+        self.phase_calls = self._call_share(ctx)
+        self.phase_calls_start = ctx.evaluator.usage.search_calls
         self.phase_best = None
         handed_on = Candidate.from_dict(self.best["candidate"])
         self.phase_start = {"iteration": iteration, "score": ctx.evaluate(handed_on, batch, label="auto: hand-on").mean}
         self.sub.start(ctx, handed_on)
-        return (f"Phase {len(self.phases) + 1}: {axis} for up to {self.phase_budget} iterations, starting from "
-                f"iteration {self.best['iteration']}'s candidate ({why}).")
+        calls = "" if self.phase_calls is None else f" and {self.phase_calls} metric calls"
+        return (f"Phase {len(self.phases) + 1}: {axis} for up to {self.phase_budget} iterations{calls}, starting "
+                f"from iteration {self.best['iteration']}'s candidate ({why}).")
 
     def _end_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> None:
         """Record the phase, hand on the best candidate so far, and decide what comes next."""
@@ -145,6 +185,7 @@ class Auto(Strategy):
         self.phases.append({
             "axis": self.axis,
             "iterations": self.in_phase,
+            "metric_calls": ctx.evaluator.usage.search_calls - self.phase_calls_start,
             "first_iteration": self.phase_start["iteration"],
             "score_before": start_score,
             "score_after": score,
@@ -161,31 +202,33 @@ class Auto(Strategy):
         elif iteration < ctx.config.max_iterations:
             self.next_axis = self._choose(ctx)
 
-    def _choose(self, ctx: SearchContext) -> tuple[str, str]:
-        """The next axis and why: the reasoning model's choice, else the deterministic rule."""
+    def _choose(self, ctx: SearchContext, axes: Sequence[str] | None = None) -> tuple[str, str]:
+        """The next axis (of `axes`, default all allowed) and why: the reasoning model's choice,
+        else the deterministic rule."""
+        axes = list(axes or self.axes)
         history = json.dumps(self.phases) if self.phases else "[] (no phase has run yet)"
 
         def check(reply: dspy.Prediction, truncated: bool, attempt: int) -> tuple[str, str]:
             axis = str(reply.get("axis") or "").strip().lower()
-            if axis not in self.axes:
-                raise ProposalRejected(f"axis {axis!r} is not one of {', '.join(self.axes)}")
+            if axis not in axes:
+                raise ProposalRejected(f"axis {axis!r} is not one of {', '.join(axes)}")
             return axis, f"chosen by the reasoning model: {' '.join(str(reply.get('reason') or '').split())[:300]}"
 
         try:
-            return ctx.proposer.ask(ChooseNextAxis, check, phase_history=history, available_axes=list(self.axes))
+            return ctx.proposer.ask(ChooseNextAxis, check, phase_history=history, available_axes=axes)
         except ProposalRejected as exc:
-            return self._fallback(), f"deterministic rule (the reasoning model's choice was refused: {exc})"
+            return self._fallback(axes), f"deterministic rule (the reasoning model's choice was refused: {exc})"
 
-    def _fallback(self) -> str:
+    def _fallback(self, axes: Sequence[str]) -> str:
         """An untried axis (cheapest first), else the one with the best gain so far."""
         tried = {p["axis"] for p in self.phases}
         for axis in FALLBACK_ORDER:
-            if axis in self.axes and axis not in tried:
+            if axis in axes and axis not in tried:
                 return axis
         gains: dict[str, float] = {}
         for p in self.phases:
             gains[p["axis"]] = max(gains.get(p["axis"], float("-inf")), p["gain"] or 0.0)
-        return max(self.axes, key=lambda a: (gains.get(a, 0.0), -FALLBACK_ORDER.index(a)))
+        return max(axes, key=lambda a: (gains.get(a, 0.0), -FALLBACK_ORDER.index(a)))
 
     # -- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -195,6 +238,9 @@ class Auto(Strategy):
             "next_axis": list(self.next_axis) if self.next_axis else None,
             "in_phase": self.in_phase,
             "phase_budget": self.phase_budget,
+            "phase_calls": self.phase_calls,
+            "phase_calls_start": self.phase_calls_start,
+            "step_end": self.step_end,
             "phase_start": self.phase_start,
             "phases": self.phases,
             "best": self.best,
@@ -213,6 +259,9 @@ class Auto(Strategy):
         self.next_axis = tuple(state["next_axis"]) if state.get("next_axis") else None
         self.in_phase = state["in_phase"]
         self.phase_budget = state["phase_budget"]
+        self.phase_calls = state.get("phase_calls")  # absent in checkpoints from before call shares
+        self.phase_calls_start = state.get("phase_calls_start", 0)
+        self.step_end = state.get("step_end", 0)
         self.phase_start = state.get("phase_start")
         self.phases = state["phases"]
         self.best = state["best"]
