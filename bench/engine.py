@@ -41,6 +41,36 @@ def overhead(latencies: list[float], repeats: int, record: bool) -> list[dict[st
     return rows
 
 
+def cold_code(latencies: list[float], repeats: int = 60) -> list[dict[str, Any]]:
+    """Median time of one fixed piece of DSPy work (format and parse a chat prompt three times) run
+    right after sleeping each latency: the same code is slower after its thread slept (caches and
+    clock cool down), so part of the overhead's growth with latency is the machine, not more work."""
+    import dspy
+    from dspy.adapters import ChatAdapter
+
+    sig = dspy.Signature("question, context -> answer, reasoning", "Answer the question from the context.")
+    adapter = ChatAdapter()
+    reply = "[[ ## answer ## ]]\n3\n\n[[ ## reasoning ## ]]\nbecause\n\n[[ ## completed ## ]]"
+
+    def work() -> None:
+        for _ in range(3):
+            adapter.format(sig, demos=[], inputs={"question": "What is x?", "context": "x is 3"})
+            adapter.parse(sig, reply)
+
+    work()
+    rows = []
+    for latency in latencies:
+        times = []
+        for _ in range(repeats):
+            if latency:
+                time.sleep(latency)
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        rows.append({"latency_ms": latency * 1000, "work_ms": statistics.median(times) * 1000})
+    return rows
+
+
 def store_creation(repeats: int) -> dict[str, Any]:
     """Seconds to open a brand-new run directory's MLflow SQLite store (the first run's fixed cost)."""
     from reflex_dspy.tracking.mlflow_tracker import MlflowTracker

@@ -112,7 +112,13 @@ def write(out: Path, mode: str, m: dict[str, Any]) -> None:
             for r in m["overhead"]]
     lines += _table(["latency", "recorded (run layout + MLflow)", "metric calls", "overhead / call",
                      "% of a 50 ms call", "sleep overshoot / model call"], rows)
-    lines += ["", f"Opening a new run directory's MLflow SQLite store costs {m['store']['median_s']:.2f} s once "
+    cold = ", ".join(f"{r['work_ms']:.2f} ms after {r['latency_ms']:.0f} ms" for r in m["cold_code"])
+    slower = m["cold_code"][-1]["work_ms"] / m["cold_code"][0]["work_ms"]
+    lines += ["", "Why the overhead grows with latency: one fixed piece of DSPy work (format and parse a chat "
+              f"prompt three times) takes {cold} of sleep on this machine ({slower:.1f}x). The same code runs slower "
+              "right after its thread slept (caches and clock cool down), so part of the growth is the machine, not "
+              "more work per call; the rest is not explained yet.",
+              "", f"Opening a new run directory's MLflow SQLite store costs {m['store']['median_s']:.2f} s once "
               "(schema migrations); it is not included above.", ""]
     for name, rows in (("Evaluation", m["eval_scaling"]), ("PDO run", m["pdo_scaling"])):
         lines += [f"## Scaling: {name} speed-up by max_workers", ""]

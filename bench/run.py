@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     m["overhead"] = engine.overhead(p["latencies"], p["repeats"], record=False)
     m["overhead"] += engine.overhead(p["latencies"][-1:], p["repeats"], record=True)
     m["store"] = engine.store_creation(p["repeats"])
+    m["cold_code"] = engine.cold_code(p["latencies"])
     step("evaluation scaling")
     m["eval_scaling"] = engine.eval_scaling(p["workers"], p["scale_latency"], p["per_label"])
     step("PDO scaling")

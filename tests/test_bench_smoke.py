@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ def test_bench_smoke_writes_every_section_and_its_plots(tmp_path):
                     "Start-up"):
         assert f"## {heading}" in text
     assert "Interrupted at iteration 2 and resumed: 0 calls more" in text
+    assert re.search(r"chat prompt three times\) takes [\d.]+ ms after 0 ms, [\d.]+ ms after 5 ms of sleep", text)
     assert "| routing | 0.000 |" in text  # the quality headline row: baseline measured, both families ran
     assert "| BootstrapFewShotWithRandomSearch | 0.000 | 1.000 |" in text
     for plot in ("scaling-evaluation.svg", "quality-routing.svg"):
