@@ -101,10 +101,12 @@ class Auto(Strategy):
     def _structural_unaffordable(self, ctx: SearchContext) -> str | None:
         """Why the structural opening is skipped, or None: one round (every layout scored on the
         batch) must fit in half of the first phase's share of the metric-call budget."""
+        from reflex_dspy.strategies.structural import Structural
+
         share = self._call_share(ctx)
         if share is None or len(self.axes) == 1:
             return None
-        variants = self.axis_params.get("structural", {}).get("variants_per_round", 4)
+        variants = Structural(**self.axis_params.get("structural", {})).variants_per_round
         round_cost = variants * (ctx.config.batch_size or len(ctx.trainset))
         if 2 * round_cost <= share:
             return None
