@@ -85,7 +85,7 @@ def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
     plots.mkdir(parents=True, exist_ok=True)
     if mode == "smoke":
         shutil.rmtree(args.out.parent / "quality-smoke", ignore_errors=True)
-        results = quality.run(args.out.parent / "quality-smoke", tasks=["routing"], seeds=[0], budget=8,
+        results = quality.run(args.out.parent / "quality-smoke", tasks=["routing"], seeds=[0], budget=16,
                               optimizers=["iterative", "BootstrapFewShotWithRandomSearch"], sizes=(4, 4, 4),
                               models=quality_models, log=step)
         return quality_report.section(results, plots, "Smoke run against fake models: checks the harness only.")
