@@ -135,16 +135,13 @@ def run_one(task: Task, optimizer: str, seed: int, budget: int, task_lm: dspy.LM
         "metric_calls": metric.search_calls, "task_calls": spent["task"][0],
         "tokens": spent["task"][1] + spent["reasoner"][1], "reasoner_calls": spent["reasoner"][0],
         "wall_s": round(wall, 2), "instructions": _instructions(program), "demos": _demos(program),
-        **_search(program),
+        **(_search(program.result) if optimizer in REFLEX else {}),
     }
 
 
-def _search(program: dspy.Module) -> dict[str, Any]:
+def _search(result: Any) -> dict[str, Any]:
     """Why a reflex run stopped and the phase of each iteration (auto's axis choices); DSPy's
     optimizers report neither."""
-    result = getattr(program, "result", None)
-    if result is None:
-        return {}
     return {"stop_reason": result.stop_reason, "phases": [r.phase for r in result.iterations]}
 
 

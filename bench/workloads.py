@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import dspy  # noqa: E402
-from fakes import KEYWORDS, fake_lm, truth  # noqa: E402
+from fakes import KEYWORDS, fake_lm, routing_examples, truth  # noqa: E402
 
 INITIAL = "Say which team should handle the message."
 PROPOSALS = [
@@ -39,12 +39,7 @@ def _sleep(latency: float) -> None:
 def examples(n_per_label: int) -> list[dspy.Example]:
     """The routing task of tests/fakes.py in the bench's own wording: with the tests' wording the
     waste benchmark's run completed before its interruption at iteration 2 (not investigated)."""
-    out = []
-    for i in range(n_per_label):
-        for label, words in KEYWORDS.items():
-            text = f"Customer {i}: my {words[i % len(words)]} issue number {i} ({label[:2]}{i})."
-            out.append(dspy.Example(input=text, output=label).with_inputs("input"))
-    return out
+    return routing_examples(n_per_label, ask="")
 
 
 def task_model(latency: float) -> dspy.LM:

@@ -14,7 +14,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -151,20 +151,15 @@ class Evaluator:
         if min(self.max_workers, len(jobs)) == 1:
             # One at a time runs here: a pool thread would only add a hand-off per example
             # after every blocking call (measured in bench/: overhead).
-            for done, (results, program, key, ex) in enumerate(jobs, 1):
-                result = self._run_one(program, lms, key, ex)
-                results[result.example_id] = result
-                self._progress(label, done, len(jobs))
+            self._collect(label, len(jobs), ((results, self._run_one(program, lms, key, ex))
+                                             for results, program, key, ex in jobs))
         elif jobs:
             with ThreadPoolExecutor(max_workers=min(self.max_workers, len(jobs)),
                                     thread_name_prefix="reflex-eval") as pool:
                 futures = [(results, pool.submit(self._run_one, program, lms, key, ex))
                            for results, program, key, ex in jobs]
                 try:
-                    for done, (results, future) in enumerate(futures, 1):
-                        result = future.result()
-                        results[result.example_id] = result
-                        self._progress(label, done, len(jobs))
+                    self._collect(label, len(jobs), ((results, future.result()) for results, future in futures))
                 except ProviderAuthError:
                     for _, f in futures:
                         f.cancel()
@@ -181,6 +176,13 @@ class Evaluator:
                 out[c.fingerprint] = EvalResult(c.fingerprint, results, new_calls=len(todo),
                                                 cache_hits=len(results) - n_paid)
         return [out[c.fingerprint] for c in requested]
+
+    def _collect(self, label: str, total: int,
+                 finished: Iterable[tuple[dict[str, ExampleResult], ExampleResult]]) -> None:
+        """File each finished example under its candidate's results, in job order, with progress."""
+        for done, (results, result) in enumerate(finished, 1):
+            results[result.example_id] = result
+            self._progress(label, done, total)
 
     def _plan(self, candidate: Candidate, examples: Sequence[dspy.Example], eval_pass: int):
         """Split `examples` into cached results, pairs to run, and replayed pairs still unpaid here."""

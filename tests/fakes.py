@@ -81,11 +81,12 @@ def truth(text: str) -> str:
     return next(label for label, words in KEYWORDS.items() if any(w in text for w in words))
 
 
-def routing_examples(n_per_label: int = 8) -> list[dspy.Example]:
-    """Distinct messages per label; the fake task model routes them by keyword."""
+def routing_examples(n_per_label: int = 8, ask: str = " needs help") -> list[dspy.Example]:
+    """Distinct messages per label; the fake task model routes them by keyword. `ask` is part of
+    the wording (bench/ leaves it out: see `workloads.examples`)."""
     out = []
     for i in range(n_per_label):
         for label, words in KEYWORDS.items():
-            text = f"Customer {i}: my {words[i % len(words)]} issue number {i} needs help ({label[:2]}{i})."
+            text = f"Customer {i}: my {words[i % len(words)]} issue number {i}{ask} ({label[:2]}{i})."
             out.append(dspy.Example(input=text, output=label).with_inputs("input"))
     return out
