@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workloads import ROOT, SLEPT, examples, models, optimize, program, task_model
+from workloads import ROOT, SLEPT, examples, models, optimize, program, reasoning_model, task_model
 
 
 def overhead(latencies: list[float], repeats: int, record: bool) -> list[dict[str, Any]]:
@@ -103,13 +103,24 @@ def eval_scaling(workers: list[int], latency: float, n_per_label: int) -> list[d
     return rows
 
 
-def pdo_scaling(workers: list[int], latency: float, iterations: int) -> list[dict[str, Any]]:
-    """Wall time of a PDO run (duels scored in parallel) by max_workers."""
+def pdo_scaling(workers: list[int], latency: float, iterations: int, n_per_label: int = 32) -> list[dict[str, Any]]:
+    """Wall time of a PDO run by max_workers: a round's duels are scored in one evaluation.
+
+    The proposer writes a distinct prompt for every tip (`distinct=True`), so the pool holds six
+    prompts and each round duels new pairs; a warm-up run first pays the imports (Optuna, SciPy)
+    that the first measured run would otherwise carry alone, inflating every speed-up.
+    """
+    def run(k: int, lat: float) -> tuple[Any, float]:
+        return optimize(lat, workers=k, strategy="pdo", iterations=iterations, n_per_label=n_per_label,
+                        lms=(task_model(lat), reasoning_model(lat, distinct=True)))
+
+    run(1, 0.0)
     rows, base = [], None
     for k in workers:
-        _, wall = optimize(latency, workers=k, strategy="pdo", iterations=iterations, n_per_label=8)
+        result, wall = run(k, latency)
         base = base or wall
-        rows.append({"workers": k, "wall_s": wall, "speedup": base / wall, "efficiency": base / wall / k})
+        rows.append({"workers": k, "wall_s": wall, "speedup": base / wall, "efficiency": base / wall / k,
+                     "metric_calls": result.usage["metric_calls"]})
     return rows
 
 

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     step("evaluation scaling")
     m["eval_scaling"] = engine.eval_scaling(p["workers"], p["scale_latency"], p["per_label"])
     step("PDO scaling")
-    m["pdo_scaling"] = engine.pdo_scaling(p["workers"], p["scale_latency"], p["pdo_iterations"])
+    m["pdo_scaling"] = engine.pdo_scaling(p["workers"], p["scale_latency"], p["pdo_iterations"], p["per_label"])
     step("waste and resume")
     m["waste"] = engine.waste(3)
     step("start-up")

@@ -6,6 +6,7 @@ latency, so wall time minus latency is what the framework itself costs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -55,13 +56,20 @@ def task_model(latency: float) -> dspy.LM:
     return fake_lm(respond, name="bench/task")
 
 
-def reasoning_model(latency: float) -> dspy.LM:
-    """A stateless proposer: the proposal depends only on how many rewrites the prompt has seen."""
+def reasoning_model(latency: float, *, distinct: bool = False) -> dspy.LM:
+    """A stateless proposer: the proposal depends only on how many rewrites the prompt has seen.
+
+    `distinct`: every different request gets a different proposal (one of `PROPOSALS`, chosen
+    and tagged by the request's hash), so PDO's pool really holds several prompts; without it
+    every tip gives the same variant and PDO duels one pair over and over.
+    """
 
     def respond(system: str, messages: list[dict]) -> str:
         _sleep(latency)
         text = messages[-1]["content"]
         n = text.count("Iter ")
+        if distinct:
+            n = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
         return json.dumps({
             "failure_patterns": "outputs are sentences, not labels",
             "change_summary": f"proposal {n + 1}",

@@ -16,6 +16,7 @@ _LAZY = {
     "Candidate": "reflex_dspy.candidate",
     "Evaluator": "reflex_dspy.evaluation",
     "RunResult": "reflex_dspy.result",
+    "RunStore": "reflex_dspy.tracking.store",  # reads .reflex/runs: ours and aevyra-reflex's
     "register_strategy": "reflex_dspy.strategies",
     "list_strategies": "reflex_dspy.strategies",
     "get_strategy": "reflex_dspy.strategies",

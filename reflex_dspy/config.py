@@ -41,6 +41,7 @@ class OptimizerConfig(BaseModel):
     eval_temperature: float = Field(0.0, ge=0.0, le=2.0)
     target_model: str | None = None
     target_source: Literal["verdict_json", "verdict_run", "manual"] | None = None
+    target_metric: str | None = None  # the results' metric the target was ranked by (targets.py)
     source_model: str | None = None
     seed: int = 42
     extra_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -49,6 +50,10 @@ class OptimizerConfig(BaseModel):
     # Promotion gate: the selected candidate must beat the baseline on held-out test by this much
     # (and significantly) to be promoted; None = no gate.
     min_holdout_improvement: float | None = Field(None, ge=0.0, le=1.0)
+    # MLflow prompt registry: register the selected prompt(s) as a new version of this prompt
+    # (None = off); the alias moves to that version when the run is promoted (tracking/mlflow_prompts.py).
+    register_prompt: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
+    prompt_alias: str = Field("reflex-best", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_\-]+$")
 
     @model_validator(mode="after")
     def _check_ratios(self) -> OptimizerConfig:

@@ -393,10 +393,29 @@ def load_dataset(
     else:
         records = _jsonl_records(path, text)
 
+    records = list(records)
     examples = [
         _record_to_example(record, where, input_field, output_field, require_output)
         for where, record in records
     ]
     if not examples:
         raise UsageError(f"{path}: empty dataset (no records)")
+    check_unique_ids([where for where, _ in records], examples)
     return assign_ids(examples)
+
+
+def check_unique_ids(places: Sequence[str], examples: Sequence[dspy.Example]) -> None:
+    """Two records with the same `id` are an error naming both: a pinned split could not tell them apart.
+
+    (`assign_ids` would otherwise fall back to content hashes for both, silently, and a splits
+    file listing that id would then fail with a misleading "not in the dataset".)
+    """
+    first: dict[str, str] = {}
+    for where, ex in zip(places, examples, strict=True):
+        if "id" not in ex or ex["id"] is None:
+            continue
+        key = str(ex["id"])
+        if key in first:
+            raise UsageError(f"{where}: duplicate id {key!r} (also {first[key]}); ids must be unique")
+        head, sep, line = where.rpartition(":")
+        first[key] = f"on line {line}" if sep and line.isdigit() else f"at {where}"

@@ -108,8 +108,10 @@ class Usage:
     failed: int = 0
     retries: int = 0
     rate_limits: int = 0  # 429 answers, each one retried after slowing down
+    reasoning_failed: int = 0  # reasoning requests that got no usable reply (after retries)
+    reasoning_error: str | None = None  # the first of them, redacted (why "reasoning 0 calls")
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str | None]:
         return asdict(self)
 
 

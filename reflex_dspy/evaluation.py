@@ -33,9 +33,11 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
     _usage_totals,
 )
 from reflex_dspy.metrics import MetricFailure, call_metric
-from reflex_dspy.retries import RetryPolicy, classify_error, is_rate_limit, short_error
+from reflex_dspy.reply_cache import install_empty_reply_guard
+from reflex_dspy.retries import EmptyReply, RetryPolicy, classify_error, is_rate_limit, short_error
 from reflex_dspy.throttle import AdaptiveLimit
 from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder, using_trace
+from reflex_dspy.tracking.redact import redact_error
 
 ProgressFn = Callable[[str, int, int], None]
 PaidFn = Callable[[dict[str, Any]], None]
@@ -90,6 +92,7 @@ class Evaluator:
         self.on_notice: Callable[[str], None] | None = None
         self.on_progress: ProgressFn | None = None
         self.on_paid: PaidFn | None = None
+        self.on_scored: Callable[[CacheKey, ExampleResult], None] | None = None  # every scored pair
         self.paid_entries = 0  # journal entries so far (replayed ones included)
         self._cache: dict[CacheKey, ExampleResult] = {}
         self._replies: dict[str, dict[str, Any]] = {}
@@ -100,7 +103,8 @@ class Evaluator:
         self._predictor_names: dict[int, str] = {}
         self._optimized: dict[int, frozenset[str]] = {}  # program id → its optimized predictors
         self._tools: dict[int, bool] = {}  # program id → holds dspy.Tools (record their calls)
-        self._in_flight: dict[int, float] = {}  # reasoning calls now running → start time
+        self._in_flight: dict[int, tuple[float, str]] = {}  # model calls now running → (start, which model)
+        install_empty_reply_guard()  # an empty reply is a failed attempt: it must not be cached
 
     # -- public -------------------------------------------------------------------------
     @property
@@ -130,13 +134,37 @@ class Evaluator:
     ) -> list[EvalResult]:
         """Score several candidates on the same examples through one worker pool.
 
-        Strategies that compare variants (structural, PDO duels) use this so `max_workers` is
-        shared by all pairs instead of each candidate waiting for the previous one. The budget
+        Strategies that compare variants (structural, auto's phase ends) use this so `max_workers`
+        is shared by all pairs instead of each candidate waiting for the previous one. The budget
         is checked for the whole set before anything is spent.
         """
-        requested = list(candidates)
-        candidates = list({c.fingerprint: c for c in requested}.values())  # identical variants run once
-        plans = [self._plan(c, examples, eval_pass) for c in candidates]
+        return self.evaluate_jobs([(c, examples) for c in candidates], budgeted=budgeted, label=label,
+                                  eval_pass=eval_pass)
+
+    def evaluate_jobs(
+        self,
+        requests: Sequence[tuple[Candidate, Sequence[dspy.Example]]],
+        *,
+        budgeted: bool = True,
+        label: str = "evaluate",
+        eval_pass: int = 0,
+    ) -> list[EvalResult]:
+        """Score each candidate on its own examples, all through one worker pool.
+
+        PDO scores a whole round of duels (each pair on its own sample) this way, so the round
+        fills every worker instead of one duel waiting for the previous one. A candidate asked
+        for several times is planned once over the union of its examples (a pair is never run
+        twice); each request gets back exactly its examples' results. The budget is checked
+        for the whole set before anything is spent.
+        """
+        requests = [(c, list(examples)) for c, examples in requests]
+        union: dict[str, tuple[Candidate, dict[str, dspy.Example]]] = {}
+        for c, examples in requests:  # identical variants run once
+            by_id = union.setdefault(c.fingerprint, (c, {}))[1]
+            for ex in examples:
+                by_id.setdefault(example_id(ex), ex)
+        candidates = [c for c, _ in union.values()]
+        plans = [self._plan(c, list(by_id.values()), eval_pass) for c, by_id in union.values()]
         paid = sum(len(todo) + len(replayed) for _, todo, replayed in plans) * self.calls_per_example
         if budgeted and self.budget is not None and paid > self.budget_left:
             raise BudgetExhausted(
@@ -147,6 +175,19 @@ class Evaluator:
                for label, lm in self.lms.items()}
         jobs = [(results, self._program(c), (c.fingerprint, eid, self.temperature, eval_pass), ex)
                 for c, (results, todo, _) in zip(candidates, plans, strict=True) for eid, ex in todo]
+        self._run_jobs(label, jobs, lms)
+        with self._lock:
+            for results, todo, replayed in plans:
+                for key in replayed:
+                    self._account(self._pending.pop(key))
+                n_paid = len(todo) + len(replayed)
+                self.usage.cache_hits += (len(results) - n_paid) * self.calls_per_example
+                if budgeted:
+                    self.usage.search_calls += n_paid * self.calls_per_example
+        return _answers(requests, dict(zip(union, plans, strict=True)))
+
+    def _run_jobs(self, label: str, jobs: list, lms: Mapping[str, dspy.LM]) -> None:
+        """Run every (results, program, key, example) job, filing each result under its candidate."""
         self._progress(label, 0, len(jobs))
         if min(self.max_workers, len(jobs)) == 1:
             # One at a time runs here: a pool thread would only add a hand-off per example
@@ -164,18 +205,6 @@ class Evaluator:
                     for _, f in futures:
                         f.cancel()
                     raise
-        out: dict[str, EvalResult] = {}
-        with self._lock:
-            for c, (results, todo, replayed) in zip(candidates, plans, strict=True):
-                for key in replayed:
-                    self._account(self._pending.pop(key))
-                n_paid = len(todo) + len(replayed)
-                self.usage.cache_hits += (len(results) - n_paid) * self.calls_per_example
-                if budgeted:
-                    self.usage.search_calls += n_paid * self.calls_per_example
-                out[c.fingerprint] = EvalResult(c.fingerprint, results, new_calls=len(todo),
-                                                cache_hits=len(results) - n_paid)
-        return [out[c.fingerprint] for c in requested]
 
     def _collect(self, label: str, total: int,
                  finished: Iterable[tuple[dict[str, ExampleResult], ExampleResult]]) -> None:
@@ -230,18 +259,7 @@ class Evaluator:
             if entry is not None and digest in self._pending:
                 self._account(self._pending.pop(digest))
         if entry is None:
-            error = None
-            with self._reasoning(), dspy.track_usage() as tracker:
-                try:
-                    fields, truncated = call()
-                except Exception as exc:  # recorded, then raised to the proposer's retry loop
-                    kind = classify_error(exc)
-                    if kind == "auth":
-                        raise ProviderAuthError(f"the provider refused the credentials: {short_error(exc)}") from exc
-                    if kind == "transient":
-                        raise  # not a paid reply: a retry must really ask again
-                    error, fields, truncated = exc, {}, False
-            calls, tokens = _usage_totals(tracker)
+            fields, truncated, error, calls, tokens = self._reason_with_retries(call)
             entry = {"kind": "reasoning", "key": digest, "fields": fields, "truncated": truncated,
                      "error": short_error(error, 120) if error else None, "calls": calls, "tokens": tokens}
             with self._lock:
@@ -253,6 +271,48 @@ class Evaluator:
         if entry["error"]:
             raise ReplayedFailure(entry["error"])
         return dict(entry["fields"]), entry["truncated"]
+
+    def _reason_with_retries(self, call: Callable[[], tuple[dict[str, Any], bool]]):
+        """`(fields, truncated, error, calls, tokens)` of one reasoning reply, transient errors retried.
+
+        Same policy and counters as task calls (`_attempt`): each retry is one more request,
+        counted in `usage.retries`, and each 429 also slows the evaluations down. A transient
+        error that outlasts the attempts is raised (nothing paid to journal); any other error is
+        returned, to be journaled as a paid failure.
+        """
+        calls = tokens = 0
+        for attempt in range(self.retry.max_attempts):
+            with self._waiting("reasoning model"), dspy.track_usage() as tracker:
+                try:
+                    fields, truncated = call()
+                    error = None
+                except Exception as exc:  # classified below
+                    error, fields, truncated = exc, {}, False
+            c, t = _usage_totals(tracker)
+            calls, tokens = calls + c, tokens + t
+            if error is None:
+                break
+            kind = classify_error(error)
+            if kind == "auth":
+                raise ProviderAuthError(f"the provider refused the credentials: {short_error(error)}") from error
+            if kind != "transient":
+                break
+            if attempt == self.retry.max_attempts - 1:
+                with self._lock:
+                    self._reasoning_failed(short_error(error, 120))
+                raise error  # not a paid reply: the proposer's next attempt must really ask again
+            time.sleep(self._count_retry(error, attempt))
+        return fields, truncated, error, calls, tokens
+
+    def _count_retry(self, error: BaseException, attempt: int) -> float:
+        """Count one retry (and a rate limit, which also lowers the concurrency); the delay to wait."""
+        rate_limited = is_rate_limit(error)
+        if rate_limited:
+            self.limit.rate_limited()
+        with self._lock:
+            self.usage.retries += 1
+            self.usage.rate_limits += int(rate_limited)
+            return self.retry.delay(attempt, self._rng, error)
 
     def state_dict(self) -> dict[str, Any]:
         """Totals and the journal position they include; the cache itself lives in the journal."""
@@ -294,10 +354,18 @@ class Evaluator:
         if entry.get("kind") == "reasoning":
             self.usage.reasoning_calls += entry["calls"]
             self.usage.reasoning_tokens += entry["tokens"]
+            if entry.get("error"):
+                self._reasoning_failed(entry["error"])
         else:
             self.usage.metric_calls += entry.get("metric_calls", 1)
             self.usage.lm_calls += entry["calls"]
             self.usage.eval_tokens += entry["tokens"]
+
+    def _reasoning_failed(self, error: str) -> None:
+        """Count a reasoning request that got no usable reply (caller holds the lock)."""
+        self.usage.reasoning_failed += 1
+        if self.usage.reasoning_error is None:
+            self.usage.reasoning_error = redact_error(error)
 
     def _emit(self, entry: dict[str, Any]) -> None:
         """Hand a paid entry to the journal (caller holds the lock, so lines never interleave)."""
@@ -307,15 +375,21 @@ class Evaluator:
 
     @property
     def waiting_since(self) -> float | None:
-        """`time.monotonic()` when the oldest reasoning call still in flight started (for a heartbeat)."""
+        """`time.monotonic()` when the oldest model call still in flight started (for a heartbeat)."""
+        oldest = self.waiting
+        return None if oldest is None else oldest[0]
+
+    @property
+    def waiting(self) -> tuple[float, str] | None:
+        """(start, "task model" or "reasoning model") of the oldest model call still in flight."""
         with self._lock:
             return min(self._in_flight.values()) if self._in_flight else None
 
     @contextmanager
-    def _reasoning(self) -> Iterator[None]:
+    def _waiting(self, who: str) -> Iterator[None]:
         token = object()
         with self._lock:
-            self._in_flight[id(token)] = time.monotonic()
+            self._in_flight[id(token)] = (time.monotonic(), who)
         try:
             yield
         finally:
@@ -399,23 +473,25 @@ class Evaluator:
                 self._account(entry)
                 self._cache[key] = result
                 self._emit(entry)
+        if self.on_scored is not None:  # the run's trials feed (failed pairs included), from this worker
+            self.on_scored(key, result)
         return result
 
     def _attempt(self, program: dspy.Module, lm: dspy.LM, example: dspy.Example):
         """`(prediction, trace, error, calls, tokens)` of one example on one model.
 
-        Transient provider errors are retried with backoff; a 429 also lowers the concurrency
-        (throttle.py), and the backoff sleep happens outside the in-flight slot.
+        Transient provider errors and empty answers are retried with backoff; a 429 also lowers
+        the concurrency (throttle.py), and the backoff sleep happens outside the in-flight slot.
         """
         prediction = trace = error = None
         calls = tokens = 0
         for attempt in range(self.retry.max_attempts):
-            with self.limit.slot(), dspy.context(lm=lm, adapter=self.adapter, trace=[]), \
-                    dspy.track_usage() as tracker:
+            with self.limit.slot(), self._waiting("task model"), \
+                    dspy.context(lm=lm, adapter=self.adapter, trace=[]), dspy.track_usage() as tracker:
                 try:
                     prediction = program(**example.inputs())
                     trace = list(dspy.settings.trace)
-                    error = None
+                    error = None if _has_answer(prediction) else EmptyReply("the model returned an empty answer")
                 except Exception as exc:  # classified below: nothing is swallowed silently
                     error = exc
             c, t = _usage_totals(tracker)
@@ -426,16 +502,13 @@ class Evaluator:
             kind = classify_error(error)
             if kind == "auth":
                 raise ProviderAuthError(f"the provider refused the credentials: {short_error(error)}") from error
+            if is_rate_limit(error) and attempt == self.retry.max_attempts - 1:
+                self.limit.rate_limited()  # the last 429 is not retried, but it still slows the run down
+                with self._lock:
+                    self.usage.rate_limits += 1
             if kind != "transient" or attempt == self.retry.max_attempts - 1:
                 break
-            rate_limited = is_rate_limit(error)
-            if rate_limited:
-                self.limit.rate_limited()
-            with self._lock:
-                self.usage.retries += 1
-                self.usage.rate_limits += int(rate_limited)
-                delay = self.retry.delay(attempt, self._rng)
-            time.sleep(delay)
+            time.sleep(self._count_retry(error, attempt))
         return prediction, trace, error, calls, tokens
 
     def _agent_trace(self, program: dspy.Module, prediction: Any, trace: list, tools: list[dict[str, Any]],
@@ -461,3 +534,33 @@ class Evaluator:
                 }
             )
         return steps
+
+
+def _answers(requests: Sequence[tuple[Candidate, list[dspy.Example]]], plans: Mapping[str, tuple]) -> list[EvalResult]:
+    """Each request's results on exactly its examples; a pair asked for twice counts once (first request).
+
+    Identical requests get the same `EvalResult` object, as if the duplicate had not been asked.
+    """
+    out: dict[tuple[str, tuple[str, ...]], EvalResult] = {}
+    counted: set[tuple[str, str]] = set()
+    for c, examples in requests:
+        ids = tuple(dict.fromkeys(map(example_id, examples)))
+        if (c.fingerprint, ids) in out:
+            continue
+        results, todo, replayed = plans[c.fingerprint]
+        new = {eid for eid, _ in todo}
+        paid = new | {key[1] for key in replayed}
+        fresh = [eid for eid in ids if (c.fingerprint, eid) not in counted]
+        counted.update((c.fingerprint, eid) for eid in fresh)
+        out[c.fingerprint, ids] = EvalResult(c.fingerprint, {eid: results[eid] for eid in ids},
+                                             new_calls=sum(e in new for e in fresh),
+                                             cache_hits=sum(e not in paid for e in fresh))
+    return [out[c.fingerprint, tuple(dict.fromkeys(map(example_id, examples)))] for c, examples in requests]
+
+
+def _has_answer(prediction: Any) -> bool:
+    """Whether any output field holds something: an all-empty prediction is no answer (never a 0)."""
+    output = _plain_output(prediction)
+    if not output:
+        return True  # a program without declared outputs: nothing to judge here
+    return any(v is not None and (not isinstance(v, str) or v.strip()) for v in output.values())

@@ -20,31 +20,34 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
+from reflex_dspy import answer_budget, library_logs
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import assign_ids, example_id
 from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
 from reflex_dspy.evaluation import Evaluator
 from reflex_dspy.heartbeat import Heartbeat
 from reflex_dspy.marking import select_predictors
-from reflex_dspy.metrics import label_fields, metric_names, resolve_metric
+from reflex_dspy.metrics import label_fields, metric_names
 from reflex_dspy.proposals import Proposer, TaskFacts
 from reflex_dspy.result import IterationRecord, Measurement, RunResult, promotion_report
 from reflex_dspy.run_record import Record, open_record
+from reflex_dspy.run_status import heartbeat_seconds
+from reflex_dspy.search import SearchContext, restore_rng, rng_state
 from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import mean_std, paired_significance
-from reflex_dspy.strategies.base import SearchContext, restore_rng, rng_state
 from reflex_dspy.tracking import Trackers
 from reflex_dspy.tracking.redact import redact_uri
 
 if TYPE_CHECKING:
-    from reflex_dspy.reflex import Reflex
+    from reflex_dspy.run_inputs import RunInputs
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_SECONDS = heartbeat_seconds()  # $REFLEX_HEARTBEAT_SECONDS, else 2 s
+TRIAL_TEXT_CHARS = 600  # feedback and output in a trials.jsonl line are clipped to this
 
 
 def _describe_lm(lm: Any) -> str:
@@ -56,22 +59,15 @@ def _describe_lm(lm: Any) -> str:
 class RunLifecycle:
     """The state and steps of one compile. Kept apart from `Reflex` so a Reflex is reusable."""
 
-    def __init__(self, owner: Reflex, student: dspy.Module, trainset, valset,
+    def __init__(self, inputs: RunInputs, student: dspy.Module, trainset, valset,
                  splits: Mapping[str, Sequence[str]] | None = None) -> None:
-        self.owner = owner
+        self.owner = owner = inputs  # resolved once by Reflex.compile (run_inputs.py)
         self.config = cfg = owner.config
         self.student = student
         self.started = time.monotonic()
         self.trackers = Trackers(owner.trackers)
-        if owner.metric is None:
-            raise UsageError("a metric is required: pass metric= (a function or a built-in name such as 'exact')")
-        self.task_lm = owner.task_lm or dspy.settings.lm
-        if self.task_lm is None:
-            raise UsageError("no task model: pass task_lm= or call dspy.configure(lm=...) first")
-        primary = next(iter(self.task_lm.values())) if isinstance(self.task_lm, Mapping) else self.task_lm
-        self.reasoning_lm = owner._resolve_reasoning_lm(primary)
-        self.metric = resolve_metric(owner.metric, judge_lm=self.reasoning_lm)
-        self.strategy = owner._make_strategy(self.metric)
+        self.task_lm, self.reasoning_lm = owner.task_lm, owner.reasoning_lm
+        self.metric, self.strategy = owner.metric, owner.strategy
 
         examples = assign_ids(list(trainset))
         if not examples:
@@ -86,6 +82,10 @@ class RunLifecycle:
         self.initial = Candidate.from_program(student, names)
         if not self.initial.predictors:
             raise UsageError("the program has no predictors to optimize")
+        facts = self._facts(student)
+        # The embedded model's answers are capped when they are short labels (answer_budget.py).
+        self.task_lm, self.answer_max_tokens = answer_budget.capped(
+            self.task_lm, answer_budget.label_answer_budget(student, self.initial.predictors, facts))
         budget = cfg.metric_call_budget(len(self.splits.train) + len(self.splits.val))
         self.evaluator = Evaluator(
             student,
@@ -98,6 +98,8 @@ class RunLifecycle:
         )
         self.evaluator.on_progress = self.trackers.on_progress
         self.evaluator.on_notice = self.trackers.on_notice
+        self.evaluator.on_scored = self._trial
+        self.split_of = {example_id(e): name for name in ("train", "val", "test") for e in getattr(self.splits, name)}
         self.phase = "starting"
         self.ctx = SearchContext(
             student=student,
@@ -107,7 +109,7 @@ class RunLifecycle:
                               max_tokens=cfg.reasoning_max_tokens),
             config=cfg,
             predictor_names=sorted(self.initial.predictors),
-            facts=self._facts(student),
+            facts=facts,
             rng=random.Random(cfg.seed),
         )
         self.records: list[IterationRecord] = []
@@ -169,8 +171,34 @@ class RunLifecycle:
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self, resume: Any = None, branch_from: tuple[str, int] | None = None) -> dspy.Module:
-        with Heartbeat(lambda: self.trackers.on_heartbeat(self.status()), HEARTBEAT_SECONDS):
+        interval = HEARTBEAT_SECONDS
+        with Heartbeat(lambda: self.trackers.on_heartbeat({**self.status(), "interval": interval}), interval), \
+                library_logs.captured() as self.library_logs:  # DSPy/LiteLLM warnings: counted, not printed
             return self._execute(resume, branch_from)
+
+    def _trial(self, key: tuple, result: Any) -> None:
+        """One scored (candidate, example) pair for the live trials feed (trials.jsonl via the trackers).
+
+        Called from evaluation workers. The trace is kept only when it says more than input and
+        answer (pipeline mode: several nodes or tool calls), so the dashboard can link to it.
+        """
+        from reflex_dspy.trace import AgentTrace, clip
+
+        fingerprint, eid, _, eval_pass = key
+        trace = result.agent_trace
+        if trace and not AgentTrace.from_dict(trace).is_pipeline:
+            trace = None
+        output = result.output if len(result.output) != 1 else next(iter(result.output.values()))
+        self.trackers.on_trial({
+            "time": round(time.time(), 3), "phase": self.phase,
+            "iteration": len(self.records) + 1 if self.phase == "searching" else None,
+            "candidate": fingerprint, "example_id": eid, "split": self.split_of.get(eid), "pass": eval_pass,
+            "score": result.score, "by_metric": result.by_metric,
+            "feedback": clip(result.feedback, TRIAL_TEXT_CHARS) if result.feedback else None,
+            "output": clip(output if isinstance(output, str) else json.dumps(output, default=str), TRIAL_TEXT_CHARS)
+            if result.output else None,
+            "error": result.error, "trace": trace,
+        })
 
     def _status(self, phase: str, detail: str = "") -> None:
         self.phase = phase
@@ -178,7 +206,8 @@ class RunLifecycle:
 
     def status(self) -> dict[str, Any]:
         """The live status line: phase, iteration, metric calls against the budget, best so far."""
-        waiting = self.evaluator.waiting_since
+        oldest = self.evaluator.waiting  # (start, "task model" / "reasoning model") of the oldest call
+        waiting = oldest[0] if oldest else None
         best = self._select()[1] if self.records else None
         return {
             "phase": self.phase,
@@ -189,6 +218,7 @@ class RunLifecycle:
             "budget": self.evaluator.budget,
             "best": best,
             "waiting_seconds": None if waiting is None else round(time.monotonic() - waiting, 1),
+            "waiting_on": oldest[1] if oldest else None,
             "concurrency": self.evaluator.limit.limit,
         }
 
@@ -246,10 +276,10 @@ class RunLifecycle:
                 duration_seconds=time.monotonic() - self.started,
                 score_threshold=cfg.score_threshold,
                 models={"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
-                warnings=self.warnings,
+                warnings=[*self.warnings, *self.library_logs.summary()],
                 run_id=record.run.run_id if record else None,
-                target=({"model": cfg.target_model, "source": cfg.target_source, "threshold": cfg.score_threshold}
-                        if cfg.target_source else None),
+                target=({"model": cfg.target_model, "source": cfg.target_source, "threshold": cfg.score_threshold,
+                         "metric": cfg.target_metric} if cfg.target_source else None),
                 budget=self.evaluator.budget,
             )
             if cfg.min_holdout_improvement is not None:
@@ -288,7 +318,7 @@ class RunLifecycle:
             created=record.run.created if record.resumed else _now(),
             branched_from=record.branched_from,
             initial_candidate=self.initial.to_dict(), initial_prompt=self.initial.render(),
-            tracking={"uri": redact_uri(record.tracking_uri), "experiment": owner.experiment},
+            tracking={"uri": redact_uri(record.tracking_uri), "experiment": record.experiment or owner.experiment},
         )
         self.record = record
         self.ctx.workdir = record.run.path / "strategy"
@@ -442,6 +472,7 @@ class RunLifecycle:
             "metrics": metric_names(self.metric),
             "models": {"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
             "budget": self.evaluator.budget,
+            "answer_max_tokens": self.answer_max_tokens,
             "warnings": self.warnings,
             "metadata": _redacted(self.owner.metadata),
         }

@@ -1,20 +1,27 @@
 """A llama.cpp model as a dspy 3.4 custom LM engine: `complete(Request) -> Response`.
 
+llama.cpp runs in-process through `xllamacpp`, a prebuilt CPU wheel (no compiler at install
+time). Its `Server` object is llama.cpp's own OpenAI-style server loop: requests go straight to
+`handle_chat_completions(dict)`, several at once when the model has several slots, and a JSON
+schema in `response_format` becomes a grammar, so replies to DSPy's `JSONAdapter` always parse.
+
 One model is loaded per (file, context size) per process and shared by every engine that names
-it, behind one lock: the llama.cpp object is not thread-safe, and the task and reasoning models
-are often the same embedded model. When DSPy's `JSONAdapter` sends a JSON schema, it becomes a
-llama.cpp grammar, so replies always parse. `llama_cpp` is imported only when a model loads.
+it: the task and reasoning models are often the same embedded model. `xllamacpp` is imported only
+when a model loads.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
+import itertools
 import os
+import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +32,26 @@ from reflex_dspy.model_files import _INSTALL_HINT, _check_gguf, embedded_model_p
 
 # Engine defaults. Greedy decoding makes runs reproducible. 256 tokens is ample for the short
 # answers a 0.5B CPU model is given, and bounds one that loops: a bad prompt makes it repeat
-# itself to the limit, at ~27 tokens/s, on every example (the reasoning model asks for more).
+# itself to the limit, at ~40 tokens/s, on every example (the reasoning model asks for more).
 DEFAULT_N_CTX = 4096
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.0
 DEFAULT_SEED = 1234
+# Parallel slots pay off only when each slot's matrix work has cores to run on: see
+# docs/benchmarks.md ("Embedded engine"). Below this many CPUs the model decodes one request at a time.
+MIN_CPUS_PER_SLOT = 2
+MAX_SLOTS = 4
 
 
 @dataclass
 class _LoadedModel:
-    llama: Any  # llama_cpp.Llama
-    lock: threading.Lock  # one per model, not per engine: engines sharing a model share its lock
+    server: Any  # xllamacpp.Server, or a stand-in with handle_chat_completions(dict) -> dict
     load_seconds: float
+    slots: int = 1
+    # At temperature > 0 with no seed, call k samples with seed DEFAULT_SEED + k: repeated samples
+    # differ, yet a fresh process replays the same sequence.
+    seeds: Iterator[int] = field(default_factory=lambda: itertools.count(DEFAULT_SEED))
+    socket_dir: str | None = None
 
 
 # One loaded model per (path, n_ctx) per process: the task model and the reflection model are
@@ -46,19 +61,20 @@ _MODELS_LOCK = threading.Lock()
 
 
 def _close_models() -> None:
-    """Free loaded models before interpreter teardown: llama.cpp's own `__del__` runs too late
-    then (its C bindings are already gone) and prints a TypeError traceback at exit."""
+    """Stop the server loops before interpreter teardown, so their threads never outlive Python."""
     for loaded in _MODELS.values():
-        loaded.llama.close()
+        loaded.server = None
+        if loaded.socket_dir:
+            shutil.rmtree(loaded.socket_dir, ignore_errors=True)
     _MODELS.clear()
 
 
-def _import_llama_cpp() -> Any:
+def _import_xllamacpp() -> Any:
     try:
-        import llama_cpp
+        import xllamacpp
     except ImportError as exc:
-        raise lm15.ConfigurationError(f"llama-cpp-python is not installed ({exc}): {_INSTALL_HINT}") from None
-    return llama_cpp
+        raise lm15.ConfigurationError(f"xllamacpp is not installed ({exc}): {_INSTALL_HINT}") from None
+    return xllamacpp
 
 
 def _text_of(parts: Sequence[Any], where: str) -> str:
@@ -95,16 +111,18 @@ def _chat_messages(request: lm15.Request) -> list[dict[str, str]]:
     return messages
 
 
-def _llama_response_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
-    """lm15's canonical response_format → llama-cpp-python's, which compiles the schema to a grammar.
+def _server_response_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """lm15's canonical response_format → the OpenAI spelling llama.cpp's server compiles to a grammar.
 
-    llama-cpp-python reads `{"type": "json_object", "schema": ...}` (llama_chat_format.
-    _grammar_for_response_format); without a schema it constrains to any JSON object.
+    Without a schema the server constrains the reply to any JSON object.
     """
     if response_format is None:
         return None
-    if response_format.get("type") == "json_schema":
-        return {"type": "json_object", "schema": response_format["schema"]}
+    if response_format.get("type") == "json_schema" and response_format.get("schema") is not None:
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": response_format.get("name") or "output", "schema": response_format["schema"]},
+        }
     return {"type": "json_object"}
 
 
@@ -116,52 +134,65 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_has_amx() -> bool:
-    """Whether the CPU advertises Intel AMX (Linux only; elsewhere we cannot tell, so no)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "amx_tile" in flags.split()
+def default_slots(threads: int | None = None) -> int:
+    """How many requests the model decodes at once when the caller does not say.
 
-
-@contextlib.contextmanager
-def _without_extra_buffers() -> Iterator[None]:
-    """Load a model with llama.cpp's extra weight buffers (AMX, repacking) turned off.
-
-    On a VM whose CPU advertises AMX, a natively built llama.cpp 0.3.36 crashes the whole
-    process with SIGSEGV in ggml_backend_amx_mul_mat on the first multi-token batch. The
-    `Llama` constructor has no switch for `use_extra_bufts`, so its default-params factory is
-    wrapped for the duration of the load (loads are serialised by `_MODELS_LOCK`).
+    One slot per MIN_CPUS_PER_SLOT CPUs, at most MAX_SLOTS: a 2-core machine gets one slot
+    (measured: a second slot there gains ~10% throughput and makes greedy answers depend on which
+    requests happened to share a batch), an 8-core machine four.
     """
-    import llama_cpp.llama_cpp as low
+    cpus = threads or _default_threads()
+    return max(1, min(MAX_SLOTS, cpus // MIN_CPUS_PER_SLOT))
 
-    original = low.llama_model_default_params
-    if not hasattr(original(), "use_extra_bufts"):  # an older llama.cpp without the switch
-        yield
-        return
 
-    def params() -> Any:
-        value = original()
-        value.use_extra_bufts = False
-        return value
+def _server_params(xllamacpp: Any, engine: LlamaCppEngine, slots: int, socket_dir: str) -> Any:
+    """llama.cpp's server settings for this engine.
 
-    low.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        low.llama_model_default_params = original
+    The server always opens an HTTP listener: it goes to a Unix socket in a private 0700 temp dir,
+    behind a random API key that nothing stores, so no other process or user can reach the model.
+    """
+    params = xllamacpp.CommonParams()
+    params.model.path = engine.model_path
+    params.n_parallel = slots
+    params.n_ctx = engine.n_ctx * slots  # the context is split between slots: each gets n_ctx
+    threads = engine.n_threads or _default_threads()
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.sampling.seed = engine.seed
+    params.verbosity = -1  # llama.cpp's log lines would interleave with our progress lines
+    params.hostnames = [os.path.join(socket_dir, "llama.sock")]
+    params.api_keys = [secrets.token_hex(16)]
+    params.ui = False
+    params.endpoint_slots = False
+    if engine.extra_buffers is False:
+        params.no_extra_bufts = True
+    return params
+
+
+def _error_of(result: dict[str, Any]) -> lm15.LM15Error | None:
+    """The server's error reply ({"error": {...}} or a bare {"code", "message"}) as an lm15 error."""
+    error = result.get("error") if isinstance(result.get("error"), dict) else None
+    if error is None and "choices" not in result and "message" in result:
+        error = result
+    if error is None:
+        return None
+    message = str(error.get("message") or error)
+    if error.get("type") == "exceed_context_size_error" or "context size" in message:
+        return lm15.ContextLengthError(message, provider="llama.cpp")
+    if int(error.get("code") or 500) >= 500:
+        return lm15.ServerError(message, provider="llama.cpp")
+    return lm15.InvalidRequestError(message, provider="llama.cpp")
 
 
 class LlamaCppEngine:
     """A dspy 3.4 custom engine: `complete(Request) -> Response` with an in-process llama.cpp model.
 
-    Holds only plain settings (it is deep-copied and saved with programs); the `llama_cpp.Llama`
-    is loaded on first use into a process-wide cache shared by every engine on the same file.
-    Calls are serialised per model because a Llama object is not thread-safe and DSPy evaluates
-    in threads. A generation is deterministic at temperature 0; at higher temperatures the
-    sampling seed advances from `seed` call after call, so repeated samples differ.
+    Holds only plain settings (it is deep-copied and saved with programs); the model is loaded on
+    first use into a process-wide cache shared by every engine on the same file. The server loop
+    is thread-safe: DSPy's evaluation threads submit requests directly, and llama.cpp decodes up
+    to `n_parallel` of them together in one batch (the rest wait in its queue). A generation is
+    deterministic at temperature 0 with one slot; at higher temperatures the sampling seed
+    advances from `seed` call after call, so repeated samples differ.
     """
 
     # JSONAdapter sends a JSON schema only when the engine declares both of these; the schema
@@ -188,18 +219,21 @@ class LlamaCppEngine:
         embedded: str | None = None,
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
+        n_parallel: int | None = None,
         seed: int = DEFAULT_SEED,
         temperature: float = DEFAULT_TEMPERATURE,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         extra_buffers: bool | None = None,
     ):
         """`embedded` names the built-in model the file came from, so a saved program records the
-        name ("qwen") rather than this machine's cache path. `extra_buffers` (llama.cpp's AMX and
-        weight-repacking buffers) defaults to off on CPUs with AMX, where it crashes, and on elsewhere."""
+        name ("qwen") rather than this machine's cache path. `n_parallel` is how many requests
+        decode at once (None: `default_slots()`, from the CPUs). `extra_buffers=False` turns off
+        llama.cpp's weight-repacking buffers (kept from the source-built engine's AMX workaround)."""
         self.model_path = str(model_path)
         self.embedded = embedded
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.n_parallel = n_parallel
         self.seed = seed
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -214,53 +248,62 @@ class LlamaCppEngine:
         with _MODELS_LOCK:
             loaded = _MODELS.get(key)
             if loaded is None:
-                llama_cpp = _import_llama_cpp()
-                extra = not _cpu_has_amx() if self.extra_buffers is None else self.extra_buffers
-                start = time.perf_counter()
-                try:
-                    with contextlib.nullcontext() if extra else _without_extra_buffers():
-                        llama = llama_cpp.Llama(
-                            model_path=self.model_path,
-                            n_ctx=self.n_ctx,
-                            n_threads=self.n_threads or _default_threads(),
-                            seed=self.seed,
-                            verbose=False,
-                        )
-                except (ValueError, OSError, RuntimeError) as exc:
-                    raise lm15.ConfigurationError(f"cannot load model {self.model_path}: {exc}") from exc
-                loaded = _LoadedModel(llama, threading.Lock(), time.perf_counter() - start)
+                loaded = self._start_server()
                 if not _MODELS:
                     atexit.register(_close_models)
                 _MODELS[key] = loaded
         return loaded
 
-    def complete(self, request: lm15.Request) -> lm15.Response:
+    def _start_server(self) -> _LoadedModel:
+        xllamacpp = _import_xllamacpp()
+        slots = self.n_parallel or default_slots(self.n_threads)
+        socket_dir = tempfile.mkdtemp(prefix="reflex-llama-")
+        start = time.perf_counter()
+        try:
+            # Leaves Python's SIGINT handler alone (llama-server's own would swallow Ctrl+C):
+            # tests/test_lm.py::test_real_model_keeps_ctrl_c checks it on each xllamacpp upgrade.
+            server = xllamacpp.Server(_server_params(xllamacpp, self, slots, socket_dir))
+        except (ValueError, OSError, RuntimeError) as exc:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+            raise lm15.ConfigurationError(
+                f"cannot load model {self.model_path}: {exc} (not a model llama.cpp can read?)"
+            ) from exc
+        return _LoadedModel(server, time.perf_counter() - start, slots=slots, socket_dir=socket_dir)
+
+    def _payload(self, request: lm15.Request, loaded: _LoadedModel) -> dict[str, Any]:
         config = request.config
+        temperature = self.temperature if config.temperature is None else config.temperature
+        seed = config.seed
+        if seed is None:
+            seed = self.seed if not temperature else next(loaded.seeds)
+        payload: dict[str, Any] = {
+            "messages": _chat_messages(request),
+            "temperature": temperature,
+            "max_tokens": config.max_tokens or self.max_tokens,
+            "seed": seed,
+        }
+        if config.stop:
+            payload["stop"] = list(config.stop)
+        response_format = _server_response_format(config.response_format)
+        if response_format is not None:
+            payload["response_format"] = response_format
+        for name in ("top_p", "top_k", "frequency_penalty", "presence_penalty"):
+            if getattr(config, name) is not None:
+                payload[name] = getattr(config, name)
+        return payload
+
+    def complete(self, request: lm15.Request) -> lm15.Response:
         if request.tools:
             raise lm15.UnsupportedFeatureError("the embedded model does not call tools", feature="tools")
-        if config.logprobs is not None:
+        if request.config.logprobs is not None:
             raise lm15.UnsupportedFeatureError(
                 "the embedded engine does not return logprobs", feature="logprobs"
             )
-        kwargs: dict[str, Any] = {
-            "messages": _chat_messages(request),
-            "temperature": self.temperature if config.temperature is None else config.temperature,
-            "max_tokens": config.max_tokens or self.max_tokens,
-            "stop": list(config.stop),
-            "seed": config.seed,  # None: continue this model's seeded sequence
-            "response_format": _llama_response_format(config.response_format),
-        }
-        for name in ("top_p", "top_k", "frequency_penalty", "presence_penalty"):
-            if getattr(config, name) is not None:
-                kwargs[name] = getattr(config, name)
         loaded = self.load()
-        with loaded.lock:
-            try:
-                result = loaded.llama.create_chat_completion(**kwargs)
-            except ValueError as exc:
-                if "exceed context window" in str(exc):
-                    raise lm15.ContextLengthError(str(exc), provider="llama.cpp") from exc
-                raise lm15.InvalidRequestError(str(exc), provider="llama.cpp") from exc
+        result = loaded.server.handle_chat_completions(self._payload(request, loaded))
+        error = _error_of(result)
+        if error is not None:
+            raise error
         choice = result["choices"][0]
         usage = result.get("usage") or {}
         return lm15.Response(
@@ -287,6 +330,7 @@ class LlamaCppEngine:
         state: dict[str, Any] = {
             "n_ctx": self.n_ctx,
             "n_threads": self.n_threads,
+            "n_parallel": self.n_parallel,
             "seed": self.seed,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,

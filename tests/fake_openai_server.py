@@ -15,16 +15,32 @@ deterministic functions of the request:
   axis of an auto run is the first one not tried yet.
 
 `delay` seconds are slept before each reply (the live dashboard test needs a slow run).
-Run as a script (`python tests/fake_openai_server.py [--delay S]`) it prints its base URL.
+
+**Faults** (`Faults`, tests/test_faults.py): a share `rate` of the requests of one kind (`target`:
+task, reasoning or all) is answered with an injected fault instead: `429` (rate limited, with
+`Retry-After: retry_after`), `500` (idem), `hang` (no reply for `hang_s` seconds, then the normal answer),
+`malformed` (HTTP 200 whose body is not JSON) or `empty` (HTTP 200, `content: ""`). Faults are
+spread evenly over the requests (request n is faulted when `floor(n * rate)` steps up), or, with
+`sticky=True`, decided by a hash of the request's last message, so the same input fails on every
+attempt (a persistent failure). `max_faults` bounds how many are injected; the reachability probe
+("Reply with: ok") is never faulted. `injected` counts them by kind.
+
+The server is bounded: after `max_requests` requests it answers 503 to everything, and after
+`lifetime_s` seconds it shuts itself down, so a test that forgets it cannot leave it running.
+Run as a script (`python tests/fake_openai_server.py [--delay S] [--fault 429 --rate 0.2 ...]`)
+it prints its base URL.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import re
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -114,6 +130,30 @@ def _text(content: Any) -> str:
     return content or ""
 
 
+FAULT_KINDS = ("429", "500", "hang", "malformed", "empty")
+PROBE = "Reply with: ok"
+
+
+@dataclass
+class Faults:
+    """Which requests get which injected fault (see the module docstring)."""
+
+    kind: str
+    rate: float = 1.0
+    target: str = "task"  # task | reasoning | all
+    sticky: bool = False
+    max_faults: int | None = None
+    hang_s: float = 30.0
+    retry_after: float | None = 0.0  # the Retry-After header of 429 and 500 faults (None: no header)
+    echo_key: bool = False  # 429/500 messages quote the request's API key, as some providers do
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind {self.kind!r} not in {FAULT_KINDS}")
+        if not 0.0 <= self.rate <= 1.0 or self.target not in ("task", "reasoning", "all"):
+            raise ValueError("rate must be in [0, 1] and target one of task, reasoning, all")
+
+
 class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
@@ -125,11 +165,20 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAI:
     """The server: `start()` it, use `base_url`, `stop()` it; `requests` counts what it answered."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, faults: Faults | None = None, *, max_requests: int = 5000,
+                 lifetime_s: float = 600.0) -> None:
         self.delay = delay
-        self.requests = 0
+        self.faults = faults
+        self.max_requests = max_requests
+        self.lifetime_s = lifetime_s
+        self.requests = 0  # answered normally (faults and refusals not included)
+        self.received = 0  # every chat request, faulted or not
+        self.injected: dict[str, int] = {}
+        self._eligible = 0  # requests of the faulted kind seen so far (the even spread's counter)
         self.models: list[str] = []
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._timer: threading.Timer | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -143,13 +192,32 @@ class FakeOpenAI:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                self._send(200, owner.complete(body))
+                fault = owner.fault_for(body)
+                if fault == "over":
+                    self._send(503, {"error": {"message": "fake server: request bound reached"}})
+                elif fault in ("429", "500"):
+                    wait = owner.faults.retry_after
+                    message = "Rate limit reached" if fault == "429" else "Internal error"
+                    if owner.faults.echo_key:
+                        message += f" for key {self.headers.get('Authorization', '').removeprefix('Bearer ')}"
+                    self._send(int(fault), {"error": {"message": f"{message} (injected)", "type": "server_error"}},
+                               {} if wait is None else {"Retry-After": f"{wait:g}"})
+                elif fault == "malformed":
+                    self._send_raw(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
+                else:
+                    if fault == "hang":
+                        owner._stopped.wait(owner.faults.hang_s)
+                    self._send(200, owner.complete(body, empty=fault == "empty"))
 
-            def _send(self, code: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                self._send_raw(code, json.dumps(payload).encode(), headers)
+
+            def _send_raw(self, code: int, data: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -164,12 +232,46 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_port}/v1"
 
-    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    def fault_for(self, body: dict[str, Any]) -> str | None:
+        """The fault this request gets (a `FAULT_KINDS` entry, "over" past `max_requests`), or None."""
         messages = body.get("messages") or []
         system = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
         user = _text(messages[-1].get("content")) if messages else ""
-        if "Your output fields are:" in system:
+        with self._lock:
+            self.received += 1
+            if self.received > self.max_requests:
+                return "over"
+            f = self.faults
+            kind = "reasoning" if "Your output fields are:" in system else "task"
+            if f is None or PROBE in user or f.target not in (kind, "all"):
+                return None
+            if f.max_faults is not None and sum(self.injected.values()) >= f.max_faults:
+                return None
+            self._eligible += 1
+            if f.sticky:
+                digest = hashlib.sha256(user.encode()).digest()
+                hit = int.from_bytes(digest[:8], "big") / 2**64 < f.rate
+            else:
+                hit = math.floor(self._eligible * f.rate) > math.floor((self._eligible - 1) * f.rate)
+            if hit:
+                self.injected[f.kind] = self.injected.get(f.kind, 0) + 1
+                return f.kind
+        return None
+
+    @property
+    def faults_injected(self) -> int:
+        return sum(self.injected.values())
+
+    def complete(self, body: dict[str, Any], *, empty: bool = False) -> dict[str, Any]:
+        messages = body.get("messages") or []
+        system = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
+        user = _text(messages[-1].get("content")) if messages else ""
+        if empty:
+            text = ""
+        elif "Your output fields are:" in system:
             text = reasoning_answer(system, user)
+        elif "strong" in str(body.get("model")):  # a better model, for target comparisons (verdict)
+            text = _label(user) or "ok"
         else:
             text = task_answer(system, user)
         if self.delay:
@@ -190,19 +292,45 @@ class FakeOpenAI:
 
     def start(self) -> FakeOpenAI:
         self._thread.start()
+        self._timer = threading.Timer(self.lifetime_s, self.stop)  # bounded lifetime
+        self._timer.daemon = True
+        self._timer.start()
         return self
 
     def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()  # releases hanging handlers
+        if self._timer is not None:
+            self._timer.cancel()
         self.server.shutdown()
         self.server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="fake OpenAI-compatible server for tests and screenshots")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds slept before each reply")
-    server = FakeOpenAI(delay=parser.parse_args().delay).start()
+    parser.add_argument("--fault", choices=FAULT_KINDS, help="inject this fault")
+    parser.add_argument("--rate", type=float, default=1.0, help="share of the target's requests faulted")
+    parser.add_argument("--target", default="task", choices=("task", "reasoning", "all"))
+    parser.add_argument("--sticky", action="store_true", help="fault by a hash of the input (persistent)")
+    parser.add_argument("--max-faults", type=int, help="inject at most this many faults")
+    parser.add_argument("--hang", type=float, default=30.0, help="seconds a `hang` fault withholds its reply")
+    parser.add_argument("--max-requests", type=int, default=5000)
+    parser.add_argument("--lifetime", type=float, default=3600.0, help="seconds before the server stops itself")
+    a = parser.parse_args()
+    faults = Faults(a.fault, a.rate, a.target, a.sticky, a.max_faults, a.hang) if a.fault else None
+    server = FakeOpenAI(delay=a.delay, faults=faults, max_requests=a.max_requests, lifetime_s=a.lifetime).start()
     print(server.base_url, flush=True)
     try:
-        threading.Event().wait()
+        server._stopped.wait()
     except KeyboardInterrupt:
         server.stop()
+    finally:
+        print(json.dumps({"received": server.received, "injected": server.injected}), flush=True)

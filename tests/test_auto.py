@@ -1,4 +1,4 @@
-"""The auto strategy: phases along axes chosen from the phase history, best candidate handed on."""
+"""The auto strategy: every axis probed, then the budget follows the measured gains; best candidate handed on."""
 
 from __future__ import annotations
 
@@ -8,16 +8,23 @@ from typing import Any
 
 import pytest
 from fakes import routing_examples
-from strategy_kit import comparable, interrupted_then_resumed, run_strategy
+from strategy_kit import comparable, interrupted_then_resumed, routing_with_demos, run_strategy
 
 import reflex_dspy.strategies as strategies
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.strategies import SearchContext, Step, Strategy
+from reflex_dspy.strategies.allocation import Allocator
 from reflex_dspy.strategies.auto import Auto
 
 
+def run_quiet(strategy, reasoner, **kwargs):
+    """`run_strategy` with no run record (these tests read the result, not the record)."""
+    return run_strategy(strategy, reasoner, track=False, **kwargs)
+
+
 def reasoner_choosing(axis: str):
-    """A stateless reasoning model: picks `axis`, and answers other meta-prompts sensibly."""
+    """A stateless reasoning model: would pick `axis` if asked, and answers other meta-prompts with
+    unusable rewrites (so the fallbacks stated from the data are what gets written)."""
 
     def respond(system: str, messages: list[dict]) -> str:
         prompt = system + messages[-1]["content"]
@@ -30,28 +37,18 @@ def reasoner_choosing(axis: str):
     return respond
 
 
-def test_auto_opens_structural_then_follows_the_reasoning_models_choice_to_the_better_candidate(tmp_path):
-    program = run_strategy(Auto(max_phases=3), reasoner_choosing("fewshot"), run_dir=tmp_path, max_iterations=6,
-                           train_ratio=1.0, val_ratio=0.0)
+def test_auto_probes_axes_in_order_and_hands_on_the_better_candidate(tmp_path):
+    program = run_quiet(Auto(axes=["iterative", "fewshot"]), reasoner_choosing("structural"),
+                           run_dir=tmp_path, max_iterations=6, train_ratio=1.0, val_ratio=0.0)
     result = program.result
     phases = [r.phase for r in result.iterations]
-    assert phases[0] == "structural" and "fewshot" in phases
+    assert phases[0] == "iterative"  # the probe order, not the reasoning model's "structural"
     assert {r.strategy for r in result.iterations} == {"auto"} and result.strategy == "auto"
-    first_fewshot = next(r for r in result.iterations if r.phase == "fewshot")
-    assert "chosen by the reasoning model: fewshot has not been tried" in first_fewshot.reasoning
-    assert first_fewshot.reasoning.startswith("[fewshot phase 2] Phase 2: fewshot")
+    first = result.iterations[0]
+    assert first.reasoning.startswith("[iterative phase 1] Phase 1 (probe): iterative")
+    assert "probe 1 of 2: iterative has not been tried" in first.reasoning
+    assert first.details["auto"]["kind"] == "probe"
     assert result.final.mean == 1.0
-    demos = result.candidate["predictors"]["predict"]["demos"]
-    assert {d["output"] for d in demos} >= {"shipping", "technical"}
-
-
-def test_an_unusable_axis_choice_falls_back_to_the_deterministic_rule(tmp_path):
-    program = run_strategy(Auto(start_structural=False, max_phases=2, axes=["iterative", "fewshot"]),
-                           reasoner_choosing("banana"), run_dir=tmp_path, max_iterations=4,
-                           train_ratio=1.0, val_ratio=0.0)
-    records = program.result.iterations
-    assert records[0].phase == "iterative"  # the rule's first untried axis
-    assert "deterministic rule (the reasoning model's choice was refused: axis 'banana'" in records[0].reasoning
 
 
 # -- scripted axes: the phase logic in isolation ---------------------------------------------
@@ -104,33 +101,82 @@ def axes_in_order(*order: str):
     return respond
 
 
+SCRIPTED = ["structural", "iterative", "fewshot"]
+
+
 def test_a_regressing_phase_hands_on_the_best_candidate_so_far(scripted_axes, tmp_path):
-    auto = Auto(start_structural=False, max_phases=3, min_phases=3)
-    program = run_strategy(auto, axes_in_order("fewshot", "iterative", "structural"), run_dir=tmp_path,
-                           max_iterations=3, train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
+    auto = Auto(axes=SCRIPTED)  # probe order: iterative, fewshot, structural
+    program = run_quiet(auto, axes_in_order("structural"), run_dir=tmp_path, max_iterations=3,
+                           train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
     result = program.result
-    assert [r.phase for r in result.iterations] == ["fewshot", "iterative", "structural"]
-    assert [round(r.score, 3) for r in result.iterations] == [0.667, 0.0, 0.667]
+    assert [r.phase for r in result.iterations] == ["iterative", "fewshot", "structural"]
+    assert [round(r.score, 3) for r in result.iterations] == [0.0, 0.667, 0.667]
     (_, first), (_, second), (_, third) = Scripted.starts
-    assert second.predictors["predict"].demos and third == second  # not the verbose regression
+    assert second == first and third.predictors["predict"].demos  # not the verbose regression
     gains = [p["gain"] for p in auto.phases]
-    assert gains[0] == pytest.approx(1 / 3, abs=1e-3) and gains[1] == pytest.approx(0.0)
-    assert result.selected_iteration in (1, 3) and result.final.mean == pytest.approx(2 / 3)
+    # A phase's gain is what it added to the best candidate: a regression adds nothing (it is not handed on).
+    assert gains[0] == pytest.approx(0.0) and gains[1] == pytest.approx(1 / 3, abs=1e-3)
+    assert result.selected_iteration in (2, 3) and result.final.mean == pytest.approx(2 / 3)
 
 
-def test_auto_stops_once_min_phases_ran_and_a_phase_brought_no_gain(scripted_axes, tmp_path):
-    program = run_strategy(Auto(start_structural=True, max_phases=4, min_phases=1), axes_in_order("fewshot"),
-                           run_dir=tmp_path, max_iterations=8, train_ratio=1.0, val_ratio=0.0)
+def test_the_budget_follows_the_measured_gain_after_the_probes(scripted_axes, tmp_path):
+    """Probes first (every axis), then successive halving keeps the axis that gained: the reasoning
+    model's wish ("iterative") decides nothing."""
+    auto = Auto(axes=SCRIPTED)
+    program = run_quiet(auto, axes_in_order("iterative"), run_dir=tmp_path, max_iterations=12,
+                           train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
+    kinds = [(p["axis"], p["kind"]) for p in auto.phases]
+    assert kinds[:3] == [("iterative", "probe"), ("fewshot", "probe"), ("structural", "probe")]
+    assert kinds[3] == ("fewshot", "rung 1")  # the only axis whose probe gained
+    assert "measured gains iterative +0.000, fewshot +0.333, structural +0.000" in auto.phases[3]["why"]
+    records = program.result.iterations
+    rung = next(r for r in records if r.details["auto"]["kind"] == "rung 1")
+    assert "rung 1 of successive halving" in rung.reasoning and rung.details["auto"]["evidence"]["fewshot"] > 0
+    assert program.result.stop_reason.startswith("strategy finished: auto converged: every axis probed")
+
+
+def test_auto_never_converges_while_much_of_the_budget_is_left(scripted_axes, tmp_path, monkeypatch):
+    tries = itertools.count(1)  # a new instruction every step, so every step pays; no axis ever gains
+    for axis in SCRIPTED:
+        monkeypatch.setitem(EDITS, axis, lambda c: c.with_instructions(
+            "predict", c.predictors["predict"].instructions + f" Try {next(tries)}."))
+    auto = Auto(axes=SCRIPTED)
+    program = run_quiet(auto, axes_in_order("fewshot"), examples=routing_examples(2), run_dir=tmp_path,
+                           max_iterations=40, max_metric_calls=200, train_ratio=1.0, val_ratio=0.0,
+                           score_threshold=0.99)
     result = program.result
-    assert [r.phase for r in result.iterations] == ["structural", "structural"]  # 8 // 4 = 2 per phase
-    assert result.stop_reason == "strategy finished: auto converged: phase 1 (structural) brought no gain"
+    assert {p["axis"] for p in auto.phases} == set(SCRIPTED)
+    spent = result.usage["search_calls"]
+    converged = (f"strategy finished: auto converged: every axis probed, phase {len(auto.phases)} "
+                 f"({auto.phases[-1]['axis']}) brought no gain and at most 20% of the budget is left")
+    assert result.stop_reason in ("metric-call budget spent", converged)
+    assert spent >= 0.8 * 200, spent
+
+
+def test_the_allocator_reopens_the_best_arms_when_the_last_one_stops_gaining():
+    alloc = Allocator(["iterative", "fewshot", "structural", "pdo"], total_calls=400, total_iterations=40)
+    phases = []
+    for axis, gain in [("iterative", 0.1), ("fewshot", 0.3), ("structural", 0.0), ("pdo", 0.05)]:
+        plan = alloc.next_plan(phases, 400, 40)
+        assert (plan.axis, plan.kind, plan.calls, plan.iterations) == (axis, "probe", 40, 4)
+        phases.append({"axis": axis, "gain": gain})
+    first = alloc.next_plan(phases, 240, 24)
+    assert (first.axis, first.kind) == ("fewshot", "rung 1") and alloc.arms == ["fewshot", "iterative"]
+    assert first.calls == 240 // 4  # two more rungs: 2 arms now, then 1
+    phases.append({"axis": "fewshot", "gain": 0.2})
+    assert alloc.next_plan(phases, 180, 18).axis == "iterative"
+    phases.append({"axis": "iterative", "gain": 0.0})
+    last = alloc.next_plan(phases, 120, 12)
+    assert (last.axis, last.kind, last.calls) == ("fewshot", "rung 2", 120)  # the gainer alone, all that is left
+    phases.append({"axis": "fewshot", "gain": 0.0})
+    reopened = alloc.next_plan(phases, 30, 3)
+    assert reopened.kind == "rung 3" and alloc.arms == ["fewshot", "iterative"]
 
 
 def test_batching_settings_reach_every_phase(scripted_axes, tmp_path, monkeypatch):
     monkeypatch.setitem(EDITS, "fewshot", EDITS["iterative"])  # never reaches the threshold on a batch
-    program = run_strategy(Auto(start_structural=False, max_phases=2, min_phases=2), axes_in_order("fewshot",
-                           "iterative"), run_dir=tmp_path, max_iterations=4, batch_size=6, train_ratio=1.0,
-                           val_ratio=0.0, score_threshold=0.99)
+    program = run_quiet(Auto(axes=["iterative", "fewshot"]), axes_in_order("iterative"), run_dir=tmp_path,
+                           max_iterations=4, batch_size=6, train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
     records = program.result.iterations
     assert {r.phase for r in records} == {"fewshot", "iterative"}
     assert {r.batch_size for r in records} == {6}
@@ -138,9 +184,12 @@ def test_batching_settings_reach_every_phase(scripted_axes, tmp_path, monkeypatc
 
 def test_auto_state_survives_a_resume_mid_phase(tmp_path):
     reference, resumed = interrupted_then_resumed(
-        lambda: Auto(max_phases=3), reasoner_choosing("fewshot"), tmp_path, at=2, max_iterations=6,
-        train_ratio=1.0, val_ratio=0.0,
+        lambda: Auto(axes=["iterative", "fewshot"]), reasoner_choosing("fewshot"), tmp_path, at=2,
+        max_iterations=8, train_ratio=1.0, val_ratio=0.0, examples=routing_examples(4),
+        respond=lambda system, messages: ("unsure" if "Customer 0:" in messages[-1]["content"]
+                                          else routing_with_demos(system, messages)),
     )
+    assert len(reference.iterations) > 2
     assert comparable(reference) == comparable(resumed)
 
 
@@ -149,13 +198,15 @@ def test_invalid_auto_parameters_are_clear_errors():
         Auto(min_phases=5, max_phases=4)
     with pytest.raises(ValueError, match="unknown axis 'gepa'"):
         Auto(axes=["gepa"])
+    with pytest.raises(ValueError, match="probe_fraction"):
+        Auto(probe_fraction=1.5)
 
 
 def test_early_stopping_patience_counts_within_a_phase(scripted_axes, tmp_path):
-    auto = Auto(start_structural=True, max_phases=3, min_phases=3)
-    program = run_strategy(auto, axes_in_order("structural", "iterative", "fewshot"), run_dir=tmp_path, max_iterations=6,
+    auto = Auto(axes=SCRIPTED, start_structural=True)
+    program = run_quiet(auto, axes_in_order("structural"), run_dir=tmp_path, max_iterations=15,
                            early_stopping_patience=3)
-    # Four flat or worse iterations would end a single-strategy run at the third; each phase gets its turn.
+    # Flat or worse iterations across phases would end a single-strategy run; each phase gets its turn.
     result = program.result
     assert [r.phase for r in result.iterations][:5] == ["structural"] * 2 + ["iterative"] * 2 + ["fewshot"]
     assert not result.stop_reason.startswith("early stopping")
@@ -164,42 +215,26 @@ def test_early_stopping_patience_counts_within_a_phase(scripted_axes, tmp_path):
 def test_a_stalled_phase_ends_and_the_next_axis_gets_its_turn(scripted_axes, tmp_path):
     """Patience spent inside a phase ends that phase, not the run: a flat structural opening used to
     stop auto before any other axis ran (bench: auto gained nothing on all three quality tasks)."""
-    auto = Auto(start_structural=True, max_phases=2, min_phases=2)
-    program = run_strategy(auto, axes_in_order("fewshot"), run_dir=tmp_path, max_iterations=20,
+    auto = Auto(axes=["structural", "fewshot"], start_structural=True)
+    program = run_quiet(auto, axes_in_order("fewshot"), run_dir=tmp_path, max_iterations=20,
                            early_stopping_patience=2, score_threshold=0.99)
     result = program.result
     phases = [r.phase for r in result.iterations]
-    assert phases[:2] == ["structural", "structural"]  # 2 flat iterations of a 10-iteration share
+    assert phases[:2] == ["structural", "structural"]  # 2 flat iterations of a 4-iteration probe
     assert "fewshot" in phases
-    assert [p["axis"] for p in auto.phases][0] == "structural" and auto.phases[0]["iterations"] == 2
+    assert auto.phases[0]["axis"] == "structural" and auto.phases[0]["iterations"] == 2
     assert result.final.mean > result.baseline.mean
 
 
-def test_at_a_small_budget_auto_skips_the_structural_opening_and_shares_the_calls(scripted_axes, tmp_path,
-                                                                                 monkeypatch):
-    """At 64 metric calls the structural opening (4 layouts a round, each on the whole batch) used
-    to spend 56 of them, so auto was structural alone (bench: no gain on any quality task)."""
-    tries = itertools.count(1)  # a new instruction every step, so every step pays for its batch
-    monkeypatch.setitem(EDITS, "iterative", lambda c: c.with_instructions(
-        "predict", c.predictors["predict"].instructions + f" Try {next(tries)}."))
-    auto = Auto()  # start_structural=True, min_phases=2
-    program = run_strategy(auto, axes_in_order("iterative", "fewshot"), examples=routing_examples(2),
-                           run_dir=tmp_path, max_iterations=40, max_metric_calls=64, train_ratio=1.0,
-                           val_ratio=0.0, score_threshold=0.99)
-    result = program.result
-    first = result.iterations[0]
-    assert first.phase == "iterative"
-    assert "structural opening skipped: one round scores 4 layouts, about 24 metric calls" in first.reasoning
-    # Half of the 64 calls for the first of the two promised phases (not its 10 iterations):
-    # 6 train examples per new instruction, and a sixth step would overrun the share of 32.
-    assert auto.phases[0]["axis"] == "iterative"
-    assert (auto.phases[0]["iterations"], auto.phases[0]["metric_calls"]) == (5, 30)
-    assert "fewshot" in [r.phase for r in result.iterations]
-    assert result.usage["search_calls"] <= 64
-
-
-def test_a_budget_that_covers_structural_rounds_keeps_the_opening(scripted_axes, tmp_path):
-    auto = Auto()
-    program = run_strategy(auto, axes_in_order("iterative"), examples=routing_examples(2), run_dir=tmp_path,
-                           max_iterations=8, max_metric_calls=128, train_ratio=1.0, val_ratio=0.0)
-    assert program.result.iterations[0].phase == "structural"
+def test_a_structural_probe_at_a_small_budget_runs_on_the_part_of_the_batch_it_affords(scripted_axes, tmp_path):
+    """At 64 metric calls one structural round (4 layouts on the whole batch) used to spend 56 of
+    them, so auto was structural alone (bench: no gain on any quality task)."""
+    auto = Auto(axes=SCRIPTED, start_structural=True)
+    program = run_quiet(auto, axes_in_order("iterative"), examples=routing_examples(4), run_dir=tmp_path,
+                           max_iterations=40, max_metric_calls=64, train_ratio=1.0, val_ratio=0.0,
+                           score_threshold=0.99)
+    first = program.result.iterations[0]
+    assert first.phase == "structural" and first.details["auto"]["probe_batch"] == 2  # 64 * 0.4 / 3 = 8 calls
+    assert "this probe runs on 2 of the 12 batch examples" in first.reasoning
+    assert [p["axis"] for p in auto.phases][:3] == ["structural", "iterative", "fewshot"]
+    assert program.result.usage["search_calls"] <= 64

@@ -292,7 +292,7 @@ def test_optimize_runs_show_diff_branch_end_to_end(capsys, task, models, tmp_pat
     assert code == 0, err
     run = task.store.get_run("001")
     assert f"Run            : 001 ({run.path})" in out and run.status == "completed"
-    assert run.load_config()["metadata"]["dataset_path"] == str(task.data.resolve())
+    assert run.load_config()["dataset_path"] == str(task.data.resolve())
     assert (tmp_path / "mlflow.db").exists() and not (tmp_path / ".reflex").exists()
     assert not (tmp_path / "mlruns").exists()
 

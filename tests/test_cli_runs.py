@@ -316,7 +316,7 @@ def test_help_imports_no_heavy_library_and_module_entry_point_works():
         "from reflex_dspy.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['optimize', '--help']) == 0 and main(['branch', '--help']) == 0\n"
-        "print(sorted(m for m in ('dspy', 'litellm', 'mlflow', 'llama_cpp') if m in sys.modules))\n"
+        "print(sorted(m for m in ('dspy', 'litellm', 'mlflow', 'xllamacpp') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

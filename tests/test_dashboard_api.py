@@ -89,21 +89,24 @@ def test_runs_list_is_newest_first_with_each_branch_under_its_parent(server, roo
 
 def test_target_column_names_a_verdict_target_and_its_source():
     def cfg(**fields):
-        return {"config": {"score_threshold": 0.85, **fields}}
+        return {"optimizer_config": {"score_threshold": 0.85, **fields}}
 
     assert target(cfg())["text"] == "0.85"
-    assert target(cfg(target_model="openai/gpt-4o", target_source="verdict_json"))["text"] == "openai/gpt-4o @ 0.85 [json]"
+    assert target(cfg(target_model="openai/gpt-4o", target_source="verdict_json"))["text"] == (
+        "openai/gpt-4o @ 0.85 [json]")
     assert target(cfg(target_model="m", target_source="verdict_run"))["text"] == "m @ 0.85 [run]"
     assert target(cfg(target_model="m", target_source="manual"))["text"] == "m @ 0.85"
+    verdict = cfg(target_model="openai/big", target_source="verdict_json", target_metric="exact_match")
+    assert target(verdict)["text"] == "openai/big @ 0.85 on exact_match [json]"
 
 
 def test_run_view_tiles_and_cards_come_from_the_record(server, root):
     view = get_json(server, "/api/runs/1")
     run = RunStore(root).get_run("001")
     checkpoint, result, records = run.load_checkpoint(), run.load_result(), run.load_iterations()
-    assert view["baseline_detail"]["mean"] == run.load_baseline()["mean"]
+    assert view["baseline_detail"]["mean"] == run.load_baseline()["mean_score"]
     best = view["best_detail"]
-    assert (best["score"], best["iteration"], best["by"]) == (checkpoint["best"]["score"], result["selected_iteration"],
+    assert (best["score"], best["iteration"], best["by"]) == (checkpoint["best_score"], result["selected_iteration"],
                                                               "val")
     delta = best["score"] - checkpoint["initial_val"]
     assert best["improvement"]["text"].startswith(f"{delta:+.4f}")
@@ -113,7 +116,7 @@ def test_run_view_tiles_and_cards_come_from_the_record(server, root):
     assert [c["score"] for c in view["iteration_cards"]] == [r.score for r in records]
     assert [c["best"] for c in view["iteration_cards"]] == [r.iteration == result["selected_iteration"] for r in records]
     assert view["phases"] == [{"phase": "iterative", "count": 3, "first": 1, "last": 3}]
-    assert view["result"]["final"]["mean"] == result["final"]["mean"] and view["result"]["significance"]
+    assert view["result"]["final"]["mean"] == result["final"]["mean_score"] and view["result"]["significance"]
     assert view["children"] == [{"id": "002", "iteration": 1}] and view["branchable"]
     assert "iterative" in view["strategies"] and view["mlflow_url"] is None
 

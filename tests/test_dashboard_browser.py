@@ -148,7 +148,7 @@ def test_branch_from_a_card_appears_under_its_parent(site, page):
     expect(rows.nth(1)).to_contain_text("completed", timeout=60_000)  # the page updates by itself
     branch = RunStore(site.run_dir).get_run("002")
     assert branch.load_config()["branched_from"] == {"run_id": "001", "iteration": 1}
-    assert branch.load_config()["config"]["strategy"] == "fewshot"
+    assert branch.load_config()["optimizer_config"]["strategy"] == "fewshot"
 
 
 def test_a_live_run_gains_iterations_without_reload(site, page):
@@ -195,3 +195,75 @@ def test_empty_then_interrupted_then_server_down(tmp_path, page):
         server.server_close()
         page.locator("#refresh").click()
         expect(page.locator("#server-down")).to_contain_text("not reachable")
+
+
+# -- the live page (issue 23): trials feed, candidates, staleness, failed --------------------------
+def test_live_page_feed_candidates_then_silence_then_interrupted(site, page):
+    """A slow real run: the feed and the candidate list grow without a reload; SIGSTOP shows "no word
+    from the runner", SIGCONT clears it; a killed runner is interrupted with its resume command."""
+    import os
+    import signal
+
+    slow = FakeOpenAI(delay=0.1).start()
+    run_dir = site.tmp / "live-feed"
+    data, prompt = write_task(site.tmp / "live-feed-task", n_per_label=6)
+    env = {**cli_env(slow.base_url, site.tmp / "live-feed-cache"), "REFLEX_HEARTBEAT_SECONDS": "0.3"}
+    proc = cli_optimize(run_dir, data, prompt, env, *FLAGS, "--max-workers", "2", wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        while not RunStore(run_dir).runs() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with dashboard(run_dir) as server:
+            page.goto(server.url + "?poll=400#/runs/001")
+            expect(page.locator(".run-header .badge")).to_have_text("running", timeout=60_000)
+            expect(page.locator("#phase-chip")).to_be_visible()
+            feed = page.locator("#trials-feed li")
+            expect(feed.first).to_be_visible()
+            seen = feed.count()
+            expect(page.locator("#trials-feed li.trial").nth(seen)).to_be_attached()  # grows, no reload
+            expect(feed.first).to_contain_text("candidate #")
+            expect(page.locator("#candidates tbody tr").nth(1)).to_be_attached()  # a proposal joined #0
+            expect(page.locator("#best-trend polyline.trend-best")).to_be_attached()
+            os.kill(proc.pid, signal.SIGSTOP)
+            expect(page.locator("#stale-notice")).to_contain_text("No word from the runner for", timeout=15_000)
+            os.kill(proc.pid, signal.SIGCONT)
+            expect(page.locator("#stale-notice")).to_have_count(0, timeout=15_000)
+            proc.kill()
+            proc.wait(10)
+            expect(page.locator(".run-header .badge")).to_have_text("interrupted")
+            page.locator("#refresh").click()  # polling stopped with the run: one manual refresh
+            expect(page.locator(".notice-interrupted")).to_contain_text("reflex-dspy optimize --resume-from 001")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        proc.wait(10)
+        slow.stop()
+
+
+def test_failed_run_shows_its_reason_and_what_to_do(tmp_path, page):
+    from dashboard_kit import INITIAL, reasoner_respond
+
+    from reflex_dspy import Reflex
+    from reflex_dspy.adapters import program_from_prompt
+
+    def broken(system: str, messages: list[dict]) -> str:
+        raise ValueError("no answer")
+
+    optimizer = Reflex("exact", task_lm=fake_lm(broken, name="fake/task"), max_workers=1, mlflow=False,
+                       reasoning_lm=fake_lm(reasoner_respond, name="fake/reasoner"), run_dir=tmp_path,
+                       metadata={"dataset_path": str(tmp_path / "data.jsonl")})
+    with pytest.raises(Exception, match="every test example failed"):
+        from conftest import routing_examples
+
+        optimizer.compile(program_from_prompt(INITIAL), trainset=routing_examples(3))
+    with dashboard(tmp_path) as server:
+        page.goto(server.url)
+        badge = page.locator("tr.run-row[data-run='001'] .badge")
+        expect(badge).to_have_text("failed")
+        expect(badge).to_have_css("color", "rgb(185, 28, 28)")  # red
+        badge.click()
+        notice = page.locator("#failed-notice")
+        expect(notice).to_contain_text("Failed: every test example failed")
+        expect(notice).to_contain_text("reflex-dspy optimize --resume-from 001")
+        expect(page.locator("#trials-feed li.trial-failed").first).to_contain_text("no answer")

@@ -13,7 +13,7 @@ import pytest
 
 from reflex_dspy.candidate import Candidate
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("xllamacpp")
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "support_routing"
 

@@ -19,7 +19,7 @@ from reflex_dspy.metrics import JudgeMetric, load_rubric
 from reflex_dspy.trace import using_trace
 from reflex_dspy.tracking.store import RunStore
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("xllamacpp")
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tool_agent"
 
 

@@ -16,7 +16,7 @@ from reflex_dspy.adapters import load_prompt, program_from_prompt
 from reflex_dspy.data import load_dataset
 from reflex_dspy.tracking.store import RunStore
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("xllamacpp")
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "review_sentiment"
 
 CASES = {
@@ -56,7 +56,7 @@ def test_every_strategy_runs_on_the_embedded_model(name, embedded, tmp_path):
     run = RunStore(tmp_path).get_run(result.run_id)
     assert run.status == "completed" and len(run.load_iterations()) == len(result.iterations)
     recorded = json.loads(run.file("result.json").read_text())
-    assert recorded["final"]["mean"] == result.final.mean
+    assert recorded["final"]["mean_score"] == result.final.mean
     if name == "fewshot":
         assert any(r.candidate["predictors"]["predict"]["demos"] for r in result.iterations)
     else:  # every other strategy asks the reasoning model for something

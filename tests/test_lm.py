@@ -1,8 +1,8 @@
 """Tests for model files (model_files), the llama.cpp engine (llama_engine), spec resolution and
 probing (lm).
 
-Fast tests never load a real model: part files are small fakes and the llama object is a
-recording stand-in. Tests marked `slow` load the real embedded Qwen model (needs llama_cpp).
+Fast tests never load a real model: part files are small fakes and the llama.cpp server is a
+recording stand-in. Tests marked `slow` load the real embedded Qwen model (needs xllamacpp).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -190,8 +191,8 @@ def test_unknown_embedded_model() -> None:
         mf.embedded_model_path("llama-70b")
 
 
-def test_importing_the_module_does_not_import_llama_cpp() -> None:
-    code = "import sys, reflex_dspy.lm; assert 'llama_cpp' not in sys.modules"
+def test_importing_the_module_does_not_import_xllamacpp() -> None:
+    code = "import sys, reflex_dspy.lm; assert 'xllamacpp' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -295,21 +296,21 @@ def test_describe_lm_never_shows_the_key() -> None:
     assert rlm.describe_lm(served) == "openai/m @ https://example.com/v1"
 
 
-# --------------------------------------------------------------------------- engine (fake llama)
+# --------------------------------------------------------------------------- engine (fake server)
 
 
-class _RecordingLlama:
-    """Stands in for llama_cpp.Llama: records create_chat_completion kwargs, answers a fixed text."""
+class _RecordingServer:
+    """Stands in for xllamacpp.Server: records handle_chat_completions payloads, answers a fixed text."""
 
-    def __init__(self, text: str = '{"sentiment": "positive"}', error: Exception | None = None):
+    def __init__(self, text: str = '{"sentiment": "positive"}', reply: dict[str, Any] | None = None):
         self.text = text
-        self.error = error
+        self.reply = reply
         self.calls: list[dict[str, Any]] = []
 
-    def create_chat_completion(self, **kwargs: Any) -> dict[str, Any]:
-        self.calls.append(kwargs)
-        if self.error is not None:
-            raise self.error
+    def handle_chat_completions(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(payload)
+        if self.reply is not None:
+            return self.reply
         return {
             "id": "chatcmpl-1",
             "choices": [{"message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}],
@@ -318,16 +319,16 @@ class _RecordingLlama:
 
 
 @pytest.fixture
-def fake_llama(model_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[dspy.LM, _RecordingLlama]:
+def fake_server(model_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[dspy.LM, _RecordingServer]:
     lm = rlm.embedded_lm(cache=False)
-    fake = _RecordingLlama()
+    fake = _RecordingServer()
     key = (lm.engine.model_path, lm.engine.n_ctx)
-    monkeypatch.setitem(eng._MODELS, key, eng._LoadedModel(fake, threading.Lock(), 0.0))
+    monkeypatch.setitem(eng._MODELS, key, eng._LoadedModel(fake, 0.0))
     return lm, fake
 
 
-def test_engine_builds_chat_messages_and_defaults(fake_llama: tuple[dspy.LM, _RecordingLlama]) -> None:
-    lm, fake = fake_llama
+def test_engine_builds_chat_messages_and_defaults(fake_server: tuple[dspy.LM, _RecordingServer]) -> None:
+    lm, fake = fake_server
     request = dspy.lm15.Request(
         model=lm.model,
         system="Be brief.",
@@ -347,7 +348,8 @@ def test_engine_builds_chat_messages_and_defaults(fake_llama: tuple[dspy.LM, _Re
         {"role": "user", "content": "Bye"},
     ]
     assert call["temperature"] == eng.DEFAULT_TEMPERATURE and call["max_tokens"] == eng.DEFAULT_MAX_TOKENS
-    assert call["stop"] == ["\n\n"] and call["response_format"] is None
+    assert call["stop"] == ["\n\n"] and "response_format" not in call
+    assert call["seed"] == eng.DEFAULT_SEED
     assert response.text == fake.text and response.model == lm.model
     assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (
         11,
@@ -356,8 +358,18 @@ def test_engine_builds_chat_messages_and_defaults(fake_llama: tuple[dspy.LM, _Re
     )
 
 
-def test_json_adapter_sends_the_schema_as_a_grammar(fake_llama: tuple[dspy.LM, _RecordingLlama]) -> None:
-    lm, fake = fake_llama
+def test_engine_seeds_advance_when_sampling(fake_server: tuple[dspy.LM, _RecordingServer]) -> None:
+    """At temperature > 0 repeated samples must differ (a new seed each call); a given seed is kept."""
+    lm, fake = fake_server
+    for config in (dspy.lm15.Config(temperature=0.7), dspy.lm15.Config(temperature=0.7),
+                   dspy.lm15.Config(temperature=0.7, seed=7)):
+        lm.engine.complete(dspy.lm15.Request(model=lm.model, messages=(dspy.lm15.Message.user("x"),), config=config))
+    seeds = [call["seed"] for call in fake.calls]
+    assert seeds[0] != seeds[1] and seeds[2] == 7
+
+
+def test_json_adapter_sends_the_schema_as_a_grammar(fake_server: tuple[dspy.LM, _RecordingServer]) -> None:
+    lm, fake = fake_server
 
     class Sentiment(dspy.Signature):
         """Classify the sentiment of the sentence."""
@@ -369,20 +381,38 @@ def test_json_adapter_sends_the_schema_as_a_grammar(fake_llama: tuple[dspy.LM, _
         result = dspy.Predict(Sentiment)(sentence="Lovely.")
     assert result.sentiment == "positive"
     response_format = fake.calls[-1]["response_format"]
-    assert response_format["type"] == "json_object"  # llama-cpp-python's spelling for a schema grammar
-    assert response_format["schema"]["properties"]["sentiment"]["enum"] == ["negative", "positive"]
+    assert response_format["type"] == "json_schema"  # the OpenAI spelling llama.cpp's server compiles
+    assert response_format["json_schema"]["schema"]["properties"]["sentiment"]["enum"] == ["negative", "positive"]
 
 
-def test_engine_maps_context_overflow(fake_llama: tuple[dspy.LM, _RecordingLlama]) -> None:
-    lm, fake = fake_llama
-    fake.error = ValueError("Requested tokens (5000) exceed context window of 4096")
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ({"error": {"code": 400, "type": "exceed_context_size_error",
+                    "message": "request (5029 tokens) exceeds the available context size (4096 tokens)"}},
+         dspy.lm15.ContextLengthError),
+        ({"error": {"code": 400, "type": "invalid_request_error", "message": "bad grammar"}},
+         dspy.lm15.InvalidRequestError),
+        ({"code": 500, "type": "server_error", "message": "Expecting value"}, dspy.lm15.ServerError),
+    ],
+)
+def test_engine_maps_server_errors(
+    fake_server: tuple[dspy.LM, _RecordingServer], reply: dict[str, Any], error: type[Exception]
+) -> None:
+    lm, fake = fake_server
+    fake.reply = reply
     request = dspy.lm15.Request(model=lm.model, messages=(dspy.lm15.Message.user("x"),))
-    with pytest.raises(dspy.lm15.ContextLengthError):
+    with pytest.raises(error, match=re.escape(str((reply.get("error") or reply)["message"])[:10])):
         lm.engine.complete(request)
 
 
-def test_engine_streams_one_complete_answer(fake_llama: tuple[dspy.LM, _RecordingLlama]) -> None:
-    lm, fake = fake_llama
+@pytest.mark.parametrize(("cpus", "slots"), [(1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (64, 4)])
+def test_default_slots_follow_the_cpus(cpus: int, slots: int) -> None:
+    assert eng.default_slots(cpus) == slots
+
+
+def test_engine_streams_one_complete_answer(fake_server: tuple[dspy.LM, _RecordingServer]) -> None:
+    lm, fake = fake_server
     request = dspy.lm15.Request(model=lm.model, messages=(dspy.lm15.Message.user("x"),))
     events = list(lm.engine.stream(request))
     deltas = [e.delta.text for e in events if isinstance(e, dspy.lm15.StreamDeltaEvent)]
@@ -421,7 +451,7 @@ def test_probe_unreachable_server_hides_the_key() -> None:
 
 
 def test_probe_embedded_bad_file(tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("xllamacpp")
     lm = rlm.embedded_lm(path=_fake_gguf(tmp_path / "broken.gguf"))
     with pytest.raises(UsageError, match="cannot be loaded"):
         rlm.probe_lm(lm)
@@ -451,7 +481,7 @@ def private_dspy_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def qwen(private_dspy_cache: Any) -> dspy.LM:
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("xllamacpp")
     lm = rlm.resolve_lm("embedded")
     rlm.probe_lm(lm)  # loads the model once for the module
     return lm
@@ -493,3 +523,59 @@ def test_real_model_usage_is_tracked(qwen: dspy.LM) -> None:
         dspy.Predict(_Sentiment)(sentence="What a dreadful, boring afternoon.")
     usage = tracker.get_total_tokens()[qwen.model]
     assert usage["prompt_tokens"] > 50 and 0 < usage["completion_tokens"] < 50
+
+
+_CTRL_C_AFTER_LOAD = """
+import os, signal, threading, time
+from reflex_dspy.lm import embedded_lm, probe_lm
+lm = embedded_lm(cache=False)
+probe_lm(lm)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    lm("Write a long story about the sea.", max_tokens=200)
+    time.sleep(10)
+except KeyboardInterrupt:
+    print("interrupted", lm("Reply with one word: hello", max_tokens=5)[0].strip().lower())
+"""
+
+
+@pytest.mark.slow
+def test_real_model_keeps_ctrl_c(qwen: dspy.LM) -> None:
+    """Loading the model leaves Python's SIGINT handler in place (llama-server's own would swallow
+    Ctrl+C and stop the model), and the model still answers afterwards."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_LOAD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("interrupted hello"), proc.stdout
+
+
+@pytest.mark.slow
+def test_real_model_listens_on_no_tcp_port(qwen: dspy.LM) -> None:
+    """llama.cpp's server always opens a listener: it must be a private Unix socket, not a TCP port."""
+    loaded = qwen.engine.load()
+    address = str(loaded.server.listening_address)
+    assert address.endswith("llama.sock") and address.startswith(("unix://", loaded.socket_dir or "?"))
+    assert (os.stat(loaded.socket_dir).st_mode & 0o777) == 0o700
+
+
+_TWO_SLOTS = """
+import json
+from concurrent.futures import ThreadPoolExecutor
+import dspy
+from reflex_dspy import llama_engine as eng
+from reflex_dspy.model_files import embedded_model_path
+lm = dspy.LM("embedded/qwen2", engine=eng.LlamaCppEngine(embedded_model_path(), n_parallel=2), cache=False)
+questions = ["Reply with one word: red", "Reply with one word: blue", "Reply with one word: green",
+             "Reply with one word: black"]
+with ThreadPoolExecutor(4) as pool:
+    answers = list(pool.map(lambda q: lm(q, max_tokens=5)[0].strip().lower(), questions))
+print(json.dumps([lm.engine.load().slots, answers]))
+"""
+
+
+@pytest.mark.slow
+def test_real_model_parallel_slots_answer_concurrent_requests(qwen: dspy.LM) -> None:
+    proc = subprocess.run([sys.executable, "-c", _TWO_SLOTS], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    slots, answers = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert slots == 2
+    assert [a.strip(".!") for a in answers] == ["red", "blue", "green", "black"]

@@ -8,8 +8,6 @@ One database is shared by the module (creating one costs ~1.4 s); each test has 
 from __future__ import annotations
 
 import os
-import sys
-import types
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,6 +25,7 @@ from reflex_dspy.tracking.files import dumps
 from reflex_dspy.tracking.mlflow_tracker import MlflowTracker, TrackingWarning
 from reflex_dspy.tracking.plot import trajectory_svg
 from reflex_dspy.tracking.redact import redact_text, redact_uri
+from reflex_dspy.tracking.schema import config_document
 from reflex_dspy.tracking.store import RunStore
 
 mlflow = pytest.importorskip("mlflow")
@@ -81,7 +80,9 @@ def make_info(run_dir: Path, run_id: str = "001", **extra) -> dict:
 
 def measure(split: str, scores: dict[str, float]) -> Measurement:
     mean = sum(scores.values()) / len(scores)
-    return Measurement(split, mean, 0.0, 1, len(scores), 0, dict(scores), {"exact": mean})
+    samples = [{"id": "ex0", "inputs": {"question": "Where is my parcel?"}, "expected": {"answer": "shipping"},
+                "output": "shipping", "score": 1.0, "error": None}]
+    return Measurement(split, mean, 0.0, 1, len(scores), 0, dict(scores), {"exact": mean}, samples)
 
 
 def make_record(
@@ -96,7 +97,7 @@ def make_record(
         delta=0.1 * i,
         scores_by_metric={"exact": score or 0.0},
         system_prompt={"predict": prompt},
-        candidate={"predict": {"instructions": prompt, "demos": []}},
+        candidate={"predictors": {"predict": {"instructions": prompt, "demos": []}}},
         fingerprint=f"fp{i}",
         reasoning=f"reasoning {i}: outputs are sentences",
         change_summary=f"change {i}",
@@ -143,7 +144,8 @@ def make_result(records: list[IterationRecord]) -> RunResult:
     )
 
 
-def full_run(tracker: Tracker, run_dir: Path, run_id: str = "001", info: dict | None = None) -> dict:
+def full_run(tracker: Tracker, run_dir: Path, run_id: str = "001", info: dict | None = None,
+             program: dspy.Module | None = None) -> dict:
     info = info or make_info(run_dir, run_id)
     tracker.on_run_start(info)
     tracker.on_baseline(measure("test", BASE_SCORES))
@@ -153,7 +155,7 @@ def full_run(tracker: Tracker, run_dir: Path, run_id: str = "001", info: dict | 
         tracker.on_checkpoint(
             {"iteration": record.iteration, "best": {"prompt": record.system_prompt["predict"]}}
         )
-    tracker.on_program(dspy.Predict("question -> answer", instructions=PROMPTS[2]))
+    tracker.on_program(program or dspy.Predict("question -> answer", instructions=PROMPTS[2]))
     tracker.on_result(make_result(RECORDS))
     return info
 
@@ -178,7 +180,7 @@ def test_full_run_logs_parent_and_one_child_per_iteration(tracker, tmp_path):
     assert tags["reflex.run_id"] == "001" and tags["reflex.run_path"] == info["run_dir"]
     assert tags["reflex.dataset"] == "/data/routing.jsonl" and "reflex.branched_from_run" not in tags
     assert tags["reflex.significant"] == "false" and tags["reflex.stop_reason"] == "max iterations"
-    assert tags["reflex.dspy_model"] == "logged" or tags["reflex.dspy_model"].startswith("unavailable")
+    assert tags["reflex.dspy_model"] == "logged", tags["reflex.dspy_model"]
     assert params["config.max_iterations"] == "3" and params["config.extra_kwargs.top_p"] == "0.5"
     assert (
         params["split.test"] == "10" and params["metrics"] == "exact" and params["model.task"] == "fake/task"
@@ -189,11 +191,16 @@ def test_full_run_logs_parent_and_one_child_per_iteration(tracker, tmp_path):
     )
     assert metrics["selected_iteration"] == 3 and metrics["p_value"] == pytest.approx(0.0625)
     history = client.get_metric_history(tracker.run_id, "score")
-    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.75), (3, 0.875)]
+    # step 0 is the starting prompt (iteration 1's score minus its delta, the same batch)
+    assert [(m.step, m.value) for m in history] == [(0, 0.4), (1, 0.5), (2, 0.75), (3, 0.875)]
     assert [m.step for m in client.get_metric_history(tracker.run_id, "val_score")] == [1, 3]
-    assert artifact(client, tracker.run_id, "config.json", tmp_path) == dumps(info)
+    assert metrics["selected_val_score"] == 1.0 and metrics["selected_train_score"] == 0.875
+    assert metrics["baseline_test"] == 0.5 and metrics["final_test"] == 1.0
+    assert tags["mlflow.note.content"].startswith("reflex run 001") and "0.5000 -> 1.0000" in tags["mlflow.note.content"]
+    assert parent.inputs.dataset_inputs == []  # /data/routing.jsonl does not exist: no dataset input
+    assert artifact(client, tracker.run_id, "config.json", tmp_path) == dumps(config_document(info))
     assert artifact(client, tracker.run_id, "best_prompt.md", tmp_path) == PROMPTS[2] + "\n"
-    assert '"iteration": 3' in artifact(client, tracker.run_id, "checkpoint.json", tmp_path)
+    assert '"completed_iterations": 3' in artifact(client, tracker.run_id, "checkpoint.json", tmp_path)
     assert "answer" in artifact(client, tracker.run_id, "program.json", tmp_path)
     ET.fromstring(artifact(client, tracker.run_id, "trajectory.svg", tmp_path))
     assert str(tmp_path / "mlartifacts") in parent.info.artifact_uri
@@ -222,9 +229,10 @@ def test_full_run_logs_parent_and_one_child_per_iteration(tracker, tmp_path):
         assert artifact(client, run_id, "prompts/predict.md", tmp_path) == record.system_prompt["predict"]
         assert artifact(client, run_id, "reasoning.md", tmp_path) == record.reasoning
         assert artifact(client, run_id, "change_summary.txt", tmp_path) == record.change_summary
-    first_diff = artifact(client, kids[0].info.run_id, "diff.patch", tmp_path)
+    first_diff = artifact(client, kids[0].info.run_id, "diff.txt", tmp_path)
     assert "--- a/predict" in first_diff and "+Answer with one label." in first_diff
-    assert artifact(client, kids[2].info.run_id, "diff.patch", tmp_path) == ""  # same prompt as iteration 2
+    assert artifact(client, kids[2].info.run_id, "diff.txt", tmp_path) == ""  # same prompt as iteration 2
+    assert all(k.info.end_time >= k.info.start_time for k in kids)
 
 
 def test_resume_replaces_partial_children_without_duplicates(tracker, tmp_path):
@@ -252,7 +260,7 @@ def test_resume_replaces_partial_children_without_duplicates(tracker, tmp_path):
     assert sorted(int(r.data.tags["reflex.iteration"]) for r in kids) == [1, 2, 3]
     assert all(r.info.status == "FINISHED" for r in kids)
     assert len(client.get_metric_history(parent_id, "baseline_score")) == 1
-    assert [m.step for m in client.get_metric_history(parent_id, "score")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(parent_id, "score")] == [0, 1, 2, 3]
     resumed.on_iteration(make_record(4, 0.9, 1.0, PROMPTS[2]))
     resumed.on_result(make_result([*RECORDS, make_record(4, 0.9, 1.0, PROMPTS[2])]))
     assert len(child_runs(client, resumed)) == 4 and client.get_run(parent_id).info.status == "FINISHED"
@@ -317,21 +325,33 @@ def test_credentials_are_redacted_everywhere(tracker, tmp_path):
     assert redact_text("see http://u:p@h:5000/x and https://h") == "see http://***@h:5000/x and https://h"
 
 
-def test_program_is_logged_as_dspy_model_through_the_fluent_api(tracker, tmp_path, monkeypatch):
-    seen = {}
+FAKE_KEY = "sk-reflex-test-0123456789abcdef"
 
-    def log_model(program, name, pip_requirements, use_dspy_model_save):
-        seen.update(run=mlflow.active_run().info.run_id, uri=mlflow.get_tracking_uri(), reqs=pip_requirements)
 
-    monkeypatch.setitem(sys.modules, "mlflow.dspy", types.SimpleNamespace(log_model=log_model))
+def test_program_is_logged_as_a_model_without_any_key(tracker, tmp_path, monkeypatch):
+    """The LM (and its key) configured in DSPy's settings and on a predictor never reach the model;
+    the model is linked to the final metrics; the user's MLflow state is left as it was."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////nowhere/users-own.db")  # must survive the hook
     before = mlflow.get_tracking_uri()
-    tracker.on_run_start(make_info(tmp_path / "runs" / "007_x", "007"))
-    tracker.on_program(dspy.Predict("question -> answer"))
-    run = client_for(tracker).get_run(tracker.run_id)
-    assert run.data.tags["reflex.dspy_model"] == "logged" and run.info.status == "RUNNING"
-    assert seen["run"] == tracker.run_id and seen["uri"] == tracker.tracking_uri
-    assert any(r.startswith("dspy==") for r in seen["reqs"])
+    program = dspy.Predict("question -> answer", instructions=PROMPTS[2])
+    program.lm = dspy.LM("openai/fake-task", api_key=FAKE_KEY)
+    program.result = "run bookkeeping, not part of the model"
+    with dspy.context(lm=dspy.LM("openai/fake-task", api_key=FAKE_KEY)):
+        full_run(tracker, tmp_path / "runs" / "007_x", "007", program=program)
+    client = client_for(tracker)
+    run = client.get_run(tracker.run_id)
+    assert run.data.tags["reflex.dspy_model"] == "logged" and tracker.model_id
+    assert program.lm is not None and program.result  # the caller's program is untouched
+    model = client.get_logged_model(tracker.model_id)
+    assert model.source_run_id == tracker.run_id and model.status.to_proto() == 2  # READY
+    linked = {m.key: m.value for m in model.metrics or []}
+    assert linked["final_test"] == 1.0 and linked["selected_val_score"] == 1.0 and linked["score"] == 0.875
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp_path)))
+    files = [p for p in local.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if FAKE_KEY.encode() in p.read_bytes()]
+    assert "reflex-dspy==" in (local / "requirements.txt").read_text()
+    mlmodel = (local / "MLmodel").read_text()
+    assert "signature:" in mlmodel and "question" in mlmodel and (local / "data" / "model").is_dir()
     assert mlflow.active_run() is None and mlflow.get_tracking_uri() == before
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////nowhere/users-own.db"
 
@@ -345,7 +365,7 @@ def test_export_round_trip_equals_what_was_logged(tracker, tmp_path):
     )
     path = export_run(tracker.tracking_uri, "8", tmp_path / "export", experiment=tracker.experiment)
     assert path == tmp_path / "export" / "runs" / "008_2026-11-22T10-00-00"
-    assert (path / "config.json").read_text(encoding="utf-8") == dumps(info)
+    assert (path / "config.json").read_text(encoding="utf-8") == dumps(config_document(info))
     assert (path / "baseline.json").read_text(encoding="utf-8") == dumps(
         measure("test", BASE_SCORES).to_dict()
     )
@@ -400,4 +420,4 @@ def test_export_equals_the_live_layout(tmp_path, uri):
     exported = export_run(uri, run.run_id, tmp_path / "exported", experiment="layout-equality")
     live = {p.relative_to(run.path): p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
     copy = {p.relative_to(exported): p.read_bytes() for p in exported.rglob("*") if p.is_file()}
-    assert {k: v for k, v in live.items() if k.name not in ("journal.jsonl", "run.pid")} == copy
+    assert {k: v for k, v in live.items() if k.name not in ("journal.jsonl", "run.pid", "trials.jsonl")} == copy

@@ -22,9 +22,9 @@ from strategy_kit import comparable, interrupted_then_resumed, run_strategy
 
 from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
-from reflex_dspy.strategies.duel_sampler import DuelSampler, DuelStore, double_thompson
 from reflex_dspy.strategies.pdo import PDO
-from reflex_dspy.strategies.ranking import Duel, WinMatrix, dirichlet, fuse, rank, rank_all
+from reflex_dspy.strategies.pdo.ranking import Duel, WinMatrix, dirichlet, fuse, rank, rank_all
+from reflex_dspy.strategies.pdo.sampler import DuelSampler, DuelStore, double_thompson
 
 
 def duel_respond(system: str, messages: list[dict]) -> str:

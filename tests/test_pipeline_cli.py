@@ -167,10 +167,11 @@ def test_pipeline_fn_file_runs_judged_on_the_whole_trace(capsys, models, files, 
     assert "[2] lookup (tool) [context]" in shown and re.search(r"result: <data>\d+ dollars</data>", shown)
     assert RUBRIC in shown
     run = only_run(files.run_dir)
-    meta = run.load_config()["metadata"]
+    config = run.load_config()
+    meta = config["metadata"]
     assert meta["pipeline"] == {"file": str(files.agent.resolve()), "sample_timeout": None, "optimize": None}
-    assert meta["dataset_path"] == str(files.inputs.resolve()) and meta["task_model"] is None
-    assert run.load_config()["models"]["task"] == "pipeline_fn/agent_fn.py"
+    assert config["dataset_path"] == str(files.inputs.resolve()) and meta["task_models"] is None
+    assert config["optimizer_config"]["_cli_models"] == ["pipeline_fn/agent_fn.py"]
     records = run.load_iterations()
     assert records[0].details["changed_predictors"] == ["prompt"] and records[0].system_prompt == {
         "prompt": GOOD

@@ -217,7 +217,7 @@ def test_cli_repeatable_model_flag(capsys, task, lms):
     assert code == 0, err
     assert "  fake/task" in out and "  fake/strong" in out
     config = task.store.get_run(task.store.list_runs()[-1].run_id).load_config()
-    assert config["metadata"]["task_models"] == ["fake/task", "fake/strong"]
+    assert config["optimizer_config"]["_cli_models"] == ["fake/task", "fake/strong"]
 
 
 # --------------------------------------------------------------------------- live status

@@ -49,22 +49,26 @@ def test_layout_has_every_file_and_field_of_the_spec(finished):
             "journal.jsonl", "program.json"} <= names
     assert "run.pid" not in names and run.status == "completed"
     config = run.load_config()
-    assert config["config"]["strategy"] == "iterative" and config["metrics"] == ["exact"]
+    settings = config["optimizer_config"]  # aevyra-reflex's names (tracking/schema.py)
+    assert settings["strategy"] == "iterative" and settings["metrics"] == ["exact"]
     assert config["initial_prompt"] == INITIAL and config["split_sizes"]["test"] > 0
-    assert config["metadata"]["dataset_path"].endswith("data.jsonl") and config["models"]["task"]
+    assert config["dataset_path"].endswith("data.jsonl") and settings["_cli_models"][0].startswith("fake/")
+    assert config["timestamp"] == run.path.name.split("_", 1)[1] and config["run_id"] == run.run_id
     baseline = run.load_baseline()
-    assert {"mean", "std", "n_runs", "scores_by_metric", "samples"} <= set(baseline)
+    assert {"mean_score", "std_score", "n_runs", "scores_by_metric", "samples"} <= set(baseline)
     assert len(baseline["samples"]) == config["split_sizes"]["test"]
     iterations = run.load_iterations()
     assert [it.iteration for it in iterations] == [1, 2]
     for it in iterations:
         assert set(it.to_dict()) >= ITERATION_FIELDS
     assert iterations[1].system_prompt["predict"] == GOOD
+    assert json.loads(run.file("iterations/002.json").read_text())["system_prompt"] == GOOD  # the text
     result = run.load_result()
     assert result["run_id"] == run.run_id == program.run_id
     assert run.best_prompt().strip() == result["best_prompt"].strip() == GOOD
     checkpoint = run.load_checkpoint()
-    assert checkpoint["search_done"] and checkpoint["best"]["iteration"] == 2
+    assert checkpoint["search_done"] and checkpoint["best_iteration"] == 2 and checkpoint["completed_iterations"] == 2
+    assert checkpoint["best_prompt"] == GOOD and checkpoint["initial_prompt"] == INITIAL
     # The journal holds every paid result: all the checkpoint counted, then the final test evaluation.
     journal = run.file("journal.jsonl").read_text().splitlines()
     assert checkpoint["paid_entries"] + config["split_sizes"]["test"] == len(journal)
@@ -166,8 +170,8 @@ def test_mlflow_run_and_layout_agree_field_by_field(finished, tmp_path):
             assert child.data.metrics[name] == pytest.approx(getattr(it, name)), name
         assert child.data.params["iteration"] == str(it.iteration) and child.data.params["phase"] == it.phase
     result = run.load_result()
-    assert parent.data.metrics["final_score"] == result["final"]["mean"]
-    assert parent.data.metrics["baseline_score"] == result["baseline"]["mean"]
+    assert parent.data.metrics["final_score"] == result["final"]["mean_score"]
+    assert parent.data.metrics["baseline_score"] == result["baseline"]["mean_score"]
     assert parent.data.params["config.max_iterations"] == "2"
 
     exported = export_run(RunStore(root).tracking_uri, run.run_id, tmp_path)

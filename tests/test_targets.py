@@ -87,7 +87,8 @@ def test_set_target_from_verdict_sets_the_threshold_and_the_result_reports_it(tm
                  strategy="iterative", max_iterations=1, track=False)
     opt.set_target_from_verdict(_write(tmp_path, {"models": {"openai/gpt-4o-mini": 0.7}}))
     program = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples(4))
-    assert program.result.target == {"model": "openai/gpt-4o-mini", "source": "verdict_json", "threshold": 0.7}
+    assert program.result.target == {"model": "openai/gpt-4o-mini", "source": "verdict_json", "threshold": 0.7,
+                                     "metric": None}
     assert "Target         : openai/gpt-4o-mini @ 0.7 [json]" in program.result.summary()
 
 
@@ -101,7 +102,7 @@ RUN = "-m fake/task --reasoning-model fake/reasoner --metric exact -s iterative 
 
 def _config(task) -> dict:
     run = task.store.list_runs()[-1]
-    return task.store.get_run(run.run_id).load_config()["config"]
+    return task.store.get_run(run.run_id).load_config()["optimizer_config"]
 
 
 def test_target_models_are_benchmarked_first_and_the_best_score_is_the_threshold(capsys, task, lms):
@@ -111,7 +112,11 @@ def test_target_models_are_benchmarked_first_and_the_best_score_is_the_threshold
     config = _config(task)
     assert (config["score_threshold"], config["target_model"], config["target_source"]) == \
         (1.0, "fake/strong", "verdict_run")
-    assert "Target         : fake/strong @ 1 [run]" in out
+    assert "Target         : fake/strong @ 1 on exact [run]" in out
+    comparison = json.loads((task.store.get_run(task.store.list_runs()[-1].run_id).path
+                             / "verdict_results.json").read_text())  # aevyra-verdict's format, reusable
+    assert comparison["metrics"] == ["exact"] and comparison["models"]["fake/strong"]["exact_mean"] == 1.0
+    assert config["target_metric"] == "exact"
     assert lms["fake/strong"].fake_engine.calls == 10  # train+val of 12 examples, nothing from test
 
 

@@ -16,12 +16,8 @@ otherwise the content hash is). Every error is one line naming the file and line
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import inspect
 import json
-import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +26,7 @@ from typing import Any
 import dspy
 
 from reflex_dspy.adapters.pipeline_fn import PipelineFnProgram
+from reflex_dspy.adapters.pyfile import failing_line, import_file, one_line
 from reflex_dspy.data import (
     ID_FIELD,
     _json_array_records,
@@ -44,49 +41,6 @@ from reflex_dspy.marking import select_predictors
 FACTORY_NAMES = ("build_program", "program")
 INPUT_KEYS = {"input", "ideal", "id"}
 PIPELINE_FN_INPUT, PIPELINE_FN_OUTPUT = "input", "output"
-
-
-def import_file(path: str | Path) -> ModuleType:
-    """Import the Python file at `path` as a module (cached per resolved path).
-
-    Errors become one `UsageError` line naming the file and the line that failed.
-    """
-    file = Path(path).resolve()
-    if not file.is_file():
-        raise UsageError(f"{path}: no such pipeline file")
-    name = "reflex_pipeline_" + hashlib.sha1(str(file).encode()).hexdigest()[:10]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"{path}: cannot be imported as Python (expected a .py file)")
-    module = importlib.util.module_from_spec(spec)
-    if str(file.parent) not in sys.path:
-        sys.path.insert(0, str(file.parent))  # its sibling modules import as when it is run directly
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except KeyboardInterrupt:
-        del sys.modules[name]
-        raise
-    except BaseException as exc:  # SystemExit included: a file that exits on import cannot be used
-        del sys.modules[name]
-        raise UsageError(
-            f"{path}:{_failing_line(exc, file)}: importing it failed: {_one_line(exc)}"
-        ) from None
-    return module
-
-
-def _failing_line(exc: BaseException, file: Path) -> str:
-    if isinstance(exc, SyntaxError) and exc.filename and Path(exc.filename).resolve() == file:
-        return str(exc.lineno or "?")
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == file]
-    return str(frames[-1].lineno) if frames else "?"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -115,8 +69,8 @@ class PipelineFile:
                 value = value()
             except Exception as exc:
                 raise UsageError(
-                    f"{self.path}:{_failing_line(exc, self.path.resolve())}: build_program() "
-                    f"failed: {_one_line(exc)}"
+                    f"{self.path}:{failing_line(exc, self.path.resolve())}: build_program() "
+                    f"failed: {one_line(exc)}"
                 ) from None
         if not isinstance(value, dspy.Module):
             got = "build_program() returned" if self.attribute == "build_program" else "program is"

@@ -77,7 +77,7 @@ def ref_for(fn: Callable[..., Any]) -> FunctionRef:
 
 def _resolve(ref: FunctionRef) -> Callable[..., Any]:
     if ref[0] == "file":
-        from reflex_dspy.adapters.pipeline_file import import_file
+        from reflex_dspy.adapters.pyfile import import_file
 
         return getattr(import_file(ref[1]), ref[2])
     return ref[1]

@@ -11,18 +11,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from reflex_dspy import __version__
 from reflex_dspy._env import apply_env_defaults
-from reflex_dspy.cli import runs
-from reflex_dspy.cli.optimize import API_KEY_ENV, DEFAULT_EXPERIMENT, DEFAULT_RUN_DIR, run_optimize
+from reflex_dspy.cli import lifecycle_cmds, runs
+from reflex_dspy.cli.optimize import API_KEY_ENV, DEFAULT_EXPERIMENT, run_optimize
 from reflex_dspy.errors import ProviderAuthError, ReflexError, UsageError
+from reflex_dspy.tracking.store import default_run_dir
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 _Group = argparse._ArgumentGroup | argparse.ArgumentParser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: the message and where help is, not the whole usage block.
+
+    A 20-30 line usage dump before the error hid the one line that mattered (and broke the
+    "bad input is one line, exit 2" rule the rest of the CLI keeps). Subcommand parsers inherit it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _reasoning_flags(g: _Group) -> None:
@@ -88,7 +101,7 @@ def _budget_flags(g: _Group) -> None:
 
 def _run_dir_flag(g: _Group) -> None:
     g.add_argument(
-        "--run-dir", default=DEFAULT_RUN_DIR, help=f"where runs are recorded (default {DEFAULT_RUN_DIR})"
+        "--run-dir", default=default_run_dir(), help="where runs are recorded (default $REFLEX_RUN_DIR, else .reflex)"
     )
 
 
@@ -101,10 +114,19 @@ def _mlflow_flags(g: _Group) -> None:
     )
 
 
+def _mlflow_run_flags(g: _Group) -> None:
+    g.add_argument("--no-mlflow", action="store_true", help="record the run directory only, no MLflow run")
+    g.add_argument("--register-prompt", metavar="NAME",
+                   help="register the selected prompt as a new version of MLflow prompt NAME")
+    g.add_argument("--prompt-alias", metavar="ALIAS",
+                   help="alias moved to that version when promoted (default reflex-best)")
+
+
 def _run_and_output_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run record and tracking")
     _run_dir_flag(g)
     _mlflow_flags(g)
+    _mlflow_run_flags(g)
     g = parser.add_argument_group("promotion and output")
     g.add_argument(
         "--min-holdout-improvement", type=float, metavar="X",
@@ -141,7 +163,9 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
         help="optimize a prompt file against a dataset",
         description="Optimize PROMPT (a system prompt file) on DATASET (JSONL, JSON or CSV). "
         "With no -m, the embedded local model is both the task and the reasoning model. "
-        "--resume continues the latest interrupted run of DATASET, --resume-from ID that run.",
+        "--resume continues the latest interrupted run of DATASET, --resume-from ID that run. "
+        "In three steps: optimize create DATASET PROMPT [flags] records a run, optimize dry-run ID checks it, "
+        "optimize run ID starts it (or re-runs a finished one as a new attempt).",
     )
     opt.add_argument("dataset", nargs="?", metavar="DATASET", help="JSONL / JSON / CSV dataset")
     opt.add_argument(
@@ -159,7 +183,9 @@ def _optimize_parser(sub: argparse._SubParsersAction) -> None:
     g = opt.add_argument_group("target score (precedence: --threshold, --verdict-results, --target, 0.85)")
     _threshold_flag(g)
     g.add_argument("--verdict-results", metavar="FILE",
-                   help="results JSON of a model comparison: the best model's score is the target")
+                   help="aevyra-verdict results JSON: the best other model's score is the target")
+    g.add_argument("--verdict-metric", metavar="NAME",
+                   help="the results' metric to rank by (default: the one matching --metric, else the first)")
     g.add_argument("--target", action="append", metavar="MODEL",
                    help="benchmark this model and yours on train+val first; the best score is the target "
                    "(repeatable)")
@@ -246,7 +272,7 @@ def _runs_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reflex-dspy",
         description="Optimize prompts of DSPy programs and prompt files, with an auditable record.",
     )
@@ -272,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (argparse's own errors and --help included)."""
     apply_env_defaults()
     parser = build_parser()
+    # `optimize create | dry-run ID | run ID` (cli/lifecycle_cmds.py) parse their flags as `optimize`.
+    argv, sub, run_id = lifecycle_cmds.route(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or argparse's usage error (already printed)
@@ -279,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if sub is not None:
+        args.handler = lifecycle_cmds.handler(sub, run_id)
     try:
         return args.handler(args)
     except UsageError as exc:
@@ -296,4 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    """The error on one line, credentials redacted (a provider message may echo a key)."""
+    from reflex_dspy.tracking.redact import redact_text
+
+    return redact_text(" ".join(str(exc).split()))

@@ -84,7 +84,7 @@ def report(
         _line("target", f"the best of {', '.join([*task, *targets])} on train+val (benchmarked first)")
     else:
         _line("target", target_label({"model": config.target_model, "source": config.target_source,
-                                      "threshold": config.score_threshold}))
+                                      "threshold": config.score_threshold, "metric": config.target_metric}))
     if config.min_holdout_improvement is not None:
         gate = "" if getattr(args, "force_output", False) else "; -o is written only when promoted"
         _line("promotion", f"held-out improvement ≥ {config.min_holdout_improvement:+.4f}, significant{gate}")

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from reflex_dspy.tracking.store import Run
 
 API_KEY_ENV = "REFLEX_REASONING_API_KEY"
-DEFAULT_RUN_DIR = ".reflex"
 DEFAULT_EXPERIMENT = "reflex"
 
 # Flag dest → OptimizerConfig field. The search flags are also the ones `branch` may override.
@@ -55,6 +54,8 @@ CONFIG_FLAGS = {
     "eval_runs": "eval_runs",
     "seed": "seed",
     "source_model": "source_model",
+    "register_prompt": "register_prompt",  # MLflow prompt registry
+    "prompt_alias": "prompt_alias",
 }
 
 
@@ -80,6 +81,7 @@ class TaskSpec:
     prompt_text: str | None = None  # the exact initial prompt of a recorded run (not re-read)
     splits_file: str | None = None
     pipeline: dict[str, Any] | None = None  # pipeline mode: file, sample_timeout, optimize (cli/pipeline.py)
+    lineage: dict[str, Any] | None = None  # branched from a run aevyra-reflex wrote: {"run_id", "iteration"}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TaskSpec:
@@ -110,9 +112,11 @@ class TaskSpec:
     @classmethod
     def from_run(cls, run: Run, action: str) -> TaskSpec:
         """The task recorded by the CLI in `run`'s config.json; an API run has none."""
-        saved = run.load_config()
+        saved = run.load_config()  # shared names (tracking/schema.py); aevyra-reflex's runs too
         meta = saved.get("metadata") or {}
-        if not meta.get("dataset_path"):
+        settings = saved.get("optimizer_config") or {}
+        dataset = run.dataset_path(saved)
+        if not dataset:
             call = (
                 "compile(resume=run)"
                 if action == "resume"
@@ -122,12 +126,12 @@ class TaskSpec:
                 f"run {run.run_id} was not started by the CLI (no dataset in its config.json); "
                 f"{action} it from Python with {call}"
             )
-        metric = meta.get("metric")
+        models = meta["task_models"] if "task_models" in meta else settings.get("_cli_models")
         return cls(
-            dataset=meta["dataset_path"],
-            prompt_path=meta.get("prompt_path"),
-            task_models=meta.get("task_models") or ([meta["task_model"]] if meta.get("task_model") else None),
-            metrics=None if metric == "judge" else list(metric or ["rouge"]),
+            dataset=dataset,
+            prompt_path=saved.get("prompt_path") or None,
+            task_models=list(models) if models else None,
+            metrics=None if meta.get("judge") else list(settings.get("metrics") or ["rouge"]),
             judge=meta.get("judge"),
             judge_criteria=meta.get("judge_criteria"),
             input_field=meta.get("input_field"),
@@ -160,12 +164,17 @@ class TaskSpec:
             "splits_file": _abs(self.splits_file),
             **({"pipeline": {k: v for k, v in self.pipeline.items() if k != "initial_candidate"}}
                if self.pipeline else {}),  # pipeline mode
+            **({"branched_from": self.lineage} if self.lineage else {}),  # tracking/schema.py lifts it
         }
 
 
 def initial_prompts(saved: dict[str, Any]) -> dict[str, str]:
     """Predictor → initial instructions, from a run's config.json."""
     predictors = (saved.get("initial_candidate") or {}).get("predictors") or {}
+    if not predictors and saved.get("initial_prompt"):  # a run aevyra-reflex wrote: one system prompt
+        from reflex_dspy.result import FOREIGN_PREDICTOR
+
+        return {FOREIGN_PREDICTOR: saved["initial_prompt"]}
     return {name: state["instructions"] for name, state in predictors.items()}
 
 
@@ -195,7 +204,7 @@ def saved_fields(saved: dict[str, Any]) -> dict[str, Any]:
     """The recorded config fields this version of OptimizerConfig knows."""
     from reflex_dspy.config import OptimizerConfig
 
-    config = saved.get("config") or {}
+    config = saved.get("optimizer_config") or {}
     return {k: v for k, v in config.items() if k in OptimizerConfig.model_fields and k != "reasoning_api_key"}
 
 
@@ -265,8 +274,14 @@ def _target_fields(args: argparse.Namespace) -> dict[str, Any]:
 
         if args.target:
             note("--target ignored: --verdict-results sets the target")
-        target = target_from_verdict(args.verdict_results)
-        return {"score_threshold": target.score, "target_model": target.model, "target_source": target.source}
+        judge = getattr(args, "judge", None)
+        run_metrics = ["judge"] if judge else (args.metric or ["rouge"])
+        target = target_from_verdict(args.verdict_results, metric=getattr(args, "verdict_metric", None),
+                                     run_metrics=run_metrics, own=list(args.model or []))
+        for line in target.notes:
+            note(line)
+        return {"score_threshold": target.score, "target_model": target.model, "target_source": target.source,
+                "target_metric": target.metric}
     return {}
 
 
@@ -297,12 +312,20 @@ def _resume(args: argparse.Namespace) -> int:
     return execute(args, spec, resumed_config(run, args), resume=run)
 
 
-def _check_output_paths(args: argparse.Namespace) -> None:
-    for flag, path in (("-o", args.output), ("--results-json", args.results_json)):
-        if path and Path(path).is_dir():
-            raise UsageError(f"{flag} {path}: is a directory, expected a file path")
-        if path and not Path(path).resolve().parent.exists():
-            raise UsageError(f"{flag} {path}: directory {Path(path).parent} does not exist")
+def _check_output_paths(args: argparse.Namespace, spec: TaskSpec | None = None) -> None:
+    """-o, --results-json and --run-dir are writable and never one of the run's inputs (cli/paths.py)."""
+    from reflex_dspy.cli.paths import check_output_dir, check_outputs
+
+    inputs = [("--verdict-results file", getattr(args, "verdict_results", None))]
+    if spec is not None:
+        inputs += [("dataset", spec.dataset), ("prompt file", spec.prompt_path),
+                   ("--judge-criteria file", spec.judge_criteria), ("--splits-file", spec.splits_file),
+                   ("--pipeline-file", (spec.pipeline or {}).get("file"))]
+    check_outputs((("-o", args.output), ("--results-json", args.results_json)), inputs)
+    check_output_dir("--run-dir", args.run_dir)
+    from reflex_dspy.tracking.mlflow_target import check_cli_tracking  # an unusable MLflow store: exit 2 now
+
+    check_cli_tracking(args.mlflow_tracking_uri, enabled=not getattr(args, "no_mlflow", False))
 
 
 def execute(
@@ -320,41 +343,28 @@ def execute(
         return execute_pipeline(args, spec, config, resume=resume, branch_from=branch_from)
     from reflex_dspy.adapters import load_prompt, program_from_prompt
     from reflex_dspy.data import load_dataset
-    from reflex_dspy.lm import probe_lm, resolve_lm
+    from reflex_dspy.lm import probe_lm
     from reflex_dspy.metrics import load_rubric, resolve_metric
     from reflex_dspy.splits import load_splits_file, split_dataset
     from reflex_dspy.strategies import get_strategy
 
     # Everything that needs no model is checked before any model loads or any file is written.
     get_strategy(config.strategy, **config.extra_kwargs)
-    _check_output_paths(args)
+    _check_output_paths(args, spec)
     if spec.prompt_text is not None:
         prompt, prompt_label = spec.prompt_text, spec.prompt_path or "recorded initial prompt"
     else:
         prompt, prompt_label = load_prompt(spec.prompt_path), spec.prompt_path
     examples = load_dataset(spec.dataset, input_field=spec.input_field, output_field=spec.output_field)
     pinned = load_splits_file(spec.splits_file) if spec.splits_file else None
-    splits = split_dataset(
-        examples, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.seed, pinned=pinned
-    )
+    splits = split_named(spec.dataset, split_dataset, examples, train_ratio=config.train_ratio,
+                         val_ratio=config.val_ratio, seed=config.seed, pinned=pinned)
     rubric = load_rubric(spec.judge_criteria) if spec.judge_criteria else None
     if not spec.judge:
         resolve_metric(spec.metric_spec)  # unknown names fail here, before any model loads
 
-    task_lms = {m or "embedded": resolve_lm(m, temperature=config.eval_temperature)
-                for m in (spec.task_models or [None])}
+    task_lms, reasoning_lm, judge_lm, targets = _models(args, spec, config, recorded=bool(resume or branch_from))
     task_lm = next(iter(task_lms.values()))
-    key = config.reasoning_api_key.get_secret_value() if config.reasoning_api_key else None
-    reasoning_lm = (
-        resolve_lm(config.reasoning_model, api_key=key, base_url=config.reasoning_base_url)
-        if config.reasoning_model
-        else task_lm
-    )
-    judge_lm = resolve_lm(spec.judge) if spec.judge else None
-    # --target models are benchmarked only when no higher-precedence source set the threshold.
-    targets = {} if resume or branch_from or config.target_source else {
-        m: resolve_lm(m, temperature=config.eval_temperature) for m in (getattr(args, "target", None) or [])
-    }
 
     if args.dry_run:
         from reflex_dspy.cli.dry_run import report
@@ -370,8 +380,10 @@ def execute(
     metric = resolve_metric(spec.metric_spec, judge_lm=judge_lm, judge_criteria=rubric)
     program = program_from_prompt(prompt)
 
+    comparison = None
     if targets:
-        config = _benchmark_targets(program, splits.train + splits.val, metric, {**task_lms, **targets}, config)
+        config, comparison = _benchmark_targets(program, splits.train + splits.val, metric, task_lms, targets,
+                                                config, spec)
 
     from reflex_dspy.progress import ConsoleTracker
     from reflex_dspy.reflex import Reflex
@@ -385,7 +397,8 @@ def execute(
         run_dir=args.run_dir,
         tracking_uri=args.mlflow_tracking_uri,
         experiment=args.mlflow_experiment,
-        metadata=spec.metadata(config),
+        mlflow=not getattr(args, "no_mlflow", False),
+        metadata={**spec.metadata(config), **({"target_comparison": comparison} if comparison else {})},
     )
     extra: dict[str, Any] = {}
     if resume is not None:
@@ -394,6 +407,41 @@ def execute(
         extra["branch_from"] = branch_from
     optimized = optimizer.compile(program, trainset=examples, splits=pinned, **extra)
     return report_outputs(args, optimized)
+
+
+def sample_timeout(args: argparse.Namespace, task_models: list[str] | None) -> float | None:
+    """`--sample-timeout` as the task model's request timeout; refused where it cannot apply."""
+    timeout = getattr(args, "sample_timeout", None)
+    if timeout is None:
+        return None
+    if not timeout > 0 or timeout == float("inf"):
+        raise UsageError(f"--sample-timeout {timeout:g}: must be a positive number of seconds")
+    local = [m or "embedded" for m in (task_models or [None]) if not m or m.split("/")[0] == "embedded"]
+    if local:
+        raise UsageError(f"--sample-timeout: {local[0]} runs in-process and cannot be stopped mid-call; "
+                         "use it with a server model (its request timeout), or drop it")
+    return timeout
+
+
+def _models(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, *, recorded: bool):
+    """(task models by label, reasoning model, judge model, --target models), none called yet."""
+    from reflex_dspy.lm import resolve_lm
+
+    timeout = sample_timeout(args, spec.task_models)
+    task_lms = {m or "embedded": resolve_lm(m, temperature=config.eval_temperature, timeout=timeout)
+                for m in (spec.task_models or [None])}
+    key = config.reasoning_api_key.get_secret_value() if config.reasoning_api_key else None
+    reasoning_lm = (
+        resolve_lm(config.reasoning_model, api_key=key, base_url=config.reasoning_base_url)
+        if config.reasoning_model
+        else next(iter(task_lms.values()))
+    )
+    judge_lm = resolve_lm(spec.judge) if spec.judge else None
+    # --target models are benchmarked only when no higher-precedence source set the threshold.
+    targets = {} if recorded or config.target_source else {
+        m: resolve_lm(m, temperature=config.eval_temperature) for m in (getattr(args, "target", None) or [])
+    }
+    return task_lms, reasoning_lm, judge_lm, targets
 
 
 def report_outputs(args: argparse.Namespace, optimized: Any, extra_lines: tuple[str, ...] = ()) -> int:
@@ -405,6 +453,12 @@ def report_outputs(args: argparse.Namespace, optimized: Any, extra_lines: tuple[
     run_id = getattr(optimized, "run_id", None)
     if run_id:
         print(f"{'Run':<15}: {run_id} ({_run_path(args.run_dir, run_id)})")
+    if no_reasoning_reply(result.usage):
+        sys.stdout.flush()
+        print(f"reflex-dspy: run failed: the reasoning model answered none of its {result.usage['reasoning_failed']} "
+              f"requests (each retried), so no proposal was made: {result.usage.get('reasoning_error')}; "
+              "nothing written (-o, --results-json)", file=sys.stderr)
+        return 1
     if args.output:
         promoted = result.promotion is None or result.promotion["promoted"]
         if promoted or getattr(args, "force_output", False):
@@ -420,19 +474,42 @@ def report_outputs(args: argparse.Namespace, optimized: Any, extra_lines: tuple[
     return 0
 
 
-def _benchmark_targets(program, examples, metric, models, config: OptimizerConfig) -> OptimizerConfig:
-    """Score every task and target model on train+val with the initial prompt; the best is the target."""
-    from reflex_dspy.targets import benchmark_models, best_target
+def split_named(dataset: str, split: Any, examples: Any, **kwargs: Any) -> Any:
+    """`split(examples, **kwargs)`, its usage errors naming the dataset file (e.g. one example only)."""
+    try:
+        return split(examples, **kwargs)
+    except UsageError as exc:
+        text = str(exc)
+        raise UsageError(text if text.startswith(str(dataset)) else f"{dataset}: {text}") from None
 
+
+def no_reasoning_reply(usage: dict[str, Any]) -> bool:
+    """The run asked its reasoning model and never got one reply: every proposal it shows is a fallback."""
+    return bool(usage.get("reasoning_failed")) and not usage.get("reasoning_calls")
+
+
+def _benchmark_targets(program, examples, metric, task_lms, targets, config: OptimizerConfig,
+                       spec: TaskSpec) -> tuple[OptimizerConfig, dict[str, Any]]:
+    """Score every task and target model on train+val with the initial prompt; the best other model
+    is the target. Returns the config and the comparison in aevyra-verdict's results format, which
+    the run directory keeps (`verdict_results.json`) so it can be passed back with --verdict-results."""
+    from reflex_dspy.metrics import metric_names
+    from reflex_dspy.targets import benchmark_models, best_target, verdict_document
+
+    models = {**task_lms, **targets}
     print(f"Benchmarking {len(models)} models on {len(examples)} train+val examples to set the target ...",
           file=sys.stderr)
+    rates: dict[str, float] = {}
     scores = benchmark_models(program, examples, metric, models, max_workers=config.max_workers,
-                              temperature=config.eval_temperature)
-    target = best_target(scores, "verdict_run")
+                              temperature=config.eval_temperature, success_rates=rates)
+    target = best_target(scores, "verdict_run", own=list(task_lms), metric="+".join(metric_names(metric)),
+                         success_rates=rates)
     for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
         mark = "  ← target" if label == target.model else ""
         print(f"  {label:<40} {score:.4f}{mark}", file=sys.stderr)
-    return target.apply(config)
+    for line in target.notes:
+        note(line)
+    return target.apply(config), verdict_document(target, Path(spec.dataset).stem)
 
 
 def _run_path(run_dir: str, run_id: str) -> Path | str:

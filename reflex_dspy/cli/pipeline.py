@@ -160,7 +160,7 @@ def execute_pipeline(
         make_program,
     )
     from reflex_dspy.candidate import Candidate
-    from reflex_dspy.cli.optimize import _check_output_paths
+    from reflex_dspy.cli.optimize import _check_output_paths, split_named
     from reflex_dspy.data import example_id
     from reflex_dspy.lm import probe_lm, resolve_lm
     from reflex_dspy.marking import select_predictors
@@ -169,7 +169,7 @@ def execute_pipeline(
     from reflex_dspy.strategies import get_strategy
 
     get_strategy(config.strategy, **config.extra_kwargs)
-    _check_output_paths(args)
+    _check_output_paths(args, spec)
     p = spec.pipeline
     pipeline = load_pipeline_file(p["file"])
     recorded = p.get("initial_candidate")  # a resumed or branched run starts from what was recorded
@@ -202,13 +202,8 @@ def execute_pipeline(
                     "compares against; add one to every input, or score with --judge MODEL"
                 )
         pinned = load_splits_file(spec.splits_file) if spec.splits_file else None
-        splits = split_dataset(
-            examples,
-            train_ratio=config.train_ratio,
-            val_ratio=config.val_ratio,
-            seed=config.seed,
-            pinned=pinned,
-        )
+        splits = split_named(spec.dataset, split_dataset, examples, train_ratio=config.train_ratio,
+                             val_ratio=config.val_ratio, seed=config.seed, pinned=pinned)
         rubric = load_rubric(spec.judge_criteria) if spec.judge_criteria else None
         task_lm, inside_fn = _task_lm(pipeline, spec, config, timeout)
         key = config.reasoning_api_key.get_secret_value() if config.reasoning_api_key else None
@@ -283,6 +278,7 @@ def execute_pipeline(
             run_dir=args.run_dir,
             tracking_uri=args.mlflow_tracking_uri,
             experiment=args.mlflow_experiment,
+            mlflow=not getattr(args, "no_mlflow", False),
             metadata=spec.metadata(config),
         )
         extra: dict[str, Any] = {"resume": resume} if resume is not None else {}

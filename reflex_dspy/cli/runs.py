@@ -25,6 +25,9 @@ from reflex_dspy.cli.optimize import (
 )
 from reflex_dspy.errors import UsageError
 from reflex_dspy.result import format_tokens
+from reflex_dspy.run_status import describe as describe_status
+from reflex_dspy.run_status import load_failure
+from reflex_dspy.tracking.schema import render_prompts
 from reflex_dspy.tracking.store import Run, RunStore, RunSummary
 
 # --------------------------------------------------------------------------- formatting
@@ -130,11 +133,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.verbose:
         headers += ["REASONING MODEL", "METRIC", "PATH"]
     rows = []
-    for s, depth in nested([r.summary() for r in runs.values()]):
+    summaries = [r.summary() for r in runs.values()]
+    for s, depth in nested(summaries):
         row = [
             _id_cell(s, depth),
             _created(s.created),
-            s.status,
+            describe_status(s.status, s.path),  # `running (no word for 34 s)`: a silent runner
             s.strategy or "-",
             s.models.get("task") or "-",
             str(s.iterations),
@@ -145,11 +149,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
             Path(s.dataset).name if s.dataset else "-",
         ]
         if args.verbose:
-            metrics = runs[s.run_id].load_config().get("metrics") or []
-            metric = ", ".join(metrics) if isinstance(metrics, list) else str(metrics)
+            metrics = [] if s.problem else (runs[s.run_id].load_config().get("optimizer_config") or {}).get("metrics")
+            metric = ", ".join(metrics) if isinstance(metrics, list) else str(metrics or "")
             row += [s.reasoning_model or "-", metric or "-", str(s.path)]
         rows.append(row)
     print("\n".join(table(headers, rows, right={5, 6, 7, 8, 9})))
+    for s in summaries:
+        if s.problem:  # listed as corrupt; the other runs are shown as usual
+            print(f"run {s.run_id} is corrupt: {s.problem}")
     return 0
 
 
@@ -157,8 +164,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _header(run: Run, s: RunSummary, config: dict[str, Any]) -> list[str]:
-    cfg = config.get("config") or {}
-    meta = config.get("metadata") or {}
+    cfg = config.get("optimizer_config") or {}
     baseline = run.load_baseline() or {}
     sizes = config.get("split_sizes") or {}
     lines = [f"Run {run.run_id}  ({run.path})"]
@@ -167,27 +173,30 @@ def _header(run: Run, s: RunSummary, config: dict[str, Any]) -> list[str]:
         if value not in (None, "", [], {}):
             lines.append(f"{label:<15}: {value}")
 
-    add("Status", s.status)
+    add("Status", describe_status(s.status, s.path))
+    if s.status == "failed":
+        add("Failed", (load_failure(run.path) or {}).get("reason"))
     add("Created", _created(s.created))
     n = cfg.get("max_iterations", "?")
     add("Strategy", f"{s.strategy or '-'}, up to {n} iteration{'' if n == 1 else 's'}")
     add("Task model", s.models.get("task"))
     add("Reasoning", s.models.get("reasoning"))
-    add("Dataset", meta.get("dataset_path"))
-    add("Prompt", meta.get("prompt_path"))
-    metrics = config.get("metrics")
+    add("Dataset", s.dataset)
+    add("Prompt", config.get("prompt_path"))
+    metrics = cfg.get("metrics")
     add("Metric", ", ".join(metrics) if isinstance(metrics, list) else metrics)
     if sizes:
         add("Train/val/test", " / ".join(str(sizes.get(k, "?")) for k in ("train", "val", "test")))
-    if baseline.get("mean") is not None:
-        runs = baseline.get("n_runs", 1)
-        spread = f" ± {baseline.get('std', 0):.4f} ({runs} runs)" if runs > 1 else ""
-        add("Baseline", f"{baseline['mean']:.4f}{spread} on {baseline.get('n', '?')} test examples")
+    if baseline.get("mean_score") is not None:
+        runs = baseline.get("n_runs") or 1
+        spread = f" ± {baseline.get('std_score') or 0:.4f} ({runs} runs)" if runs > 1 else ""
+        size = f" on {baseline['n']} test examples" if baseline.get("n") else ""
+        add("Baseline", f"{baseline['mean_score']:.4f}{spread}{size}")
     if cfg.get("target_source") or cfg.get("target_model"):
         from reflex_dspy.result import target_label
 
         add("Target", target_label({"model": cfg.get("target_model"), "source": cfg.get("target_source"),
-                                    "threshold": cfg.get("score_threshold")}))
+                                    "threshold": cfg.get("score_threshold"), "metric": cfg.get("target_metric")}))
     else:
         add("Target", _score(s.target, 2) if s.target is not None else None)
     if s.branched_from:
@@ -202,19 +211,22 @@ def _result_lines(result: dict[str, Any]) -> list[str]:
 
     lines = []
     try:
-        lines.append(f"{'Final score':<15}: {Measurement(**result['final']).describe()}")
-    except (KeyError, TypeError):
-        lines.append(f"{'Final score':<15}: {_score((result.get('final') or {}).get('mean'), 4)}")
+        lines.append(f"{'Final score':<15}: {Measurement.from_dict(result['final']).describe()}")
+    except (KeyError, TypeError, AttributeError):
+        lines.append(f"{'Final score':<15}: {_score((result.get('final') or {}).get('mean_score'), 4)}")
     if result.get("improvement") is not None:
         lines.append(f"{'Improvement':<15}: {result['improvement']:+.4f}")
     with contextlib.suppress(KeyError, TypeError):
         lines.append(f"{'Significance':<15}: {Significance(**result['significance']).describe()}")
     selected = result.get("selected_iteration")
     chosen = "the initial prompt" if selected == 0 else f"iteration {selected}"
-    lines.append(
-        f"{'Selected':<15}: {chosen} (best on {result.get('selected_by', '?')}: "
-        f"{_score(result.get('selected_score'), 4)})"
-    )
+    if selected is not None:  # aevyra-reflex's result.json records the best score only
+        lines.append(
+            f"{'Selected':<15}: {chosen} (best on {result.get('selected_by', '?')}: "
+            f"{_score(result.get('best_score'), 4)})"
+        )
+    else:
+        lines.append(f"{'Best score':<15}: {_score(result.get('best_score'), 4)}")
     if result.get("stop_reason"):
         lines.append(f"{'Stopped':<15}: {result['stop_reason']}")
     if result.get("promotion"):
@@ -224,7 +236,7 @@ def _result_lines(result: dict[str, Any]) -> list[str]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     run = RunStore(args.run_dir).get_run(args.run)
-    config = run.load_config()
+    config = run.load_config()  # a corrupt run: a one-line error naming the file
     summary = run.summary()
     lines = _header(run, summary, config)
     records = run.load_iterations()
@@ -238,7 +250,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 _delta(r.delta),
                 _score(r.val_score),
                 format_tokens((r.eval_tokens or 0) + (r.reasoning_tokens or 0)),
-                _clip(r.change_summary),
+                _clip(r.change_summary or r.reasoning),  # aevyra-reflex's files have no change summary
             ]
             for r in records
         ]
@@ -252,8 +264,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         lines += _result_lines(result)
     else:
         lines.append(f"{'Best so far':<15}: {_score(summary.best, 4)}")
-        if summary.status == "interrupted":
+        if summary.status in ("interrupted", "failed"):
             lines.append(f"{'Resume':<15}: reflex-dspy optimize --resume-from {run.run_id}")
+        if summary.status == "created":
+            lines.append(f"{'Start':<15}: reflex-dspy optimize run {run.run_id}")
     print("\n".join(lines))
     return 0
 
@@ -340,8 +354,13 @@ def cmd_branch(args: argparse.Namespace) -> int:
     parent = RunStore(args.run_dir).get_run(args.run)
     iteration = _iteration(args.iteration, "ITER")
     spec = TaskSpec.from_run(parent, "branch")
-    recorded = {0, *(r.iteration for r in parent.load_iterations())}
-    if iteration not in recorded:
-        known = _known(dict.fromkeys(recorded))
-        raise UsageError(f"run {parent.run_id} has no iteration {iteration} (recorded: {known})")
+    prompts = prompts_by_iteration(parent)
+    if iteration not in prompts:
+        raise UsageError(f"run {parent.run_id} has no iteration {iteration} (recorded: {_known(prompts)})")
+    if parent.foreign:
+        # aevyra-reflex recorded no example ids or journal: a new run starts from that iteration's
+        # prompt on the dataset it recorded (its own baseline), and records where it came from.
+        spec.prompt_text = render_prompts(prompts[iteration])
+        spec.lineage = {"run_id": parent.run_id, "iteration": iteration}
+        return execute(args, spec, branch_config(parent, args))
     return execute(args, spec, branch_config(parent, args), branch_from=(parent.run_id, iteration))

@@ -17,7 +17,8 @@ from reflex_dspy.cli.runs import nested, prompts_by_iteration
 from reflex_dspy.dashboard.safety import contained
 from reflex_dspy.errors import UsageError
 from reflex_dspy.result import format_tokens
-from reflex_dspy.tracking.store import Run, RunStore, RunSummary
+from reflex_dspy.run_status import silence
+from reflex_dspy.tracking.store import CorruptRunError, Run, RunStore, RunSummary
 
 _PHASE_PREFIX = re.compile(r"^\s*\[[\w\-]+ phase \d+\]\s*")
 _TARGET_TAGS = {"verdict_json": "json", "verdict_run": "run"}
@@ -25,6 +26,10 @@ _TARGET_TAGS = {"verdict_json": "json", "verdict_run": "run"}
 
 class NotFound(LookupError):
     """No such run or iteration (the server answers 404)."""
+
+
+class Unreadable(NotFound):
+    """The run exists but a file of it cannot be parsed (listed as `corrupt`); answered like 404."""
 
 
 def strip_phase(reasoning: str | None) -> str:
@@ -43,17 +48,17 @@ def improvement(score: float | None, base: float | None) -> dict[str, Any] | Non
 
 
 def target(config: dict[str, Any]) -> dict[str, Any]:
-    """The Target column: `model @ 0.85 [json]` for a verdict target, else the threshold."""
-    cfg = config.get("config") or {}
+    """The Target column: `model @ 0.85 on exact_match [json]` for a verdict target, else the threshold."""
+    cfg = config.get("optimizer_config") or {}
     threshold = cfg.get("score_threshold")
-    model, source = cfg.get("target_model"), cfg.get("target_source")
+    model, source, metric = cfg.get("target_model"), cfg.get("target_source"), cfg.get("target_metric")
     value = "-" if threshold is None else f"{threshold:.2f}"
     if model:
         tag = _TARGET_TAGS.get(source or "")
-        text = f"{model} @ {value}" + (f" [{tag}]" if tag else "")
+        text = f"{model} @ {value}" + (f" on {metric}" if metric else "") + (f" [{tag}]" if tag else "")
     else:
         text = value
-    return {"text": text, "threshold": threshold, "model": model, "source": source}
+    return {"text": text, "threshold": threshold, "model": model, "source": source, "metric": metric}
 
 
 def line_diff(old: str, new: str) -> list[dict[str, str]]:
@@ -93,8 +98,8 @@ class DashboardData:
         runs = {r.run_id: r for r in self.runs()}
         summaries = [r.summary() for r in runs.values()]
         rows = []
-        for s, depth in nested(summaries):
-            rows.append(self._row(s, depth, runs[s.run_id].load_config()))
+        for s, depth in nested(summaries):  # a corrupt run is listed with its problem, from no file
+            rows.append(self._row(s, depth, {} if s.problem else runs[s.run_id].load_config()))
         # Most recent first, each branch right under its parent (whenever it was made): trees by their root.
         trees: list[list[dict[str, Any]]] = []
         for row in rows:
@@ -117,11 +122,12 @@ class DashboardData:
             "depth": depth,
             "created": s.created,
             "status": s.status,
+            "silence": silence(s.path) if s.status == "running" else None,  # issue 23: a quiet runner
             "strategy": s.strategy,
             "model": s.models.get("task"),
             "reasoning_model": s.reasoning_model,
             "iterations": s.iterations,
-            "max_iterations": (config.get("config") or {}).get("max_iterations"),
+            "max_iterations": (config.get("optimizer_config") or {}).get("max_iterations"),
             "baseline": s.baseline,
             "best": s.best,
             "final": s.final,
@@ -130,36 +136,43 @@ class DashboardData:
             "dataset_name": Path(s.dataset).name if s.dataset else None,
             "branched_from": {"run_id": str(parent.get("run_id", "")).zfill(3), "iteration": parent.get("iteration")}
             if parent else None,
+            "problem": s.problem,
         }
 
     # -- one run -------------------------------------------------------------------------------
     def run_view(self, run_id: str) -> dict[str, Any]:
         run = self.get(run_id)
+        try:
+            return self._run_view(run)
+        except CorruptRunError as exc:
+            raise Unreadable(str(exc).replace(str(self.store.runs_dir), "the run directory")) from None
+
+    def _run_view(self, run: Run) -> dict[str, Any]:
         config = run.load_config()
         summary = run.summary()
         checkpoint = run.load_checkpoint() or {}
         result = run.load_result()
         baseline = run.load_baseline()
         records = run.load_iterations()
-        cfg = config.get("config") or {}
-        meta = config.get("metadata") or {}
+        cfg = config.get("optimizer_config") or {}
         usage = (result or {}).get("usage") or checkpoint.get("usage") or {}
-        best = checkpoint.get("best") or {}
-        selected = result.get("selected_iteration") if result else best.get("iteration")
-        by = best.get("by") or ("val" if (config.get("split_sizes") or {}).get("val") else "train")
+        best = {"score": checkpoint.get("best_score"), "iteration": checkpoint.get("best_iteration"),
+                "by": checkpoint.get("best_by")}
+        selected = result.get("selected_iteration") if result else best["iteration"]
+        by = best["by"] or ("val" if (config.get("split_sizes") or {}).get("val") else "train")
         initial_score = checkpoint.get("initial_val") if by == "val" else _initial_train(records)
         iterations = [_card(r, selected) for r in records]
         children = []
         for other in self.runs():
-            parent = other.load_config().get("branched_from") or {}
+            parent = other.summary().branched_from or {}
             if str(parent.get("run_id", "")).lstrip("0") == run.run_id.lstrip("0"):
                 children.append({"id": other.run_id, "iteration": parent.get("iteration")})
         view = {
             **self._row(summary, 0, config),
             "root": str(self.store.root.resolve()),
             "path": str(run.path.resolve()),
-            "prompt_path": meta.get("prompt_path"),
-            "metrics": config.get("metrics") or [],
+            "prompt_path": config.get("prompt_path"),
+            "metrics": cfg.get("metrics") or [],
             "split_sizes": config.get("split_sizes") or {},
             "warnings": config.get("warnings") or [],
             "baseline_detail": _measurement(baseline),
@@ -181,19 +194,36 @@ class DashboardData:
             "phases": phases(iterations),
             "selected": selected,
             "children": children,
-            "branchable": bool(meta.get("dataset_path")),
-            "branch_hint": None if meta.get("dataset_path") else (
+            "branchable": bool(summary.dataset),
+            "branch_hint": None if summary.dataset else (
                 f"run {run.run_id} was started from Python, not the CLI: branch it with "
                 f"Reflex(...).compile(program, trainset=..., branch_from=({run.run_id!r}, ITERATION))"
             ),
             "resume_hint": f"reflex-dspy optimize --resume-from {run.run_id}"
-            if summary.status == "interrupted" and meta.get("dataset_path") else None,
+            if summary.status == "interrupted" and summary.dataset else None,
             "settings": {k: cfg.get(k) for k in ("max_iterations", "batch_size", "early_stopping_patience",
                                                   "seed", "eval_runs")},
             "mlflow_url": self.mlflow_link(config) if self.mlflow_link else None,
         }
         for key in ("eval", "reasoning"):
             view["tokens"][f"{key}_text"] = format_tokens(view["tokens"][key])
+        return view
+
+    # -- live page (issue 23: dashboard/live.py builds it) ---------------------------------------
+    def live_view(self, run_id: str) -> dict[str, Any]:
+        """Status, heartbeat and staleness, failure reason, trials feed and ranked candidates."""
+        from reflex_dspy.dashboard.live import live_view
+
+        return live_view(self.get(run_id), self.store.root)
+
+    def trial_view(self, run_id: str, index: int) -> dict[str, Any]:
+        """One trial of the feed with its execution trace (pipeline mode)."""
+        from reflex_dspy.dashboard.live import trial_view
+
+        run = self.get(run_id)
+        view = trial_view(run, index)
+        if view is None:
+            raise NotFound(f"run {run.run_id} has no trial {index}")
         return view
 
     def iteration_view(self, run_id: str, number: int) -> dict[str, Any]:
@@ -237,8 +267,8 @@ def _initial_train(records: list) -> float | None:
 def _measurement(data: dict[str, Any] | None) -> dict[str, Any] | None:
     if not data:
         return None
-    keep = ("split", "mean", "std", "n_runs", "n", "n_failed", "scores_by_metric")
-    return {k: data.get(k) for k in keep}
+    keep = ("split", "n_runs", "n", "n_failed", "scores_by_metric")
+    return {"mean": data.get("mean_score"), "std": data.get("std_score"), **{k: data.get(k) for k in keep}}
 
 
 def _result(result: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -254,18 +284,18 @@ def _result(result: dict[str, Any] | None, baseline: dict[str, Any] | None) -> d
     except (KeyError, TypeError):
         significance = None
     try:
-        final_text = Measurement(**final).describe()
-    except TypeError:
+        final_text = Measurement.from_dict(final).describe()
+    except (TypeError, AttributeError, KeyError):
         final_text = None
     return {
         "final": _measurement(final),
         "final_text": final_text,
-        "improvement": improvement(final.get("mean"), (baseline or {}).get("mean")),
+        "improvement": improvement(final.get("mean_score"), (baseline or {}).get("mean_score")),
         "significance": significance,
         "significant": (result.get("significance") or {}).get("significant"),
         "selected_iteration": result.get("selected_iteration"),
         "selected_by": result.get("selected_by"),
-        "selected_score": result.get("selected_score"),
+        "selected_score": result.get("best_score"),
         "duration_seconds": result.get("duration_seconds"),
         "held_out": result.get("held_out"),
     }

@@ -5,8 +5,10 @@ iteration budget; everything is validated here and the branch is the CLI's own c
 with an argument list (never a shell), so no request can choose a file to import or a command
 to run. The task (dataset, prompt, models, metric) comes from what the CLI recorded in the
 parent's config.json, which is why only runs started by the CLI can be branched this way.
-The process outlives the dashboard (its own session); its output goes to
-`<run dir>/dashboard/branch-<run>-<iter>-<time>.log`, and `Jobs` reports how it ended.
+The process outlives the dashboard (its own session); its output goes to its own
+`<run dir>/dashboard/branch-<run>-<iter>-<time>-job<N>.log` (created exclusively: two requests in
+the same second never share a log, so each job reports its own run id), and `Jobs` reports how
+it ended. At most `MAX_RUNNING` branches run at once; one more is refused (429) until one ends.
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ from reflex_dspy.tracking.redact import redact_text
 
 FIELDS = {"iteration", "strategy", "max_iterations"}
 MAX_ITERATIONS = 100
+MAX_RUNNING = 4  # branch processes at once: each is a full optimization run
 _RUN_LINE = re.compile(r"^Run (\d+): ", re.M)
 
 
 class BadRequest(ValueError):
     """The request is refused (the server answers 400 with this message)."""
+
+
+class Busy(Exception):  # noqa: N818 (the server's word for 429)
+    """Too many branches are running already (the server answers 429 with this message)."""
 
 
 def _int(body: dict[str, Any], key: str) -> int:
@@ -70,7 +77,7 @@ def validate(data: DashboardData, run_id: str, body: Any) -> tuple[str, int, str
     recorded = {0, *(r.iteration for r in run.load_iterations())}
     if iteration not in recorded:
         raise BadRequest(f"run {run.run_id} has no iteration {iteration}")
-    if not (run.load_config().get("metadata") or {}).get("dataset_path"):
+    if not run.dataset_path():
         raise BadRequest(
             f"run {run.run_id} was not started by the CLI; branch it from Python with "
             f"compile(branch_from=({run.run_id!r}, {iteration}))"
@@ -95,23 +102,27 @@ class Jobs:
         root = self.data.store.root.resolve()
         logs = root / "dashboard"
         logs.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%S")
-        log = logs / f"branch-{parent}-{iteration}-{stamp}.log"
         argv = [sys.executable, "-m", "reflex_dspy.cli", "branch", parent, str(iteration),
                 "--strategy", strategy, "--max-iterations", str(max_iterations), "--run-dir", str(root)]
         argv += self._tracking_flags(parent)
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(  # noqa: S603 (a fixed argument list of validated values)
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=str(root), env=dict(os.environ),
-            )
-        job = {"id": next(self._ids), "parent": parent, "iteration": iteration, "strategy": strategy,
-               "max_iterations": max_iterations, "pid": proc.pid, "state": "running", "exit_code": None,
-               "run_id": None, "message": None, "log": str(log.relative_to(root)),
-               "started": datetime.now(UTC).isoformat(timespec="seconds")}
-        with self._lock:
+        self.poll()  # reap finished branches, so the cap counts only live ones
+        with self._lock:  # held from the count to the registration: four requests at once see the cap
+            if len(self._procs) >= MAX_RUNNING:
+                raise Busy(f"{MAX_RUNNING} branches are already running; start another when one has finished")
+            number = next(self._ids)
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%S")
+            log = logs / f"branch-{parent}-{iteration}-{stamp}-job{number}.log"
+            with open(log, "xb") as out:  # exclusive: a log belongs to one job
+                proc = subprocess.Popen(  # noqa: S603 (a fixed argument list of validated values)
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, cwd=str(root), env=dict(os.environ),
+                )
+            job = {"id": number, "parent": parent, "iteration": iteration, "strategy": strategy,
+                   "max_iterations": max_iterations, "pid": proc.pid, "state": "running", "exit_code": None,
+                   "run_id": None, "message": None, "log": str(log.relative_to(root)),
+                   "started": datetime.now(UTC).isoformat(timespec="seconds")}
             self.jobs.append(job)
-            self._procs[job["id"]] = proc
+            self._procs[number] = proc
         return dict(job)
 
     def _tracking_flags(self, parent: str) -> list[str]:

@@ -30,18 +30,21 @@ from reflex_dspy.tracking.store import (
     Run,
 )
 
-ITERATION = re.compile(r"^\d{1,6}$")
+# ASCII digits, whole string: `\d` also matches a full-width "２" and `$` matches before a
+# trailing newline, so `/api/runs/%EF%BC%92` and `/api/runs/2%0a` used to be served as run 002.
+ITERATION = re.compile(r"[0-9]{1,6}")
+_RUN_NUMBER = re.compile(r"[0-9]{1,9}")
 _SECRET_KEY = re.compile(r"(?i)(api_?key|secret|password|passwd|credential|authorization|bearer|access_?token)")
 _URI = re.compile(r"^[a-z][a-z0-9+.\-]*://\S+$", re.I)
 _READ = (CONFIG, BASELINE, CHECKPOINT, RESULT, PID, BEST_PROMPT)
 
 
 def valid_run_id(text: str) -> bool:
-    return bool(RUN_ID.match(text))
+    return bool(_RUN_NUMBER.fullmatch(text)) and bool(RUN_ID.match(text))
 
 
 def valid_iteration(text: str) -> bool:
-    return bool(ITERATION.match(text))
+    return bool(ITERATION.fullmatch(text))
 
 
 def _inside(path: Path, root: Path) -> bool:

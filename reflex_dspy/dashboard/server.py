@@ -5,6 +5,8 @@
     GET  /api/runs                           runs list (api.DashboardData.list_view)
     GET  /api/runs/<id>                      one run: tiles, result, flow graph
     GET  /api/runs/<id>/iterations/<n>       one iteration: prompts, diff, reasoning
+    GET  /api/runs/<id>/live                 live page: heartbeat, staleness, trials feed, candidates
+    GET  /api/runs/<id>/trials/<n>           one trial with its execution trace (pipeline mode)
     GET  /api/jobs                           branch processes started here
     POST /api/runs/<id>/branch               start a branch (JSON body, same origin only)
 
@@ -21,6 +23,7 @@ import logging
 import re
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -28,7 +31,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from reflex_dspy.dashboard.api import DashboardData, NotFound
-from reflex_dspy.dashboard.branching import BadRequest, Jobs, strategies
+from reflex_dspy.dashboard.branching import BadRequest, Busy, Jobs, strategies
 from reflex_dspy.dashboard.safety import (
     allowed_hosts,
     host_ok,
@@ -49,6 +52,7 @@ STATIC = {  # request name → content type; the files ship in reflex_dspy/dashb
     "run.js": "text/javascript; charset=utf-8",
     "iteration.js": "text/javascript; charset=utf-8",
     "branch.js": "text/javascript; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 SECURITY_HEADERS = {
@@ -62,12 +66,22 @@ SECURITY_HEADERS = {
 _RUN = re.compile(r"^/api/runs/([^/]+)$")
 _ITERATION = re.compile(r"^/api/runs/([^/]+)/iterations/([^/]+)$")
 _BRANCH = re.compile(r"^/api/runs/([^/]+)/branch$")
+_LIVE = re.compile(r"^/api/runs/([^/]+)/live$")  # the live page (dashboard/live.py)
+_TRIAL = re.compile(r"^/api/runs/([^/]+)/trials/([^/]+)$")
 
 
 class DashboardServer(ThreadingHTTPServer):
-    """Serves one run directory; `data`, `jobs` and the allowed Host names hang off the server."""
+    """Serves one run directory; `data`, `jobs` and the allowed Host names hang off the server.
+
+    Load limits: a listen backlog of `request_queue_size` (the stdlib's 5 dropped connections
+    under 50 concurrent clients), a bounded pool of `WORKERS` threads instead of one thread per
+    connection, and a per-connection socket timeout (`Handler.timeout`), so half-sent requests
+    hold a worker for seconds, not for as long as the client likes.
+    """
 
     daemon_threads = True
+    request_queue_size = 128
+    WORKERS = 16
 
     def __init__(self, run_dir: str, host: str = "127.0.0.1", port: int = 8128,
                  mlflow_ui_url: str | None = None) -> None:
@@ -82,7 +96,16 @@ class DashboardServer(ThreadingHTTPServer):
         self.hosts = allowed_hosts(host)
         if ":" in host:
             self.address_family = socket.AF_INET6
+        self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="reflex-dashboard")
         super().__init__((host, port), Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to the bounded pool (ThreadingMixIn would start a thread per connection)."""
+        self._pool.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def url(self) -> str:
@@ -96,6 +119,7 @@ class Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "reflex-dspy-dashboard"
     sys_version = ""
+    timeout = 5  # seconds a connection may stay silent (socket timeout, set by StreamRequestHandler)
 
     # -- plumbing ------------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
@@ -133,6 +157,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, str(exc))
         except BadRequest as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        except Busy as exc:
+            self._error(HTTPStatus.TOO_MANY_REQUESTS, str(exc))
         except Exception as exc:  # a half-written run must not kill the server
             logger.exception("dashboard request failed")
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
@@ -164,6 +190,14 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.OK, data.list_view())
         if path == "/api/jobs":
             return self._json(HTTPStatus.OK, {"jobs": self.server.jobs.poll()})
+        if m := _LIVE.match(path):
+            if not valid_run_id(m.group(1)):
+                raise BadRequest("invalid run id")
+            return self._json(HTTPStatus.OK, data.live_view(m.group(1)))
+        if m := _TRIAL.match(path):
+            if not valid_run_id(m.group(1)) or not valid_iteration(m.group(2)):
+                raise BadRequest("invalid run id or trial number")
+            return self._json(HTTPStatus.OK, data.trial_view(m.group(1), int(m.group(2))))
         if m := _ITERATION.match(path):
             run_id, number = m.groups()
             if not valid_run_id(run_id) or not valid_iteration(number):
@@ -201,8 +235,8 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"expected a JSON body of at most {MAX_BODY} bytes")
         try:
             body = json.loads(self.rfile.read(length))
-        except ValueError:
-            raise BadRequest("the body is not valid JSON") from None
+        except (ValueError, RecursionError):  # 2,000 nested `[` overflow the parser's recursion
+            raise BadRequest("the body is not valid JSON (or nested too deeply)") from None
         if not valid_run_id(m.group(1)):
             raise BadRequest("invalid run id")
         job = self.server.jobs.start(m.group(1), body)

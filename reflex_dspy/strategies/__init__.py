@@ -17,6 +17,7 @@ _BUILTIN = {
     "fewshot": "reflex_dspy.strategies.fewshot:FewShot",
     "gepa": "reflex_dspy.strategies.gepa:GEPA",
     "iterative": "reflex_dspy.strategies.iterative:Iterative",
+    "joint": "reflex_dspy.strategies.joint:Joint",
     "pdo": "reflex_dspy.strategies.pdo:PDO",
     "structural": "reflex_dspy.strategies.structural:Structural",
 }
@@ -47,9 +48,11 @@ def strategy_class(name: str) -> type[Strategy]:
 
 def get_strategy(name: str, metric: Any = None, **params: Any) -> Strategy:
     """Instantiate the strategy registered under `name` with its parameters (`extra_kwargs`)."""
+    from reflex_dspy.strategies.params import validate_params
+
     cls = strategy_class(name)
-    try:
-        return cls(metric, **params)
+    try:  # typed and range-checked from the constructor's annotations first (strategies/params.py)
+        return cls(metric, **validate_params(cls, params, strategy_class))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid parameters for strategy {name!r}: {exc}") from None
 

@@ -1,46 +1,55 @@
-"""Auto: chains the other strategies in phases, each along one axis, chosen from what worked.
+"""Auto: chains the other strategies in phases, and spends its budget where the gain is measured.
 
-A run is a sequence of phases (structural, iterative, fewshot, pdo). Each phase runs one
-strategy for its share of `max_iterations`, and of the metric-call budget when there is one,
-on the candidate handed on by the previous phases:
-the best candidate so far, not the last one, so a phase that regressed costs nothing but its
-calls. After each phase the reasoning model picks the next axis from the phase history (JSON,
-validated); when it gives no usable answer a deterministic rule picks instead. The run stops
-after `max_phases`, or once `min_phases` have run and a phase brought no gain (converged).
-Every phase sees the same context (batches, seed, budget), since they are steps of one run.
+A run is a sequence of phases, each one strategy along one axis (structural, iterative,
+fewshot, joint, pdo) on the candidate handed on by the previous phases: the best candidate so
+far, not the last one, so a phase that regressed costs nothing but its calls. Which axis runs
+next, and for how many calls and iterations, is decided by `allocation.Allocator` from the
+measured gains, never by the reasoning model (which still writes the instructions inside each
+phase): every axis first gets a cheap probe, then the rest of the budget goes to the axes whose
+phases gained most, by successive halving.
 
-The call share matters at small budgets: without it the structural opening (each round scores
-`variants_per_round` layouts on the batch) spent 56 of 64 metric calls in the quality benchmark,
-so auto was structural alone. The budget left is split over the phases auto still promises
-(`min_phases`); a phase ends when another step like its last would overrun its share, and the
-structural opening is skipped when one round would cost more than half of it.
+Why: with a weak reasoning model, the model's own opinion of which axis to try next was often
+wrong (on an unseen date task auto stopped after 96 of 150 calls, having never tried demos,
+which alone reached 0.71). Measured gains find the lever the data shows. A run ends as
+"converged" only when every axis has been probed, the last phase gained nothing and at most
+`CONVERGE_LEFT` of the budget is left; otherwise it runs until the budget, `max_iterations` or
+the score threshold stops it. Each phase's choice and the gains behind it are in the first
+iteration's reasoning of the phase, in every iteration's `details["auto"]`, and in `phases`.
+A phase also ends when its last `IDLE_STEPS` steps measured nothing new (every score came from
+the cache): its strategy has nothing left to try, and its iterations are better spent elsewhere.
+
+A probe whose axis scores several variants per batch example (structural) is given the part of
+the batch its share affords, so one structural round cannot spend every probe's calls.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import dspy
 
 from reflex_dspy.candidate import Candidate
-from reflex_dspy.proposals import ProposalRejected
-from reflex_dspy.signatures import ChooseNextAxis
+from reflex_dspy.data import example_id
+from reflex_dspy.errors import ReflexError
+from reflex_dspy.strategies.allocation import CONVERGE_LEFT, NO_GAIN, PROBE_FRACTION, Allocator, Plan
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
+from reflex_dspy.strategies.fewshot import content_sources
+from reflex_dspy.strategies.params import STRATEGY_PARAMS
 
-AXES = ("structural", "iterative", "fewshot", "pdo")
-FALLBACK_ORDER = ("iterative", "fewshot", "pdo", "structural")  # untried axes, cheapest first
-NO_GAIN = 0.005  # a phase that raised the best score by at most this brought no gain
+AXES = ("structural", "iterative", "fewshot", "joint", "pdo")
+PROBE_ORDER = ("iterative", "fewshot", "joint", "structural", "pdo")  # cheapest step first
+MIN_PROBE_BATCH = 2
+IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
 
 
 class Auto(Strategy):
-    """Phases over the strategy axes; see the module docstring.
+    """Phases over the strategy axes, budget by measured gain; see the module docstring.
 
-    Parameters: `max_phases` (4), `min_phases` (2) before a phase without gain ends the run,
-    `start_structural` (True) to open with a structural phase, `phase_iterations` (per-axis
-    iteration budgets, default an equal share of `max_iterations`), `axis_params` (per-axis
-    strategy parameters, e.g. `{"pdo": {"duels_per_round": 2}}`), `axes` (those allowed).
+    Parameters: `axes` (those allowed, default all five), `probe_fraction` (0.4 of the budget for
+    all probes together), `max_phases` (16), `min_phases` (1) before auto may declare convergence,
+    `start_structural` (False: True probes structural first), `phase_iterations` (per-axis caps
+    on a phase's iterations), `axis_params` (per-axis strategy parameters).
     """
 
     name = "auto"
@@ -49,33 +58,41 @@ class Auto(Strategy):
         self,
         metric: Any = None,
         *,
-        max_phases: int = 4,
-        min_phases: int = 2,
-        start_structural: bool = True,
+        max_phases: int = 16,
+        min_phases: int = 1,
+        start_structural: bool = False,
         phase_iterations: dict[str, int] | None = None,
-        axis_params: dict[str, dict[str, Any]] | None = None,
+        axis_params: Annotated[dict[str, dict[str, Any]] | None, STRATEGY_PARAMS] = None,
         axes: Sequence[str] = AXES,
+        probe_fraction: float = PROBE_FRACTION,
     ) -> None:
         if not 1 <= min_phases <= max_phases:
             raise ValueError("need 1 <= min_phases <= max_phases")
+        if not 0.0 < probe_fraction < 1.0:
+            raise ValueError("probe_fraction must be between 0 and 1")
         unknown = set(axes) - set(AXES) | set(phase_iterations or {}) - set(AXES) | set(axis_params or {}) - set(AXES)
         if unknown:
             raise ValueError(f"unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(AXES)})")
+        if not axes:
+            raise ValueError("axes must name at least one axis")
         if start_structural and "structural" not in axes:
             raise ValueError("start_structural needs the structural axis")
         super().__init__(
             metric, max_phases=max_phases, min_phases=min_phases, start_structural=start_structural,
             phase_iterations=dict(phase_iterations or {}), axis_params=dict(axis_params or {}), axes=list(axes),
+            probe_fraction=probe_fraction,
         )
         self._reset()
 
     def _reset(self) -> None:
         self.sub: Strategy | None = None
+        self.alloc: Allocator | None = None
+        self.plan: Plan | None = None  # the phase running now, or the next one
         self.axis: str | None = None  # the axis of the phase running now
-        self.next_axis: tuple[str, str] | None = None  # (axis, why) chosen for the next phase
         self.in_phase = 0
+        self.idle = 0  # consecutive steps of this phase that cost no metric call
         self.phase_budget = 0
-        self.phase_calls: int | None = None  # the phase's share of the metric-call budget
+        self.batch_cap: int | None = None  # a probe's part of the batch, when its share affords no more
         self.phase_calls_start = 0  # search calls spent when the phase began
         self.step_end = 0  # search calls spent when the previous step ended
         self.phases: list[dict[str, Any]] = []
@@ -84,39 +101,20 @@ class Auto(Strategy):
         self.phase_start: dict[str, Any] | None = None  # {"iteration", "score"} of the handed-on candidate
         self.finished: str | None = None
 
+    def probe_order(self) -> list[str]:
+        order = [a for a in PROBE_ORDER if a in self.axes]
+        if self.start_structural:
+            order = ["structural", *(a for a in order if a != "structural")]
+        return order
+
     # -- lifecycle hooks --------------------------------------------------------------------
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
         self._reset()
         self.best = {"candidate": initial.to_dict(), "score": None, "iteration": 0}
         self.step_end = ctx.evaluator.usage.search_calls
-        skip = self._structural_unaffordable(ctx) if self.start_structural else None
-        if self.start_structural and not skip:
-            self.next_axis = ("structural", "start_structural=True: the first phase fixes the layout")
-        elif skip:
-            axis, why = self._choose(ctx, [a for a in self.axes if a != "structural"])
-            self.next_axis = (axis, f"{skip}; {why}")
-        else:
-            self.next_axis = self._choose(ctx)
-
-    def _structural_unaffordable(self, ctx: SearchContext) -> str | None:
-        """Why the structural opening is skipped, or None: one round (every layout scored on the
-        batch) must fit in half of the first phase's share of the metric-call budget."""
-        from reflex_dspy.strategies.structural import Structural
-
-        share = self._call_share(ctx)
-        if share is None or len(self.axes) == 1:
-            return None
-        variants = Structural(**self.axis_params.get("structural", {})).variants_per_round
-        round_cost = variants * (ctx.config.batch_size or len(ctx.trainset))
-        if 2 * round_cost <= share:
-            return None
-        return (f"structural opening skipped: one round scores {variants} layouts, about {round_cost} metric calls, "
-                f"more than half of the first phase's share ({share} of {ctx.evaluator.budget_left} calls left)")
-
-    def _call_share(self, ctx: SearchContext) -> int | None:
-        """The next phase's share of the metric calls left: an equal part per phase still promised."""
-        left = ctx.evaluator.budget_left
-        return None if left is None else left // max(self.min_phases - len(self.phases), 1)
+        self.alloc = Allocator(self.probe_order(), ctx.evaluator.budget_left, ctx.config.max_iterations,
+                               self.probe_fraction)
+        self.plan = self.alloc.next_plan(self.phases, ctx.evaluator.budget_left, ctx.config.max_iterations)
 
     def done(self) -> str | None:
         return self.finished
@@ -125,7 +123,7 @@ class Auto(Strategy):
         opening = None
         if self.sub is None:
             opening = self._begin_phase(ctx, iteration, batch)
-        step = self.sub.step(ctx, iteration, batch)
+        step = self.sub.step(ctx, iteration, batch[: self.batch_cap] if self.batch_cap else batch)
         step.phase = self.axis
         self.in_phase += 1
         if step.score is not None:
@@ -134,18 +132,23 @@ class Auto(Strategy):
                 self.phase_best = entry
         prefix = f"[{self.axis} phase {len(self.phases) + 1}]"
         step.reasoning = f"{prefix} {opening}\n\n{step.reasoning}" if opening else f"{prefix} {step.reasoning}"
-        step.details = {**step.details, "phase_number": len(self.phases) + 1}
+        step.details = {**step.details, "phase_number": len(self.phases) + 1,
+                        "auto": {"kind": self.plan.kind, "why": self.plan.why, "evidence": self.plan.evidence,
+                                 "share_calls": self.plan.calls, "share_iterations": self.phase_budget,
+                                 "probe_batch": self.batch_cap}}
         # One step's cost: this step's calls plus the validation of the previous one.
         spent_now = ctx.evaluator.usage.search_calls
         step_cost, self.step_end = spent_now - self.step_end, spent_now
-        share_spent = self.phase_calls is not None and spent_now - self.phase_calls_start + step_cost > self.phase_calls
-        if self.in_phase >= self.phase_budget or share_spent or self.sub.done() is not None:
+        share = self.plan.calls
+        share_spent = share is not None and spent_now - self.phase_calls_start + step_cost > share
+        self.idle = self.idle + 1 if step_cost == 0 else 0
+        if (self.in_phase >= self.phase_budget or share_spent or self.sub.done() is not None
+                or self.idle >= IDLE_STEPS):
             self._end_phase(ctx, iteration, batch)
         return step
 
     def patience_spent(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> bool:
-        """A phase that stalls ends there; the run goes on with the next axis unless auto is done.
-        (It used to end the whole run: a flat structural opening stopped auto before any other axis.)"""
+        """A phase that stalls ends there; the run goes on with the next axis unless auto is done."""
         if self.sub is not None:
             self._end_phase(ctx, iteration, batch)
         return self.finished is None
@@ -154,93 +157,99 @@ class Auto(Strategy):
     def _begin_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> str:
         from reflex_dspy.strategies import get_strategy
 
-        axis, why = self.next_axis
-        self.axis, self.next_axis = axis, None
-        self.sub = get_strategy(axis, self.metric, **self.axis_params.get(axis, {}))
+        plan = self.plan
+        self.axis = plan.axis
+        self.sub = get_strategy(plan.axis, self.metric, **self.axis_params.get(plan.axis, {}))
         left = ctx.config.max_iterations - iteration + 1
-        phases_left = max(self.max_phases - len(self.phases), 1)
-        share = self.phase_iterations.get(axis) or max(ctx.config.max_iterations // self.max_phases, 1)
-        self.phase_budget = left if phases_left == 1 else max(min(share, left), 1)
-        self.in_phase = 0
-        self.phase_calls = self._call_share(ctx)
+        cap = self.phase_iterations.get(plan.axis) or plan.iterations
+        self.phase_budget = max(min(plan.iterations, cap, left), 1)
+        self.batch_cap, cap_note = self._probe_batch(plan, len(batch))
+        self.in_phase = self.idle = 0
         self.phase_calls_start = ctx.evaluator.usage.search_calls
         self.phase_best = None
         handed_on = Candidate.from_dict(self.best["candidate"])
-        self.phase_start = {"iteration": iteration, "score": ctx.evaluate(handed_on, batch, label="auto: hand-on").mean}
+        self.phase_start = {"iteration": iteration}
         self.sub.start(ctx, handed_on)
-        calls = "" if self.phase_calls is None else f" and {self.phase_calls} metric calls"
-        return (f"Phase {len(self.phases) + 1}: {axis} for up to {self.phase_budget} iterations{calls}, starting "
-                f"from iteration {self.best['iteration']}'s candidate ({why}).")
+        calls = "" if plan.calls is None else f" and {plan.calls} metric calls"
+        return (f"Phase {len(self.phases) + 1} ({plan.kind}): {plan.axis} for up to {self.phase_budget} iterations"
+                f"{calls}, starting from iteration {self.best['iteration']}'s candidate. Why: {plan.why}.{cap_note}")
+
+    def _probe_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
+        """How much of the batch a structural probe can afford: one round scores every layout on it."""
+        if plan.kind != "probe" or plan.axis != "structural" or plan.calls is None:
+            return None, ""
+        from reflex_dspy.strategies.structural import Structural
+
+        variants = Structural(**self.axis_params.get("structural", {})).variants_per_round
+        affordable = max(plan.calls // (variants + 1), MIN_PROBE_BATCH)
+        if affordable >= batch_size:
+            return None, ""
+        return affordable, (f" One round scores {variants} layouts on each batch example, so this probe runs on "
+                            f"{affordable} of the {batch_size} batch examples.")
 
     def _end_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> None:
-        """Record the phase, hand on the best candidate so far, and decide what comes next."""
-        start_score = self.phase_start["score"]
-        best = Candidate.from_dict(self.best["candidate"])
-        contenders = [(best, self.best)]
+        """Record the phase with its measured gain, hand on the best candidate so far, plan the next."""
+        contenders = [(Candidate.from_dict(self.best["candidate"]), self.best)]  # the handed-on candidate
         if self.phase_best is not None:
             contenders.append((Candidate.from_dict(self.phase_best["candidate"]), self.phase_best))
-        # Compare on one batch: with minibatches, scores of different iterations are not comparable.
-        results = ctx.evaluate_many([c for c, _ in contenders], batch, label="auto: phase end")
-        (winner, entry), score = max(zip(contenders, (r.mean or 0.0 for r in results), strict=True),
-                                     key=lambda pair: pair[1])  # ties keep the earlier best
+        # Compare on one batch (with minibatches, scores of different iterations are not comparable),
+        # leaving out the examples any contender's demos came from: no demo scored on its own example.
+        left_out = set().union(*(content_sources(c, batch) for c, _ in contenders))
+        scored_on = [ex for ex in batch if example_id(ex) not in left_out]
+        if scored_on:
+            results = ctx.evaluate_many([c for c, _ in contenders], scored_on, label="auto: phase end")
+            scores = [r.mean or 0.0 for r in results]
+            start_score = scores[0]
+            (_, entry), score = max(zip(contenders, scores, strict=True), key=lambda pair: pair[1])  # ties: earlier
+        else:  # every batch example lent a demo: nothing honest to compare on, the best so far stays
+            entry, score, start_score = self.best, self.best["score"], None
         self.best = {**entry, "score": score}
         self.phases.append({
             "axis": self.axis,
+            "kind": self.plan.kind,
+            "why": self.plan.why,
             "iterations": self.in_phase,
             "metric_calls": ctx.evaluator.usage.search_calls - self.phase_calls_start,
             "first_iteration": self.phase_start["iteration"],
             "score_before": start_score,
             "score_after": score,
+            "scored_on": len(scored_on),
             "gain": None if start_score is None else round(score - start_score, 4),
             "handed_on_iteration": self.best["iteration"],
         })
-        self.sub = None
-        self.axis = None
-        gain = self.phases[-1]["gain"]
+        self.sub, self.axis, self.plan = None, None, None
+        self.finished = self._finish_reason(ctx, iteration)
+        if self.finished is None and iteration < ctx.config.max_iterations:
+            self.plan = self.alloc.next_plan(self.phases, ctx.evaluator.budget_left,
+                                             ctx.config.max_iterations - iteration)
+            if self.plan is None:
+                self.finished = ("auto converged: every axis probed, and the last phase of each measured nothing "
+                                 "new (its strategy had nothing left to try)")
+
+    def _finish_reason(self, ctx: SearchContext, iteration: int) -> str | None:
+        """Why auto stops now, or None: never for lack of gain while an axis is untried or more
+        than CONVERGE_LEFT of the budget is left."""
+        last = self.phases[-1]
         if len(self.phases) >= self.max_phases:
-            self.finished = f"auto ran {len(self.phases)} phases (max_phases)"
-        elif len(self.phases) >= self.min_phases and gain is not None and gain <= NO_GAIN:
-            self.finished = f"auto converged: phase {len(self.phases)} ({self.phases[-1]['axis']}) brought no gain"
-        elif iteration < ctx.config.max_iterations:
-            self.next_axis = self._choose(ctx)
-
-    def _choose(self, ctx: SearchContext, axes: Sequence[str] | None = None) -> tuple[str, str]:
-        """The next axis (of `axes`, default all allowed) and why: the reasoning model's choice,
-        else the deterministic rule."""
-        axes = list(axes or self.axes)
-        history = json.dumps(self.phases) if self.phases else "[] (no phase has run yet)"
-
-        def check(reply: dspy.Prediction, truncated: bool, attempt: int) -> tuple[str, str]:
-            axis = str(reply.get("axis") or "").strip().lower()
-            if axis not in axes:
-                raise ProposalRejected(f"axis {axis!r} is not one of {', '.join(axes)}")
-            return axis, f"chosen by the reasoning model: {' '.join(str(reply.get('reason') or '').split())[:300]}"
-
-        try:
-            return ctx.proposer.ask(ChooseNextAxis, check, phase_history=history, available_axes=axes)
-        except ProposalRejected as exc:
-            return self._fallback(axes), f"deterministic rule (the reasoning model's choice was refused: {exc})"
-
-    def _fallback(self, axes: Sequence[str]) -> str:
-        """An untried axis (cheapest first), else the one with the best gain so far."""
-        tried = {p["axis"] for p in self.phases}
-        for axis in FALLBACK_ORDER:
-            if axis in axes and axis not in tried:
-                return axis
-        gains: dict[str, float] = {}
-        for p in self.phases:
-            gains[p["axis"]] = max(gains.get(p["axis"], float("-inf")), p["gain"] or 0.0)
-        return max(axes, key=lambda a: (gains.get(a, 0.0), -FALLBACK_ORDER.index(a)))
+            return f"auto ran {len(self.phases)} phases (max_phases)"
+        no_gain = last["gain"] is not None and last["gain"] <= NO_GAIN
+        if (no_gain and len(self.phases) >= self.min_phases and not self.alloc.untried(self.phases)
+                and self.alloc.spent_enough(ctx.evaluator.budget_left, ctx.config.max_iterations - iteration)):
+            return (f"auto converged: every axis probed, phase {len(self.phases)} ({last['axis']}) brought no gain "
+                    f"and at most {CONVERGE_LEFT:.0%} of the budget is left")
+        return None
 
     # -- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "axis": self.axis,
             "sub_state": self.sub.state_dict() if self.sub is not None else None,
-            "next_axis": list(self.next_axis) if self.next_axis else None,
+            "alloc": self.alloc.to_dict() if self.alloc is not None else None,
+            "plan": dict(self.plan.__dict__) if self.plan is not None else None,
             "in_phase": self.in_phase,
+            "idle": self.idle,
             "phase_budget": self.phase_budget,
-            "phase_calls": self.phase_calls,
+            "batch_cap": self.batch_cap,
             "phase_calls_start": self.phase_calls_start,
             "step_end": self.step_end,
             "phase_start": self.phase_start,
@@ -254,14 +263,19 @@ class Auto(Strategy):
         from reflex_dspy.strategies import get_strategy
 
         self._reset()
+        if "alloc" not in state:
+            raise ReflexError("this checkpoint is from an older auto (axes chosen by the reasoning model); "
+                              "it cannot be resumed by this version: start a new run")
         self.axis = state["axis"]
         if self.axis is not None:
             self.sub = get_strategy(self.axis, self.metric, **self.axis_params.get(self.axis, {}))
             self.sub.load_state_dict(state["sub_state"])
-        self.next_axis = tuple(state["next_axis"]) if state.get("next_axis") else None
+        self.alloc = Allocator.from_dict(state["alloc"]) if state.get("alloc") else None
+        self.plan = Plan(**state["plan"]) if state.get("plan") else None
         self.in_phase = state["in_phase"]
+        self.idle = state.get("idle", 0)
         self.phase_budget = state["phase_budget"]
-        self.phase_calls = state.get("phase_calls")  # absent in checkpoints from before call shares
+        self.batch_cap = state.get("batch_cap")
         self.phase_calls_start = state.get("phase_calls_start", 0)
         self.step_end = state.get("step_end", 0)
         self.phase_start = state.get("phase_start")

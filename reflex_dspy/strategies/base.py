@@ -1,107 +1,25 @@
 """The contract between a strategy and the run lifecycle.
 
 A strategy proposes candidates and reads scores; it never evaluates, splits or persists by
-itself. The lifecycle (`reflex_dspy.reflex`) hands it a `SearchContext` whose `evaluate` is the
-one evaluator and whose `proposer` is the one reasoning-model client, calls `step()` once per
-iteration, and records what comes back. `state_dict()` must capture everything needed to
-resume mid-run, as JSON-serialisable data.
+itself. The lifecycle (`reflex_dspy.lifecycle`) hands it a `SearchContext` (`reflex_dspy.search`)
+whose `evaluate` is the one evaluator and whose `proposer` is the one reasoning-model client,
+calls `step()` once per iteration, and records what comes back. `state_dict()` must capture
+everything needed to resume mid-run, as JSON-serialisable data.
 """
 
 from __future__ import annotations
 
 import abc
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import dspy
 from dspy.teleprompt import Teleprompter
 
 from reflex_dspy.candidate import Candidate
-from reflex_dspy.evaluation import EvalResult, Evaluator
-from reflex_dspy.proposals import Proposer, TaskFacts
+from reflex_dspy.search import SearchContext, Step, restore_rng, rng_state
 
-if TYPE_CHECKING:
-    from reflex_dspy.config import OptimizerConfig
-
-
-def rng_state(rng: random.Random) -> list[Any]:
-    """`rng`'s state as JSON (a checkpoint holds only JSON); `restore_rng` puts it back."""
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def restore_rng(rng: random.Random, state: Sequence[Any]) -> None:
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))
-
-
-@dataclass
-class SearchContext:
-    """What a strategy may use during a run."""
-
-    student: dspy.Module
-    trainset: list[dspy.Example]
-    evaluator: Evaluator
-    proposer: Proposer
-    config: OptimizerConfig
-    predictor_names: list[str]
-    facts: dict[str, TaskFacts] = field(default_factory=dict)
-    rng: random.Random = field(default_factory=random.Random)
-    workdir: Path | None = None  # a folder inside the run record for a strategy's own files (GEPA's log)
-
-    def evaluate(self, candidate: Candidate, batch: Sequence[dspy.Example], label: str = "train") -> EvalResult:
-        return self.evaluator.evaluate(candidate, batch, label=label)
-
-    def evaluate_many(
-        self, candidates: Sequence[Candidate], batch: Sequence[dspy.Example], label: str = "train"
-    ) -> list[EvalResult]:
-        """Score several candidates on the same batch, sharing the evaluator's worker pool."""
-        return self.evaluator.evaluate_many(candidates, batch, label=label)
-
-    @cached_property
-    def examples_by_id(self) -> dict[str, dspy.Example]:
-        from reflex_dspy.data import example_id
-
-        return {example_id(ex): ex for ex in self.trainset}
-
-    @cached_property
-    def has_gold(self) -> bool:
-        """Whether the examples carry reference outputs; without them the metric is a judge."""
-        from reflex_dspy.metrics import label_fields
-
-        return bool(self.trainset) and bool(label_fields(self.trainset[0]))
-
-
-@dataclass
-class Step:
-    """One iteration's outcome: the candidate it produced and its score on the iteration batch.
-
-    `parent_score` is the score, on the same batch, of the candidate the change started from,
-    so `score - parent_score` is the effect of exactly this change.
-    """
-
-    candidate: Candidate
-    result: EvalResult
-    parent_score: float | None
-    reasoning: str
-    change_summary: str
-    predictor: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    phase: str | None = None  # the sub-strategy that produced it, when a strategy chains others (auto)
-
-    @property
-    def score(self) -> float | None:
-        return self.result.mean
-
-    @property
-    def delta(self) -> float | None:
-        if self.score is None or self.parent_score is None:
-            return None
-        return self.score - self.parent_score
+__all__ = ["SearchContext", "Step", "Strategy", "restore_rng", "rng_state"]  # the first four re-exported from search
 
 
 class Strategy(Teleprompter, abc.ABC):
@@ -139,11 +57,11 @@ class Strategy(Teleprompter, abc.ABC):
         Like DSPy's own teleprompters, the trainset is used for the search and `valset` (when
         given) for selection; nothing is held out unless `train_ratio` says so.
         """
-        from reflex_dspy.reflex import Reflex
+        import reflex_dspy  # the public face, resolved lazily: strategies sit below `reflex.py`
 
         kwargs.setdefault("train_ratio", 1.0)
         kwargs.setdefault("val_ratio", 0.0)
-        return Reflex(metric=self.metric, strategy=self, **kwargs).compile(
+        return reflex_dspy.Reflex(metric=self.metric, strategy=self, **kwargs).compile(
             student, trainset=trainset, valset=valset, teacher=teacher
         )
 

@@ -8,10 +8,15 @@ such as a judge where nothing is perfect, the top quarter): that is what lets it
 gold. Each successful trace gives every optimizable predictor its own demo (that step's inputs
 and outputs), so multi-step programs get demos from full traces.
 
-Each iteration the selection rule picks up to `max_examples` pool entries; the candidate with
-those demos is scored against the current one on the batch minus the source examples of
-either candidate's demos, so no demo is ever scored on its own example. It is kept only when
-strictly better.
+Each iteration tries one demo set, cycling through three kinds (the set sizes searched too,
+not fixed): the selection rule's pick from the bootstrapped pool; labeled demos (gold train
+examples, DSPy's LabeledFewShot, which a weak task model's few successful traces cannot
+match); and a random restart (a random draw from both pools, as BootstrapFewShotWithRandomSearch
+does), so the search does not only refine the rule's own order. Sizes follow `SIZE_SCHEDULE`
+(the first set has `max_examples`), capped by half the batch so something is left to score on.
+The candidate with the set is scored against the current one on the batch minus the source
+examples of either candidate's demos, so no demo is ever scored on its own example. It is kept
+only when strictly better.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ AGENT_TRIES = 2  # reasoning-model selections per iteration before giving up on 
 # it must show most of a label set to produce successful traces on every label; the cost is
 # prompt tokens in bootstrap evaluations only.
 TEACHER_DEMOS = 8
+SET_KINDS = ("rule", "labeled", "random")  # the kinds of demo set successive iterations try
+SIZE_SCHEDULE = (4, 8, 2, 16, 1, 12, 6, 3)  # set sizes tried after `max_examples`, each capped by it
 
 
 def success_bar(scores: Sequence[float]) -> float | None:
@@ -78,17 +85,58 @@ def content_sources(candidate: Candidate, examples: Sequence[dspy.Example]) -> s
     return found
 
 
+def fitting_fields(ctx: SearchContext, predictors: Sequence[str], example: dspy.Example) -> dict[str, list[str]]:
+    """Each of `predictors` whose input and output fields the (gold) example fills: those can take it
+    as a labeled demo (DSPy's LabeledFewShot), the others cannot."""
+    if not ctx.has_gold:
+        return {}
+    keys = set(example.keys()) - {ID_FIELD}
+    fits = {name: [*p.signature.input_fields, *p.signature.output_fields]
+            for name, p in ctx.student.named_predictors() if name in predictors}
+    return {name: fields for name, fields in fits.items() if set(fields) <= keys}
+
+
+def labeled_entries(ctx: SearchContext, predictors: Sequence[str], examples: Sequence[dspy.Example],
+                    round_: int = 0) -> list[PoolEntry]:
+    """Gold examples as pool entries (score 1.0), for the predictors whose fields they fill."""
+    if not examples:
+        return []
+    fits = fitting_fields(ctx, predictors, examples[0])
+    if not fits:
+        return []
+    return [PoolEntry(example_id(ex), 1.0, _inputs(ex), answer_text(label_fields(ex)),
+                      {name: {k: ex[k] for k in fields} for name, fields in fits.items()}, round_) for ex in examples]
+
+
+def traced_entries(ctx: SearchContext, result: EvalResult, predictors: Sequence[str],
+                   round_: int = 0) -> list[PoolEntry]:
+    """Successful traces in `result` as pool entries: each gives every predictor it ran its own demo."""
+    bar = success_bar(list(result.scores.values()))
+    fresh = []
+    for r in result.results.values():
+        if bar is None or r.score is None or r.score < bar:
+            continue
+        demos: dict[str, dict[str, Any]] = {}
+        for step in r.trace:
+            if step["predictor"] in predictors and step["predictor"] not in demos:
+                demos[step["predictor"]] = {**step["inputs"], **step["outputs"]}
+        if demos:
+            ex = ctx.examples_by_id[r.example_id]
+            fresh.append(PoolEntry(r.example_id, r.score, _inputs(ex), answer_text(r.output), demos, round_))
+    return fresh
+
+
 class FewShot(Strategy):
     """Bootstrapped few-shot demos; see the module docstring.
 
-    Parameters: `max_examples` (5) demos per predictor; `candidate_pool_size` (20) successful
-    traces kept; `bootstrap_rounds` (3) iterations between re-bootstraps; `selection_strategy`
+    Parameters: `max_examples` (16) demos per predictor at most (the set size is searched up to
+    it); `candidate_pool_size` (20) successful traces kept; `bootstrap_rounds` (3) iterations between re-bootstraps; `selection_strategy`
     ("diverse", "top_k" or "agent_curated").
     """
 
     name = "fewshot"
 
-    def __init__(self, metric: Any = None, *, max_examples: int = 5, candidate_pool_size: int = 20,
+    def __init__(self, metric: Any = None, *, max_examples: int = 16, candidate_pool_size: int = 20,
                  bootstrap_rounds: int = 3, selection_strategy: str = "diverse"):
         if selection_strategy not in SELECTION_RULES:
             raise ValueError(f"selection_strategy must be one of {', '.join(SELECTION_RULES)}")
@@ -119,10 +167,10 @@ class FewShot(Strategy):
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
         boot = self._bootstrap(ctx, iteration) if self.rounds_left <= 0 or not self.pool else None
-        selection = self._untried(ctx)
+        selection = self._untried(ctx, len(batch))
         if selection is None and boot is None:  # every set this pool can form was tried: refresh it now
             boot = self._bootstrap(ctx, iteration)
-            selection = self._untried(ctx)
+            selection = self._untried(ctx, len(batch))
         self.rounds_left -= 1
         if selection is None:
             why = "the pool is empty" if not self.pool else "every demo set the rule forms from the pool was tried"
@@ -136,21 +184,15 @@ class FewShot(Strategy):
     def _teacher(self, ctx: SearchContext, eligible: list[dspy.Example],
                  rng: random.Random) -> tuple[Candidate, list[str]]:
         """The current candidate, plus labeled demos where gold outputs fill a predictor's fields."""
-        if not ctx.has_gold or not eligible:
-            return self.current, []
-        keys = set(eligible[0].keys()) - {ID_FIELD}
-        fits = {name: [*p.signature.input_fields, *p.signature.output_fields]
-                for name, p in ctx.student.named_predictors() if name in self.current.predictors}
-        fits = {name: fields for name, fields in fits.items() if set(fields) <= keys}
-        if not fits:
+        predictors = list(self.current.predictors)
+        if not eligible or not fitting_fields(ctx, predictors, eligible[0]):
             return self.current, []
         sample = rng.sample(eligible, min(len(eligible), self.candidate_pool_size * 2))
-        gold = [PoolEntry(example_id(ex), 1.0, _inputs(ex), answer_text(label_fields(ex)),
-                          {name: {k: ex[k] for k in fields} for name, fields in fits.items()}) for ex in sample]
+        gold = labeled_entries(ctx, predictors, sample)
         # At most half of what is eligible: the rest is what the teacher's traces are bootstrapped on.
         chosen = diverse(gold, min(max(self.max_examples, TEACHER_DEMOS), len(eligible) // 2), variant=self.round)
         teacher = self.current
-        for name in fits:
+        for name in gold[0].demos:
             teacher = teacher.with_demos(name, [*teacher.predictors[name].demos, *(e.demos[name] for e in chosen)])
         return teacher, [e.example_id for e in chosen]
 
@@ -166,17 +208,7 @@ class FewShot(Strategy):
         result = ctx.evaluate(teacher, sample, label=f"iter {iteration}: bootstrap")
         bar = success_bar(list(result.scores.values()))
         self.round += 1
-        fresh = []
-        for r in result.results.values():
-            if bar is None or r.score is None or r.score < bar:
-                continue
-            demos: dict[str, dict[str, Any]] = {}
-            for step in r.trace:
-                if step["predictor"] in self.current.predictors and step["predictor"] not in demos:
-                    demos[step["predictor"]] = {**step["inputs"], **step["outputs"]}
-            if demos:
-                ex = ctx.examples_by_id[r.example_id]
-                fresh.append(PoolEntry(r.example_id, r.score, _inputs(ex), answer_text(r.output), demos, self.round))
+        fresh = traced_entries(ctx, result, list(self.current.predictors), self.round)
         before = {e.key for e in self.pool}
         by_id = {e.example_id: e for e in self.pool}
         for entry in fresh:  # a newer trace of the same example replaces the old one unless it scored lower
@@ -189,20 +221,44 @@ class FewShot(Strategy):
                 "pool": len(self.pool), "teacher_labeled_demos": labeled, "exhaustive": size == len(eligible)}
 
     # -- selection ----------------------------------------------------------------------------
-    def _untried(self, ctx: SearchContext) -> Selection | None:
+    def _untried(self, ctx: SearchContext, batch_size: int) -> Selection | None:
         """The next selection whose demo set has not been scored yet, or None."""
-        tries = AGENT_TRIES if self.selection_strategy == "agent_curated" else len(self.pool)
-        for _ in range(tries):
+        per_kind = AGENT_TRIES if self.selection_strategy == "agent_curated" else max(len(self.pool), 1)
+        for _ in range(per_kind * len(SET_KINDS)):
             variant = self.variant
             self.variant += 1
-            selection = select(self.selection_strategy, self.pool, self.max_examples, variant,
-                               proposer=ctx.proposer, instructions=self.current.render(), facts=self._facts(ctx))
-            selection.details["variant"] = variant
+            kind, k = SET_KINDS[variant % len(SET_KINDS)], self._size(batch_size)
+            selection = self._select(ctx, kind, k, variant // len(SET_KINDS))
+            selection.details.update(variant=variant, set_kind=kind, set_size=k)
             key = "|".join(sorted(e.key for e in selection.entries))
             if selection.entries and key not in self.tried:
                 self.tried.append(key)
                 return selection
         return None
+
+    def _size(self, batch_size: int) -> int:
+        """This selection's set size: `max_examples` first, then `SIZE_SCHEDULE`, all capped by
+        `max_examples` and by half the batch (the demos' sources are left out of the scoring)."""
+        cap = min(self.max_examples, max(batch_size // 2, 1))
+        sizes = list(dict.fromkeys(min(k, cap) for k in (self.max_examples, *SIZE_SCHEDULE)))
+        return sizes[len(self.tried) % len(sizes)]
+
+    def _select(self, ctx: SearchContext, kind: str, k: int, variant: int) -> Selection:
+        """A set of `kind`: the rule's pick from the bootstrapped pool, labeled demos, or a random restart."""
+        if kind == "rule":
+            return select(self.selection_strategy, self.pool, k, variant, proposer=ctx.proposer,
+                          instructions=self.current.render(), facts=self._facts(ctx))
+        seen = set(self.current_sources)
+        labeled = labeled_entries(ctx, list(self.current.predictors),
+                                  [ex for ex in ctx.trainset if example_id(ex) not in seen])
+        if kind == "labeled":
+            return Selection(diverse(labeled, k, variant), "labeled",
+                             note="labeled demos: gold train examples, greedy coverage")
+        pooled = {e.example_id for e in self.pool}
+        union = [*self.pool, *(e for e in labeled if e.example_id not in pooled)]
+        chosen = ctx.rng.sample(union, min(k, len(union)))
+        return Selection(chosen, "random", note=f"random restart: {len(chosen)} of {len(union)} bootstrapped and "
+                                                "labeled demos")
 
     @staticmethod
     def _facts(ctx: SearchContext) -> str:

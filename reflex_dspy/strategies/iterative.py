@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import dspy
+from pydantic import Field
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_failures
@@ -59,7 +60,8 @@ class Iterative(Strategy):
 
     name = "iterative"
 
-    def __init__(self, metric: Any = None, *, bottom_k: int = 10, predictor_order: str = "round_robin"):
+    def __init__(self, metric: Any = None, *, bottom_k: Annotated[int, Field(ge=1)] = 10,
+                 predictor_order: Literal["round_robin", "worst_first"] = "round_robin"):
         if predictor_order not in ("round_robin", "worst_first"):
             raise ValueError("predictor_order must be 'round_robin' or 'worst_first'")
         super().__init__(metric, bottom_k=bottom_k, predictor_order=predictor_order)

@@ -55,6 +55,12 @@ class Tracker:
         Called from evaluation worker threads, serialised by the evaluator's lock.
         """
 
+    def on_trial(self, trial: dict[str, Any]) -> None:
+        """One (candidate, example) pair just scored, failed ones included: the live trials feed.
+
+        Called from evaluation worker threads, several at once: a writer serialises its own writes.
+        """
+
     def on_program(self, program: dspy.Module) -> None:
         """The optimized program (the selected candidate applied to the student), just before `on_result`."""
 
@@ -104,6 +110,9 @@ class Trackers(Tracker):
 
     def on_paid_call(self, entry):
         self._each("on_paid_call", entry)
+
+    def on_trial(self, trial):
+        self._each("on_trial", trial)
 
     def on_program(self, program):
         self._each("on_program", program)

@@ -1,9 +1,16 @@
 """`MlflowTracker`: MLflow is the store of record of a run (SPEC §9).
 
 One reflex run is one parent MLflow run (config, baseline, checkpoint, trajectory, result, the
-optimized program); each iteration is one nested child run with its prompts, reasoning and diff.
+optimized program as a servable model); each iteration is one nested child run with its
+prompts, demos, reasoning and diff as previewable text. When the user has an MLflow run open
+(their own `mlflow.start_run()`, or `mlflow.dspy.autolog`'s), the parent nests under it.
 Artifacts carry the exact text of the reflex layout files (`files.dumps`), so `export_run` can
 re-create the layout byte for byte.
+
+Opening the store (importing MLflow, creating or migrating the database, creating the parent
+run) takes seconds; it runs in a background thread started by `on_run_start`, while the
+baseline is measured, and every later hook waits for it. The parent's start time is the
+moment `on_run_start` was called, so MLflow's durations are the run's real ones.
 
 Why every hook is guarded: tracking must never kill an optimization that is paying for LM calls.
 The first MLflow failure (server down, disk full) warns once, naming the (redacted) URI, and
@@ -13,14 +20,13 @@ logging stops for this run; the reflex layout on disk still records everything.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
-import importlib
 import json
 import logging
 import os
 import re
-import tempfile
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,11 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from reflex_dspy._env import apply_env_defaults
-from reflex_dspy.result import target_label
 from reflex_dspy.tracking.base import Tracker
 from reflex_dspy.tracking.files import dumps
+from reflex_dspy.tracking.mlflow_artifacts import child_files, dataset_input, description
+from reflex_dspy.tracking.mlflow_target import DEFAULT_EXPERIMENT, local_artifact_root, store_lock
 from reflex_dspy.tracking.plot import trajectory_svg
 from reflex_dspy.tracking.redact import redact_text, redact_uri
+from reflex_dspy.tracking.schema import FileContext, config_document
 
 if TYPE_CHECKING:
     import dspy
@@ -44,18 +52,20 @@ if TYPE_CHECKING:
 PARAM_LIMIT, TAG_LIMIT, KEY_LIMIT, BATCH = 6000, 8000, 250, 100  # mlflow.utils.validation limits
 ITERATION_TAG, PARENT_TAG = "reflex.iteration", "mlflow.parentRunId"
 RUN_ID_TAG, RUN_PATH_TAG = "reflex.run_id", "reflex.run_path"  # run_path: the unique key of a run
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
 CHILD_PARAMS = ("strategy", "phase", "iteration", "predictor")
 CHILD_METRICS = ("score", "val_score", "delta", "eval_tokens", "reasoning_tokens", "elapsed_seconds",
                  "metric_calls")
 _KEY_CHARS = re.compile(r"[^\w\-. /]")
 _QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
-_PICKLE_LOGGERS = ("mlflow.dspy.save", "dspy.primitives.base_module", "dspy.dsp.utils.settings")  # "pickle!"
+_MODEL_LOGGERS = ("mlflow.dspy.save", "dspy.primitives.base_module", "dspy.dsp.utils.settings", "mlflow.models.model",
+                  "dspy.utils.saving")  # "pickle!" warnings and version notes
 _F = TypeVar("_F", bound=Callable[..., Any])
 logger = logging.getLogger(__name__)
 
 
 class TrackingWarning(UserWarning):
-    """MLflow tracking failed; the run goes on without it."""
+    """MLflow tracking failed; the run goes on without it (the warning says what was lost)."""
 
 
 @contextlib.contextmanager
@@ -74,14 +84,13 @@ def quiet_store_setup(
 
 
 def default_artifact_root(tracking_uri: str) -> Path | None:
-    """`<db dir>/mlartifacts` for a SQLite store, so artifacts never land in the working directory."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-    return None
+    """Kept for callers of the old name: see `mlflow_target.local_artifact_root`."""
+    return local_artifact_root(tracking_uri)
 
 
 def open_experiment(client: MlflowClient, name: str, artifact_root: Path | None, create: bool) -> str | None:
-    """The id of experiment `name` (restored if deleted; created when `create`), or None."""
+    """The id of experiment `name` (restored if deleted; created when `create`), or None.
+    `artifact_root` only for a SQLite store: a server puts artifacts where it is configured to."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
@@ -143,16 +152,18 @@ def _describe(exc: BaseException, limit: int) -> str:
     return redact_text(f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:limit]
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w\-.]", "_", name) or "_"
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _guarded(hook: _F) -> _F:
-    """Run a hook unless tracking failed (or has no parent run yet); the first failure warns once."""
+    """Run a hook once the store is open, unless tracking failed (or there is no parent run);
+    the first failure warns once."""
     opens_run = hook.__name__ in ("on_run_start", "on_resume")
 
     @functools.wraps(hook)
     def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
+        self._join()
         if self.failed is not None or (self.run_id is None and not opens_run):
             return None
         try:
@@ -165,24 +176,43 @@ def _guarded(hook: _F) -> _F:
 
 
 class MlflowTracker(Tracker):
-    """Writes a run to MLflow: a parent run, one child run per iteration."""
+    """Writes a run to MLflow: a parent run (nested under `parent_run_id` when given), one child
+    run per iteration, the program as a model, and (config `register_prompt`) the prompt registry."""
 
     def __init__(
-        self, tracking_uri: str, experiment: str = "reflex", artifact_root: Path | None = None
+        self, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, artifact_root: Path | None = None,
+        *, parent_run_id: str | None = None,
     ) -> None:
         apply_env_defaults()
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.artifact_root = Path(artifact_root) if artifact_root else default_artifact_root(tracking_uri)
+        self.artifact_root = Path(artifact_root) if artifact_root else local_artifact_root(tracking_uri)
+        self.parent_run_id = parent_run_id  # the user's (or autolog's) active run
         self.failed: str | None = None
         self.run_id: str | None = None  # the MLflow id of the parent run
+        self.model_id: str | None = None
         self._client: MlflowClient | None = None
+        self._opening: threading.Thread | None = None
+        self._open_error: BaseException | None = None
         self._experiment_id = ""
         self._info: dict[str, Any] = {}
         self._records: dict[int, IterationRecord] = {}
-        self._baseline: float | None = None
+        self._context = FileContext()  # what checkpoint.json needs beyond the state (tracking/schema.py)
+        self._baseline: Measurement | None = None
+        self._program: dspy.Module | None = None
         self._child: str | None = None  # a child run being written, to close on error
         self._logged: dict[str, dict[int, float]] = {"score": {}, "val_score": {}}  # parent trajectory
+        self._started_ms = _now_ms()
+        self._mark_ms = self._started_ms  # when the next iteration began (the last checkpoint)
+
+    @classmethod
+    def for_run(cls, tracking_uri: str, experiment: str | None) -> MlflowTracker:
+        """A tracker for a resolved store: the experiment (and the run to nest under) resolved the
+        way MLflow users expect (`mlflow_target.resolve_target`), in the caller's thread."""
+        from reflex_dspy.tracking.mlflow_target import resolve_target
+
+        target = resolve_target(tracking_uri, experiment)
+        return cls(target.tracking_uri, target.experiment, parent_run_id=target.parent_run_id)
 
     def __repr__(self) -> str:
         return f"MlflowTracker({redact_uri(self.tracking_uri)!r}, experiment={self.experiment!r})"
@@ -190,22 +220,35 @@ class MlflowTracker(Tracker):
     # -- plumbing ---------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         self.failed = _describe(exc, 300)
+        where = f"run {self.run_id}" if self.run_id else "the run"
         warnings.warn(
-            f"MLflow tracking to {redact_uri(self.tracking_uri)} failed, no more logging for this run: "
-            f"{self.failed}",
+            f"MLflow tracking to {redact_uri(self.tracking_uri)} failed; MLflow's record of {where} is "
+            f"incomplete from here on (the run directory has everything): {self.failed}",
             TrackingWarning,
             stacklevel=3,
         )
 
+    def _join(self) -> None:
+        """Wait for the background opening; its failure is reported here, in the caller's thread."""
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+            if self._open_error is not None and self.failed is None:
+                self._fail(self._open_error)
+
     @property
     def client(self) -> MlflowClient:
-        """The client, opening the store and the experiment on first use (not in __init__: it may fail)."""
+        """The client, opening the store and the experiment on first use (not in __init__: it may fail).
+        Creating a SQLite store is serialised between processes (`store_lock`)."""
         if self._client is None:
             import mlflow
 
-            with quiet_store_setup():
+            with quiet_store_setup(), store_lock(self.tracking_uri):
                 client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-                self._experiment_id = open_experiment(client, self.experiment, self.artifact_root, True)
+                self._experiment_id = self._experiment_id or open_experiment(
+                    client, self.experiment, self.artifact_root, True)
+            with contextlib.suppress(AttributeError):  # "🏃 View run ..." lines would land in our summary
+                client._tracking_client._log_url = lambda run_id: None
             self._client = client
         return self._client
 
@@ -214,7 +257,7 @@ class MlflowTracker(Tracker):
         """One batched write; None values are skipped, keys and values fitted to MLflow's limits."""
         from mlflow.entities import Metric, Param, RunTag
 
-        now = int(time.time() * 1000)
+        now = _now_ms()
         ms = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None]
         ps = [Param(_KEY_CHARS.sub("_", k)[:KEY_LIMIT], redact_text(_text(v))[:PARAM_LIMIT])
               for k, v in (params or {}).items() if v is not None]
@@ -236,9 +279,16 @@ class MlflowTracker(Tracker):
             "reflex.dataset": (info.get("metadata") or {}).get("dataset_path"),
             "reflex.branched_from_run": branched.get("run_id"),
             "reflex.branched_from_iteration": branched.get("iteration"),
+            "reflex.started": info.get("created"),
+            PARENT_TAG: self.parent_run_id,
+            NOTE_TAG: description(info),
+            "mlflow.source.name": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
+            "mlflow.source.type": "LOCAL",
+            "mlflow.user": _user(),
         }
         name = " ".join(str(p) for p in ("reflex", info["run_id"], config.get("strategy")) if p)
-        run = self.client.create_run(self._experiment_id, run_name=name, tags=_tags(tags))  # findable at once
+        run = self.client.create_run(self._experiment_id, start_time=self._started_ms, run_name=name,
+                                     tags=_tags(tags))  # findable at once
         params = {
             **_flatten(config, "config"),
             **_flatten(info.get("strategy_params") or {}, "strategy"),
@@ -248,7 +298,9 @@ class MlflowTracker(Tracker):
             "budget": info.get("budget"),
         }
         self._log(run.info.run_id, params=params)
-        self.client.log_text(run.info.run_id, redact_text(dumps(info)), "config.json")
+        self.client.log_text(run.info.run_id, redact_text(dumps(config_document(info))), "config.json")
+        if (dataset := dataset_input(info)) is not None:
+            self.client.log_inputs(run.info.run_id, datasets=[dataset])
         return run.info.run_id
 
     def _find_parent(self, info: dict[str, Any]) -> str | None:
@@ -263,55 +315,67 @@ class MlflowTracker(Tracker):
     def _trajectory(self) -> None:
         threshold = (self._info.get("config") or {}).get("score_threshold")
         records = [self._records[i] for i in sorted(self._records)]
-        svg = trajectory_svg(records, baseline=self._baseline, threshold=threshold)
+        baseline = self._baseline.mean if self._baseline is not None else None
+        svg = trajectory_svg(records, baseline=baseline, threshold=threshold)
         self.client.log_text(self.run_id, svg, "trajectory.svg")
 
-    def _log_point(self, record: IterationRecord) -> None:
-        """The parent's score/val_score at step=iteration, unless that value is already there (resume)."""
+    def _log_point(self, step: int, **values: float | None) -> None:
+        """The parent's score/val_score at `step` (the iteration; 0 = the starting prompt), unless
+        that value is already there (resume)."""
         metrics = {}
-        for key in ("score", "val_score"):
-            value = getattr(record, key)
-            if value is not None and self._logged[key].get(record.iteration) != float(value):
-                metrics[key] = self._logged[key][record.iteration] = float(value)
-        self._log(self.run_id, metrics=metrics, step=record.iteration)
+        for key, value in values.items():
+            if value is not None and self._logged[key].get(step) != float(value):
+                metrics[key] = self._logged[key][step] = float(value)
+        self._log(self.run_id, metrics=metrics, step=step)
+
+    def _log_record_point(self, record: IterationRecord) -> None:
+        if record.iteration == 1 and record.score is not None and record.delta is not None:
+            self._log_point(0, score=round(record.score - record.delta, 6))  # the starting prompt, same batch
+        self._log_point(record.iteration, score=record.score, val_score=record.val_score)
 
     # -- iterations -------------------------------------------------------------------
-    def _previous_prompts(self, iteration: int) -> dict[str, str]:
-        """The prompts `iteration` changed: the previous record's, or the initial candidate's."""
+    def _previous_candidate(self, iteration: int) -> dict[str, Any]:
+        """The candidate `iteration` changed: the previous record's, or the initial one."""
         earlier = [i for i in self._records if i < iteration]
         if earlier:
-            return dict(self._records[max(earlier)].system_prompt)
-        predictors = (self._info.get("initial_candidate") or {}).get("predictors") or {}
-        return {name: state["instructions"] for name, state in predictors.items()}
+            return self._records[max(earlier)].candidate
+        return self._info.get("initial_candidate") or {}
 
-    def _log_child(self, record: IterationRecord) -> None:
-        diff: list[str] = []
-        before, after = self._previous_prompts(record.iteration), record.system_prompt
-        for name in sorted(before.keys() | after.keys()):
-            old, new = (f"{t}\n".splitlines(True) if t else [] for t in (before.get(name), after.get(name)))
-            diff.extend(difflib.unified_diff(old, new, f"a/{name}", f"b/{name}"))
-        files = {f"prompts/{_safe_name(n)}.md": text for n, text in record.system_prompt.items()}
-        files["reasoning.md"], files["change_summary.txt"] = record.reasoning, record.change_summary
-        files["diff.patch"], files["iteration.json"] = "".join(diff), dumps(record.to_dict())
+    def _log_child(self, record: IterationRecord, start_ms: int | None = None, end_ms: int | None = None) -> None:
+        files = child_files(record, self._previous_candidate(record.iteration))
         tags = {PARENT_TAG: self.run_id, ITERATION_TAG: str(record.iteration)}
         name = f"iteration {record.iteration:03d}"
-        run = self.client.create_run(self._experiment_id, run_name=name, tags=tags)
+        run = self.client.create_run(self._experiment_id, run_name=name, tags=tags, start_time=start_ms)
         self._child = run.info.run_id
         params, metrics = ({k: getattr(record, k) for k in keys} for keys in (CHILD_PARAMS, CHILD_METRICS))
         self._log(self._child, params=params, metrics=metrics)
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="reflex-mlflow-") as tmp:
             for rel, text in files.items():
                 (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
                 (Path(tmp) / rel).write_text(text or "", encoding="utf-8", newline="")
             self.client.log_artifacts(self._child, tmp)
-        self.client.set_terminated(self._child, "FINISHED")
+        self.client.set_terminated(self._child, "FINISHED", end_time=end_ms)
         self._child = None
 
     # -- hooks ------------------------------------------------------------------------
-    @_guarded
     def on_run_start(self, info: dict[str, Any]) -> None:
+        """Open the store and create the parent run in the background (joined by the next hook)."""
+        if self.failed is not None:
+            return
         self._info = info
-        self.run_id = self._create_parent(info)
+        self._context.start(info)
+        self._started_ms = self._mark_ms = _now_ms()
+
+        def open_and_create() -> None:
+            try:
+                self.run_id = self._create_parent(info)
+            except BaseException as exc:  # noqa: BLE001 - reported by _join, in the run's thread
+                self._open_error = exc
+
+        self._opening = threading.Thread(target=open_and_create, name="reflex-mlflow-open", daemon=True)
+        self._opening.start()
 
     @_guarded
     def on_resume(
@@ -319,12 +383,14 @@ class MlflowTracker(Tracker):
     ) -> None:
         """Reattach to the parent and make MLflow hold exactly one finished child per recorded iteration."""
         self._info = info
+        self._context.start(info, records)
         self.run_id = self._find_parent(info) or self._create_parent(info)
         client = self.client
         client.update_run(self.run_id, status="RUNNING")
+        client.set_tag(self.run_id, "reflex.status", "running")  # no longer failed / interrupted (issue 23)
         if baseline is not None:
             if any(a.path == "baseline.json" for a in client.list_artifacts(self.run_id)):
-                self._baseline = baseline.mean
+                self._baseline = baseline
             else:
                 self._log_baseline(baseline)
         for key in self._logged:
@@ -343,91 +409,116 @@ class MlflowTracker(Tracker):
             if record.iteration not in kept:
                 self._log_child(record)
             self._records[record.iteration] = record
-            self._log_point(record)
+            self._log_record_point(record)
         self._trajectory()
+        self._mark_ms = _now_ms()
 
     @_guarded
     def on_baseline(self, baseline: Measurement) -> None:
         self._log_baseline(baseline)
 
     def _log_baseline(self, baseline: Measurement) -> None:
-        self._baseline = baseline.mean
-        self._log(self.run_id, metrics={"baseline_score": baseline.mean, "baseline_std": baseline.std})
+        self._baseline = baseline
+        self._log(self.run_id, metrics={"baseline_score": baseline.mean, "baseline_std": baseline.std,
+                                        "baseline_test": baseline.mean})
         self.client.log_text(self.run_id, dumps(baseline.to_dict()), "baseline.json")
 
     @_guarded
     def on_iteration(self, record: IterationRecord) -> None:
-        self._log_child(record)
+        self._context.iteration(record)
+        self._log_child(record, start_ms=self._mark_ms, end_ms=_now_ms())
         self._records[record.iteration] = record
-        self._log_point(record)
+        self._log_record_point(record)
         self._trajectory()
 
     @_guarded
     def on_checkpoint(self, state: dict[str, Any]) -> None:
-        self.client.log_text(self.run_id, dumps(state), "checkpoint.json")
+        self.client.log_text(self.run_id, dumps(self._context.checkpoint(state)), "checkpoint.json")
         best = state.get("best")
         if isinstance(best, dict) and isinstance(best.get("prompt"), str) and best["prompt"]:
             self.client.log_text(self.run_id, _prompt_file(best["prompt"]), "best_prompt.md")
+        if state.get("iteration") == 0 and state.get("initial_val") is not None:
+            self._log_point(0, val_score=state["initial_val"])  # the starting prompt on val
+        self._mark_ms = _now_ms()
 
     @_guarded
     def on_program(self, program: dspy.Module) -> None:
+        """Keep the program for `on_result` (the model's metrics must be the final ones) and log
+        its DSPy state as `program.json`."""
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="reflex-mlflow-") as tmp:
             path = Path(tmp) / "program.json"
             program.save(str(path))
             self.client.log_artifact(self.run_id, str(path))
-        self._log(self.run_id, tags={"reflex.dspy_model": self._log_dspy_model(program)})
-
-    def _log_dspy_model(self, program: dspy.Module) -> str:
-        """Log the program as an MLflow DSPy model when the flavor imports (it needs full mlflow)."""
-        try:
-            flavor = importlib.import_module("mlflow.dspy")
-        except Exception as exc:  # noqa: BLE001 - pandas & co. come with the `ui` extra only
-            return f"unavailable: {_describe(exc, 180)}"
-        import dspy as dspy_module
-        import mlflow
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-        requirements = [f"dspy=={dspy_module.__version__}", f"mlflow=={mlflow.__version__}"]
-        user_env = os.environ.get("MLFLOW_TRACKING_URI")  # _use_tracking_uri would unset it on exit
-        try:  # the flavor only logs through the fluent API: borrow it, then put everything back
-            with _use_tracking_uri(self.tracking_uri), quiet_store_setup(_PICKLE_LOGGERS, logging.ERROR):
-                try:
-                    with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-                        flavor.log_model(  # use_dspy_model_save: dspy's own format, not a pickle
-                            program, name="program", pip_requirements=requirements, use_dspy_model_save=True)
-                finally:  # leaving start_run marked the parent FINISHED; on_result does that
-                    self.client.update_run(self.run_id, status="RUNNING")
-        except Exception as exc:  # noqa: BLE001 - program.json is logged either way
-            logger.info("could not log the program as an MLflow DSPy model: %s", _describe(exc, 300))
-            return f"unavailable: {_describe(exc, 180)}"
-        finally:
-            if user_env is not None:
-                os.environ["MLFLOW_TRACKING_URI"] = user_env
-        return "logged"
+        self._program = program
 
     @_guarded
     def on_result(self, result: RunResult) -> None:
-        sig = result.significance
-        metrics = {"final_score": result.final.mean, "final_std": result.final.std, "p_value": sig.p_value,
-                   "improvement": result.improvement, "selected_iteration": result.selected_iteration}
-        tags = {"reflex.significant": "n/a" if sig.significant is None else str(sig.significant).lower(),
-                "reflex.stop_reason": result.stop_reason}
-        if result.budget is not None:
-            metrics["metric_call_budget"] = result.budget
-            metrics["search_metric_calls"] = result.usage.get("search_calls")
-        metrics.update({"final_score." + re.sub(r"[^\w\-./ ]", "_", label): score  # MLflow's allowed characters
-                        for label, score in result.final.scores_by_model.items()})
-        if result.target:
-            tags["reflex.target"] = target_label(result.target)
-        if result.promotion:
-            tags["reflex.promoted"] = str(result.promotion["promoted"]).lower()
-        self._log(self.run_id, metrics=metrics, tags=tags)
+        from reflex_dspy.tracking.mlflow_summary import summary_metrics
+
+        metrics, tags = summary_metrics(result)
+        step = result.selected_iteration  # the model is linked to this step's metrics: the selected ones
+        self._log(self.run_id, metrics=metrics, tags={**tags, NOTE_TAG: description(self._info, result),
+                                                              "reflex.status": "completed"}, step=step)
         self.client.log_text(self.run_id, dumps(result.to_dict()), "result.json")
         self.client.log_text(self.run_id, _prompt_file(result.best_prompt), "best_prompt.md")
         svg = trajectory_svg(result.iterations, baseline=result.baseline.mean, final=result.final.mean,
                              threshold=result.score_threshold)
         self.client.log_text(self.run_id, svg, "trajectory.svg")
+        if self._program is not None:
+            self._log(self.run_id, tags={"reflex.dspy_model": self._log_model(self._program, step)})
+        base = (self._info.get("config") or {}).get("register_prompt")
+        if base:
+            self._register(result, base, metrics.get("selected_val_score"))
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def _register(self, result: RunResult, base: str, selected_val: float | None) -> None:
+        from reflex_dspy.tracking.mlflow_prompts import DEFAULT_ALIAS, register_prompts
+
+        alias = (self._info.get("config") or {}).get("prompt_alias") or DEFAULT_ALIAS
+        try:
+            with self._fluent(), quiet_store_setup(("mlflow.store.model_registry.abstract_store",)):
+                done = register_prompts(self.client, self.run_id, base, alias, result, selected_val)
+        except Exception as exc:  # noqa: BLE001 - the run's own record is complete without it
+            message = f"prompt {base!r} not registered in MLflow: {_describe(exc, 300)}"
+            warnings.warn(message, TrackingWarning, stacklevel=2)
+            self._log(self.run_id, tags={"reflex.registered_prompts": message})
+            return
+        self._log(self.run_id, tags={"reflex.registered_prompts": done["versions"],
+                                     "reflex.prompt_alias": done["alias"] or "not moved (not promoted)"})
+
+    @contextlib.contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """Point MLflow's fluent API at our store for a call that only uses it (model logging,
+        linking a prompt to a run), then put the user's URI and `$MLFLOW_TRACKING_URI` back."""
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        user_env = os.environ.get("MLFLOW_TRACKING_URI")  # _use_tracking_uri would unset it on exit
+        try:
+            with _use_tracking_uri(self.tracking_uri):
+                yield
+        finally:
+            if user_env is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = user_env
+            else:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    def _log_model(self, program: dspy.Module, step: int) -> str:
+        """Log the program as a servable MLflow DSPy model; "logged" or why not (the run goes on)."""
+        try:
+            from reflex_dspy.tracking.mlflow_model import log_program_model
+        except Exception as exc:  # noqa: BLE001 - pandas & co. come with full mlflow only
+            return f"unavailable: {_describe(exc, 180)}"
+        example = (self._baseline.samples[0].get("inputs") if self._baseline and self._baseline.samples else None)
+        try:
+            with self._fluent(), quiet_store_setup(_MODEL_LOGGERS, logging.ERROR):
+                self.model_id = log_program_model(self.client, self._experiment_id, program, run_id=self.run_id,
+                                                  step=step, example=example)
+        except Exception as exc:  # noqa: BLE001 - program.json is logged either way
+            logger.warning("could not log the program as an MLflow model: %s", _describe(exc, 300))
+            return f"unavailable: {_describe(exc, 180)}"
+        return "logged"
 
     @_guarded
     def on_error(self, error: BaseException) -> None:
@@ -435,5 +526,21 @@ class MlflowTracker(Tracker):
         if self._child is not None:  # the iteration being logged when the run stopped
             self.client.set_terminated(self._child, status)
             self._child = None
-        self._log(self.run_id, tags={"reflex.error": _describe(error, 500)})
+        from reflex_dspy.run_status import failure_reason, is_interruption
+
+        tags = {"reflex.error": _describe(error, 500)}
+        # The run layout's status and one-line reason (run_status.py, issue 23), searchable as tags.
+        tags["reflex.status"] = "interrupted" if is_interruption(error) else "failed"
+        if not is_interruption(error):
+            tags["reflex.failure_reason"] = failure_reason(error)
+        self._log(self.run_id, tags=tags)
         self.client.set_terminated(self.run_id, status)
+
+
+def _user() -> str | None:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return None

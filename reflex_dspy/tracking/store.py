@@ -9,6 +9,13 @@
         best_prompt.md    the best prompt so far, then the selected one
         result.json       written once at the end
         run.pid           present while a process is running it
+        created.json, failure.json, heartbeat.json, trials.jsonl   see run_status.py
+
+The field names are aevyra-reflex 0.2.0's (tracking/schema.py), so its `RunStore`, its dashboard
+and scripts written for it read our runs, and this `RunStore` reads runs aevyra-reflex wrote
+(their live-process sentinel is `running`). Runs in the older reflex_dspy layout are read under
+the shared names. A run whose files cannot be parsed is listed as `corrupt`, naming the file,
+and never hides the other runs.
 
 `LayoutTracker` (tracking/layout.py) writes it; this module only allocates and reads.
 """
@@ -29,13 +36,32 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 from reflex_dspy.errors import UsageError
+from reflex_dspy.run_status import CREATED, FAILURE
 from reflex_dspy.tracking.files import read_json, write_json
+from reflex_dspy.tracking.schema import (
+    STAMP,
+    config_document,
+    measurement_document,
+    upgrade_checkpoint,
+    upgrade_result,
+)
 
 RUN_NAME = re.compile(r"^(\d{3,})_(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})$")
 RUN_ID = re.compile(r"^\d{1,9}$")
 
 CONFIG, BASELINE, CHECKPOINT, RESULT = "config.json", "baseline.json", "checkpoint.json", "result.json"
 JOURNAL, BEST_PROMPT, PID, ITERATIONS = "journal.jsonl", "best_prompt.md", "run.pid", "iterations"
+FOREIGN_PID = "running"  # aevyra-reflex's sentinel: the PID as text
+DEFAULT_RUN_DIR = ".reflex"
+
+
+def default_run_dir() -> str:
+    """`$REFLEX_RUN_DIR`, else `.reflex` in the working directory: the one default, CLI and Python."""
+    return os.environ.get("REFLEX_RUN_DIR") or DEFAULT_RUN_DIR
+
+
+class CorruptRunError(UsageError):
+    """A run file that cannot be read or parsed; the message names the file."""
 
 
 def iteration_file(iteration: int) -> str:
@@ -50,10 +76,17 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _alive(sentinel: dict[str, Any]) -> bool:
+def _alive(sentinel: Any) -> bool:
+    if not isinstance(sentinel, dict):
+        return False
     if sentinel.get("host") != socket.gethostname():
         return True  # another machine's run: trust the sentinel
-    pid = int(sentinel.get("pid", 0))
+    try:
+        pid = int(sentinel.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,6 +120,8 @@ class RunSummary:
     dataset: str | None
     reasoning_model: str | None
     branched_from: dict[str, Any] | None
+    duration_seconds: float | None = None
+    problem: str | None = None  # why a `corrupt` run could not be read (names the file)
 
 
 class Run:
@@ -108,72 +143,154 @@ class Run:
 
     def _load(self, name: str) -> Any:
         path = self.file(name)
-        return read_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return read_json(path)
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            raise CorruptRunError(f"run {self.run_id}: {path} cannot be read ({exc})") from None
+
+    def _document(self, name: str) -> dict[str, Any] | None:
+        data = self._load(name)
+        if data is not None and not isinstance(data, dict):
+            raise CorruptRunError(f"run {self.run_id}: {self.file(name)} is not a JSON object")
+        return data
 
     def load_config(self) -> dict[str, Any]:
-        return self._load(CONFIG) or {}
+        """config.json under the shared names (`optimizer_config`, `dataset_path`, `timestamp`...)."""
+        data = self._document(CONFIG)
+        return config_document(data) if data else {}
 
     def load_baseline(self) -> dict[str, Any] | None:
-        return self._load(BASELINE)
+        return measurement_document(self._document(BASELINE))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        return self._load(CHECKPOINT)
+        data = self._document(CHECKPOINT)
+        return None if data is None else upgrade_checkpoint(data, self.run_id)
 
     def load_result(self) -> dict[str, Any] | None:
-        return self._load(RESULT)
+        data = self._document(RESULT)
+        return None if data is None else upgrade_result(data)
 
     def load_iterations(self) -> list:
-        """The iteration records in order, as `IterationRecord`s."""
+        """The iteration records in order, as `IterationRecord`s (ours or aevyra-reflex's files)."""
         from reflex_dspy.result import IterationRecord
 
         folder = self.file(ITERATIONS)
         files = sorted(folder.glob("[0-9][0-9][0-9]*.json")) if folder.exists() else []
-        return [IterationRecord(**read_json(f)) for f in files]
+        records = []
+        for f in files:
+            data = self._document(f"{ITERATIONS}/{f.name}")
+            try:
+                records.append(IterationRecord.from_dict(data))
+            except (TypeError, AttributeError) as exc:
+                raise CorruptRunError(f"run {self.run_id}: {f} is not an iteration record ({exc})") from None
+        return records
 
     def best_prompt(self) -> str | None:
         path = self.file(BEST_PROMPT)
         return path.read_text(encoding="utf-8") if path.exists() else None
 
+    def _alive(self) -> bool:
+        """A live process holds this run: our `run.pid`, or aevyra-reflex's `running` (a bare PID)."""
+        try:
+            sentinel = self._load(PID)
+        except CorruptRunError:
+            return False  # a torn sentinel: no live writer (ours are written atomically)
+        if sentinel is not None:
+            return _alive(sentinel)
+        foreign = self.file(FOREIGN_PID)
+        try:
+            pid = int(foreign.read_text().strip()) if foreign.exists() else 0
+        except (OSError, ValueError):
+            return False
+        return pid > 0 and _alive({"pid": pid, "host": socket.gethostname()})
+
     @property
     def status(self) -> str:
-        """completed (result.json exists), running (a live PID sentinel) or interrupted."""
+        """completed (result.json exists), running (a live PID sentinel), failed (failure.json: it
+        stopped on an error), created (`optimize create`, not started yet) or interrupted."""
         if self.file(RESULT).exists():
             return "completed"
-        sentinel = self._load(PID)
-        if sentinel and _alive(sentinel):
+        if self._alive():
             return "running"
+        if self.file(FAILURE).exists():
+            return "failed"
+        if self.file(CREATED).exists() and not self.file(CONFIG).exists():
+            return "created"
         return "interrupted"
 
     def summary(self) -> RunSummary:
+        """One line of `reflex-dspy runs`; a run whose files cannot be read is `corrupt`."""
+        try:
+            return self._summary()
+        except CorruptRunError as exc:
+            return RunSummary(
+                run_id=self.run_id, path=self.path, created=self.created, status="corrupt", strategy=None,
+                models={}, iterations=0, baseline=None, best=None, final=None, target=None, dataset=None,
+                reasoning_model=None, branched_from=None, problem=str(exc),
+            )
+
+    def _summary(self) -> RunSummary:
+        """The same values aevyra-reflex's `RunStore.list_runs()` reads from the same files."""
         config = self.load_config()
         checkpoint = self.load_checkpoint() or {}
         result = self.load_result() or {}
         baseline = self.load_baseline() or {}
-        models = config.get("models") or {}
+        settings = config.get("optimizer_config") or {}
+        models = {"task": ", ".join(settings.get("_cli_models") or []) or None,
+                  "reasoning": settings.get("reasoning_model")}
         folder = self.file(ITERATIONS)
         return RunSummary(
             run_id=self.run_id,
             path=self.path,
-            created=config.get("created", self.created),
+            created=created_at(config.get("timestamp")) or self.created,
             status=self.status,
-            strategy=(config.get("config") or {}).get("strategy"),
+            strategy=settings.get("strategy"),
             models=models,
             iterations=len(list(folder.glob("*.json"))) if folder.exists() else 0,
-            baseline=baseline.get("mean"),
-            best=(checkpoint.get("best") or {}).get("score"),
-            final=(result.get("final") or {}).get("mean"),
-            target=(config.get("config") or {}).get("score_threshold"),
-            dataset=(config.get("metadata") or {}).get("dataset_path"),
-            reasoning_model=models.get("reasoning"),
+            baseline=baseline.get("mean_score"),
+            best=result["best_score"] if "best_score" in result else checkpoint.get("best_score"),
+            final=(result.get("final") or {}).get("mean_score"),
+            target=settings.get("score_threshold"),
+            dataset=self.dataset_path(config),
+            reasoning_model=models["reasoning"],
             branched_from=config.get("branched_from"),
+            duration_seconds=result.get("duration_seconds"),
         )
+
+    @property
+    def foreign(self) -> bool:
+        """Written by aevyra-reflex itself: no example ids, so it can be read and branched, not resumed."""
+        return "split_ids" not in self.load_config()
+
+    def dataset_path(self, config: dict[str, Any] | None = None) -> str | None:
+        """The recorded dataset, absolute; a relative one is relative to the folder holding `.reflex`."""
+        raw = (self.load_config() if config is None else config).get("dataset_path")
+        if not raw:
+            return None
+        return str((self.path.parent.parent.parent / raw).resolve())
+
+
+def created_at(stamp: Any) -> str | None:
+    """config.json's `timestamp` (the run directory's `YYYY-MM-DDTHH-MM-SS`, UTC) as ISO 8601."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return datetime.strptime(stamp, STAMP).replace(tzinfo=UTC).isoformat()
+    except ValueError:
+        try:
+            return datetime.fromisoformat(stamp).isoformat()
+        except ValueError:
+            return None
 
 
 class RunStore:
     """Reads (and allocates) runs under a root directory, `.reflex` by default."""
 
-    def __init__(self, root: str | os.PathLike[str] = ".reflex") -> None:
-        root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        """`root` is the run directory (`.reflex`) or its `runs` folder; default `default_run_dir()`."""
+        root = Path(default_run_dir() if root is None else root)
         self.root = root.parent if root.name == "runs" else root
         self.runs_dir = self.root / "runs"
 
@@ -207,12 +324,15 @@ class RunStore:
         raise UsageError(f"no run {text} in {self.runs_dir}")
 
     def find_incomplete_run(self, dataset_path: str | os.PathLike[str] | None = None) -> Run | None:
-        """The latest interrupted run (of this dataset, when given); running ones are skipped."""
+        """The latest interrupted or failed run (of this dataset, when given); running ones are skipped."""
         wanted = str(Path(dataset_path).resolve()) if dataset_path else None
         for run in reversed(self.runs()):
-            if run.status != "interrupted":
+            if run.status not in ("interrupted", "failed"):
                 continue
-            dataset = (run.load_config().get("metadata") or {}).get("dataset_path")
+            try:
+                dataset = run.dataset_path()
+            except CorruptRunError:
+                continue  # listed as corrupt by `reflex-dspy runs`; nothing to resume from
             if wanted is None or (dataset and str(Path(dataset).resolve()) == wanted):
                 return run
         return None

@@ -1,12 +1,16 @@
 // One run: six tiles, the held-out test result, and the flow graph (baseline → phases → cards → best).
+import { liveCards, liveNotices, phaseLine } from "./live.js";
 import { badge, h, phaseClass, score, seconds, signed, tokens, when } from "./util.js";
 
 export function renderRun(run, ui) {
   return h("div", { class: "run-view", "data-run": run.id },
     header(run),
+    phaseLine(run),
     notices(run),
+    liveNotices(run),
     tiles(run),
     testResult(run),
+    liveCards(run),
     h("div", { class: "columns" },
       h("section", { class: "card flow-card" },
         h("div", { class: "card-title" }, "Flow"),

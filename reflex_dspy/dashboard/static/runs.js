@@ -52,7 +52,9 @@ function row(run, ui) {
   },
   idCell(run),
   h("td", { class: "nowrap" }, when(run.created)),
-  h("td", {}, badge(run.status)),
+  h("td", {}, badge(run.status), run.silence && run.silence.stale
+    ? h("span", { class: "stale", title: "the runner's process is alive but has stopped sending heartbeats" },
+      ` no word for ${Math.round(run.silence.seconds)} s`) : null),
   h("td", {}, run.strategy || "–"),
   h("td", { class: "model" }, run.model || "–"),
   h("td", { class: "num" }, iters),

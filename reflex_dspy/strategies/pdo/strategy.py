@@ -16,18 +16,19 @@ import os
 import random
 import socket
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import dspy
 
+import reflex_dspy.strategies.pdo.ranking as ranking
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.errors import UsageError
 from reflex_dspy.proposals import ProposalRejected
-from reflex_dspy.strategies import ranking
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy, restore_rng, rng_state
 
 if TYPE_CHECKING:  # Optuna is imported only when PDO runs, keeping `import reflex_dspy` light
-    from reflex_dspy.strategies.duel_sampler import DuelSampler, DuelStore
+    from reflex_dspy.strategies.pdo.sampler import DuelSampler, DuelStore
 
 
 def _seed(*parts: Any) -> int:
@@ -83,7 +84,7 @@ class PDO(Strategy):
 
     # -- setting up ----------------------------------------------------------------------------
     def _open(self, seed: int, sampler_state: list[Any] | None = None) -> None:
-        from reflex_dspy.strategies.duel_sampler import DuelSampler, DuelStore
+        from reflex_dspy.strategies.pdo.sampler import DuelSampler, DuelStore
 
         self.sampler = DuelSampler(self.thompson_alpha, _seed(seed, self.worker, "sampler"))
         if sampler_state is not None:
@@ -91,7 +92,7 @@ class PDO(Strategy):
         self.store = DuelStore.open(self.sampler, self.storage, self.study_name or "pdo")
 
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
-        from reflex_dspy.strategies.pdo_variants import initial_variants
+        from reflex_dspy.strategies.pdo.variants import initial_variants
 
         if self.storage is not None:
             self.worker = f"{socket.gethostname()}-{os.getpid()}"
@@ -118,10 +119,12 @@ class PDO(Strategy):
 
     # -- one round --------------------------------------------------------------------------------
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
-        from reflex_dspy.strategies.duel import judge_criteria
+        from reflex_dspy.strategies.pdo.duel import judge_criteria
 
         criteria = None if ctx.has_gold else judge_criteria(ctx.evaluator.metric)
-        duels = [d for k in range(self.duels_per_round) if (d := self._duel(ctx, iteration, k, batch, criteria))]
+        previous = self.champion
+        before = Candidate.from_dict(self.store.records()[previous]["candidate"])
+        duels = self._duels(ctx, iteration, batch, criteria, before)
         ids = [r["fingerprint"] for r in self.store.pool()]
         records = self.store.records()  # read after the pool, so it holds every id even as other workers add
         history = self.store.duels()
@@ -130,16 +133,19 @@ class PDO(Strategy):
         order, rankings = ranking.rank(self.ranking_method, ids, history, weights)
         matrix = ranking.WinMatrix(ids, history)
         self.ranker_champions = {n: r[0] for n, r in rankings.items() if r and matrix.played(r[0])}
-        previous = self.champion
         if order and matrix.played(order[0]):
             self.champion = order[0]
-        mutants = []
-        if self.mutation_frequency and iteration % self.mutation_frequency == 0:
-            mutants = self._mutate(ctx, iteration, order, matrix, records)
-        pruned = self._prune(iteration, order, matrix, records)
         champion = Candidate.from_dict(records[self.champion]["candidate"])
-        before = Candidate.from_dict(records[previous]["candidate"])
-        result, parent = ctx.evaluate_many([champion, before], batch, label=f"iter {iteration}: champion")
+        plans = []
+        if self.mutation_frequency and iteration % self.mutation_frequency == 0:
+            plans = self._mutation_plans(ctx, iteration, order, matrix, records)
+        # The reasoning model writes the mutants while the champion is scored: neither needs the other.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflex-pdo") as pool:
+            proposals = pool.submit(self._propose_all, ctx, plans)
+            # `before` was scored on the batch alongside the duels: only a new champion costs calls here.
+            result, parent = ctx.evaluate_many([champion, before], batch, label=f"iter {iteration}: champion")
+            mutants = self._add_mutants(iteration, plans, proposals.result(), records)
+        pruned = self._prune(iteration, order, matrix, records)
         label = self._label(records[self.champion])
         verb = "champion" if previous == self.champion else "new champion"
         top = [{"name": records[f]["name"], "fingerprint": f, "win_rate": self._rate(f, matrix)} for f in order[:3]]
@@ -154,28 +160,40 @@ class PDO(Strategy):
                      "worker": self.worker, "total_duels": len(history)},
         )
 
-    def _duel(self, ctx: SearchContext, iteration: int, k: int, batch, criteria: str | None) -> dict | None:
-        """One duel as one Optuna trial; a duel this worker already finished (before a crash) is reused."""
-        from reflex_dspy.strategies.duel import run_duel
+    def _duels(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], criteria: str | None,
+               before: Candidate) -> list[dict[str, Any]]:
+        """The round's duels, each one Optuna trial: every pair is asked of the sampler first, all their
+        examples (and the current champion on the batch) are scored in one evaluation, then each
+        duel is told to the study in order. A duel this worker already finished (before a crash)
+        is reused, not run again."""
+        from reflex_dspy.strategies.pdo.duel import run_duels
 
-        key = f"{self.worker}/{iteration}/{k}"
-        if (done := self.store.find(key)) is not None:
-            return self._duel_summary(done.number, done.user_attrs)
-        begun = self.store.begin({"worker": self.worker, "round": iteration, "duel_key": key})
-        if begun is None:
-            return None
-        trial, first, second = begun
-        records = self.store.records()
+        slots: list[dict[str, Any] | None] = []
+        begun: list[tuple[int, Any, str, str, list[dspy.Example]]] = []  # (slot, trial, first, second, samples)
         try:
-            samples = self.rng.sample(list(batch), min(self.samples_per_duel, len(batch)))
-            outcome = run_duel(ctx, Candidate.from_dict(records[first]["candidate"]),
-                               Candidate.from_dict(records[second]["candidate"]), samples, criteria,
-                               self.rng, label=f"iter {iteration}: duel {k + 1}")
+            for k in range(self.duels_per_round):
+                key = f"{self.worker}/{iteration}/{k}"
+                if (done := self.store.find(key)) is not None:
+                    slots.append(self._duel_summary(done.number, done.user_attrs))
+                    continue
+                slots.append(None)
+                if (asked := self.store.begin({"worker": self.worker, "round": iteration, "duel_key": key})):
+                    trial, first, second = asked
+                    begun.append((len(slots) - 1, trial, first, second,
+                                  self.rng.sample(list(batch), min(self.samples_per_duel, len(batch)))))
+            records = self.store.records()
+            pairs = [(*(Candidate.from_dict(records[fp]["candidate"]) for fp in (first, second)), samples)
+                     for _, _, first, second, samples in begun]
+            outcomes = run_duels(ctx, pairs, criteria, self.rng, label=f"iter {iteration}: duels",
+                                 alongside=[(before, batch)])
         except BaseException:
-            self.store.abort(trial)
+            for _, trial, *_ in begun:
+                self.store.abort(trial)
             raise
-        self.store.finish(trial, outcome.to_attrs(), outcome.as_duel(first, second).first_rate)
-        return self._duel_summary(trial.number, {"first": first, "second": second, **outcome.to_attrs()})
+        for (slot, trial, first, second, _), outcome in zip(begun, outcomes, strict=True):
+            self.store.finish(trial, outcome.to_attrs(), outcome.as_duel(first, second).first_rate)
+            slots[slot] = self._duel_summary(trial.number, {"first": first, "second": second, **outcome.to_attrs()})
+        return [d for d in slots if d is not None]
 
     def _duel_summary(self, number: int, attrs: dict[str, Any]) -> dict[str, Any]:
         names = self.store.records()
@@ -192,11 +210,12 @@ class PDO(Strategy):
             self.store.add_reward(self.worker, iteration, rewards)
         return rewards
 
-    def _mutate(self, ctx: SearchContext, iteration: int, order: list[str], matrix, records) -> list[dict]:
-        """Improve the top prompts where they lost to the rival they beat least often."""
-        from reflex_dspy.strategies.pdo_variants import Variant, format_losses, mutate
+    def _mutation_plans(self, ctx: SearchContext, iteration: int, order: list[str], matrix, records) -> list[dict]:
+        """For each top prompt: the rival it beat least often, the predictor to change, and the
+        examples it lost to that rival (scored already in their duels, so normally free)."""
+        from reflex_dspy.strategies.pdo.variants import format_losses
 
-        made = []
+        plans = []
         for rank_, fp in enumerate([f for f in order if matrix.played(f)][: self.num_top_to_mutate]):
             rivals = [r for r in order if r != fp and matrix.n(fp, r)]
             if not rivals:
@@ -210,18 +229,40 @@ class PDO(Strategy):
             if lost:
                 w, r = ctx.evaluate_many([winner, other], lost, label=f"iter {iteration}: losses")
                 losses = format_losses(lost, w.results, r.results)
-            name = f"m{iteration}.{rank_ + 1}" + ("" if self.worker == "local" else f"@{self.worker}")
+            plans.append({"rank": rank_ + 1, "fp": fp, "rival": rival, "predictor": predictor, "winner": winner,
+                          "other": other, "losses": losses, "shown": len(lost)})
+        return plans
+
+    @staticmethod
+    def _propose_all(ctx: SearchContext, plans: list[dict]) -> list[Any]:
+        """The reasoning model's mutation for each plan, one after another (a refusal is kept, not raised)."""
+        from reflex_dspy.strategies.pdo.variants import mutate
+
+        made: list[Any] = []
+        for plan in plans:
             try:
-                proposal = mutate(ctx, winner, other, predictor, losses)
+                made.append(mutate(ctx, plan["winner"], plan["other"], plan["predictor"], plan["losses"]))
             except ProposalRejected as exc:
-                made.append({"name": name, "parent": records[fp]["name"], "rejected": str(exc)})
+                made.append(exc)
+        return made
+
+    def _add_mutants(self, iteration: int, plans: list[dict], proposals: list[Any], records) -> list[dict]:
+        """Add the mutants to the pool, in rank order; refusals are recorded, never added."""
+        from reflex_dspy.strategies.pdo.variants import Variant
+
+        made = []
+        for plan, proposal in zip(plans, proposals, strict=True):
+            fp, rival, predictor = plan["fp"], plan["rival"], plan["predictor"]
+            name = f"m{iteration}.{plan['rank']}" + ("" if self.worker == "local" else f"@{self.worker}")
+            if isinstance(proposal, ProposalRejected):
+                made.append({"name": name, "parent": records[fp]["name"], "rejected": str(proposal)})
                 continue
-            variant = Variant(winner.with_instructions(predictor, proposal.instructions), name,
+            variant = Variant(plan["winner"].with_instructions(predictor, proposal.instructions), name,
                               f"mutation of {records[fp]['name']} against {records[rival]['name']}: "
                               f"{proposal.change_summary}", predictor)
-            added = self.store.add(variant.record([iteration, self.worker, rank_ + 1], parent=fp))
+            added = self.store.add(variant.record([iteration, self.worker, plan["rank"]], parent=fp))
             made.append({"name": name, "parent": records[fp]["name"], "fingerprint": variant.candidate.fingerprint,
-                         "added": added, "losses_shown": len(lost), "repaired": proposal.repaired})
+                         "added": added, "losses_shown": plan["shown"], "repaired": proposal.repaired})
         return made
 
     def _losses(self, winner: str, rival: str) -> list[str]:

@@ -10,6 +10,7 @@ the run never stops on a bad reply.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ def tip_for(i: int) -> Tip:
 
 def fallback_text(tip: Tip, current: str, facts: TaskFacts | None) -> str:
     """The tip's deterministic rewrite of `current`, with the label set or format stated if it lacks it."""
-    facts_text = facts.describe() if facts else "Give the answer in the format the task requires."
+    facts_text = facts.for_task_model() if facts else "Give the answer in the format the task requires."
     text = tip.fallback.replace("{facts}", facts_text).replace("{current}", current.strip()).strip()
     if facts is not None and (fix := facts.missing_from(text)):
         text = f"{text}\n\n{fix}"
@@ -89,33 +90,46 @@ def fallback_text(tip: Tip, current: str, facts: TaskFacts | None) -> str:
 def initial_variants(ctx: SearchContext, initial: Candidate, size: int) -> list[Variant]:
     """The starting prompt plus up to `size - 1` variants, each rewriting one predictor with one tip.
 
-    Predictors take turns (round robin), so every step of a pipeline gets variants. A variant
-    identical to one already in the pool is dropped rather than dueling itself.
+    Predictors take turns (round robin), so every step of a pipeline gets variants. The variants
+    are independent, so the reasoning model writes them in parallel (up to `max_workers`); they
+    join the pool in tip order. A variant identical to one already in the pool is dropped rather
+    than dueling itself.
     """
-    pool = [Variant(initial, "initial", "the starting prompt")]
-    seen = {initial.fingerprint}
     names = ctx.predictor_names
-    for i in range(size - 1):
-        tip, predictor = tip_for(i), names[i % len(names)]
-        current = initial.predictors[predictor].instructions
-        facts = ctx.facts.get(predictor)
-        where = f", {predictor}" if len(names) > 1 else ""
-        try:
-            proposal = ctx.proposer.rewrite(GenerateVariant, current=current, facts=facts,
-                                            current_instructions=current, task_facts=ctx.proposer.grounding(facts),
-                                            tip=tip.text)
-            text, origin = proposal.instructions, f"tip: {tip.name}{where}"
-            if proposal.repaired:
-                origin += "; stated the label set or format it dropped"
-        except ProposalRejected as exc:
-            text = fallback_text(tip, current, facts)
-            origin = f"tip: {tip.name}{where}, deterministic fallback (the reasoning model's variants were refused: {exc})"
+    jobs = [(tip_for(i), names[i % len(names)]) for i in range(size - 1)]
+    workers = min(ctx.config.max_workers, len(jobs))
+    if workers <= 1:
+        written = [_variant_text(ctx, initial, tip, predictor) for tip, predictor in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reflex-variants") as pool:
+            written = list(pool.map(lambda job: _variant_text(ctx, initial, *job), jobs))
+    variants = [Variant(initial, "initial", "the starting prompt")]
+    seen = {initial.fingerprint}
+    for i, ((_, predictor), (text, origin)) in enumerate(zip(jobs, written, strict=True)):
         candidate = initial.with_instructions(predictor, text)
         if candidate.fingerprint in seen:
             continue
         seen.add(candidate.fingerprint)
-        pool.append(Variant(candidate, f"v{i + 1}", origin, predictor))
-    return pool
+        variants.append(Variant(candidate, f"v{i + 1}", origin, predictor))
+    return variants
+
+
+def _variant_text(ctx: SearchContext, initial: Candidate, tip: Tip, predictor: str) -> tuple[str, str]:
+    """(instructions, origin) of one variant: the reasoning model's, or the tip's deterministic rewrite."""
+    current = initial.predictors[predictor].instructions
+    facts = ctx.facts.get(predictor)
+    where = f", {predictor}" if len(ctx.predictor_names) > 1 else ""
+    try:
+        proposal = ctx.proposer.rewrite(GenerateVariant, current=current, facts=facts,
+                                        current_instructions=current, task_facts=ctx.proposer.grounding(facts),
+                                        tip=tip.text)
+    except ProposalRejected as exc:
+        return (fallback_text(tip, current, facts),
+                f"tip: {tip.name}{where}, deterministic fallback (the reasoning model's variants were refused: {exc})")
+    origin = f"tip: {tip.name}{where}"
+    if proposal.repaired:
+        origin += "; stated the label set or format it dropped"
+    return proposal.instructions, origin
 
 
 def format_losses(examples: Sequence[dspy.Example], winner: dict[str, ExampleResult],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from reflex_dspy.metrics import as_data, input_fields, render_fields
 from reflex_dspy.proposals import ProposalRejected
 from reflex_dspy.signatures import CompareResponses
 from reflex_dspy.strategies.base import SearchContext
-from reflex_dspy.strategies.ranking import Duel
+from reflex_dspy.strategies.pdo.ranking import Duel
 
 GENERIC_CRITERIA = (
     "The better response answers the task input correctly and completely, in the format the task asks "
@@ -71,9 +72,8 @@ def _verdict(reply: dspy.Prediction, truncated: bool, attempt: int) -> str:
 
 
 def judge_pair(ctx: SearchContext, example: dspy.Example, first: dict[str, Any], second: dict[str, Any],
-               criteria: str, rng: random.Random) -> int:
-    """+1 when the judge prefers `first`, -1 for `second`, 0 for a tie; the A/B order is drawn from `rng`."""
-    swapped = rng.random() < 0.5
+               criteria: str, swapped: bool) -> int:
+    """+1 when the judge prefers `first`, -1 for `second`, 0 for a tie; `swapped` shows `second` as A."""
     a, b = (second, first) if swapped else (first, second)
     verdict = ctx.proposer.ask(
         CompareResponses, _verdict, criteria=criteria,
@@ -85,28 +85,67 @@ def judge_pair(ctx: SearchContext, example: dspy.Example, first: dict[str, Any],
     return (1 if verdict == "A" else -1) * (-1 if swapped else 1)
 
 
-def run_duel(ctx: SearchContext, first: Candidate, second: Candidate, samples: Sequence[dspy.Example],
-             criteria: str | None, rng: random.Random, label: str) -> DuelOutcome:
-    """Score both prompts on `samples` in one evaluation (cached pairs are free) and compare them.
+def run_duels(ctx: SearchContext, duels: Sequence[tuple[Candidate, Candidate, Sequence[dspy.Example]]],
+              criteria: str | None, rng: random.Random, label: str,
+              alongside: Sequence[tuple[Candidate, Sequence[dspy.Example]]] = ()) -> list[DuelOutcome]:
+    """Score every duel of a round in one evaluation (cached pairs are free), then compare them.
 
-    `criteria=None` means the examples carry gold: the metric decides. Otherwise a pairwise judge does.
+    `criteria=None` means the examples carry gold: the metric decides. Otherwise a pairwise judge
+    does; the A/B order of each comparison is drawn from `rng` in duel and example order, and the
+    judge's calls run in parallel (up to `max_workers`), so a round costs one call's latency.
+    `alongside` are further (candidate, examples) scored in the same evaluation, for the run
+    cache (PDO's current champion on the batch), so they share the workers with the duels.
     """
-    results_a, results_b = ctx.evaluate_many([first, second], samples, label=label)
+    jobs = [(c, samples) for first, second, samples in duels for c in (first, second)]
+    results = ctx.evaluate_jobs([*jobs, *alongside], label=label)
+    rows: list[list[tuple[str, int | None, int | None]]] = []  # per duel: (example id, metric's sign, judge job)
+    asks: list[tuple[dspy.Example, Any, Any, bool]] = []
+    for i, (_, _, samples) in enumerate(duels):
+        rows.append([])
+        for ex in samples:
+            eid = example_id(ex)
+            x, y = results[2 * i].results.get(eid), results[2 * i + 1].results.get(eid)
+            if x is None or y is None or x.score is None or y.score is None:
+                rows[-1].append((eid, None, None))  # either prompt failed: not compared
+                continue
+            job = None
+            if criteria is not None:
+                job = len(asks)
+                asks.append((ex, x.output, y.output, rng.random() < 0.5))
+            rows[-1].append((eid, (x.score > y.score + TIE) - (y.score > x.score + TIE), job))
+    verdicts = _judge_all(ctx, asks, criteria) if criteria is not None else []
+    return [_tally(duel_rows, verdicts) for duel_rows in rows]
+
+
+def _judge_all(ctx: SearchContext, asks: Sequence[tuple[dspy.Example, Any, Any, bool]],
+               criteria: str) -> list[int | None]:
+    """Every comparison's verdict (None: no usable verdict), asked in parallel, in order."""
+    def one(ask: tuple[dspy.Example, Any, Any, bool]) -> int | None:
+        try:
+            return judge_pair(ctx, *ask[:3], criteria, ask[3])
+        except ProposalRejected:
+            return None
+
+    workers = min(ctx.config.max_workers, len(asks))
+    if workers <= 1:
+        return [one(ask) for ask in asks]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reflex-judge") as pool:
+        return list(pool.map(one, asks))
+
+
+def _tally(rows: Sequence[tuple[str, int | None, int | None]], verdicts: Sequence[int | None]) -> DuelOutcome:
     out = DuelOutcome()
-    for ex in samples:
-        eid = example_id(ex)
-        x, y = results_a.results.get(eid), results_b.results.get(eid)
-        if x is None or y is None or x.score is None or y.score is None:
+    for eid, by_score, job in rows:
+        if by_score is None:
             out.skipped += 1
             continue
-        by_score = (x.score > y.score + TIE) - (y.score > x.score + TIE)
         sign = by_score
-        if criteria is not None:
-            try:
-                sign = judge_pair(ctx, ex, x.output, y.output, criteria, rng)
-                out.judged += 1
-            except ProposalRejected:
+        if job is not None:
+            if verdicts[job] is None:
                 out.judge_fallbacks += 1  # no usable verdict: the metric's grades decide this example
+            else:
+                sign = verdicts[job]
+                out.judged += 1
         if sign > 0:
             out.wins += 1
             out.first_won.append(eid)

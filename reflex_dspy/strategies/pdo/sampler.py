@@ -29,7 +29,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
 from reflex_dspy.strategies.base import restore_rng, rng_state
-from reflex_dspy.strategies.ranking import RANKERS, Duel, WinMatrix
+from reflex_dspy.strategies.pdo.ranking import RANKERS, Duel, WinMatrix
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Optuna logs every trial at INFO
 
@@ -41,7 +41,8 @@ PAIR_ATTR = "pdo:pair"
 SQLITE_TIMEOUT_S = 60  # concurrent workers on one SQLite file wait for its lock instead of failing
 
 
-def double_thompson(ids: Sequence[str], m: WinMatrix, alpha: float, rng: random.Random) -> tuple[str, str]:
+def double_thompson(ids: Sequence[str], m: WinMatrix, alpha: float, rng: random.Random,
+                    pending: Sequence[tuple[str, str]] = ()) -> tuple[str, str]:
     """The next pair by double Thompson sampling (Wu & Liu, 2016), `alpha` the confidence width.
 
     First: among the prompts whose optimistic Copeland score (pairs counted won when the upper
@@ -50,6 +51,11 @@ def double_thompson(ids: Sequence[str], m: WinMatrix, alpha: float, rng: random.
     with the largest Beta sample of beating the first, among those not yet shown to lose to it
     (lower bound <= 1/2). A prompt that has never dueled goes first, oldest first: this is what
     lets pruning spare new mutants without keeping them forever. Never the same prompt twice.
+
+    `pending` are the pairs of duels asked but not yet told (the rest of a round, or other
+    workers' duels in flight): a prompt in one is no longer fresh, and a pending pair is not
+    asked again while another rival is allowed, so a round asked all at once spreads over the
+    pool as a round asked one duel at a time does.
     """
     ids = list(ids)
     if len(ids) < 2:
@@ -63,7 +69,8 @@ def double_thompson(ids: Sequence[str], m: WinMatrix, alpha: float, rng: random.
         p, width = m.b(a, b) / n, math.sqrt(alpha * log_t / n)
         return p + width, p - width
 
-    fresh = [a for a in ids if not m.played(a)]
+    busy = {a for pair in pending for a in pair}
+    fresh = [a for a in ids if not m.played(a) and a not in busy]
     if fresh:
         first = fresh[0]
     else:
@@ -79,6 +86,8 @@ def double_thompson(ids: Sequence[str], m: WinMatrix, alpha: float, rng: random.
         top = max(sampled.values())
         first = rng.choice([a for a in contenders if sampled[a] == top])
     rivals = [b for b in ids if b != first and bounds(b, first)[1] <= 0.5]
+    asked = {b for pair in pending if first in pair for b in pair}
+    rivals = [b for b in rivals if b not in asked] or rivals
     if not rivals:
         return first, rng.choice([b for b in ids if b != first])
     draws = {b: rng.betavariate(m.b(b, first) + 1, m.b(first, b) + 1) for b in rivals}
@@ -132,6 +141,12 @@ class DuelStore:
 
     def duels(self) -> list[Duel]:
         return [duel_of(t) for t in self.trials()]
+
+    def running_pairs(self) -> list[tuple[str, str]]:
+        """The pairs of duels asked but not told yet (their trials are RUNNING), in trial order."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [(t.user_attrs["first"], t.user_attrs["second"]) for t in sorted(running, key=lambda t: t.number)
+                if "first" in t.user_attrs and "second" in t.user_attrs]
 
     def find(self, key: str) -> FrozenTrial | None:
         """The finished duel recorded under `key`, so a resumed worker never counts a duel twice."""
@@ -249,7 +264,8 @@ class DuelSampler(BaseSampler):
         pair = trial.system_attrs.get(PAIR_ATTR)
         if pair is None:
             ids = pool[: param_distribution.high + 1]
-            first, second = double_thompson(ids, WinMatrix(ids, DuelStore(study).duels()), self.alpha, self.rng)
+            first, second = double_thompson(ids, WinMatrix(ids, DuelStore(study).duels()), self.alpha, self.rng,
+                                            DuelStore(study).running_pairs())
             pair = [ids.index(first), ids.index(second)]
             study._storage.set_trial_system_attr(trial._trial_id, PAIR_ATTR, pair)
         return pair[0] if param_name == "first" else pair[1]

@@ -1,0 +1,234 @@
+"""Joint: instructions and demos searched together, MIPROv2-style, under the one evaluator.
+
+Why: an instruction that helps with no demos can hurt with eight, and the best demo set depends
+on the instruction it goes with; searching one axis and then the other misses the pairs.
+
+On its first step the strategy builds the search space once, on the starting candidate:
+- instruction candidates per predictor: the current instructions plus `num_instructions - 1`
+  grounded proposals (`Proposer.propose_instruction`, each shown a different slice of the
+  failures, so they differ);
+- candidate demo sets: the current demos, then `num_demo_sets - 1` sets of random size up to
+  `max_demos` (16, like BootstrapFewShotWithRandomSearch), alternately labeled (gold train
+  examples), bootstrapped (the starting candidate's successful traces on the batch, which the
+  first step pays for anyway) and mixed.
+Each later step is one trial: Optuna's TPE sampler, told every earlier trial, picks an
+instruction per predictor and a demo set; the pair is scored against the best pair so far on
+the batch minus the demos' source examples (no demo is scored on its own example) and kept
+only when strictly better. A fresh sampler seeded by the run seed and the trial number is built
+each step from the recorded trials, so a resumed run makes the same choices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.data import example_id
+from reflex_dspy.evaluation import EvalResult
+from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_failures
+from reflex_dspy.strategies.base import SearchContext, Step, Strategy
+from reflex_dspy.strategies.demo_selection import PoolEntry
+from reflex_dspy.strategies.fewshot import content_sources, labeled_entries, traced_entries
+
+DEMO_SET_KINDS = ("labeled", "bootstrapped", "mixed")
+
+
+def demo_sets(rng: Any, labeled: list[PoolEntry], traced: list[PoolEntry], n: int, max_demos: int) -> list[dict]:
+    """`n` candidate sets (set 0: the current demos, kept as they are): random sizes up to
+    `max_demos`, cycling through labeled-only, bootstrapped-first and mixed compositions."""
+    sets: list[dict[str, Any]] = [{"kind": "current", "entries": []}]
+    for j in range(1, n):
+        kind = DEMO_SET_KINDS[(j - 1) % len(DEMO_SET_KINDS)]
+        if kind == "labeled" or not traced:
+            source = list(labeled)
+        elif kind == "bootstrapped":
+            traced_ids = {e.example_id for e in traced}
+            source = rng.sample(traced, len(traced)) + [e for e in labeled if e.example_id not in traced_ids]
+        else:
+            by_id = {e.example_id: e for e in [*labeled, *traced]}  # a trace of an example replaces its label
+            source = list(by_id.values())
+        if kind != "bootstrapped":
+            source = rng.sample(source, len(source))
+        if not source:
+            continue
+        size = rng.randint(1, min(max_demos, len(source)))
+        sets.append({"kind": kind, "entries": [e.to_dict() for e in source[:size]]})
+    return sets
+
+
+class Joint(Strategy):
+    """Instruction candidates x demo sets, searched with Optuna's TPE; see the module docstring.
+
+    Parameters: `num_instructions` (4, the current one included) per predictor, `num_demo_sets`
+    (8, the current demos included), `max_demos` (16) per set, `startup_trials` (4) random
+    trials before TPE models the scores.
+    """
+
+    name = "joint"
+
+    def __init__(self, metric: Any = None, *, num_instructions: int = 4, num_demo_sets: int = 8,
+                 max_demos: int = 16, startup_trials: int = 4) -> None:
+        if num_instructions < 1 or num_demo_sets < 1 or max_demos < 1 or startup_trials < 1:
+            raise ValueError("num_instructions, num_demo_sets, max_demos and startup_trials must be at least 1")
+        super().__init__(metric, num_instructions=num_instructions, num_demo_sets=num_demo_sets,
+                         max_demos=max_demos, startup_trials=startup_trials)
+        self.start_candidate: Candidate | None = None
+        self.best: Candidate | None = None
+        self.instructions: dict[str, list[str]] = {}
+        self.sets: list[dict[str, Any]] = []
+        self.trials: list[dict[str, Any]] = []  # {"params", "value"}
+        self.finished: str | None = None
+
+    def start(self, ctx: SearchContext, initial: Candidate) -> None:
+        self.start_candidate = self.best = initial
+        self.instructions, self.sets, self.trials, self.finished = {}, [], [], None
+
+    def done(self) -> str | None:
+        return self.finished
+
+    # -- the search space --------------------------------------------------------------------
+    def _build_space(self, ctx: SearchContext, batch: Sequence[dspy.Example]) -> list[str]:
+        """Instruction candidates and demo sets, from the starting candidate's results on the batch."""
+        start = self.start_candidate
+        parent_eval = ctx.evaluate(start, batch, label="joint: starting candidate")
+        notes = []
+        for name in ctx.predictor_names:
+            texts = [start.predictors[name].instructions]
+            failures = ([r for r in parent_eval.worst(len(batch)) if r.score < 1.0]
+                        or parent_eval.worst(len(batch)))
+            for k in range(self.num_instructions - 1):
+                shown = failures[k::max(self.num_instructions - 1, 1)] or failures
+                try:
+                    texts.append(self._propose(ctx, start, name, shown))
+                except ProposalRejected as exc:
+                    notes.append(f"instruction proposal {k + 1} for {name} refused ({exc})")
+            self.instructions[name] = list(dict.fromkeys(texts))
+        predictors = list(start.predictors)
+        labeled = labeled_entries(ctx, predictors, [ex for ex in ctx.trainset])
+        traced = traced_entries(ctx, parent_eval, predictors)
+        # At most a third of the batch per set: the best pair's and the trial's demo sources are both
+        # left out of the scoring, and a third of the batch must remain.
+        size = min(self.max_demos, max(len(batch) // 3, 1))
+        self.sets = demo_sets(ctx.rng, labeled, traced, self.num_demo_sets, size)
+        notes.append(f"search space: {' x '.join(str(len(v)) for v in self.instructions.values())} instructions, "
+                     f"{len(self.sets)} demo sets (labeled pool {len(labeled)}, bootstrapped pool {len(traced)})")
+        return notes
+
+    def _propose(self, ctx: SearchContext, start: Candidate, name: str, failures: list) -> str:
+        facts = ctx.facts.get(name)
+        gold = {r.example_id: ctx.examples_by_id[r.example_id] for r in failures}
+        proposal = ctx.proposer.propose_instruction(
+            current=start.predictors[name].instructions, facts=facts,
+            failures=format_failures(failures, gold, name if len(ctx.predictor_names) > 1 else None),
+            differences=compare_outputs(facts, failures, {}) if facts else "", history="", step_name=name)
+        return proposal.instructions
+
+    # -- trials --------------------------------------------------------------------------------
+    def _distributions(self) -> dict[str, Any]:
+        from optuna.distributions import CategoricalDistribution
+
+        dists = {f"instruction:{n}": CategoricalDistribution(tuple(range(len(v))))
+                 for n, v in self.instructions.items()}
+        dists["demo_set"] = CategoricalDistribution(tuple(range(len(self.sets))))
+        return dists
+
+    def _suggest(self, ctx: SearchContext) -> tuple[dict[str, int], str] | None:
+        """The sampler's next pair, or the first untried pair when it repeats one; None when all were tried."""
+        import optuna
+
+        optuna.logging.set_verbosity(logging.WARNING)
+        dists = self._distributions()
+        sampler = optuna.samplers.TPESampler(seed=ctx.config.seed + len(self.trials),
+                                             n_startup_trials=self.startup_trials)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        for t in self.trials:
+            state = optuna.trial.TrialState.COMPLETE if t["value"] is not None else optuna.trial.TrialState.FAIL
+            study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, value=t["value"],
+                                                      state=state))
+        params = dict(study.ask(dists).params)
+        tried = {tuple(sorted(t["params"].items())) for t in self.trials}
+        if tuple(sorted(params.items())) not in tried:
+            return params, f"TPE ({len(self.trials)} trials seen)"
+        keys = list(dists)
+        for combo in itertools.product(*(d.choices for d in dists.values())):
+            pair = dict(zip(keys, combo, strict=True))
+            if tuple(sorted(pair.items())) not in tried:
+                return pair, "TPE repeated a tried pair; took the first untried one"
+        return None
+
+    def _candidate(self, params: dict[str, int]) -> tuple[Candidate, set[str]]:
+        """The starting candidate with the chosen instructions and demo set; and the demos' sources."""
+        candidate = self.start_candidate
+        for name, texts in self.instructions.items():
+            candidate = candidate.with_instructions(name, texts[params[f"instruction:{name}"]])
+        chosen = self.sets[params["demo_set"]]
+        entries = [PoolEntry.from_dict(e) for e in chosen["entries"]]
+        for name in candidate.predictors:
+            demos = [e.demos[name] for e in entries if name in e.demos]
+            if chosen["kind"] != "current":
+                candidate = candidate.with_demos(name, demos)
+        return candidate, {e.example_id for e in entries}
+
+    def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        notes = self._build_space(ctx, batch) if not self.sets else []
+        suggestion = self._suggest(ctx)
+        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
+        if suggestion is None:
+            self.finished = "every instruction x demo-set pair was tried"
+            result = self._score_best(ctx, iteration, batch)
+            return Step(self.best, result, result.mean, f"{self.finished}; the best pair is kept.",
+                        "no change (search space exhausted)", predictor, {"no_change": self.finished})
+        params, how = suggestion
+        candidate, sources = self._candidate(params)
+        left_out = sources | content_sources(self.best, batch) | content_sources(candidate, batch)
+        scored_on = [ex for ex in batch if example_id(ex) not in left_out]
+        if not scored_on:  # never score a demo on its own example: this pair cannot be measured here
+            self.trials.append({"params": params, "value": None})
+            result = self._score_best(ctx, iteration, batch)
+            why = "every batch example is a source of the demos"
+            return Step(self.best, result, result.mean, f"Picked by {how}: {params}; not scored: {why}.",
+                        f"no change ({why})", predictor, {"no_change": why, "params": params})
+        best_eval, result = ctx.evaluate_many([self.best, candidate], scored_on, label=f"iter {iteration}: joint trial")
+        value = result.mean if result.mean is not None else 0.0
+        self.trials.append({"params": params, "value": value})
+        kept = result.mean is not None and (best_eval.mean is None or result.mean > best_eval.mean)
+        if kept:
+            self.best = candidate
+        chosen = self.sets[params["demo_set"]]
+        summary = (f"joint trial {len(self.trials)}: instructions "
+                   f"{', '.join(str(params[f'instruction:{n}']) for n in self.instructions)}, demo set "
+                   f"{params['demo_set']} ({chosen['kind']}, {len(chosen['entries'])} demos)")
+        lines = [*notes, f"Picked by {how}: {summary}.",
+                 f"Scored on {len(scored_on)} batch examples (demo sources left out): {value:.3f} vs "
+                 f"{best_eval.mean if best_eval.mean is not None else float('nan'):.3f} for the best pair so far "
+                 f"→ {'kept' if kept else 'not kept (not strictly better)'}."]
+        details = {"params": params, "demo_set_kind": chosen["kind"], "demos": len(chosen["entries"]),
+                   "scored_on": len(scored_on), "kept": kept, "sampler": how}
+        return Step(candidate, result, best_eval.mean, "\n".join(lines), summary, predictor, details)
+
+    def _score_best(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> EvalResult:
+        """The best pair on the batch minus its own demos' sources (an honest no-change score)."""
+        left_out = content_sources(self.best, batch)
+        scored_on = [ex for ex in batch if example_id(ex) not in left_out]
+        if not scored_on:
+            return EvalResult(self.best.fingerprint, {})
+        return ctx.evaluate(self.best, scored_on, label=f"iter {iteration}: best pair")
+
+    # -- persistence --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start_candidate.to_dict() if self.start_candidate else None,
+                "best": self.best.to_dict() if self.best else None, "instructions": self.instructions,
+                "sets": self.sets, "trials": self.trials, "finished": self.finished}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start_candidate = Candidate.from_dict(state["start"]) if state.get("start") else None
+        self.best = Candidate.from_dict(state["best"]) if state.get("best") else None
+        self.instructions = {k: list(v) for k, v in state.get("instructions", {}).items()}
+        self.sets = list(state.get("sets", []))
+        self.trials = list(state.get("trials", []))
+        self.finished = state.get("finished")

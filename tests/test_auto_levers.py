@@ -1,0 +1,75 @@
+"""auto finds the one lever a task has, from measurements: fake task models whose only lever is
+demos, only the label set, or only the layout. Every axis is probed before the budget follows
+the gains, whatever the reasoning model would say (it writes only unusable replies here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes import LABELS, truth
+from strategy_kit import demo_labels, run_strategy
+
+from reflex_dspy.strategies.auto import AXES, Auto
+
+LAYOUT_MARKERS = ("## Task", "<task>", "Task:", "Work through these steps")
+
+
+def unreachable(messages: list[dict]) -> bool:
+    """Customer 0's messages are never answered right, so no run stops at the threshold early."""
+    return messages[-1]["content"].count("Customer 0:") > 0
+
+
+def demos_only(system: str, messages: list[dict]) -> str:
+    label = truth(messages[-1]["content"])
+    right = label in demo_labels(messages) and not unreachable(messages)
+    return label if right else f"This is about {label}."
+
+
+def label_set_only(system: str, messages: list[dict]) -> str:
+    label = truth(messages[-1]["content"])
+    right = all(lbl in system.lower() for lbl in LABELS) and not unreachable(messages)
+    return label if right else f"This is about {label}."
+
+
+def layout_only(system: str, messages: list[dict]) -> str:
+    label = truth(messages[-1]["content"])
+    right = any(m in system for m in LAYOUT_MARKERS) and not unreachable(messages)
+    return label if right else f"This is about {label}."
+
+
+def unhelpful_reasoner(system: str, messages: list[dict]) -> str:
+    """Every rewrite empty (refused), and it would always send auto to structural if it were asked."""
+    prompt = system + messages[-1]["content"]
+    if "available_axes" in prompt:
+        return json.dumps({"reason": "layout always matters", "axis": "structural"})
+    if "restructured_instructions" in prompt:
+        return json.dumps({"change_summary": "-", "restructured_instructions": ""})
+    return json.dumps({"failure_patterns": "-", "change_summary": "-", "revised_instructions": ""})
+
+
+@pytest.mark.parametrize(("respond", "levers"), [
+    (demos_only, {"fewshot", "joint"}),
+    (label_set_only, {"iterative", "joint", "pdo"}),
+    (layout_only, {"structural", "pdo"}),
+], ids=["demos", "label-set", "layout"])
+def test_auto_probes_every_axis_and_spends_on_the_lever(respond, levers, tmp_path):
+    from fakes import routing_examples
+
+    auto = Auto()
+    program = run_strategy(auto, unhelpful_reasoner, respond=respond, examples=routing_examples(4),
+                           run_dir=tmp_path, track=False, max_iterations=60, max_metric_calls=500,
+                           train_ratio=1.0, val_ratio=0.0, score_threshold=1.0)
+    result = program.result
+    probes = [p["axis"] for p in auto.phases if p["kind"] == "probe"]
+    assert sorted(probes) == sorted(AXES)  # every axis probed once ...
+    assert [p["kind"] for p in auto.phases[: len(AXES)]] == ["probe"] * len(AXES)  # ... before anything else
+    gained = {p["axis"] for p in auto.phases if (p["gain"] or 0) > 0.005}
+    assert gained and gained <= levers, auto.phases
+    assert result.final.mean > result.baseline.mean + 0.3
+    assert result.usage["search_calls"] >= 0.8 * 500 or "converged" not in result.stop_reason
+    # After the probes, the budget goes to the axes that gained (the first rung holds only those).
+    after = [r for r in result.iterations if r.details["auto"]["kind"] != "probe"]
+    assert after or result.stop_reason.startswith("score threshold"), result.stop_reason
+    first_rung = [r.phase for r in after if r.details["auto"]["kind"] == "rung 1"]
+    assert set(first_rung) <= gained, (first_rung, gained)

@@ -1,0 +1,144 @@
+"""Provider faults, injected by our own loopback server, against the real CLI (issue 17, items 1-4, 13).
+
+Every test runs `reflex-dspy optimize` (the CLI's `main`, in this process so DSPy's response
+cache can be inspected) with litellm talking HTTP to `tests/fake_openai_server.py`, which
+injects 429 / 500 / hang / malformed / empty replies. What must hold: the run finishes, retries
+and rate limits in the summary equal the faults injected, a persistent failure costs exactly
+`RetryPolicy.max_attempts` requests (one retry layer, ours), failed examples are reported as
+failed and excluded (never a 0), no empty answer is cached, and no key reaches any record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import dspy
+import pytest
+from dashboard_kit import write_task
+from fake_openai_server import FakeOpenAI, Faults
+
+from reflex_dspy.cli import main
+from reflex_dspy.reply_cache import is_empty_reply
+from reflex_dspy.retries import RetryPolicy
+
+ATTEMPTS = RetryPolicy().max_attempts
+
+
+def run_cli(capsys, monkeypatch, tmp_path: Path, server: FakeOpenAI, *extra: str, key: str = "test-key"):
+    """(exit code, stdout, stderr, result.json or None) of one CLI run against `server`."""
+    data, prompt = write_task(tmp_path / "task", n_per_label=3)
+    monkeypatch.setenv("OPENAI_API_BASE", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    results = tmp_path / "result.json"
+    model = f"openai/fault-{uuid.uuid4().hex[:8]}"  # a fresh DSPy cache key space per run
+    argv = ["optimize", str(data), str(prompt), "-m", model, "--reasoning-model", f"{model}-reasoner",
+            "--metric", "exact", "-s", "iterative", "--max-iterations", "1", "--max-workers", "2",
+            "--run-dir", str(tmp_path / "runs"), "--mlflow-tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--results-json", str(results), *extra]
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err, json.loads(results.read_text()) if results.exists() else None
+
+
+def cached_records() -> list:
+    cache = dspy.cache
+    records = list(getattr(cache.memory_cache, "values", lambda: [])())
+    disk = cache.disk_cache
+    if hasattr(disk, "iterkeys"):
+        records += [disk.get(k) for k in disk.iterkeys()]
+    return records
+
+
+@pytest.mark.parametrize("kind", ["429", "500", "malformed", "empty"])
+def test_each_fault_is_retried_counted_and_never_scored(capsys, monkeypatch, tmp_path, kind):
+    with FakeOpenAI(faults=Faults(kind, rate=0.3, max_faults=5), lifetime_s=120) as server:
+        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server)
+    assert code == 0, err[-2000:]
+    usage = result["usage"]
+    assert server.injected == {kind: 5}
+    # One retry layer: each injected fault is exactly one retried request, counted.
+    assert usage["retries"] == 5, (usage, out)
+    assert usage["rate_limits"] == (5 if kind == "429" else 0)
+    assert usage["failed"] == 0 and result["baseline"]["n_failed"] == 0
+    assert f"{usage['retries']} retries" in out
+    assert not any(is_empty_reply(r) for r in cached_records())
+
+
+def test_a_persistent_failure_costs_max_attempts_requests_and_is_excluded(capsys, monkeypatch, tmp_path):
+    """Sticky 500s: DSPy's own retries under ours used to make one failing example 20 requests."""
+    with FakeOpenAI(faults=Faults("500", rate=0.3, sticky=True), lifetime_s=120) as server:
+        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server)
+    assert code == 0, err[-2000:]
+    usage = result["usage"]
+    assert usage["failed"] > 0
+    assert server.injected["500"] == ATTEMPTS * usage["failed"]
+    assert usage["retries"] == (ATTEMPTS - 1) * usage["failed"]
+    baseline = result["baseline"]
+    assert baseline["n_failed"] > 0 and "failed and excluded" in out
+    assert len(baseline["scores"]) == baseline["n"] - baseline["n_failed"]  # excluded, not scored 0
+
+
+def test_an_empty_answer_is_a_failed_example_and_never_cached(capsys, monkeypatch, tmp_path):
+    with FakeOpenAI(faults=Faults("empty", rate=0.3, sticky=True), lifetime_s=120) as server:
+        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server)
+    assert code == 0, err[-2000:]
+    assert result["usage"]["failed"] > 0 and result["baseline"]["n_failed"] > 0
+    assert server.injected["empty"] == ATTEMPTS * result["usage"]["failed"]
+    assert not any(is_empty_reply(r) for r in cached_records())
+
+
+def test_a_hung_request_is_cut_by_sample_timeout_and_retried(capsys, monkeypatch, tmp_path):
+    faults = Faults("hang", rate=0.25, max_faults=2, hang_s=30)
+    start = time.monotonic()
+    with FakeOpenAI(faults=faults, lifetime_s=120) as server:
+        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server, "--sample-timeout", "0.5")
+    assert code == 0, err[-2000:]
+    assert time.monotonic() - start < 25  # not one 30 s hang waited out
+    assert result["usage"]["retries"] == 2 and result["usage"]["failed"] == 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--sample-timeout", "-1"], "--sample-timeout -1: must be a positive number of seconds"),
+    (["--sample-timeout", "0"], "--sample-timeout 0: must be a positive number of seconds"),
+])
+def test_a_bad_sample_timeout_is_refused_before_any_call(capsys, monkeypatch, tmp_path, extra, message):
+    with FakeOpenAI(lifetime_s=60) as server:
+        code, _, err, result = run_cli(capsys, monkeypatch, tmp_path, server, *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert server.received == 0 and result is None and not (tmp_path / "runs").exists()
+
+
+def test_sample_timeout_on_the_embedded_model_is_refused(capsys, tmp_path):
+    data, prompt = write_task(tmp_path / "task", n_per_label=2)
+    code = main(["optimize", str(data), str(prompt), "--sample-timeout", "5", "--dry-run",
+                 "--run-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "runs in-process and cannot be stopped mid-call" in err
+
+
+def test_a_reasoning_model_that_never_answers_fails_the_run(capsys, monkeypatch, tmp_path):
+    with FakeOpenAI(faults=Faults("500", rate=1.0, target="reasoning"), lifetime_s=120) as server:
+        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server, "-o", str(tmp_path / "best.md"))
+    assert code == 1, err[-2000:]
+    assert "reasoning 0 calls / 0 tokens, 3 failed (LMServerError" in out
+    assert "the reasoning model answered none of its 3 requests" in err
+    assert server.injected["500"] == 3 * ATTEMPTS
+    assert result is None and not (tmp_path / "best.md").exists()
+
+
+def test_a_key_echoed_by_the_provider_is_recorded_nowhere(capsys, monkeypatch, tmp_path):
+    key = "zq-9f8e7d6c5b4a39281706"  # not sk-like: redacted because it is the configured key
+    faults = Faults("500", rate=0.3, sticky=True, echo_key=True)
+    with FakeOpenAI(faults=faults, lifetime_s=120) as server:
+        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server, key=key)
+    assert code == 0, err[-2000:]
+    assert result["usage"]["failed"] > 0 and server.injected["500"] > 0
+    errors = [r.get("error") for r in (result["baseline"].get("results") or [])]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "task" not in p.parts]
+    assert written and any(p.name == "mlflow.db" for p in written)
+    for path in written:
+        assert key.encode() not in path.read_bytes(), path
+    assert key not in out + err and errors is not None

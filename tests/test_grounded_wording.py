@@ -1,0 +1,73 @@
+"""Facts computed from the data reach a task prompt as instructions, never as analysis.
+
+An unseen date task once ended with "Expected `output` values have a median length of 1 words."
+in the user's prompt: `describe()` (written for the reasoning model) was pasted into a
+deterministic fallback. Every grounded fallback must use `for_task_model()` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import dspy
+import pytest
+from fakes import fake_lm
+
+from reflex_dspy.adapters import program_from_prompt
+from reflex_dspy.evaluation import Evaluator
+from reflex_dspy.proposals import ProposalRejected, Proposer, TaskFacts
+from reflex_dspy.strategies.pdo.variants import TIPS, fallback_text, tip_for
+
+ANALYSIS = re.compile(r"median|length of|training data|how often|expected `|values have|always exactly one of",
+                      re.IGNORECASE)
+
+
+def examples(outputs: list[str]) -> list[dspy.Example]:
+    return [dspy.Example(input=f"item {i}", output=o).with_inputs("input") for i, o in enumerate(outputs)]
+
+
+FACTS = {
+    "dates": TaskFacts.from_examples(examples(["2024-01-02", "1999-12-31", "2030-06-15"]), "output"),
+    "labels": TaskFacts.from_examples(examples(["billing", "shipping", "billing", "technical"] * 2), "output"),
+    "numbers": TaskFacts.from_examples(examples(["12", "7.5", "300"]), "output"),
+    "json": TaskFacts.from_examples(examples(['{"name": "a", "age": 1}', '{"name": "b", "age": 2}']), "output"),
+    "one word": TaskFacts.from_examples(examples(["Paris", "Rome", "Oslo", "Lima"]), "output"),
+    "free text": TaskFacts.from_examples(examples(["the cat sat on the mat today", "a long answer in words"]),
+                                         "output"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FACTS))
+def test_facts_for_the_task_model_carry_no_analysis_wording(kind):
+    facts = FACTS[kind]
+    assert not ANALYSIS.search(facts.for_task_model()), facts.for_task_model()
+    assert ANALYSIS.search(facts.describe())  # the reasoning model's version does: the check can fail
+
+
+def test_the_date_task_gets_the_instruction_the_issue_asks_for():
+    assert FACTS["dates"].for_task_model() == "Answer with the date only, as YYYY-MM-DD."
+    assert FACTS["labels"].for_task_model() == ("Answer with exactly one of these labels and nothing else: "
+                                                "billing, shipping, technical.")
+
+
+@pytest.mark.parametrize("kind", list(FACTS))
+def test_no_pdo_tip_fallback_pastes_analysis_into_the_prompt(kind):
+    for i in range(len(TIPS) * 2):  # every tip, and the combined ones past the catalogue
+        text = fallback_text(tip_for(i), "Find the date mentioned in the text.", FACTS[kind])
+        assert not ANALYSIS.search(text), (tip_for(i).name, text)
+
+
+@pytest.mark.parametrize("kind", list(FACTS))
+def test_the_proposers_grounded_fallback_states_facts_as_instructions(kind):
+    refusing = fake_lm(lambda system, messages: json.dumps(
+        {"failure_patterns": "-", "change_summary": "-", "revised_instructions": ""}))
+    evaluator = Evaluator(program_from_prompt("x"), lambda ex, pred: 1.0, task_lm=refusing)
+    proposer = Proposer(refusing, evaluator)
+    try:
+        proposal = proposer.propose_instruction(current="Find the date mentioned in the text.", facts=FACTS[kind],
+                                                failures="", differences="", history="", step_name="predict")
+    except ProposalRejected as exc:  # nothing the data could state: the refusal stands
+        assert FACTS[kind].missing_from("Find the date mentioned in the text.") is None, exc
+        return
+    assert not ANALYSIS.search(proposal.instructions), proposal.instructions
