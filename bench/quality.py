@@ -1,11 +1,17 @@
-"""Quality per budget: every reflex strategy against DSPy's own optimizers.
+"""Quality per budget: auto (what users get by default) against each of DSPy's optimizers.
 
 Every optimizer at a given (task, seed) gets the same task model, the same reasoning/proposer
-model, the same train / val / test split and the same metric; reflex strategies get
-`--max-metric-calls` = `budget`, DSPy's optimizers run with the settings the issue names
-(MIPROv2 and GEPA `auto="light"`; COPRO and BootstrapFewShotWithRandomSearch sized to about
-the same number of calls) and their calls are counted. Test is measured outside the optimizer,
-the same way for all of them, and never used to choose.
+model, the same train / val / test split and the same metric. reflex strategies get
+`max_metric_calls` = `budget`. DSPy's optimizers run twice where their API allows: sized to the
+same budget (`BootstrapFewShotWithRandomSearch` by `num_candidate_programs`, MIPROv2 by
+`num_trials` / `num_candidates`, GEPA by `max_metric_calls`, COPRO by breadth x depth), and at
+DSPy's own `auto="light"` (the `-light` names). Every optimizer's real search metric calls are
+counted and reported: DSPy's sizing is approximate (bootstrapping adds calls). Test is measured
+outside the optimizer, the same way for all of them, and never used to choose.
+
+The order of runs is the order of `OPTIMIZERS`: the headline (baseline, auto, the four DSPy
+optimizers at equal calls) first, then DSPy's light settings, then the other reflex strategies,
+so a grid stopped early still holds whole headline comparisons.
 
 Each run's result is one JSON file under the results folder, written when the run ends, so an
 interrupted benchmark continues where it stopped and the report is built from the files.
@@ -26,10 +32,12 @@ import dspy
 import quality_tasks
 from quality_tasks import TASKS, Task
 
-REFLEX = ["iterative", "structural", "fewshot", "pdo", "auto", "gepa"]
-DSPY = ["COPRO", "BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA"]  # cheapest first
-OPTIMIZERS = REFLEX + DSPY
-BUDGET = 64  # metric calls for reflex strategies: 8 full passes over an 8-example split
+REFLEX = ["auto", "fewshot", "joint", "pdo", "iterative", "structural", "gepa"]
+DSPY = ["BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA", "COPRO"]  # sized to the budget
+DSPY_LIGHT = ["MIPROv2-light", "GEPA-light"]  # DSPy's own auto="light" settings
+HEADLINE = ["auto", *DSPY]
+OPTIMIZERS = [*HEADLINE, *DSPY_LIGHT, *REFLEX[1:]]
+BUDGET = 150  # metric calls for reflex strategies (the issue's setting): ~6 passes over train + val
 
 
 class Meter:
@@ -97,20 +105,42 @@ def _reflex(name: str, student: dspy.Module, metric, train, val, test, task_lm, 
     return opt.compile(student, trainset=train + val + test, splits=splits)
 
 
-def _dspy(name: str, student: dspy.Module, metric, train, val, task_lm, reasoner, seed: int) -> dspy.Module:
+def dspy_sizes(budget: int, n_train: int, n_val: int) -> dict[str, dict[str, int]]:
+    """DSPy's knobs sized to about `budget` search metric calls (their own accounting differs:
+    bootstrapping runs the program on train until enough traces succeed, so the real calls are
+    measured and reported, never assumed)."""
+    return {
+        # (num_candidate_programs + 3 fixed programs) x |val|, + bootstrapping on train
+        "BootstrapFewShotWithRandomSearch": {"num_candidate_programs": max(budget // n_val - 3, 1)},
+        # one full val pass per trial (a val smaller than the minibatch is scored whole), + bootstrapping
+        "MIPROv2": {"num_trials": max(budget // n_val - 3, 2), "num_candidates": 6},
+        "GEPA": {"max_metric_calls": budget},
+        # breadth x depth x |train|
+        "COPRO": {"breadth": 4, "depth": max(budget // (4 * n_train), 1)},
+    }
+
+
+def _dspy(name: str, student: dspy.Module, metric, train, val, task_lm, reasoner, seed: int,
+          budget: int) -> dspy.Module:
     from dspy.teleprompt import COPRO, GEPA, BootstrapFewShotWithRandomSearch, MIPROv2
 
-    if name == "MIPROv2":
+    size = dspy_sizes(budget, len(train), len(val)).get(name, {})
+    if name == "MIPROv2-light":
         return MIPROv2(metric, prompt_model=reasoner, task_model=task_lm, auto="light", num_threads=1,
                        seed=seed, verbose=False).compile(student, trainset=train, valset=val)
-    if name == "COPRO":  # breadth x depth x |train| = 4 x 2 x 8 = 64 calls
-        return COPRO(prompt_model=reasoner, metric=metric, breadth=4, depth=2).compile(
+    if name == "MIPROv2":
+        return MIPROv2(metric, prompt_model=reasoner, task_model=task_lm, auto=None, num_candidates=size["num_candidates"],
+                       num_threads=1, seed=seed, verbose=False).compile(
+            student, trainset=train, valset=val, num_trials=size["num_trials"], minibatch=False)
+    if name == "COPRO":
+        return COPRO(prompt_model=reasoner, metric=metric, breadth=size["breadth"], depth=size["depth"]).compile(
             student, trainset=train, eval_kwargs={"num_threads": 1, "display_progress": False})
-    if name == "BootstrapFewShotWithRandomSearch":  # (5 + 3 candidates) x |val| = 64 calls, + bootstrapping
-        return BootstrapFewShotWithRandomSearch(metric, num_candidate_programs=5, num_threads=1).compile(
+    if name == "BootstrapFewShotWithRandomSearch":
+        return BootstrapFewShotWithRandomSearch(metric, num_threads=1, **size).compile(
             student, trainset=train, valset=val)
-    if name == "GEPA":
-        return GEPA(metric, auto="light", reflection_lm=reasoner, num_threads=1, seed=seed).compile(
+    if name in ("GEPA", "GEPA-light"):
+        budget_kw = {"auto": "light"} if name == "GEPA-light" else size
+        return GEPA(metric, reflection_lm=reasoner, num_threads=1, seed=seed, **budget_kw).compile(
             student, trainset=train, valset=val)
     raise ValueError(f"unknown optimizer {name!r}")
 
@@ -118,19 +148,20 @@ def _dspy(name: str, student: dspy.Module, metric, train, val, task_lm, reasoner
 def run_one(task: Task, optimizer: str, seed: int, budget: int, task_lm: dspy.LM, reasoner: dspy.LM,
             meters: dict[str, Meter], sizes: tuple[int, int, int]) -> dict[str, Any]:
     train, val, test = quality_tasks.split(task.load(), seed, sizes)
-    metric = CountedMetric(task, {e.id for e in test}, feedback=optimizer == "GEPA")
+    metric = CountedMetric(task, {e.id for e in test}, feedback=optimizer.startswith("GEPA"))
     before = {k: m.snapshot() for k, m in meters.items()}
     start = time.perf_counter()
     with dspy.context(lm=task_lm, adapter=dspy.JSONAdapter()):
         if optimizer in REFLEX:
             program = _reflex(optimizer, task.program(), metric, train, val, test, task_lm, reasoner, seed, budget)
         else:
-            program = _dspy(optimizer, task.program(), metric, train, val, task_lm, reasoner, seed)
+            program = _dspy(optimizer, task.program(), metric, train, val, task_lm, reasoner, seed, budget)
         wall = time.perf_counter() - start
         spent = {k: [a - b for a, b in zip(m.snapshot(), before[k], strict=True)] for k, m in meters.items()}
         result = evaluate(task, program, test)
     return {
-        "task": task.name, "optimizer": optimizer, "seed": seed, "budget": budget if optimizer in REFLEX else None,
+        "task": task.name, "optimizer": optimizer, "seed": seed,
+        "budget": budget if optimizer in REFLEX or optimizer in DSPY else None,
         "test": result["score"], "test_failures": result["failures"], "test_scores": result["scores"],
         "metric_calls": metric.search_calls, "task_calls": spent["task"][0],
         "tokens": spent["task"][1] + spent["reasoner"][1], "reasoner_calls": spent["reasoner"][0],
@@ -140,9 +171,16 @@ def run_one(task: Task, optimizer: str, seed: int, budget: int, task_lm: dspy.LM
 
 
 def _search(result: Any) -> dict[str, Any]:
-    """Why a reflex run stopped and the phase of each iteration (auto's axis choices); DSPy's
-    optimizers report neither."""
-    return {"stop_reason": result.stop_reason, "phases": [r.phase for r in result.iterations]}
+    """Why a reflex run stopped, the phase of each iteration, and auto's phases: each axis, why it
+    was chosen (probe or rung), its calls and measured gain. DSPy's optimizers report none of it."""
+    phases = []
+    for r in result.iterations:
+        info = r.details.get("auto")
+        if info and (not phases or phases[-1]["phase_number"] != r.details.get("phase_number")):
+            phases.append({"phase_number": r.details.get("phase_number"), "axis": r.phase, "kind": info["kind"],
+                           "evidence": info["evidence"]})
+    return {"stop_reason": result.stop_reason, "phases": [r.phase for r in result.iterations],
+            "auto_phases": phases}
 
 
 def run_baseline(task: Task, seed: int, task_lm: dspy.LM, sizes: tuple[int, int, int]) -> dict[str, Any]:

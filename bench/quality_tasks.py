@@ -1,4 +1,4 @@
-"""The three tasks of the quality-per-budget benchmark: the embedded model's score on each depends
+"""The five tasks of the quality-per-budget benchmark: the embedded model's score on each depends
 on the prompt, and every initial instruction leaves out what the metric checks.
 
 - `routing`: 48 support messages, four teams; the instruction never names the teams.
@@ -6,6 +6,11 @@ on the prompt, and every initial instruction leaves out what the metric checks.
   the instruction only says "find the date".
 - `web_of_lies`: a balanced 48-question slice of `../shared/data/prompt-ops/web_of_lies.json`;
   the metric wants a bare Yes/No.
+- `facility_urgency`: a balanced 48-email slice of `../shared/data/prompt-ops/facility_support.json`
+  (16 each of low / medium / high urgency); the instruction never names the levels.
+- `amounts`: 48 payment messages with an amount written in one of several styles ("$1,234.50",
+  "1234.5 USD", "EUR 980"); the metric wants the number alone with two decimals ("1234.50"),
+  the instruction only says "find the amount paid".
 
 Outputs are plain `str` fields (a `Literal` would state the label set in the JSON schema).
 """
@@ -24,7 +29,8 @@ import dspy
 ROOT = Path(__file__).resolve().parent.parent
 WEB_OF_LIES = ROOT.parent / "shared" / "data" / "prompt-ops" / "web_of_lies.json"
 SIZE = 48  # examples per task
-SIZES = (8, 8, 16)  # train, val, test: small enough for 3 seeds x 3 tasks x 10 optimizers on 2 cores
+FACILITY = ROOT.parent / "shared" / "data" / "prompt-ops" / "facility_support.json"
+SIZES = (16, 8, 24)  # train, val, test: a test split of 24 (the whole 48 used)
 
 
 @dataclass(frozen=True)
@@ -112,16 +118,68 @@ def _web_of_lies() -> list[dspy.Example]:
             .with_inputs("question") for i, r in enumerate(yes + no)]
 
 
+class FacilityUrgency(dspy.Signature):
+    """Read the email sent to a facility services company and rate how urgent it is."""
+
+    email: str = dspy.InputField()
+    urgency: str = dspy.OutputField()
+
+
+class Amounts(dspy.Signature):
+    """Find the amount paid in the message."""
+
+    message: str = dspy.InputField()
+    amount: str = dspy.OutputField()
+
+
+def _facility() -> list[dspy.Example]:
+    rows = json.loads(FACILITY.read_text())
+    by_level: dict[str, list[dict]] = {"low": [], "medium": [], "high": []}
+    for r in rows:
+        level = json.loads(r["answer"])["urgency"]
+        if len(by_level[level]) < SIZE // 3:
+            by_level[level].append(r)
+    picked = [r for level in by_level.values() for r in level]
+    return [dspy.Example(id=f"f{i}", email=r["fields"]["input"], urgency=json.loads(r["answer"])["urgency"])
+            .with_inputs("email") for i, r in enumerate(picked)]
+
+
+PAYERS = ["Anna", "The Lopez family", "Our school", "Mr. Chen", "The bakery", "A neighbour", "Dr. Okafor", "The club"]
+ITEMS = ["the plumbing repair", "last month's rent", "two concert tickets", "the new laptop", "the catering",
+         "a used bicycle", "the annual membership", "the car service"]
+
+
+def _amounts() -> list[dspy.Example]:
+    rng = random.Random(11)
+    styles = [
+        lambda v: f"${v:,.2f}",
+        lambda v: f"{v:g} USD",
+        lambda v: f"EUR {v:,.2f}",
+        lambda v: f"{v:,.2f} dollars",
+    ]
+    out = []
+    for i in range(SIZE):
+        value = round(rng.uniform(5, 5000), rng.choice([0, 1, 2]))
+        other = rng.randint(2, 99)  # a second number in the text that is not the amount
+        text = (f"{PAYERS[i % len(PAYERS)]} paid {styles[i % len(styles)](value)} for {ITEMS[(i * 3) % len(ITEMS)]} "
+                f"(reference {other}).")
+        out.append(dspy.Example(id=f"a{i}", message=text, amount=f"{value:.2f}").with_inputs("message"))
+    return out
+
+
 TASKS = {
     "routing": Task("routing", Routing, _routing, "team"),
     "dates": Task("dates", Dates, _dates, "date"),
     "web_of_lies": Task("web_of_lies", WebOfLies, _web_of_lies, "answer"),
+    "facility_urgency": Task("facility_urgency", FacilityUrgency, _facility, "urgency"),
+    "amounts": Task("amounts", Amounts, _amounts, "amount"),
 }
+SHARED_DATA = {"web_of_lies": WEB_OF_LIES, "facility_urgency": FACILITY}
 
 
 def available() -> list[str]:
-    """The tasks whose data is present (web_of_lies needs the shared data folder beside the repo)."""
-    return [n for n in TASKS if n != "web_of_lies" or WEB_OF_LIES.exists()]
+    """The tasks whose data is present (two need the shared data folder beside the repo)."""
+    return [n for n in TASKS if n not in SHARED_DATA or SHARED_DATA[n].exists()]
 
 
 def split(examples: list[dspy.Example], seed: int, sizes: tuple[int, int, int] = SIZES):

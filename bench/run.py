@@ -25,7 +25,7 @@ import quality_tasks  # noqa: E402
 import report  # noqa: E402
 from workloads import ROOT, quality_models  # noqa: E402
 
-QUALITY_RESULTS = ROOT / "bench" / "results" / "quality"
+QUALITY_RESULTS = ROOT / "bench" / "results" / "quality-150"  # 16/8/24 splits, 150 calls (issue 16)
 DOC = ROOT / "docs" / "benchmarks.md"
 
 MODES = {
@@ -86,7 +86,7 @@ def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
     if mode == "smoke":
         shutil.rmtree(args.out.parent / "quality-smoke", ignore_errors=True)
         results = quality.run(args.out.parent / "quality-smoke", tasks=["routing"], seeds=[0], budget=16,
-                              optimizers=["iterative", "BootstrapFewShotWithRandomSearch"], sizes=(4, 4, 4),
+                              optimizers=["auto", "BootstrapFewShotWithRandomSearch"], sizes=(4, 4, 4),
                               models=quality_models, log=step)
         return quality_report.section(results, plots, "Smoke run against fake models: checks the harness only.")
     tasks = quality_tasks.available()

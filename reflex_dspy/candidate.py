@@ -16,21 +16,7 @@ from typing import Any
 import dspy
 
 from reflex_dspy.errors import UsageError
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly form of a demo value (dspy objects and pydantic models included)."""
-    if isinstance(value, dspy.Example):
-        return {k: _plain(v) for k, v in value.toDict().items()}
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
+from reflex_dspy.plain import plain
 
 
 @dataclass(frozen=True)
@@ -73,7 +59,7 @@ class Candidate:
         states = {}
         for name, predictor in program.named_predictors():
             if wanted is None or name in wanted:
-                demos = tuple(_plain(d) for d in (predictor.demos or []))
+                demos = tuple(plain(d) for d in (predictor.demos or []))
                 states[name] = PredictorState(predictor.signature.instructions, demos)
         if wanted is not None and (missing := wanted - states.keys()):
             known = ", ".join(n for n, _ in program.named_predictors())
@@ -95,8 +81,8 @@ class Candidate:
 
     def with_demos(self, name: str, demos: Iterable[Mapping[str, Any]]) -> Candidate:
         state = self.predictors[name]
-        plain = tuple(_plain(d) for d in demos)
-        return Candidate({**self.predictors, name: PredictorState(state.instructions, plain)})
+        shown = tuple(plain(d) for d in demos)
+        return Candidate({**self.predictors, name: PredictorState(state.instructions, shown)})
 
     def changed_from(self, other: Candidate) -> list[str]:
         """Names of the predictors whose instructions or demos differ from `other`'s, sorted."""

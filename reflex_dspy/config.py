@@ -14,7 +14,7 @@ AUTO_BUDGET_FACTORS = {"light": 6, "medium": 12, "heavy": 24}
 
 
 class OptimizerConfig(BaseModel):
-    """The configuration of one optimization run (SPEC §3).
+    """The configuration of one optimization run (README: "Python", "The CLI").
 
     Invalid values raise on construction, naming the field. `reasoning_api_key` is a
     `SecretStr` and is excluded from every dump, so it can never be persisted by accident.

@@ -368,6 +368,22 @@ def _csv_records(path: Path, text: str, delimiter: str) -> Iterable[tuple[str, A
         raise UsageError(f"{path}:{reader.line_num}: invalid CSV ({exc})") from None
 
 
+def read_records(path: str | Path, kind: str, *, tables: bool = True) -> list[tuple[str, Any]]:
+    """`(where, record)` for each record of a JSONL, JSON-array or (with `tables`) CSV/TSV file.
+
+    `where` names the file and line (or array index) for error messages. A file is a JSON array
+    when it starts with `[` and is not named .jsonl / .ndjson; `kind` names the file in errors.
+    """
+    path = Path(path)
+    text = read_text_file(path, kind)
+    suffix = path.suffix.lower()
+    if tables and suffix in (".csv", ".tsv"):
+        return list(_csv_records(path, text, "\t" if suffix == ".tsv" else ","))
+    if suffix not in (".jsonl", ".ndjson") and text.lstrip().startswith("["):
+        return list(_json_array_records(path, text))
+    return list(_jsonl_records(path, text))
+
+
 def load_dataset(
     path: str | Path,
     *,
@@ -384,16 +400,7 @@ def load_dataset(
     label-free data (judge-only runs).
     """
     path = Path(path)
-    text = read_text_file(path, "dataset")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        records = _csv_records(path, text, "\t" if suffix == ".tsv" else ",")
-    elif suffix not in (".jsonl", ".ndjson") and text.lstrip().startswith("["):
-        records = _json_array_records(path, text)
-    else:
-        records = _jsonl_records(path, text)
-
-    records = list(records)
+    records = read_records(path, "dataset")
     examples = [
         _record_to_example(record, where, input_field, output_field, require_output)
         for where, record in records

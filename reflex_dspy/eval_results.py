@@ -7,7 +7,7 @@ strategies, proposals and the journal can read results without the machinery tha
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import dspy
@@ -32,7 +32,18 @@ class ExampleResult:
         return self.score is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Fresh containers (a journal entry never shares them with the run cache) without
+        # `asdict`'s deep copy of every leaf: this runs once per paid call (8x faster, bench/).
+        return {f.name: _copied(getattr(self, f.name)) for f in fields(self)}
+
+
+def _copied(value: Any) -> Any:
+    """`value` with its dicts and lists copied (their leaves are plain JSON values)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""One compile, from split to held-out test (SPEC §4): the state and steps of a run.
+"""One compile, from split to held-out test (docs/architecture.md): the state and steps of a run.
 
     split → baseline on test → strategy iterations on train (val after each) →
     select ONE candidate on val (else train) → evaluate exactly that one on test →
@@ -37,6 +37,7 @@ from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import mean_std, paired_significance
 from reflex_dspy.tracking import Trackers
 from reflex_dspy.tracking.redact import redact_uri
+from reflex_dspy.tracking.schema import Checkpoint
 
 if TYPE_CHECKING:
     from reflex_dspy.run_inputs import RunInputs
@@ -240,7 +241,7 @@ class RunLifecycle:
                 self.trackers.on_baseline(baseline)  # a branch records its parent's baseline
             self._status("searching")
             checkpoint = record.checkpoint if record is not None else None
-            if checkpoint and checkpoint.get("strategy_state") is not None:
+            if checkpoint and checkpoint.strategy_state is not None:
                 self._restore(checkpoint)
             else:
                 self.initial_val = (
@@ -249,7 +250,7 @@ class RunLifecycle:
                 self.best_val = self.initial_val
                 self.strategy.start(self.ctx, self.initial)
                 self._checkpoint(0)
-            stop_reason = (checkpoint or {}).get("stop_reason")
+            stop_reason = checkpoint.stop_reason if checkpoint else None
             if stop_reason is None:
                 stop_reason = self._search(start=len(self.records) + 1)
                 self._checkpoint(len(self.records), stop_reason)
@@ -309,7 +310,7 @@ class RunLifecycle:
         if record.inherited:
             self.evaluator.replay(record.inherited)  # the parent's paid results: free cache hits
         if record.resumed:
-            self.evaluator.replay(record.journal, record.checkpoint or {"paid_entries": 0})
+            self.evaluator.replay(record.journal, record.checkpoint.evaluator if record.checkpoint else {"paid_entries": 0})
             self.records = list(record.records)
             self.candidates.update({r.iteration: Candidate.from_dict(r.candidate) for r in self.records})
             self.later = record.later
@@ -324,14 +325,14 @@ class RunLifecycle:
         self.ctx.workdir = record.run.path / "strategy"
         return record
 
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
+    def _restore(self, checkpoint: Checkpoint) -> None:
         """Continue after the checkpoint's iteration: strategy, early-stopping and RNG state."""
-        self.initial_val = checkpoint.get("initial_val")
-        self.best_val = checkpoint.get("best_val")
-        self.stale = checkpoint.get("stale", 0)
-        self.started -= checkpoint.get("elapsed_seconds", 0.0)  # durations count the interrupted process too
-        self.strategy.load_state_dict(checkpoint["strategy_state"])
-        restore_rng(self.ctx.rng, checkpoint["rng_state"])
+        self.initial_val = checkpoint.initial_val
+        self.best_val = checkpoint.best_val
+        self.stale = checkpoint.stale
+        self.started -= checkpoint.elapsed_seconds  # durations count the interrupted process too
+        self.strategy.load_state_dict(checkpoint.strategy_state)
+        restore_rng(self.ctx.rng, checkpoint.rng_state)
 
     def _checkpoint(self, iteration: int, stop_reason: str | None = None) -> None:
         """Everything a resume needs, after the start, each iteration and the end of the search."""
@@ -342,25 +343,24 @@ class RunLifecycle:
             json.dumps(strategy_state)
         except (TypeError, ValueError) as exc:  # a resume could not restore it: fail now, not then
             raise ReflexError(f"strategy {self.strategy.name!r} returned a state that is not JSON: {exc}") from exc
-        self.trackers.on_checkpoint({
-            "iteration": iteration,
-            "search_done": stop_reason is not None,
-            "stop_reason": stop_reason,
-            "strategy": self.strategy.name or type(self.strategy).__name__,
-            "strategy_state": strategy_state,
-            "initial_val": self.initial_val,
-            "best_val": self.best_val,
-            "stale": self.stale,
-            "best": {"iteration": best, "score": score, "by": by, "prompt": self.candidates[best].render()},
-            "trajectories": {
+        self.trackers.on_checkpoint(Checkpoint(
+            iteration=iteration,
+            stop_reason=stop_reason,
+            strategy=self.strategy.name or type(self.strategy).__name__,
+            strategy_state=strategy_state,
+            initial_val=self.initial_val,
+            best_val=self.best_val,
+            stale=self.stale,
+            best={"iteration": best, "score": score, "by": by, "prompt": self.candidates[best].render()},
+            trajectories={
                 "train": [r.score for r in self.records],
                 "val": [r.val_score for r in self.records],
             },
-            **self.evaluator.state_dict(),
-            "rng_state": rng_state(self.ctx.rng),
-            "elapsed_seconds": round(time.monotonic() - self.started, 3),
-            "updated": _now(),
-        })
+            evaluator=self.evaluator.state_dict(),
+            rng_state=rng_state(self.ctx.rng),
+            elapsed_seconds=round(time.monotonic() - self.started, 3),
+            updated=_now(),
+        ).to_state())
 
     def _search(self, start: int) -> str:
         """Run strategy iterations until a stop condition; returns why it stopped."""

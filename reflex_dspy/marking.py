@@ -1,4 +1,4 @@
-"""Which predictors of a program are optimized: the one selection rule (SPEC §2, §8).
+"""Which predictors of a program are optimized: the one selection rule.
 
 In a pipeline only some nodes should change (the answer step of an agent, say); the others are
 context that the judge sees but no strategy touches. A user says which, in one of two ways:

@@ -55,7 +55,7 @@ class Measurement:
 
 @dataclass
 class IterationRecord:
-    """One iteration as recorded in the audit trail (SPEC §9 iteration fields)."""
+    """One iteration as recorded in the audit trail (the run layout's iteration fields)."""
 
     iteration: int
     phase: str

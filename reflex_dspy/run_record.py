@@ -17,7 +17,7 @@ from reflex_dspy.errors import UsageError
 from reflex_dspy.result import IterationRecord, Measurement
 from reflex_dspy.tracking.base import Tracker
 from reflex_dspy.tracking.files import read_jsonl, write_json
-from reflex_dspy.tracking.schema import checkpoint_state, config_document
+from reflex_dspy.tracking.schema import Checkpoint, config_document
 from reflex_dspy.tracking.store import JOURNAL, PID, Run, RunStore, default_run_dir, pid_sentinel
 
 
@@ -30,7 +30,7 @@ class Record:
     trackers: list[Tracker]
     tracking_uri: str | None
     resumed: bool = False
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: Checkpoint | None = None
     baseline: Measurement | None = None
     records: list[IterationRecord] = field(default_factory=list)
     later: dict[int, IterationRecord] = field(default_factory=dict)  # written after the checkpoint
@@ -95,6 +95,8 @@ def _claim(run: Run) -> None:
         os.link(tmp, run.file(PID))
     except FileExistsError:
         raise UsageError(f"run {run.run_id} is being started by another process") from None
+    except OSError:  # a file system without hard links: no race protection, still a valid sentinel
+        write_json(run.file(PID), pid_sentinel())
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -146,7 +148,7 @@ def open_record(
         baseline = run.load_baseline()
         record = Record(
             run, store, _trackers(run, store, uri, experiment), uri, resumed=True,
-            checkpoint=checkpoint_state(checkpoint) if checkpoint else None,
+            checkpoint=Checkpoint.from_document(checkpoint) if checkpoint else None,
             baseline=Measurement.from_dict(baseline) if baseline else None,
             records=[r for r in files if r.iteration <= done],
             later={r.iteration: r for r in files if r.iteration > done},

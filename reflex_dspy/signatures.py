@@ -130,18 +130,3 @@ class CurateDemos(dspy.Signature):
     how_many: int = dspy.InputField(desc="how many examples to choose")
     reasoning: str = dspy.OutputField(desc="why this set covers the task")
     chosen: list[int] = dspy.OutputField(desc="the numbers of the chosen candidates")
-
-
-class ChooseNextAxis(dspy.Signature):
-    """You direct a prompt optimizer that works in phases, each along one axis: structural
-    (layout of the instructions), iterative (rewriting instructions from failures), fewshot
-    (choosing demonstrations) or pdo (head-to-head duels between many instruction variants).
-
-    From the history of phases and their measured effect, pick the axis most likely to improve
-    the score next. Prefer an axis that has not been tried over repeating one that had no
-    effect; repeat one that helped if it still has room."""
-
-    phase_history: str = dspy.InputField(desc="JSON list of phases: axis, iterations, score before and after")
-    available_axes: list[str] = dspy.InputField(desc="the axes that may be chosen")
-    reason: str = dspy.OutputField(desc="one sentence on why")
-    axis: str = dspy.OutputField(desc="one of the available axes")

@@ -57,7 +57,7 @@ def split_dataset(
     valset: Sequence[dspy.Example] | None = None,
     pinned: Mapping[str, Sequence[str]] | None = None,
 ) -> Splits:
-    """Deterministic train / val / test split of `examples` (SPEC §4 step 1).
+    """Deterministic train / val / test split of `examples` (README, "How a run works", step 1).
 
     test = round((1 - train_ratio) * n), at least 1; val = round(val_ratio * n), at least 1
     when val_ratio > 0 and at least two examples remain, carved from the training portion;

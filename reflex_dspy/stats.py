@@ -1,4 +1,4 @@
-"""Paired significance of baseline → final on the test set (SPEC §7).
+"""Paired significance of baseline → final on the test set.
 
 Why not just `scipy.stats.wilcoxon` everywhere: most prompt metrics are 0/1, where almost every
 |difference| is 1, so the signed-rank test runs on one giant tie and its normal approximation

@@ -24,6 +24,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from reflex_dspy.plain import plain  # re-exported: adapters import it from here
+
 KINDS = ("predictor", "tool")
 # A program that knows its own trace (a pipeline_fn wrapper) sets it on its prediction under this name.
 PREDICTION_TRACE_ATTR = "_reflex_agent_trace"
@@ -37,25 +39,10 @@ def as_data(text: str, *, inline: bool = False) -> str:
     """Wrap untrusted text (dataset rows, model outputs) in <data> tags for a judge or proposer.
 
     Tags inside the text are defanged so an output cannot close the block early and smuggle in
-    instructions (SPEC §13).
+    instructions (prompt injection through the data).
     """
     safe = _DATA_TAG.sub(lambda m: m.group(0) + "_", text)
     return f"<data>{safe}</data>" if inline else f"<data>\n{safe}\n</data>"
-
-
-def plain(value: Any) -> Any:
-    """A JSON-friendly copy of `value` (pydantic models dumped, dspy objects as dicts, else text)."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if hasattr(value, "toDict"):
-        return plain(value.toDict())
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
 
 
 def _text(value: Any) -> str:

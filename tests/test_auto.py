@@ -226,15 +226,21 @@ def test_a_stalled_phase_ends_and_the_next_axis_gets_its_turn(scripted_axes, tmp
     assert result.final.mean > result.baseline.mean
 
 
-def test_a_structural_probe_at_a_small_budget_runs_on_the_part_of_the_batch_it_affords(scripted_axes, tmp_path):
+def test_probes_at_a_small_budget_run_on_the_part_of_the_batch_they_afford(scripted_axes, tmp_path):
     """At 64 metric calls one structural round (4 layouts on the whole batch) used to spend 56 of
-    them, so auto was structural alone (bench: no gain on any quality task)."""
+    them, so auto was structural alone (bench: no gain on any quality task); five full-batch probes
+    would spend any small budget before the gains could steer it."""
     auto = Auto(axes=SCRIPTED, start_structural=True)
-    program = run_quiet(auto, axes_in_order("iterative"), examples=routing_examples(4), run_dir=tmp_path,
-                           max_iterations=40, max_metric_calls=64, train_ratio=1.0, val_ratio=0.0,
-                           score_threshold=0.99)
-    first = program.result.iterations[0]
-    assert first.phase == "structural" and first.details["auto"]["probe_batch"] == 2  # 64 * 0.4 / 3 = 8 calls
-    assert "this probe runs on 2 of the 12 batch examples" in first.reasoning
+    program = run_quiet(auto, axes_in_order("iterative"), examples=routing_examples(8), run_dir=tmp_path,
+                        max_iterations=40, max_metric_calls=64, train_ratio=1.0, val_ratio=0.0,
+                        score_threshold=0.99)
+    records = program.result.iterations
+    first = records[0]
+    # 64 * 0.4 / 3 = 8 calls per probe: structural scores 5 candidates per example, so the minimum of 4
+    assert first.phase == "structural" and first.details["auto"]["probe_batch"] == 4
+    assert "this probe runs, and its gain is measured, on 4 of the 24 batch examples" in first.reasoning
+    iterative = next(r for r in records if r.phase == "iterative")
+    assert iterative.details["auto"]["probe_batch"] == 4  # 8 calls / 2 candidates per example
     assert [p["axis"] for p in auto.phases][:3] == ["structural", "iterative", "fewshot"]
+    assert all(p["scored_on"] <= 4 for p in auto.phases[:3])
     assert program.result.usage["search_calls"] <= 64

@@ -48,5 +48,9 @@ def test_cli_optimizes_the_example_on_the_embedded_model(tmp_path):
     assert result["usage"]["lm_calls"] > 0 and result["usage"]["eval_tokens"] > 0
     assert result["usage"]["reasoning_calls"] >= 1
     assert len(result["iterations"]) == 1 and result["iterations"][0]["system_prompt"]["predict"]
-    # Progress went to stderr while it worked.
+    # Progress went to stderr while it worked, and no DSPy/LiteLLM log line interleaved with it:
+    # truncated answers are counted in the summary instead (issue 21).
     assert "Iter 1" in proc.stderr
+    assert "LM response was truncated" not in proc.stderr and "WARNING" not in proc.stderr
+    # The labels are short, so the embedded model's answers were capped (answer_budget.py).
+    assert "answers are capped at" in proc.stderr

@@ -85,6 +85,19 @@ def test_their_run_store_reads_a_cli_run_field_for_field(cli_run):
     assert checkpoint.completed_iterations == 2 and checkpoint.best_prompt and checkpoint.initial_prompt
 
 
+def test_an_export_from_mlflow_is_the_same_layout_their_run_store_reads(cli_run, tmp_path):
+    from reflex_dspy.tracking.export import export_run
+
+    root = cli_run[0]
+    exported = export_run(RunStore(root).tracking_uri, "001", tmp_path / "exported")
+    live = RunStore(root).get_run("001")
+    for name in ("config.json", "checkpoint.json", "baseline.json", "result.json", "iterations/002.json"):
+        assert (exported / name).read_bytes() == live.file(name).read_bytes(), name
+    [theirs] = TheirStore(tmp_path / "exported").list_runs()
+    [original] = TheirStore(root).list_runs()
+    assert dataclasses.replace(theirs, run_dir="") == dataclasses.replace(original, run_dir="")
+
+
 @pytest.fixture
 def their_dashboard(cli_run):
     from aevyra_reflex.dashboard.server import _DashboardHandler
@@ -199,6 +212,7 @@ def test_runs_show_and_diff_read_runs_aevyra_reflex_wrote(their_runs, capsys):
     assert main(["diff", "1", "1", "2", "--run-dir", str(root)]) == 0
     out = capsys.readouterr().out
     assert "+- Rule 1: Answer with the label only, in lowercase." in out.splitlines()
+    assert RunStore(root).find_incomplete_run() is None  # their interrupted run is branched, not resumed
 
 
 def test_our_dashboard_serves_runs_aevyra_reflex_wrote(their_runs):
@@ -253,6 +267,7 @@ def test_a_run_in_the_older_layout_is_read_under_the_shared_names_and_resumed(tm
     assert resumed.run_id == "001" and run.status == "completed" and reasoner.seen == []
     assert [it.iteration for it in run.load_iterations()] == [1, 2] and resumed.result.final.mean == 1.0
     assert json.loads(run.file("result.json").read_text())["best_score"] == resumed.result.selected_score
+    assert json.loads(run.file("checkpoint.json").read_text())["version"] == 2  # the v1 checkpoint, rewritten as v2
 
 
 def test_a_truncated_config_json_lists_that_run_as_corrupt_and_hides_no_other(tmp_path, capsys):

@@ -207,3 +207,33 @@ def test_heartbeat_file_is_written_while_running(tmp_path, monkeypatch):
     _compile(tmp_path, slow, mlflow=False)
     beat = json.loads(RunStore(tmp_path).get_run("1").file(HEARTBEAT).read_text())
     assert beat["interval"] == 0.05 and beat["phase"] and isinstance(beat["time"], float)
+
+
+def test_a_machine_sharing_only_the_mlflow_store_starts_a_created_run(capsys, tmp_path, task, lms):
+    """create in one run directory publishes the run to MLflow; another run directory (another
+    machine: nothing shared but the tracking store) fetches it by its MLflow run id and runs it."""
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"
+    code, out, err = cli(capsys, "optimize", "create", task.data, task.prompt, "-m", "fake/task", "--metric", "exact",
+                         *FLAGS, "--run-dir", tmp_path / "machine-a", "--mlflow-tracking-uri", store)
+    assert code == 0, err
+    command = next(line for line in out.splitlines() if "shares only the MLflow store" in line)
+    ref = command.split("optimize run ")[1].split()[0]
+    assert ref.startswith("mlflow:") and command.endswith(f"--mlflow-tracking-uri {store}")
+    client = mlflow.MlflowClient(store)
+    record = client.get_run(ref.removeprefix("mlflow:"))
+    assert record.info.status == "SCHEDULED" and record.data.tags["reflex.status"] == "created"
+
+    task.data.unlink()
+    code, out, err = cli(capsys, "optimize", "run", ref, "--run-dir", tmp_path / "machine-b",
+                         "--mlflow-tracking-uri", store)
+    assert code == 0, err
+    run = RunStore(tmp_path / "machine-b").get_run("1")
+    assert run.status == "completed" and (run.path / "inputs" / "dataset.jsonl").exists()
+    record = client.get_run(ref.removeprefix("mlflow:"))
+    assert record.data.tags["reflex.status"] == "started" and str(run.path.resolve()) in record.data.tags[
+        "reflex.started_as"]
+    code, out, err = cli(capsys, "optimize", "run", ref, "--run-dir", tmp_path / "machine-b",
+                         "--mlflow-tracking-uri", store)
+    assert code == 2 and "already started" in err

@@ -29,11 +29,9 @@ from reflex_dspy.adapters.pipeline_fn import PipelineFnProgram
 from reflex_dspy.adapters.pyfile import failing_line, import_file, one_line
 from reflex_dspy.data import (
     ID_FIELD,
-    _json_array_records,
-    _jsonl_records,
     _kind,
     assign_ids,
-    read_text_file,
+    read_records,
 )
 from reflex_dspy.errors import UsageError
 from reflex_dspy.marking import select_predictors
@@ -140,12 +138,7 @@ class InputBinding:
 def load_inputs(path: str | Path, binding: InputBinding) -> list[dspy.Example]:
     """Examples from a JSON array or JSONL inputs file; errors name the file and line."""
     file = Path(path)
-    text = read_text_file(file, "inputs")
-    records = (
-        _json_array_records(file, text)
-        if file.suffix.lower() not in (".jsonl", ".ndjson") and text.lstrip().startswith("[")
-        else _jsonl_records(file, text)
-    )
+    records = read_records(file, "inputs", tables=False)
     examples, seen = [], {}
     for where, record in records:
         example = _example(record, where, binding)

@@ -154,7 +154,8 @@ def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--optimize", action="append", metavar="PREDICTOR", dest="optimize_predictor",
                    help="optimize this predictor of the DSPy program (repeatable; default: the marked ones)")
     g.add_argument("--sample-timeout", type=float, metavar="SECONDS",
-                   help="stop a pipeline call after SECONDS and count its example as failed")
+                   help="stop a pipeline call (or, with a prompt file, a task model request: default 120) "
+                   "after SECONDS; it is retried, then its example counts as failed")
 
 
 def _optimize_parser(sub: argparse._SubParsersAction) -> None:

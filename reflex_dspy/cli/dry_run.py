@@ -15,7 +15,7 @@ from reflex_dspy.errors import UsageError
 if TYPE_CHECKING:
     import dspy
 
-    from reflex_dspy.cli.optimize import TaskSpec
+    from reflex_dspy.cli.task import TaskSpec
     from reflex_dspy.config import OptimizerConfig
     from reflex_dspy.splits import Splits
     from reflex_dspy.tracking.store import Run

@@ -19,22 +19,25 @@ Nothing secret is recorded: API keys come from the environment of the process th
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reflex_dspy.cli.lifecycle_mlflow import PREFIX
 from reflex_dspy.cli.optimize import (
     CONFIG_FLAGS,
     DEFAULT_EXPERIMENT,
-    TaskSpec,
     build_config,
     execute,
     given_flags,
-    note,
     run_optimize,
 )
+from reflex_dspy.cli.optimize import _target_fields as target_fields  # one reading of the target flags
+from reflex_dspy.cli.output import note
+from reflex_dspy.cli.task import TaskSpec
 from reflex_dspy.errors import UsageError
 from reflex_dspy.run_status import CREATED, load_created
 from reflex_dspy.tracking.files import write_atomic, write_json
@@ -64,7 +67,7 @@ def route(argv: list[str]) -> tuple[list[str], str | None, str | None]:
     sub, rest = argv[1], argv[2:]
     if sub == "create":
         return ["optimize", *rest], sub, None
-    if rest and (RUN_ID.match(rest[0]) or RUN_NAME.match(rest[0])):
+    if rest and (RUN_ID.match(rest[0]) or RUN_NAME.match(rest[0]) or rest[0].startswith(PREFIX)):
         return ["optimize", *rest[1:]], sub, rest[0]
     if sub == "run":
         return ["optimize", *rest], None, None
@@ -86,18 +89,6 @@ def _refuse(args: argparse.Namespace, command: str, flags: dict[str, Any]) -> No
 
 
 # --------------------------------------------------------------------------- create
-
-
-def _target_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The target by precedence (--threshold, then --verdict-results), as `optimize` sets it."""
-    if args.threshold is not None:
-        return {"target_source": "manual"}
-    if args.verdict_results:
-        from reflex_dspy.targets import target_from_verdict
-
-        target = target_from_verdict(args.verdict_results)
-        return {"score_threshold": target.score, "target_model": target.model, "target_source": target.source}
-    return {}
 
 
 def _validate(spec: TaskSpec, config: OptimizerConfig) -> int:
@@ -125,6 +116,8 @@ def _validate(spec: TaskSpec, config: OptimizerConfig) -> int:
 def _tracking(args: argparse.Namespace) -> dict[str, Any]:
     """The MLflow store and experiment to record the run in; a URI with credentials is not kept."""
     uri = args.mlflow_tracking_uri
+    if uri and redact_uri(uri) != uri:
+        note("--mlflow-tracking-uri holds credentials and is not recorded: give it again to optimize run")
     return {"mlflow_tracking_uri": uri if uri and redact_uri(uri) == uri else None,
             "mlflow_experiment": args.mlflow_experiment}
 
@@ -179,7 +172,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                              "--pipeline-file (pipeline mode runs in one shot)": args.pipeline_file})
     spec = TaskSpec.from_args(args)
     fields = given_flags(args, CONFIG_FLAGS)
-    fields.update(_target_fields(args))
+    fields.update(target_fields(args))  # --threshold / --verdict-results exactly as `optimize` reads them
     config = build_config(fields, args)
     n = _validate(spec, config)
     store = RunStore(args.run_dir)
@@ -188,6 +181,18 @@ def cmd_create(args: argparse.Namespace) -> int:
     print(f"Created run {run.run_id} ({run.path}): {n} examples, strategy {config.strategy}; status created")
     print(f"Check it : {check}")
     print(f"Start it : {start}")
+    uri = args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:  # a shared tracking store: a machine without this run directory can start it too
+        from reflex_dspy.cli.lifecycle_mlflow import publish
+
+        try:
+            published = publish(run, uri, args.mlflow_experiment)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded on disk either way
+            note(f"not recorded in MLflow ({' '.join(str(exc).split())[:200]}): start it from this run directory")
+        else:
+            shown = uri if redact_uri(uri) == uri else "URI"
+            print(f"Or from a machine that shares only the MLflow store: "
+                  f"reflex-dspy optimize run {PREFIX}{published} --mlflow-tracking-uri {shown}")
     print("API keys are not recorded: the process that runs it reads them from its environment.")
     return 0
 
@@ -249,6 +254,9 @@ def cmd_dry_run(args: argparse.Namespace, run_id: str | None = None) -> int:
     if run_id is None:
         raise UsageError("optimize dry-run needs a run ID (from optimize create); "
                          "to check a new run use optimize DATA PROMPT --dry-run")
+    if run_id.startswith(PREFIX):
+        raise UsageError(f"optimize dry-run reads a run directory: check {run_id} where it was created, "
+                         f"or start it here with optimize run {run_id}")
     run = RunStore(args.run_dir).get_run(run_id)
     _check_flags(args, run, "dry-run")
     spec, fields, _ = _recorded(run)
@@ -262,6 +270,13 @@ def cmd_run(args: argparse.Namespace, run_id: str | None = None) -> int:
     if run_id is None:
         raise UsageError("optimize run needs a run ID, or DATA PROMPT to run in one shot")
     store = RunStore(args.run_dir)
+    if run_id.startswith(PREFIX):  # published by `optimize create` to a shared MLflow store
+        from reflex_dspy.cli.lifecycle_mlflow import fetch
+
+        args.mlflow_tracking_uri = args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        fetched, _ = fetch(run_id, args.mlflow_tracking_uri, store)
+        print(f"Fetched {run_id} into run {fetched.run_id} ({fetched.path})", file=sys.stderr)
+        run_id = fetched.run_id
     run = original = store.get_run(run_id)
     status = run.status
     if status == "running":

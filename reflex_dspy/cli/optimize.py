@@ -14,12 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reflex_dspy.cli.output import check_output_paths as _check_output_paths
+from reflex_dspy.cli.output import no_reasoning_reply as no_reasoning_reply
+from reflex_dspy.cli.output import note as note
+from reflex_dspy.cli.output import report_outputs as report_outputs
+from reflex_dspy.cli.output import split_named as split_named
+from reflex_dspy.cli.task import TaskSpec as TaskSpec
+from reflex_dspy.cli.task import abs_path as _abs
+from reflex_dspy.cli.task import initial_prompts as initial_prompts
 from reflex_dspy.errors import UsageError
-from reflex_dspy.tracking.files import dumps, write_atomic
 from reflex_dspy.tracking.redact import redact_uri
 from reflex_dspy.tracking.store import RunStore
 
@@ -59,126 +65,8 @@ CONFIG_FLAGS = {
 }
 
 
-# --------------------------------------------------------------------------- the task
-
-
-def _abs(path: str | None) -> str | None:
-    return str(Path(path).resolve()) if path else None
-
-
-@dataclass
-class TaskSpec:
-    """What a CLI run optimizes, independent of how the search is configured."""
-
-    dataset: str
-    prompt_path: str | None
-    task_models: list[str] | None  # None: the embedded model
-    metrics: list[str] | None
-    judge: str | None
-    judge_criteria: str | None
-    input_field: str | None
-    output_field: str | None
-    prompt_text: str | None = None  # the exact initial prompt of a recorded run (not re-read)
-    splits_file: str | None = None
-    pipeline: dict[str, Any] | None = None  # pipeline mode: file, sample_timeout, optimize (cli/pipeline.py)
-    lineage: dict[str, Any] | None = None  # branched from a run aevyra-reflex wrote: {"run_id", "iteration"}
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TaskSpec:
-        from reflex_dspy.cli import pipeline  # -- pipeline mode: PROMPT --pipeline-file F --inputs-file F
-
-        if pipeline.is_pipeline(args):
-            return pipeline.spec_from_args(cls, args)
-        if not args.dataset or not args.prompt:
-            raise UsageError("optimize needs DATASET and PROMPT (or --resume-from ID)")
-        if args.model and len(set(args.model)) < len(args.model):
-            raise UsageError("-m: the same task model is given twice")
-        if args.judge and args.metric:
-            raise UsageError("--metric and --judge are mutually exclusive")
-        if args.judge_criteria and not args.judge:
-            raise UsageError("--judge-criteria needs --judge MODEL")
-        return cls(
-            dataset=args.dataset,
-            prompt_path=args.prompt,
-            task_models=list(args.model) if args.model else None,
-            metrics=None if args.judge else (args.metric or ["rouge"]),
-            judge=args.judge,
-            judge_criteria=args.judge_criteria,
-            input_field=args.input_field,
-            output_field=args.output_field,
-            splits_file=args.splits_file,
-        )
-
-    @classmethod
-    def from_run(cls, run: Run, action: str) -> TaskSpec:
-        """The task recorded by the CLI in `run`'s config.json; an API run has none."""
-        saved = run.load_config()  # shared names (tracking/schema.py); aevyra-reflex's runs too
-        meta = saved.get("metadata") or {}
-        settings = saved.get("optimizer_config") or {}
-        dataset = run.dataset_path(saved)
-        if not dataset:
-            call = (
-                "compile(resume=run)"
-                if action == "resume"
-                else f"compile(branch_from=({run.run_id!r}, ITER))"
-            )
-            raise UsageError(
-                f"run {run.run_id} was not started by the CLI (no dataset in its config.json); "
-                f"{action} it from Python with {call}"
-            )
-        models = meta["task_models"] if "task_models" in meta else settings.get("_cli_models")
-        return cls(
-            dataset=dataset,
-            prompt_path=saved.get("prompt_path") or None,
-            task_models=list(models) if models else None,
-            metrics=None if meta.get("judge") else list(settings.get("metrics") or ["rouge"]),
-            judge=meta.get("judge"),
-            judge_criteria=meta.get("judge_criteria"),
-            input_field=meta.get("input_field"),
-            output_field=meta.get("output_field"),
-            prompt_text=initial_prompts(saved).get("predict"),
-            splits_file=meta.get("splits_file"),
-            # pipeline mode: the recorded initial candidate is where a resume or branch starts from
-            pipeline={**meta["pipeline"], "initial_candidate": saved.get("initial_candidate")}
-            if meta.get("pipeline") else None,
-        )
-
-    @property
-    def metric_spec(self) -> list[str] | str:
-        return "judge" if self.judge else (self.metrics or ["rouge"])
-
-    def metadata(self, config: OptimizerConfig) -> dict[str, Any]:
-        """What `--resume` and `branch` need to rebuild this task; paths absolute, no secrets."""
-        return {
-            "dataset_path": _abs(self.dataset),
-            "prompt_path": _abs(self.prompt_path),
-            "task_model": self.task_models[0] if self.task_models else None,
-            "task_models": self.task_models,
-            "reasoning_model": config.reasoning_model,
-            "reasoning_base_url": redact_uri(config.reasoning_base_url),
-            "metric": self.metric_spec,
-            "judge": self.judge,
-            "judge_criteria": _abs(self.judge_criteria),
-            "input_field": self.input_field,
-            "output_field": self.output_field,
-            "splits_file": _abs(self.splits_file),
-            **({"pipeline": {k: v for k, v in self.pipeline.items() if k != "initial_candidate"}}
-               if self.pipeline else {}),  # pipeline mode
-            **({"branched_from": self.lineage} if self.lineage else {}),  # tracking/schema.py lifts it
-        }
-
-
-def initial_prompts(saved: dict[str, Any]) -> dict[str, str]:
-    """Predictor → initial instructions, from a run's config.json."""
-    predictors = (saved.get("initial_candidate") or {}).get("predictors") or {}
-    if not predictors and saved.get("initial_prompt"):  # a run aevyra-reflex wrote: one system prompt
-        from reflex_dspy.result import FOREIGN_PREDICTOR
-
-        return {FOREIGN_PREDICTOR: saved["initial_prompt"]}
-    return {name: state["instructions"] for name, state in predictors.items()}
-
-
 # --------------------------------------------------------------------------- the config
+# (the task, `TaskSpec`, is in cli/task.py; notes, output checks and the summary in cli/output.py)
 
 
 def api_key(args: argparse.Namespace) -> str | None:
@@ -206,10 +94,6 @@ def saved_fields(saved: dict[str, Any]) -> dict[str, Any]:
 
     config = saved.get("optimizer_config") or {}
     return {k: v for k, v in config.items() if k in OptimizerConfig.model_fields and k != "reasoning_api_key"}
-
-
-def note(text: str) -> None:
-    print(f"reflex-dspy: note: {text}", file=sys.stderr)
 
 
 def _flag(dest: str) -> str:
@@ -310,22 +194,6 @@ def _resume(args: argparse.Namespace) -> int:
     else:
         _check_task_flags(args, spec, run.run_id)
     return execute(args, spec, resumed_config(run, args), resume=run)
-
-
-def _check_output_paths(args: argparse.Namespace, spec: TaskSpec | None = None) -> None:
-    """-o, --results-json and --run-dir are writable and never one of the run's inputs (cli/paths.py)."""
-    from reflex_dspy.cli.paths import check_output_dir, check_outputs
-
-    inputs = [("--verdict-results file", getattr(args, "verdict_results", None))]
-    if spec is not None:
-        inputs += [("dataset", spec.dataset), ("prompt file", spec.prompt_path),
-                   ("--judge-criteria file", spec.judge_criteria), ("--splits-file", spec.splits_file),
-                   ("--pipeline-file", (spec.pipeline or {}).get("file"))]
-    check_outputs((("-o", args.output), ("--results-json", args.results_json)), inputs)
-    check_output_dir("--run-dir", args.run_dir)
-    from reflex_dspy.tracking.mlflow_target import check_cli_tracking  # an unusable MLflow store: exit 2 now
-
-    check_cli_tracking(args.mlflow_tracking_uri, enabled=not getattr(args, "no_mlflow", False))
 
 
 def execute(
@@ -444,50 +312,6 @@ def _models(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, *
     return task_lms, reasoning_lm, judge_lm, targets
 
 
-def report_outputs(args: argparse.Namespace, optimized: Any, extra_lines: tuple[str, ...] = ()) -> int:
-    """Print the summary and write `-o` (only when promoted, unless --force-output) and `--results-json`."""
-    result = optimized.result
-    print(result.summary())
-    for line in extra_lines:
-        print(line)
-    run_id = getattr(optimized, "run_id", None)
-    if run_id:
-        print(f"{'Run':<15}: {run_id} ({_run_path(args.run_dir, run_id)})")
-    if no_reasoning_reply(result.usage):
-        sys.stdout.flush()
-        print(f"reflex-dspy: run failed: the reasoning model answered none of its {result.usage['reasoning_failed']} "
-              f"requests (each retried), so no proposal was made: {result.usage.get('reasoning_error')}; "
-              "nothing written (-o, --results-json)", file=sys.stderr)
-        return 1
-    if args.output:
-        promoted = result.promotion is None or result.promotion["promoted"]
-        if promoted or getattr(args, "force_output", False):
-            write_atomic(args.output, result.best_prompt.rstrip("\n") + "\n")
-            forced = "" if promoted else " (not promoted; written because of --force-output)"
-            print(f"{'Best prompt':<15}: written to {args.output}{forced}")
-        else:
-            print(f"{'Best prompt':<15}: not written to {args.output}: not promoted (--force-output writes it)")
-    if args.results_json:
-        write_atomic(args.results_json, dumps(result.to_dict()))
-        print(f"{'Results':<15}: written to {args.results_json}")
-    sys.stdout.flush()
-    return 0
-
-
-def split_named(dataset: str, split: Any, examples: Any, **kwargs: Any) -> Any:
-    """`split(examples, **kwargs)`, its usage errors naming the dataset file (e.g. one example only)."""
-    try:
-        return split(examples, **kwargs)
-    except UsageError as exc:
-        text = str(exc)
-        raise UsageError(text if text.startswith(str(dataset)) else f"{dataset}: {text}") from None
-
-
-def no_reasoning_reply(usage: dict[str, Any]) -> bool:
-    """The run asked its reasoning model and never got one reply: every proposal it shows is a fallback."""
-    return bool(usage.get("reasoning_failed")) and not usage.get("reasoning_calls")
-
-
 def _benchmark_targets(program, examples, metric, task_lms, targets, config: OptimizerConfig,
                        spec: TaskSpec) -> tuple[OptimizerConfig, dict[str, Any]]:
     """Score every task and target model on train+val with the initial prompt; the best other model
@@ -512,8 +336,3 @@ def _benchmark_targets(program, examples, metric, task_lms, targets, config: Opt
     return target.apply(config), verdict_document(target, Path(spec.dataset).stem)
 
 
-def _run_path(run_dir: str, run_id: str) -> Path | str:
-    try:
-        return RunStore(run_dir).get_run(run_id).path
-    except UsageError:
-        return run_dir

@@ -1,6 +1,6 @@
 """`reflex-dspy optimize PROMPT --pipeline-file agent.py --inputs-file inputs.jsonl --judge MODEL`.
 
-Pipeline mode from the command line (SPEC §8): the task is a user's pipeline file (a
+Pipeline mode from the command line (README, "Pipeline mode"): the task is a user's pipeline file (a
 `pipeline_fn(prompt, input) -> AgentTrace`, or a DSPy program factory; adapters/pipeline_file.py)
 and an inputs file, instead of a dataset and a prompt file. The single positional is PROMPT
 (argparse puts it in `dataset`, the first optional positional). Everything else — config,
@@ -23,61 +23,15 @@ from typing import TYPE_CHECKING, Any
 from reflex_dspy.errors import UsageError
 
 if TYPE_CHECKING:
-    from reflex_dspy.cli.optimize import TaskSpec
+    from reflex_dspy.cli.task import TaskSpec
     from reflex_dspy.config import OptimizerConfig
     from reflex_dspy.tracking.store import Run
 
 
-def is_pipeline(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "pipeline_file", None) or getattr(args, "inputs_file", None))
-
-
-def spec_from_args(cls: type[TaskSpec], args: argparse.Namespace) -> TaskSpec:
-    """The TaskSpec of a new pipeline run, from the flags."""
-    from reflex_dspy.cli.optimize import _abs
-
-    if not args.pipeline_file:
-        raise UsageError("--inputs-file needs --pipeline-file (a dataset for a prompt file goes in DATASET)")
-    if not args.inputs_file:
-        raise UsageError("--pipeline-file needs --inputs-file (the inputs to run the pipeline on)")
-    if args.dataset and args.prompt:
-        raise UsageError("with --pipeline-file give only PROMPT: the inputs come from --inputs-file")
-    if args.input_field:
-        raise UsageError("--input-field does not apply to --inputs-file: each record's 'input' is the input")
-    if args.model and len(args.model) > 1:
-        raise UsageError("-m: pipeline mode takes one task model")
-    if getattr(args, "target", None):
-        raise UsageError(
-            "--target is not supported with --pipeline-file; use --threshold or --verdict-results"
-        )
-    if args.judge and args.metric:
-        raise UsageError("--metric and --judge are mutually exclusive")
-    if args.judge_criteria and not args.judge:
-        raise UsageError("--judge-criteria needs --judge MODEL")
-    timeout = args.sample_timeout
-    if timeout is not None and not timeout > 0:
-        raise UsageError(f"--sample-timeout {timeout:g}: must be a positive number of seconds")
-    return cls(
-        dataset=args.inputs_file,
-        prompt_path=args.prompt or args.dataset,
-        task_models=list(args.model) if args.model else None,
-        metrics=None if args.judge else args.metric,
-        judge=args.judge,
-        judge_criteria=args.judge_criteria,
-        input_field=None,
-        output_field=args.output_field,
-        splits_file=getattr(args, "splits_file", None),
-        pipeline={
-            "file": _abs(args.pipeline_file),
-            "sample_timeout": timeout,
-            "optimize": list(args.optimize_predictor) if args.optimize_predictor else None,
-        },
-    )
-
-
 def check_resume_flags(args: argparse.Namespace, spec: TaskSpec, run_id: str) -> None:
     """A resumed pipeline run keeps its recorded task: another pipeline or inputs file is an error."""
-    from reflex_dspy.cli.optimize import _abs, note
+    from reflex_dspy.cli.output import note
+    from reflex_dspy.cli.task import abs_path as _abs
 
     for flag, given, recorded in (
         ("--pipeline-file", args.pipeline_file, spec.pipeline["file"]),
@@ -115,7 +69,7 @@ def _task_lm(
     else embedded."""
     import dspy
 
-    from reflex_dspy.cli.optimize import note
+    from reflex_dspy.cli.output import note
     from reflex_dspy.lm import resolve_lm
 
     model = spec.task_models[0] if spec.task_models else None
@@ -160,7 +114,8 @@ def execute_pipeline(
         make_program,
     )
     from reflex_dspy.candidate import Candidate
-    from reflex_dspy.cli.optimize import _check_output_paths, split_named
+    from reflex_dspy.cli.output import check_output_paths as _check_output_paths
+    from reflex_dspy.cli.output import split_named
     from reflex_dspy.data import example_id
     from reflex_dspy.lm import probe_lm, resolve_lm
     from reflex_dspy.marking import select_predictors
@@ -295,7 +250,7 @@ def execute_pipeline(
 
 def _report(args: argparse.Namespace, optimized: Any) -> int:
     """The prompt-file run's summary and files, plus which nodes the run changed."""
-    from reflex_dspy.cli.optimize import report_outputs
+    from reflex_dspy.cli.output import report_outputs
 
     changed = sorted({n for r in optimized.result.iterations for n in r.details.get("changed_predictors", [])})
     return report_outputs(args, optimized, (f"{'Changed nodes':<15}: {', '.join(changed) or 'none'}",))

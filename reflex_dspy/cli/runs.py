@@ -1,6 +1,6 @@
 """`reflex-dspy runs | show | diff | export | branch`: read, compare, export and branch recorded runs.
 
-Everything here reads the run layout through `RunStore` (SPEC §9), so it works the same on a
+Everything here reads the run layout through `RunStore`, so it works the same on a
 live run, an interrupted one and an export re-created from MLflow. Output is plain aligned text,
 so it can be piped and grepped; `show` and `diff` never write anything.
 """
@@ -321,8 +321,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if uri == store.tracking_uri and not db.is_file():  # never let MLflow create an empty store
         raise UsageError(f"no MLflow store at {db}; pass --mlflow-tracking-uri or --run-dir")
     dest = Path(args.to)
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"--to {dest}: is a file, expected a directory")
+    from reflex_dspy.cli.paths import check_output_dir
+
+    check_output_dir("--to", args.to)  # a file in the way or a read-only place: one line, exit 2
     from reflex_dspy.tracking.export import export_run
 
     written = export_run(uri, args.run, dest, experiment=args.mlflow_experiment)

@@ -1,4 +1,4 @@
-"""`reflex-dspy dashboard`: a local web page over the run layout (SPEC §11).
+"""`reflex-dspy dashboard`: a local web page over the run layout.
 
 `server.DashboardServer` serves the page (`static/`, plain ES modules: no build step) and a
 JSON API built from `RunStore` (`api.py`); branches start as background CLI processes

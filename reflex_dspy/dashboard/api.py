@@ -1,4 +1,4 @@
-"""The dashboard's JSON views, built from the run layout through `RunStore` (SPEC §9, §11).
+"""The dashboard's JSON views, built from the run layout through `RunStore`.
 
 Each view is a plain dict the page renders as is: every number in it was read from a file the
 engine wrote (baseline.json, checkpoint.json, iterations/NNN.json, result.json), so the page

@@ -49,9 +49,9 @@ def _int(body: dict[str, Any], key: str) -> int:
 
 def strategies() -> list[str]:
     """The strategies a `reflex-dspy branch` process knows: the built-in ones."""
-    from reflex_dspy.strategies import _BUILTIN
+    from reflex_dspy.strategies import list_strategies
 
-    return sorted(_BUILTIN)
+    return list_strategies(builtin_only=True)
 
 
 def validate(data: DashboardData, run_id: str, body: Any) -> tuple[str, int, str, int]:

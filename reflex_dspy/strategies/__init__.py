@@ -31,8 +31,9 @@ def register_strategy(name: str, cls: type[Strategy]) -> None:
     _REGISTRY[name] = cls
 
 
-def list_strategies() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+def list_strategies(*, builtin_only: bool = False) -> list[str]:
+    """Every strategy name; `builtin_only`: those any new process knows (not ones registered here)."""
+    return sorted(_BUILTIN) if builtin_only else sorted(set(_BUILTIN) | set(_REGISTRY))
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -18,8 +18,9 @@ iteration's reasoning of the phase, in every iteration's `details["auto"]`, and 
 A phase also ends when its last `IDLE_STEPS` steps measured nothing new (every score came from
 the cache): its strategy has nothing left to try, and its iterations are better spent elsewhere.
 
-A probe whose axis scores several variants per batch example (structural) is given the part of
-the batch its share affords, so one structural round cannot spend every probe's calls.
+A probe runs on the part of the batch its share affords (a structural round scores every
+layout on each example), and its gain is measured there, so the probes stay cheap and leave
+most of the budget to the axes that gained.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from reflex_dspy.strategies.params import STRATEGY_PARAMS
 
 AXES = ("structural", "iterative", "fewshot", "joint", "pdo")
 PROBE_ORDER = ("iterative", "fewshot", "joint", "structural", "pdo")  # cheapest step first
-MIN_PROBE_BATCH = 2
+MIN_PROBE_BATCH = 4  # fewer examples than this measure no gain worth acting on
+# Candidates one step of an axis scores per batch example (the parent mostly comes from the cache).
+STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
 
 
@@ -124,6 +127,8 @@ class Auto(Strategy):
         if self.sub is None:
             opening = self._begin_phase(ctx, iteration, batch)
         step = self.sub.step(ctx, iteration, batch[: self.batch_cap] if self.batch_cap else batch)
+        if self.batch_cap and step.score is not None and step.score >= ctx.config.score_threshold:
+            self._rescore(ctx, step, batch)
         step.phase = self.axis
         self.in_phase += 1
         if step.score is not None:
@@ -146,6 +151,18 @@ class Auto(Strategy):
                 or self.idle >= IDLE_STEPS):
             self._end_phase(ctx, iteration, batch)
         return step
+
+    @staticmethod
+    def _rescore(ctx: SearchContext, step: Step, batch: Sequence[dspy.Example]) -> None:
+        """A probe's score on its few examples must not stop the run at the threshold (without val the
+        lifecycle reads the step's score): a candidate that reaches it is scored on the whole batch
+        (minus its demos' sources), and its delta is dropped since the parent was scored elsewhere."""
+        left_out = content_sources(step.candidate, batch)
+        scored_on = [ex for ex in batch if example_id(ex) not in left_out]
+        if scored_on:
+            step.result = ctx.evaluate(step.candidate, scored_on, label="auto: probe re-scored on the batch")
+            step.parent_score = None
+            step.details = {**step.details, "probe_rescored_on": len(scored_on)}
 
     def patience_spent(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> bool:
         """A phase that stalls ends there; the run goes on with the next axis unless auto is done."""
@@ -175,20 +192,25 @@ class Auto(Strategy):
                 f"{calls}, starting from iteration {self.best['iteration']}'s candidate. Why: {plan.why}.{cap_note}")
 
     def _probe_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
-        """How much of the batch a structural probe can afford: one round scores every layout on it."""
-        if plan.kind != "probe" or plan.axis != "structural" or plan.calls is None:
+        """How much of the batch a probe affords: its share over the candidates one step scores
+        per example (a structural round scores every layout). A probe is cheap by construction: at
+        150 calls on a 16-example batch, five full-batch probes would spend the whole budget."""
+        if plan.kind != "probe" or plan.calls is None:
             return None, ""
-        from reflex_dspy.strategies.structural import Structural
+        per_example = STEP_EVALS.get(plan.axis, 2)
+        if plan.axis == "structural":
+            from reflex_dspy.strategies.structural import Structural
 
-        variants = Structural(**self.axis_params.get("structural", {})).variants_per_round
-        affordable = max(plan.calls // (variants + 1), MIN_PROBE_BATCH)
+            per_example = Structural(**self.axis_params.get("structural", {})).variants_per_round + 1
+        affordable = max(plan.calls // per_example, MIN_PROBE_BATCH)
         if affordable >= batch_size:
             return None, ""
-        return affordable, (f" One round scores {variants} layouts on each batch example, so this probe runs on "
-                            f"{affordable} of the {batch_size} batch examples.")
+        return affordable, (f" A step scores about {per_example} candidates on each batch example, so this probe "
+                            f"runs, and its gain is measured, on {affordable} of the {batch_size} batch examples.")
 
     def _end_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> None:
         """Record the phase with its measured gain, hand on the best candidate so far, plan the next."""
+        batch = batch[: self.batch_cap] if self.batch_cap else batch  # a probe is measured where it ran
         contenders = [(Candidate.from_dict(self.best["candidate"]), self.best)]  # the handed-on candidate
         if self.phase_best is not None:
             contenders.append((Candidate.from_dict(self.phase_best["candidate"]), self.phase_best))

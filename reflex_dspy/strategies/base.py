@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import dspy
 from dspy.teleprompt import Teleprompter
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.search import SearchContext, Step, restore_rng, rng_state
+
+if TYPE_CHECKING:
+    from reflex_dspy.result import IterationRecord
 
 __all__ = ["SearchContext", "Step", "Strategy", "restore_rng", "rng_state"]  # the first four re-exported from search
 
@@ -82,6 +85,14 @@ class Strategy(Teleprompter, abc.ABC):
         """Val has not improved for `early_stopping_patience` iterations. True: the strategy moves
         on to something else (auto's next phase) and the search continues; False: it stops."""
         return False
+
+    def restarts_patience(self, previous: IterationRecord, record: IterationRecord) -> bool:
+        """Whether early-stopping patience counts afresh from `record` (stop_rules.Patience).
+
+        True when `record` begins another phase of a strategy that chains others (a `Step`'s
+        `phase`: auto's axes, where a new axis deserves its own chance); one search never restarts.
+        """
+        return previous.phase != record.phase
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:

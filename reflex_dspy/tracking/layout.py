@@ -1,4 +1,4 @@
-"""The reflex run layout writer: the run on disk, as it goes (SPEC §9; file list in store.py).
+"""The reflex run layout writer: the run on disk, as it goes (file list in store.py).
 
 Whole files are replaced atomically; iteration files and result.json are written once; the
 journal is appended line by line as results are paid for, so `kill -9` at any moment leaves a
@@ -28,6 +28,7 @@ from reflex_dspy.tracking.store import (
     BEST_PROMPT,
     CHECKPOINT,
     CONFIG,
+    FOREIGN_PID,
     JOURNAL,
     PID,
     RESULT,
@@ -51,6 +52,7 @@ class LayoutTracker(Tracker):
         self.run = run
         self._journal = None
         self._trials = None  # trials.jsonl (run_status.py), appended from evaluation workers
+        self._beat: dict[str, Any] = {}  # the last heartbeat state (a phase change keeps its numbers)
         self._lock = threading.Lock()
         self._context = FileContext()
 
@@ -69,6 +71,13 @@ class LayoutTracker(Tracker):
                 self._trials.close()
                 self._trials = None
         self.run.file(PID).unlink(missing_ok=True)
+        self.run.file(FOREIGN_PID).unlink(missing_ok=True)
+
+    def _mark_running(self) -> None:
+        """aevyra-reflex's live-run marker (`running`, the bare PID) next to our `run.pid`: their
+        RunStore and dashboard show a run as running only while it names a live process, and as
+        interrupted once a checkpoint exists without it. Removed by `_close` however the run ends."""
+        write_atomic(self.run.file(FOREIGN_PID), str(os.getpid()))
 
     def on_run_start(self, info: dict[str, Any]) -> None:
         comparison = (info.get("metadata") or {}).get("target_comparison")
@@ -76,22 +85,25 @@ class LayoutTracker(Tracker):
             write_json(self.run.file(TARGET_COMPARISON), comparison)
         write_once(self.run.file(CONFIG), dumps(config_document(info)))
         self._context.start(info)
+        self._mark_running()
         self._open_journal()
 
     def on_resume(self, info, baseline, records) -> None:
         write_json(self.run.file(PID), pid_sentinel())
+        self._mark_running()
         self._context.start(info, records)
         self.run.file(FAILURE).unlink(missing_ok=True)  # a failed run continues: it is running again
         self._open_journal()
 
     def on_status(self, phase: str, detail: str = "") -> None:
-        self.on_heartbeat({"phase": phase, "detail": detail})
+        self.on_heartbeat({**self._beat, "phase": phase, "detail": detail})
 
     def on_heartbeat(self, state: dict[str, Any]) -> None:
         """heartbeat.json: the runner's last word, so a reader can tell a silent run from a live one."""
         import time
 
-        write_json(self.run.file(HEARTBEAT), {"interval": heartbeat_seconds(), **state, "time": time.time()})
+        self._beat = {"interval": heartbeat_seconds(), **state}
+        write_json(self.run.file(HEARTBEAT), {**self._beat, "time": time.time()})
 
     def on_trial(self, trial: dict[str, Any]) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""`MlflowTracker`: MLflow is the store of record of a run (SPEC §9).
+"""`MlflowTracker`: MLflow is the store of record of a run.
 
 One reflex run is one parent MLflow run (config, baseline, checkpoint, trajectory, result, the
 optimized program as a servable model); each iteration is one nested child run with its
@@ -282,7 +282,7 @@ class MlflowTracker(Tracker):
             "reflex.started": info.get("created"),
             PARENT_TAG: self.parent_run_id,
             NOTE_TAG: description(info),
-            "mlflow.source.name": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
+            "mlflow.source.name": _source_name(),
             "mlflow.source.type": "LOCAL",
             "mlflow.user": _user(),
         }
@@ -467,7 +467,9 @@ class MlflowTracker(Tracker):
                              threshold=result.score_threshold)
         self.client.log_text(self.run_id, svg, "trajectory.svg")
         if self._program is not None:
-            self._log(self.run_id, tags={"reflex.dspy_model": self._log_model(self._program, step)})
+            status = self._log_model(self._program, step)
+            self._log(self.run_id, tags={"reflex.dspy_model": status,
+                                         "reflex.model_uri": f"models:/{self.model_id}" if self.model_id else None})
         base = (self._info.get("config") or {}).get("register_prompt")
         if base:
             self._register(result, base, metrics.get("selected_val_score"))
@@ -535,6 +537,14 @@ class MlflowTracker(Tracker):
             tags["reflex.failure_reason"] = failure_reason(error)
         self._log(self.run_id, tags=tags)
         self.client.set_terminated(self.run_id, status)
+
+
+def _source_name() -> str:
+    """MLflow's Source column: the script that ran, `reflex-dspy` for the CLI (`python -m` too)."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if script in ("__main__.py", "reflex-dspy") and "reflex_dspy.cli" in sys.modules:
+        return "reflex-dspy"
+    return script or "python"
 
 
 def _user() -> str | None:

@@ -1,4 +1,4 @@
-"""The run layout's field names: aevyra-reflex 0.2.0's, plus ours (SPEC §9).
+"""The run layout's field names: aevyra-reflex 0.2.0's, plus ours.
 
 Users of aevyra-reflex read `.reflex/runs` with its `RunStore`, its dashboard and their own
 scripts (`config["optimizer_config"]["strategy"]`, `result["best_score"]`, an iteration's
@@ -13,8 +13,11 @@ export from MLflow byte-for-byte equal to the live layout.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from reflex_dspy.errors import UsageError
 
 # config.json: engine info key → shared name (the rest of `info` is kept under its own name)
 _META_MOVED = ("dataset_path", "prompt_path")  # metadata fields aevyra-reflex keeps at the top level
@@ -153,6 +156,73 @@ def upgrade_checkpoint(doc: Mapping[str, Any], run_id: str) -> dict[str, Any]:
         return dict(doc)
     best = (doc.get("best") or {}).get("prompt")
     return checkpoint_document(doc, {"run_id": run_id, "current_prompt": best})
+
+
+CHECKPOINT_VERSION = 2  # 1: no `version` field (either the older engine names or the shared ones)
+
+
+@dataclass
+class Checkpoint:
+    """Everything a resume needs, as the lifecycle saves it after the start, each iteration and
+    the end of the search. The one definition of the checkpoint: the lifecycle builds it, trackers
+    receive `to_state()` (the engine's names), the files hold `document()` (aevyra-reflex's names
+    plus ours) and a resume reads `from_document()`, which also takes version-1 files.
+
+    `evaluator` is whatever `Evaluator.state_dict()` returned (usage totals, journal position):
+    it is stored flat in the file, so every key no other field claims belongs to it.
+    """
+
+    iteration: int
+    strategy: str
+    strategy_state: dict[str, Any] | None
+    rng_state: list[Any] | None = None
+    stop_reason: str | None = None
+    initial_val: float | None = None
+    best_val: float | None = None
+    stale: int = 0
+    best: dict[str, Any] = field(default_factory=dict)  # iteration, score, by, prompt
+    trajectories: dict[str, list[Any]] = field(default_factory=lambda: {"train": [], "val": []})
+    evaluator: dict[str, Any] = field(default_factory=dict)
+    elapsed_seconds: float = 0.0
+    updated: str | None = None
+    version: int = CHECKPOINT_VERSION
+
+    @property
+    def search_done(self) -> bool:
+        return self.stop_reason is not None
+
+    def to_state(self) -> dict[str, Any]:
+        """The engine's names, as `Tracker.on_checkpoint` receives them."""
+        data = asdict(self)
+        evaluator = data.pop("evaluator")
+        return {"version": data.pop("version"), "iteration": data.pop("iteration"),
+                "search_done": self.search_done, **data, **evaluator}
+
+    def document(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        """checkpoint.json (`context` as in `checkpoint_document`)."""
+        return checkpoint_document(self.to_state(), context)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Checkpoint:
+        """From the engine's names (`to_state()`, or a version-1 file read by `checkpoint_state`)."""
+        data = dict(state)
+        data.pop("search_done", None)  # derived from stop_reason
+        data["version"] = CHECKPOINT_VERSION  # read in the current shape: it is written back as such
+        known = {f for f in cls.__dataclass_fields__ if f != "evaluator"}
+        fields = {k: data.pop(k) for k in list(data) if k in known}
+        fields["best"] = fields.get("best") or {}
+        fields["trajectories"] = fields.get("trajectories") or {"train": [], "val": []}
+        return cls(**{"iteration": 0, "strategy": "", "strategy_state": None, **fields}, evaluator=data)
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Checkpoint:
+        """A checkpoint.json of any version this code knows (1: unversioned, either layout; 2)."""
+        version = doc.get("version", 1)
+        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+            raise UsageError(
+                f"checkpoint.json: version {version!r} is not one this reflex_dspy reads (1 to {CHECKPOINT_VERSION})"
+            )
+        return cls.from_state(checkpoint_state(doc))
 
 
 def measurement_document(data: Mapping[str, Any] | None) -> dict[str, Any] | None:

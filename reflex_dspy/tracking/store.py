@@ -1,4 +1,4 @@
-"""The reflex run layout on disk (SPEC §9) and `RunStore`, its reader.
+"""The reflex run layout on disk (README, "History and resume") and `RunStore`, its reader.
 
     <root>/runs/NNN_YYYY-MM-DDTHH-MM-SS/
         config.json       written once at the start
@@ -9,6 +9,7 @@
         best_prompt.md    the best prompt so far, then the selected one
         result.json       written once at the end
         run.pid           present while a process is running it
+        running           the same, as aevyra-reflex writes it (the bare PID), for their dashboard
         created.json, failure.json, heartbeat.json, trials.jsonl   see run_status.py
 
 The field names are aevyra-reflex 0.2.0's (tracking/schema.py), so its `RunStore`, its dashboard
@@ -51,7 +52,7 @@ RUN_ID = re.compile(r"^\d{1,9}$")
 
 CONFIG, BASELINE, CHECKPOINT, RESULT = "config.json", "baseline.json", "checkpoint.json", "result.json"
 JOURNAL, BEST_PROMPT, PID, ITERATIONS = "journal.jsonl", "best_prompt.md", "run.pid", "iterations"
-FOREIGN_PID = "running"  # aevyra-reflex's sentinel: the PID as text
+FOREIGN_PID = "running"  # aevyra-reflex's sentinel: the PID as text (LayoutTracker writes it too)
 DEFAULT_RUN_DIR = ".reflex"
 
 
@@ -238,6 +239,11 @@ class Run:
         result = self.load_result() or {}
         baseline = self.load_baseline() or {}
         settings = config.get("optimizer_config") or {}
+        created = {} if config else (self._load(CREATED) or {})  # `optimize create`: not started yet
+        if created:
+            task = created.get("task") or {}
+            settings = {**(created.get("config") or {}), "_cli_models": task.get("task_models") or ["embedded"]}
+            config = {"dataset_path": (created.get("sources") or {}).get("dataset")}
         models = {"task": ", ".join(settings.get("_cli_models") or []) or None,
                   "reasoning": settings.get("reasoning_model")}
         folder = self.file(ITERATIONS)
@@ -261,8 +267,9 @@ class Run:
 
     @property
     def foreign(self) -> bool:
-        """Written by aevyra-reflex itself: no example ids, so it can be read and branched, not resumed."""
-        return "split_ids" not in self.load_config()
+        """Written by aevyra-reflex itself (no per-predictor candidate, no example ids, no journal):
+        it can be read and branched from, not resumed or continued with its baseline."""
+        return "initial_candidate" not in self.load_config()
 
     def dataset_path(self, config: dict[str, Any] | None = None) -> str | None:
         """The recorded dataset, absolute; a relative one is relative to the folder holding `.reflex`."""
@@ -330,6 +337,8 @@ class RunStore:
             if run.status not in ("interrupted", "failed"):
                 continue
             try:
+                if run.foreign:
+                    continue  # aevyra-reflex's run: branch it (`reflex-dspy branch`), it cannot be resumed here
                 dataset = run.dataset_path()
             except CorruptRunError:
                 continue  # listed as corrupt by `reflex-dspy runs`; nothing to resume from

@@ -45,7 +45,7 @@ async function load() {
   const key = r.view === "run" ? `run:${r.id}` : "runs";
   try {
     const data = await api(r.view === "run" ? `/api/runs/${r.id}` : "/api/runs");
-    if (r.view === "run") data.live = await api(`/api/runs/${r.id}/live`); // live.js: feed, candidates, staleness
+    if (r.view === "run") data.live = await api(`/api/runs/${r.id}/live`).catch(() => null); // live.js
     if (jobs.size) await watchJobs();
     if (mine !== generation) return; // the route changed while this request was in flight
     const text = JSON.stringify(data);
