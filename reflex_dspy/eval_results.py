@@ -118,7 +118,7 @@ class Usage:
     reasoning_tokens: int = 0
     failed: int = 0
     retries: int = 0
-    rate_limits: int = 0  # 429 answers, each one retried after slowing down
+    rate_limits: int = 0  # 429 answers seen: each one slowed the run down, and was retried unless last
     reasoning_failed: int = 0  # reasoning requests that got no usable reply (after retries)
     reasoning_error: str | None = None  # the first of them, redacted (why "reasoning 0 calls")
 

@@ -35,6 +35,15 @@ from reflex_dspy.run_status import heartbeat_seconds
 from reflex_dspy.search import SearchContext, restore_rng, rng_state
 from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import mean_std, paired_significance
+from reflex_dspy.stop_rules import (
+    Budget,
+    MaxIterations,
+    Patience,
+    ScoreThreshold,
+    SearchView,
+    StopRules,
+    StrategyDone,
+)
 from reflex_dspy.tracking import Trackers
 from reflex_dspy.tracking.redact import redact_uri
 from reflex_dspy.tracking.schema import Checkpoint
@@ -118,8 +127,9 @@ class RunLifecycle:
         self.later: dict[int, IterationRecord] = {}  # iteration files a resume finds past its checkpoint
         self.record: Record | None = None
         self.initial_val: float | None = None
-        self.best_val: float | None = None
-        self.stale = 0  # iterations since val last improved
+        self.patience = Patience(cfg.early_stopping_patience)  # val's best and iterations since, checkpointed
+        self.stop_rules = StopRules(MaxIterations(cfg.max_iterations), StrategyDone(),
+                                    ScoreThreshold(cfg.score_threshold), self.patience, Budget())
 
     def _facts(self, student: dspy.Module) -> dict[str, TaskFacts]:
         """Grounding facts for each optimizable predictor that produces a gold field."""
@@ -247,7 +257,7 @@ class RunLifecycle:
                 self.initial_val = (
                     self.evaluator.evaluate(self.initial, splits.val, label="val: initial").mean if splits.val else None
                 )
-                self.best_val = self.initial_val
+                self.patience.best_val = self.initial_val
                 self.strategy.start(self.ctx, self.initial)
                 self._checkpoint(0)
             stop_reason = checkpoint.stop_reason if checkpoint else None
@@ -328,8 +338,7 @@ class RunLifecycle:
     def _restore(self, checkpoint: Checkpoint) -> None:
         """Continue after the checkpoint's iteration: strategy, early-stopping and RNG state."""
         self.initial_val = checkpoint.initial_val
-        self.best_val = checkpoint.best_val
-        self.stale = checkpoint.stale
+        self.patience.best_val, self.patience.stale = checkpoint.best_val, checkpoint.stale
         self.started -= checkpoint.elapsed_seconds  # durations count the interrupted process too
         self.strategy.load_state_dict(checkpoint.strategy_state)
         restore_rng(self.ctx.rng, checkpoint.rng_state)
@@ -349,8 +358,8 @@ class RunLifecycle:
             strategy=self.strategy.name or type(self.strategy).__name__,
             strategy_state=strategy_state,
             initial_val=self.initial_val,
-            best_val=self.best_val,
-            stale=self.stale,
+            best_val=self.patience.best_val,
+            stale=self.patience.stale,
             best={"iteration": best, "score": score, "by": by, "prompt": self.candidates[best].render()},
             trajectories={
                 "train": [r.score for r in self.records],
@@ -362,22 +371,32 @@ class RunLifecycle:
             updated=_now(),
         ).to_state())
 
+    def _stop_without_reasoning(self) -> None:
+        """The strategy asked its reasoning model and never got one reply (each request retried):
+        no proposal can ever be made, so the run fails now instead of paying for the rest."""
+        usage = self.evaluator.usage
+        if usage.reasoning_failed and not usage.reasoning_calls:
+            raise ReflexError(f"the reasoning model answered none of its {usage.reasoning_failed} requests "
+                              f"(each retried), so no proposal can be made: {usage.reasoning_error}")
+
     def _search(self, start: int) -> str:
-        """Run strategy iterations until a stop condition; returns why it stopped."""
+        """Run strategy iterations until a stop rule fires (stop_rules.py); returns why it stopped."""
         cfg, train, val = self.config, self.splits.train, self.splits.val
-        for i in range(start, cfg.max_iterations + 1):
+        i = start
+        while True:
+            view = SearchView(i, self.strategy, self.ctx, self.records, has_val=bool(val))
+            if (stop := self.stop_rules.before(view)) is not None:
+                return stop
             batch = sample_batch(train, cfg.batch_size, cfg.batch_seed + i)
             is_full = len(batch) == len(train)
             if cfg.batch_size and cfg.full_eval_steps and i % cfg.full_eval_steps == 0:
                 batch, is_full = list(train), True
-            if (finished := self.strategy.done()) is not None:
-                return f"strategy finished: {finished}"
             before = self.evaluator.usage.to_dict()
             try:
                 step = self.strategy.step(self.ctx, i, batch)
                 val_score = self.evaluator.evaluate(step.candidate, val, label=f"iter {i}: val").mean if val else None
             except BudgetExhausted:
-                return "metric-call budget spent"
+                return Budget.reason
             self.candidates[i] = step.candidate
             record = self._record(i, step, val_score, before, is_full, len(batch))
             if (earlier := self.later.get(i)) is not None:
@@ -387,31 +406,16 @@ class RunLifecycle:
                 record = earlier
             self.records.append(record)
             self.trackers.on_iteration(record)
-
-            reached = val_score if val else step.score
-            stop = None
-            if reached is not None and reached >= cfg.score_threshold:
-                stop = f"score threshold {cfg.score_threshold} reached"
-            elif val and val_score is not None:
-                if len(self.records) > 1 and self.records[-2].phase != record.phase:
-                    self.stale = 0  # patience counts within a phase: a new axis deserves its own chance
-                if self.best_val is None or val_score > self.best_val:
-                    self.best_val, self.stale = val_score, 0
-                else:
-                    self.stale += 1  # ties do not reset patience
-                if cfg.early_stopping_patience and self.stale >= cfg.early_stopping_patience:
-                    try:
-                        moved_on = self.strategy.patience_spent(self.ctx, i, batch)
-                    except BudgetExhausted:
-                        return "metric-call budget spent"
-                    if moved_on:
-                        self.stale = 0
-                    else:
-                        stop = f"early stopping (no val improvement in {self.stale} iterations)"
+            self._stop_without_reasoning()
+            view.batch = batch
+            try:
+                stop = self.stop_rules.after(view)
+            except BudgetExhausted:  # the strategy's move on after patience ran out of calls
+                return Budget.reason
             if stop:
                 return stop
             self._checkpoint(i)
-        return "max iterations"
+            i += 1
 
     def _record(self, i: int, step, val_score, before: dict, is_full: bool, batch_size: int) -> IterationRecord:
         after = self.evaluator.usage.to_dict()

@@ -6,7 +6,8 @@ time). Its `Server` object is llama.cpp's own OpenAI-style server loop: requests
 schema in `response_format` becomes a grammar, so replies to DSPy's `JSONAdapter` always parse.
 
 One model is loaded per (file, context size) per process and shared by every engine that names
-it: the task and reasoning models are often the same embedded model. `xllamacpp` is imported only
+it (with the slot count of the engine that loaded it): the task and reasoning models are often
+the same embedded model. `xllamacpp` is imported only
 when a model loads.
 """
 

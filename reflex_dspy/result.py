@@ -207,7 +207,7 @@ class RunResult:
         lines.append(
             f"Metric calls   : {u['metric_calls']} evaluated, {u['cache_hits']} reused from the run cache, "
             f"{u['failed']} failed, {u['retries']} retries"
-            + (f" ({u['rate_limits']} after rate limits)" if u.get("rate_limits") else "")
+            + (f" ({u['rate_limits']} rate limits (429) seen)" if u.get("rate_limits") else "")
         )
         if self.budget is not None:
             lines.append(f"Budget         : {u['search_calls']} / {self.budget} search metric calls spent")

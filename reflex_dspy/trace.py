@@ -309,7 +309,9 @@ def _recorder_class() -> type:
                 if call is not None:
                     call["result"] = plain(outputs)
                     if exception is not None:
-                        call["error"] = f"{type(exception).__name__}: {exception}"
+                        from reflex_dspy.tracking.redact import redact_text  # a tool error may echo a key
+
+                        call["error"] = redact_text(f"{type(exception).__name__}: {exception}")
 
         _RECORDER = ToolRecorder
     return _RECORDER

@@ -140,3 +140,10 @@ def test_export_to_a_file_or_under_one_is_refused(capsys, tmp_path, under):
     code = main(["export", "001", "--run-dir", str(runs), "--to", f"{blocker}{under}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--to" in err and "is a file" in err, err
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "1"], ["runs", "-v"]])
+def test_a_run_dir_that_is_a_file_is_one_line(capsys, files, command):
+    code = main([*command, "--run-dir", str(files["blocker"])])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--run-dir" in err and "is a file" in err, err

@@ -17,6 +17,9 @@ from fakes import fake_lm
 from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.errors import UsageError
+from reflex_dspy.strategies.gepa import GepaState
+from reflex_dspy.strategies.iterative import IterativeState
+from reflex_dspy.strategies.structural import StructuralState
 from reflex_dspy.tracking.schema import CHECKPOINT_VERSION, Checkpoint
 from reflex_dspy.tracking.store import RunStore
 
@@ -105,3 +108,19 @@ def test_a_run_interrupted_with_a_version_1_checkpoint_resumes_and_writes_versio
     final = json.loads(path.read_text())
     assert final["version"] == 2 and final["completed_iterations"] == 3 and final["search_done"] is True
     assert TheirStore(root).get_run("001").load_checkpoint().completed_iterations == 3  # their reader takes v2
+
+
+def test_strategy_states_are_dataclasses_that_read_what_the_dict_code_wrote():
+    old = json.loads(V0_CHECKPOINT.read_text())["strategy_state"]  # Iterative's state, as the dict code wrote it
+    state = IterativeState.from_dict(old)
+    assert state.turn == 1 and state.log[0].summary == "proposal 1" and state.current.render() == PROMPT
+    assert state.to_dict() == old
+    current = state.current.to_dict()
+    structural = {"current": current, "turn": 3, "stats": {"bullets": {"tries": 2, "wins": 1, "hurts": 0,
+                  "delta_sum": 0.25}}, "log": [{"iteration": 1, "transform": "bullets"}], "empty_rounds": 1,
+                  "n_predictors": 2}
+    assert StructuralState.from_dict(structural).to_dict() == structural
+    assert StructuralState.from_dict(structural).stats["bullets"].mean_delta == 0.125
+    gepa = {"initial": current, "ran": True, "found": [{"gepa_score": 0.5}], "emitted": 1, "summary": {"candidates": 2}}
+    assert GepaState.from_dict(gepa).to_dict() == gepa
+    assert GepaState.from_dict({}) == GepaState() and StructuralState.from_dict({}) == StructuralState()

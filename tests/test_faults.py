@@ -21,8 +21,10 @@ from dashboard_kit import write_task
 from fake_openai_server import FakeOpenAI, Faults
 
 from reflex_dspy.cli import main
+from reflex_dspy.cli.output import no_reasoning_reply
 from reflex_dspy.reply_cache import is_empty_reply
 from reflex_dspy.retries import RetryPolicy
+from reflex_dspy.tracking.store import RunStore
 
 ATTEMPTS = RetryPolicy().max_attempts
 
@@ -138,13 +140,23 @@ def test_sample_timeout_on_the_embedded_model_is_refused(capsys, tmp_path):
 
 
 def test_a_reasoning_model_that_never_answers_fails_the_run(capsys, monkeypatch, tmp_path):
+    """It used to exit 0 with "reasoning 0 calls" and the errors only in details.rejected."""
     with FakeOpenAI(faults=Faults("500", rate=1.0, target="reasoning"), lifetime_s=120) as server:
-        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server, "-o", str(tmp_path / "best.md"))
+        code, out, err, result = run_cli(capsys, monkeypatch, tmp_path, server, "-o", str(tmp_path / "best.md"),
+                                         "--max-iterations", "3")
     assert code == 1, err[-2000:]
-    assert "reasoning 0 calls / 0 tokens, 3 failed (LMServerError" in out
-    assert "the reasoning model answered none of its 3 requests" in err
-    assert server.injected["500"] == 3 * ATTEMPTS
+    assert "run failed: the reasoning model answered none of its 3 requests (each retried)" in err
+    assert "Internal error (injected)" in err
+    assert server.injected["500"] == 3 * ATTEMPTS  # stopped after the first iteration's 3 proposals
     assert result is None and not (tmp_path / "best.md").exists()
+    [run] = RunStore(tmp_path / "runs").list_runs()
+    assert run.status == "failed"
+
+
+def test_the_summary_counts_reasoning_requests_that_got_no_reply():
+    usage = {"reasoning_calls": 0, "reasoning_tokens": 0, "reasoning_failed": 3,
+             "reasoning_error": "LMServerError: boom"}
+    assert no_reasoning_reply(usage) and not no_reasoning_reply({**usage, "reasoning_calls": 1})
 
 
 def test_a_key_echoed_by_the_provider_is_recorded_nowhere(capsys, monkeypatch, tmp_path):
@@ -160,3 +172,56 @@ def test_a_key_echoed_by_the_provider_is_recorded_nowhere(capsys, monkeypatch, t
         assert key.encode() not in path.read_bytes(), path
     assert any(b"for key ***" in path.read_bytes() for path in written)  # recorded, redacted
     assert key not in out + err
+
+
+def test_a_stalled_task_call_is_named_in_the_status_line():
+    """A hung provider call used to leave the status silent: the oldest call in flight is shown."""
+    import threading
+
+    from conftest import routing_examples, routing_respond
+    from fakes import fake_lm
+
+    from reflex_dspy.adapters import program_from_prompt
+    from reflex_dspy.candidate import Candidate
+    from reflex_dspy.evaluation import Evaluator
+    from reflex_dspy.metrics import resolve_metric
+    from reflex_dspy.progress import status_text
+
+    release = threading.Event()
+
+    def stalled(system, messages):
+        release.wait(10)
+        return routing_respond(system, messages)
+
+    program = program_from_prompt("Say which team should handle the message.")
+    ev = Evaluator(program, resolve_metric("exact"), task_lm=fake_lm(stalled, name="fake/stall"), max_workers=1)
+    worker = threading.Thread(target=ev.evaluate, args=(Candidate.from_program(program), routing_examples(1)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while ev.waiting is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        since, who = ev.waiting
+        assert who == "task model"
+        waited = round(time.monotonic() - since + 30)
+        line = status_text({"waiting_seconds": waited, "waiting_on": who})
+        assert line == f"task model call waiting {waited}s"
+    finally:
+        release.set()
+        worker.join()
+    assert ev.waiting is None
+
+
+def test_one_redaction_covers_configured_keys_key_like_tokens_and_url_credentials(monkeypatch):
+    from reflex_dspy.retries import short_error
+    from reflex_dspy.tracking.redact import redact_text, register_secret
+
+    register_secret("configured-key-0001")
+    monkeypatch.setenv("GROQ_API_KEY", "ambient-env-key-0002")
+    text = ("key configured-key-0001 / ambient-env-key-0002 / sk-proj-abcdef123456 / Bearer abc.def-ghij "
+            "at https://user:pw@host/v1; desk-top and risk-free stay")
+    clean = redact_text(text)
+    for secret in ("configured-key-0001", "ambient-env-key-0002", "sk-proj-abcdef123456", "abc.def-ghij", "user:pw"):
+        assert secret not in clean
+    assert "desk-top and risk-free stay" in clean and "https://***@host/v1" in clean
+    assert "configured-key-0001" not in short_error(RuntimeError(text))

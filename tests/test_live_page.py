@@ -116,7 +116,7 @@ def test_pipeline_trials_link_to_their_execution_trace(tmp_path):
 
 def test_created_and_failed_runs_say_what_to_do(tmp_path, task, lms, capsys):
     assert main(["optimize", "create", str(task.data), str(task.prompt), "-m", "fake/task", "--metric", "exact",
-                 *task.flags]) == 0
+                 "--run-dir", str(task.run_dir)]) == 0
     with dashboard(task.run_dir) as server:
         live = get_json(server, "/api/runs/001/live")
         assert live["status"] == "created" and live["n_trials"] == 0

@@ -66,3 +66,13 @@ def test_optimize_prompts_runs_a_reflex_strategy_and_returns_the_selected_prompt
     ours = client.search_runs([client.get_experiment_by_name("prompt-optimization").experiment_id],
                               f"tags.`reflex.run_id` = '{optimizer.result.run_id}'")
     assert len(ours) == 1 and ours[0].data.tags.get("mlflow.parentRunId")  # nested under MLflow's own run
+
+
+def test_an_mlflow_without_the_optimizer_api_gives_a_clear_import_error(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow.genai.optimize.optimizers", None)  # as if the API did not exist
+    monkeypatch.delitem(sys.modules, "reflex_dspy.mlflow")
+    with pytest.raises(ImportError, match=r"mlflow.genai.optimize_prompts, MLflow >= 3.5"):
+        importlib.import_module("reflex_dspy.mlflow")

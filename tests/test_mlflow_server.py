@@ -112,6 +112,8 @@ def test_numbers_are_the_selected_and_held_out_ones(served):
     duration = (served.parent.info.end_time - served.parent.info.start_time) / 1000
     assert duration >= 0.8 * served.wall - 1  # from the real start, not from when the store opened
     assert "View run" not in served.stdout and "View experiment" not in served.stdout  # nothing from MLflow
+    (dataset,) = served.parent.inputs.dataset_inputs
+    assert dataset.dataset.name == "trainset" and len(dataset.dataset.digest) == 8
     tags = served.parent.data.tags
     assert "Held-out test" in tags["mlflow.note.content"] and tags["mlflow.source.type"] == "LOCAL"
 
@@ -216,3 +218,5 @@ def test_two_runs_started_at_once_into_a_new_run_dir_both_reach_mlflow(tmp_path,
     parents = client.search_runs([experiment.experiment_id], "tags.`reflex.run_id` != ''")
     assert sorted(r.data.tags["reflex.run_id"] for r in parents) == ["001", "002"]
     assert all(r.info.status == "FINISHED" for r in parents)
+    dataset = client.get_run(parents[0].info.run_id).inputs.dataset_inputs[0].dataset
+    assert dataset.name == "data.jsonl" and dataset.source_type == "local" and data.resolve().as_uri() in dataset.source

@@ -197,7 +197,8 @@ def test_full_run_logs_parent_and_one_child_per_iteration(tracker, tmp_path):
     assert metrics["selected_val_score"] == 1.0 and metrics["selected_train_score"] == 0.875
     assert metrics["baseline_test"] == 0.5 and metrics["final_test"] == 1.0
     assert tags["mlflow.note.content"].startswith("reflex run 001") and "0.5000 -> 1.0000" in tags["mlflow.note.content"]
-    assert parent.inputs.dataset_inputs == []  # /data/routing.jsonl does not exist: no dataset input
+    (dataset,) = parent.inputs.dataset_inputs  # /data/routing.jsonl does not exist: the examples given
+    assert dataset.dataset.name == "trainset" and dataset.dataset.source_type == "code"
     assert artifact(client, tracker.run_id, "config.json", tmp_path) == dumps(config_document(info))
     assert artifact(client, tracker.run_id, "best_prompt.md", tmp_path) == PROMPTS[2] + "\n"
     assert '"completed_iterations": 3' in artifact(client, tracker.run_id, "checkpoint.json", tmp_path)
@@ -421,3 +422,40 @@ def test_export_equals_the_live_layout(tmp_path, uri):
     live = {p.relative_to(run.path): p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
     copy = {p.relative_to(exported): p.read_bytes() for p in exported.rglob("*") if p.is_file()}
     assert {k: v for k, v in live.items() if k.name not in ("journal.jsonl", "run.pid", "trials.jsonl")} == copy
+
+
+def test_fewshot_iteration_shows_its_demos_in_the_diff_and_as_markdown(tracker, tmp_path):
+    demo = {"question": "Where is my parcel?", "answer": "shipping"}
+    record = make_record(1, 0.5, 0.5, PROMPTS[0])
+    record.candidate = {"predictors": {"predict": {"instructions": PROMPTS[0], "demos": [demo]}}}
+    tracker.on_run_start(make_info(tmp_path / "runs" / "010_x", "010"))
+    tracker.on_iteration(record)
+    client = client_for(tracker)
+    (kid,) = child_runs(client, tracker)
+    diff = artifact(client, kid.info.run_id, "diff.txt", tmp_path)
+    assert "+question: Where is my parcel?" in diff and "+answer: shipping" in diff  # same instructions, new demo
+    demos = artifact(client, kid.info.run_id, "demos/predict.md", tmp_path)
+    assert demos == "## Demo 1\n\n**question**: Where is my parcel?\n**answer**: shipping\n"
+
+
+def test_registry_alias_moves_only_for_a_promoted_version(tracker, tmp_path):
+    def run(run_id: str, promoted: bool) -> None:
+        info = make_info(tmp_path / "runs" / f"{run_id}_x", run_id)
+        info["config"]["register_prompt"] = f"routing-{tracker.experiment[-20:]}"
+        tracker.run_id, tracker._records = None, {}
+        tracker.on_run_start(info)
+        tracker.on_baseline(measure("test", BASE_SCORES))
+        result = make_result(RECORDS)
+        result.promotion, result.run_id = {"promoted": promoted}, run_id
+        tracker.on_result(result)
+
+    client = client_for(tracker)
+    run("011", promoted=True)
+    name = f"routing-{tracker.experiment[-20:]}"
+    first = client.load_prompt(f"prompts:/{name}@reflex-best")
+    assert first.version == 1 and first.template == PROMPTS[2] and "run 011" in first.commit_message
+    assert client.get_run(tracker.run_id).data.tags["reflex.prompt_alias"] == "reflex-best"
+    run("012", promoted=False)
+    assert client.load_prompt(f"prompts:/{name}/2").tags["reflex.promoted"] == "false"
+    assert client.load_prompt(f"prompts:/{name}@reflex-best").version == 1  # the alias stayed
+    assert client.get_run(tracker.run_id).data.tags["reflex.prompt_alias"].startswith("not moved")

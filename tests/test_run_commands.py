@@ -126,7 +126,7 @@ def test_bad_lifecycle_commands_fail_in_one_line_and_write_nothing(capsys, task,
 
 def test_a_created_run_keeps_its_task_and_config(capsys, task, lms):
     assert cli(capsys, "optimize", "create", task.data, task.prompt, "-m", "fake/task", "--metric", "exact",
-               *FLAGS, *task.flags)[0] == 0
+               *FLAGS, "--run-dir", task.run_dir)[0] == 0  # no tracking URI given: nothing published
     code, out, err = cli(capsys, "optimize", "run", "1", task.data, *task.flags)
     assert code == 2 and "give no DATA or PROMPT" in err
     code, out, err = cli(capsys, "optimize", "dry-run", "1", "--max-iterations", "9", *task.flags)

@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     if sub is not None:
         args.handler = lifecycle_cmds.handler(sub, run_id)
     try:
+        _check_run_dir(getattr(args, "run_dir", None))
         return args.handler(args)
     except UsageError as exc:
         print(f"reflex-dspy: error: {_one_line(exc)}", file=sys.stderr)
@@ -324,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("reflex-dspy: interrupted", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _check_run_dir(run_dir: str | None) -> None:
+    """Every command's --run-dir must be a directory (or not exist yet): a file there is one line."""
+    from pathlib import Path
+
+    if run_dir and Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise UsageError(f"--run-dir {run_dir}: is a file, expected a directory")
 
 
 def _one_line(exc: BaseException) -> str:

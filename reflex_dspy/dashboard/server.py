@@ -107,6 +107,13 @@ class DashboardServer(ThreadingHTTPServer):
         super().server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer (or went silent past the timeout) is routine, not a traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            logger.debug("client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         host = self.server_address[0]

@@ -18,6 +18,7 @@ import json
 import random
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,28 @@ class _Progress:
         self.save()
 
 
+@dataclass
+class GepaState:
+    """What a resume needs: the initial candidate, whether GEPA ran, what it found (best by GEPA's
+    score first), how many of those were emitted as iterations, and GEPA's run summary."""
+
+    initial: Candidate | None = None
+    ran: bool = False
+    found: list[dict[str, Any]] = field(default_factory=list)
+    emitted: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"initial": self.initial.to_dict() if self.initial else None, "ran": self.ran,
+                "found": self.found, "emitted": self.emitted, "summary": self.summary}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GepaState:
+        return cls(initial=Candidate.from_dict(data["initial"]) if data.get("initial") else None,
+                   ran=data.get("ran", False), found=list(data.get("found", [])), emitted=data.get("emitted", 0),
+                   summary=dict(data.get("summary", {})))
+
+
 class GEPA(Strategy):
     """Delegates the search to `dspy.GEPA`; see the module docstring.
 
@@ -197,55 +220,49 @@ class GEPA(Strategy):
             candidate_selection_strategy=candidate_selection_strategy, use_merge=use_merge,
             pareto_fraction=pareto_fraction,
         )
-        self.initial: Candidate | None = None
-        self.ran, self.emitted, self.summary = False, 0, {}
-        self.found: list[dict[str, Any]] = []  # GEPA's candidates, best by GEPA's score first
+        self.state = GepaState()
 
     # -- the lifecycle's hooks ---------------------------------------------------------
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
-        self.initial = initial
-        self.ran, self.found, self.emitted, self.summary = False, [], 0, {}
+        self.state = GepaState(initial=initial)
 
     def done(self) -> str | None:
-        if not self.ran or self.emitted < max(len(self.found), 1):
+        if not self.state.ran or self.state.emitted < max(len(self.state.found), 1):
             return None
-        if not self.found:
+        if not self.state.found:
             return "GEPA found no candidate different from the initial one"
-        return f"all {len(self.found)} GEPA candidates emitted"
+        return f"all {len(self.state.found)} GEPA candidates emitted"
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
         # Scored first: it is every emitted candidate's parent score, and a provider that refuses
         # our credentials fails here, loudly, instead of inside GEPA (which scores errors as 0).
-        seed_eval = ctx.evaluate(self.initial, batch, label=f"iter {iteration}: initial")
-        if not self.ran:
+        seed_eval = ctx.evaluate(self.state.initial, batch, label=f"iter {iteration}: initial")
+        if not self.state.ran:
             self._run_gepa(ctx, iteration, len(batch))
-        first = self.emitted == 0
-        if not self.found:
-            self.emitted += 1
-            return Step(self.initial, seed_eval, seed_eval.mean,
+        first = self.state.emitted == 0
+        if not self.state.found:
+            self.state.emitted += 1
+            return Step(self.state.initial, seed_eval, seed_eval.mean,
                         "GEPA proposed no candidate whose instructions differ from the initial ones "
-                        f"({self.summary.get('candidates', 0)} candidates in all, the initial one included).",
-                        "GEPA found nothing new (initial kept)", details={"gepa": self.summary})
-        entry = self.found[self.emitted]
+                        f"({self.state.summary.get('candidates', 0)} candidates in all, the initial one included).",
+                        "GEPA found nothing new (initial kept)", details={"gepa": self.state.summary})
+        entry = self.state.found[self.state.emitted]
         candidate = Candidate.from_dict(entry["candidate"])
         result = ctx.evaluate(candidate, batch, label=f"iter {iteration}: GEPA candidate {entry['index']}")
-        self.emitted += 1
-        changed = [n for n, s in candidate.predictors.items() if s != self.initial.predictors[n]]
+        self.state.emitted += 1
+        changed = [n for n, s in candidate.predictors.items() if s != self.state.initial.predictors[n]]
         details = {"gepa_index": entry["index"], "gepa_parents": entry["parents"],
-                   "gepa_score": entry["gepa_score"], "rank": self.emitted, "changed_predictors": changed}
+                   "gepa_score": entry["gepa_score"], "rank": self.state.emitted, "changed_predictors": changed}
         if first:
-            details["gepa"] = self.summary
+            details["gepa"] = self.state.summary
         return Step(candidate, result, seed_eval.mean, self._reasoning(entry), self._summary_line(entry),
                     predictor=changed[0] if len(changed) == 1 else None, details=details)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial": self.initial.to_dict() if self.initial else None, "ran": self.ran,
-                "found": self.found, "emitted": self.emitted, "summary": self.summary}
+        return self.state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.initial = Candidate.from_dict(state["initial"]) if state.get("initial") else None
-        self.ran, self.emitted = state.get("ran", False), state.get("emitted", 0)
-        self.found, self.summary = list(state.get("found", [])), dict(state.get("summary", {}))
+        self.state = GepaState.from_dict(state)
 
     # -- running GEPA --------------------------------------------------------------------
     def _split(self, ctx: SearchContext) -> tuple[list[dspy.Example], list[dspy.Example]]:
@@ -323,7 +340,7 @@ class GEPA(Strategy):
             gepa_kwargs={"stop_callbacks": [_BudgetGuard(limit, next_cost)] if limit is not None else [],
                          "callbacks": [_Progress(ctx, limit or self.max_metric_calls, save)]},
         )
-        student = self.initial.apply(ctx.student)
+        student = self.state.initial.apply(ctx.student)
         with dspy.context(lm=ctx.evaluator.lm, adapter=ctx.evaluator.adapter, usage_tracker=task):
             program = optimizer.compile(student, trainset=train, valset=pareto)
         save()
@@ -334,10 +351,10 @@ class GEPA(Strategy):
             eval_tokens=paid["task_tokens"], reasoning_calls=paid["reflection_calls"],
             reasoning_tokens=paid["reflection_tokens"],
         )
-        self.found = self._candidates(ctx, results)
-        self.ran = True
-        self.summary = {
-            "candidates": len(results.candidates), "new_candidates": len(self.found),
+        self.state.found = self._candidates(ctx, results)
+        self.state.ran = True
+        self.state.summary = {
+            "candidates": len(results.candidates), "new_candidates": len(self.state.found),
             "metric_calls": results.total_metric_calls, "resumed_rescoring": rescored,
             "full_pareto_evals": results.num_full_val_evals,
             "limit": limit, "budget": "auto=" + self.auto if self.auto else self.max_metric_calls,
@@ -352,7 +369,7 @@ class GEPA(Strategy):
         Best first, so a run cut short (max_iterations, early stopping, budget) loses GEPA's
         least promising candidates, not its best.
         """
-        seen = {self.initial.fingerprint}
+        seen = {self.state.initial.fingerprint}
         found = []
         for index, program in enumerate(results.candidates):
             candidate = Candidate.from_program(program, ctx.predictor_names)
@@ -368,7 +385,7 @@ class GEPA(Strategy):
         return sorted(found, key=lambda e: (-e["gepa_score"], e["index"]))
 
     def _reasoning(self, entry: dict[str, Any]) -> str:
-        s, parents = self.summary, entry["parents"]
+        s, parents = self.state.summary, entry["parents"]
         if len(parents) > 1:
             origin = "a merge of candidates " + " and ".join(map(str, parents))
         else:
@@ -377,7 +394,7 @@ class GEPA(Strategy):
             f"GEPA candidate {entry['index']}, {origin}. GEPA's mean score on its "
             f"{s.get('pareto_examples')} Pareto examples: {entry['gepa_score']:.4f} (initial: "
             f"{s.get('seed_score', float('nan')):.4f}); found after {entry['discovery_calls']} of GEPA's "
-            f"{s.get('metric_calls')} metric calls; rank {self.emitted} of {len(self.found)} by GEPA's score."
+            f"{s.get('metric_calls')} metric calls; rank {self.state.emitted} of {len(self.state.found)} by GEPA's score."
         )
 
     @staticmethod

@@ -11,7 +11,7 @@ with the failed attempt visible in the log.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
 import dspy
@@ -51,6 +51,24 @@ def render_log(entries: Sequence[LogEntry]) -> str:
     return "Rewrite history:\n" + "\n".join(e.line() for e in entries) if entries else ""
 
 
+@dataclass
+class IterativeState:
+    """What a resume needs: the candidate being improved, the rewrite log and the predictor turn."""
+
+    current: Candidate | None = None
+    log: list[LogEntry] = field(default_factory=list)
+    turn: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"current": self.current.to_dict() if self.current else None,
+                "log": [asdict(e) for e in self.log], "turn": self.turn}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IterativeState:
+        return cls(current=Candidate.from_dict(data["current"]) if data.get("current") else None,
+                   log=[LogEntry(**e) for e in data.get("log", [])], turn=data.get("turn", 0))
+
+
 class Iterative(Strategy):
     """Reflective instruction rewriting; see the module docstring.
 
@@ -65,14 +83,10 @@ class Iterative(Strategy):
         if predictor_order not in ("round_robin", "worst_first"):
             raise ValueError("predictor_order must be 'round_robin' or 'worst_first'")
         super().__init__(metric, bottom_k=bottom_k, predictor_order=predictor_order)
-        self.current: Candidate | None = None
-        self.log: list[LogEntry] = []
-        self.turn = 0
+        self.state = IterativeState()
 
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
-        self.current = initial
-        self.log = []
-        self.turn = 0
+        self.state = IterativeState(current=initial)
 
     def _pick_predictor(self, ctx: SearchContext, failures) -> str:
         names = ctx.predictor_names
@@ -80,19 +94,19 @@ class Iterative(Strategy):
             # Worst-blamed first: the predictor that ran in the most failing examples.
             counts = {n: sum(any(s["predictor"] == n for s in r.trace) for r in failures) for n in names}
             return max(names, key=lambda n: (counts[n], -names.index(n)))
-        name = names[self.turn % len(names)]
-        self.turn += 1
+        name = names[self.state.turn % len(names)]
+        self.state.turn += 1
         return name
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
-        parent = self.current
+        parent = self.state.current
         parent_eval = ctx.evaluate(parent, batch, label=f"iter {iteration}: current")
         failures = [r for r in parent_eval.worst(self.bottom_k) if r.score < 1.0] or parent_eval.worst(self.bottom_k)
         predictor = self._pick_predictor(ctx, failures)
         by_id = ctx.examples_by_id
         facts = ctx.facts.get(predictor)
         gold = {r.example_id: by_id[r.example_id] for r in failures}
-        history = render_log(self.log)
+        history = render_log(self.state.log)
         try:
             proposal = ctx.proposer.propose_instruction(
                 current=parent.predictors[predictor].instructions,
@@ -122,9 +136,9 @@ class Iterative(Strategy):
         if step.score is not None and step.delta is not None:
             entry = LogEntry(iteration, predictor if len(ctx.predictor_names) > 1 else None,
                              step.score, step.delta, proposal.change_summary)
-            self.log.append(entry)
+            self.state.log.append(entry)
             if step.delta > NO_EFFECT:
-                self.current = candidate
+                self.state.current = candidate
         return step
 
     @staticmethod
@@ -141,13 +155,7 @@ class Iterative(Strategy):
         return "\n\n".join(parts)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "current": self.current.to_dict() if self.current else None,
-            "log": [asdict(e) for e in self.log],
-            "turn": self.turn,
-        }
+        return self.state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.current = Candidate.from_dict(state["current"]) if state.get("current") else None
-        self.log = [LogEntry(**e) for e in state.get("log", [])]
-        self.turn = state.get("turn", 0)
+        self.state = IterativeState.from_dict(state)

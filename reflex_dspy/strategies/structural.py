@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dspy
@@ -104,6 +104,31 @@ class Variant:
     summary: str
 
 
+@dataclass
+class StructuralState:
+    """What a resume needs: the candidate, the predictor turn, each transform's record, the round
+    log, how many rounds in a row had nothing to try, and how many predictors there are."""
+
+    current: Candidate | None = None
+    turn: int = 0
+    stats: dict[str, ArmStats] = field(default_factory=dict)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    empty_rounds: int = 0  # consecutive rounds with nothing to try
+    n_predictors: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"current": self.current.to_dict() if self.current else None, "turn": self.turn,
+                "stats": {n: asdict(s) for n, s in self.stats.items()}, "log": self.log,
+                "empty_rounds": self.empty_rounds, "n_predictors": self.n_predictors}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StructuralState:
+        return cls(current=Candidate.from_dict(data["current"]) if data.get("current") else None,
+                   turn=data.get("turn", 0), stats={n: ArmStats(**s) for n, s in data.get("stats", {}).items()},
+                   log=list(data.get("log", [])), empty_rounds=data.get("empty_rounds", 0),
+                   n_predictors=data.get("n_predictors", 1))
+
+
 class Structural(Strategy):
     """Layout search over catalogue transforms plus one agent-guided restructure per round.
 
@@ -117,30 +142,23 @@ class Structural(Strategy):
         if variants_per_round < 1:
             raise ValueError("variants_per_round must be at least 1")
         super().__init__(metric, variants_per_round=variants_per_round)
-        self.current: Candidate | None = None
-        self.turn = 0
-        self.stats: dict[str, ArmStats] = {}
-        self.log: list[dict[str, Any]] = []
-        self.empty_rounds = 0  # consecutive rounds with nothing to try
-        self.n_predictors = 1
+        self.state = StructuralState()
 
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
-        self.current = initial
-        self.turn, self.stats, self.log, self.empty_rounds = 0, {}, [], 0
-        self.n_predictors = len(ctx.predictor_names)
+        self.state = StructuralState(current=initial, n_predictors=len(ctx.predictor_names))
 
     def done(self) -> str | None:
         # Nothing to try for any predictor: another round would score the same texts again.
-        if self.empty_rounds and self.empty_rounds >= self.n_predictors:
+        if self.state.empty_rounds and self.state.empty_rounds >= self.state.n_predictors:
             return ("no layout left to try: no transform changes the instructions and the reasoning model "
                     "offered none")
         return None
 
     # -- one round -----------------------------------------------------------------------
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
-        parent = self.current
-        predictor = ctx.predictor_names[self.turn % len(ctx.predictor_names)]
-        self.turn += 1
+        parent = self.state.current
+        predictor = ctx.predictor_names[self.state.turn % len(ctx.predictor_names)]
+        self.state.turn += 1
         text = parent.predictors[predictor].instructions
         # A seed per round (not a shared stream): a resumed run draws exactly what the original drew.
         rng = random.Random(f"structural:{ctx.config.seed}:{iteration}:{predictor}")
@@ -156,7 +174,7 @@ class Structural(Strategy):
         *results, parent_eval = ctx.evaluate_many([*candidates, parent], batch, label=label)
         parent_score = parent_eval.mean
         scores = [r.mean for r in results]
-        self.empty_rounds = 0 if variants else self.empty_rounds + 1
+        self.state.empty_rounds = 0 if variants else self.state.empty_rounds + 1
 
         def beats(score: float | None, than: float | None) -> bool:
             return score is not None and (than is None or score > than)
@@ -177,12 +195,12 @@ class Structural(Strategy):
             "chosen": variants[best].name if won else None,
             "skipped": skipped,
             "agent": agent_note,
-            "history": {n: {**asdict(s), "mean_delta": round(s.mean_delta, 6)} for n, s in self.stats.items()},
+            "history": {n: {**asdict(s), "mean_delta": round(s.mean_delta, 6)} for n, s in self.state.stats.items()},
         }
         reasoning = self._reasoning(rows, parent_score, skipped, agent_note, details["chosen"])
         if won:
             winner = variants[best]
-            self.current = candidates[best]
+            self.state.current = candidates[best]
             summary = f"{winner.summary} ({scores[best] - (parent_score or 0.0):+.3f} over parent)"
             return Step(candidates[best], results[best], parent_score, reasoning, summary, predictor, details)
         summary = ("no layout beat the parent (parent kept)" if variants
@@ -207,7 +225,7 @@ class Structural(Strategy):
                 skipped[name] = f"same text as {same}"
             else:
                 applicable[name] = new
-        chosen = choose_transforms(list(applicable), self.stats, self.variants_per_round - 1, rng)
+        chosen = choose_transforms(list(applicable), self.state.stats, self.variants_per_round - 1, rng)
         return [Variant(n, applicable[n], why, f"{n} layout") for n, why in chosen], skipped
 
     def _agent(self, ctx: SearchContext, predictor: str, text: str) -> tuple[Variant | None, str]:
@@ -239,21 +257,21 @@ class Structural(Strategy):
             delta = _delta(score, parent_score)
             if delta is None:
                 continue
-            arm = self.stats.setdefault(variant.name, ArmStats())
+            arm = self.state.stats.setdefault(variant.name, ArmStats())
             arm.tries += 1
             arm.wins += delta > 0
             arm.hurts += delta < 0
             arm.delta_sum += delta
-            self.log.append({"iteration": iteration, "predictor": predictor, "transform": variant.name,
+            self.state.log.append({"iteration": iteration, "predictor": predictor, "transform": variant.name,
                              "score": score, "delta": delta, "adopted": i == winner})
 
     def _history(self) -> str:
         """Layouts tried so far with their measured effect, for the reasoning model."""
-        if not self.log:
+        if not self.state.log:
             return ""
-        table = [f"- {n}: {s.describe()}" for n, s in sorted(self.stats.items(), key=lambda x: -x[1].mean_delta)]
+        table = [f"- {n}: {s.describe()}" for n, s in sorted(self.state.stats.items(), key=lambda x: -x[1].mean_delta)]
         recent = [f"Iter {e['iteration']} [{e['predictor']}] {e['transform']}: score {e['score']:.4f}, "
-                  f"Δ{e['delta']:+.4f}{' (adopted)' if e['adopted'] else ''}" for e in self.log[-HISTORY_LINES:]]
+                  f"Δ{e['delta']:+.4f}{' (adopted)' if e['adopted'] else ''}" for e in self.state.log[-HISTORY_LINES:]]
         return "Layouts on this task:\n" + "\n".join(table) + "\nRecent rounds:\n" + "\n".join(recent)
 
     @staticmethod
@@ -274,22 +292,10 @@ class Structural(Strategy):
 
     # -- persistence -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "current": self.current.to_dict() if self.current else None,
-            "turn": self.turn,
-            "stats": {n: asdict(s) for n, s in self.stats.items()},
-            "log": self.log,
-            "empty_rounds": self.empty_rounds,
-            "n_predictors": self.n_predictors,
-        }
+        return self.state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.current = Candidate.from_dict(state["current"]) if state.get("current") else None
-        self.turn = state.get("turn", 0)
-        self.stats = {n: ArmStats(**s) for n, s in state.get("stats", {}).items()}
-        self.log = list(state.get("log", []))
-        self.empty_rounds = state.get("empty_rounds", 0)
-        self.n_predictors = state.get("n_predictors", 1)
+        self.state = StructuralState.from_dict(state)
 
 
 def _delta(score: float | None, parent: float | None) -> float | None:

@@ -85,18 +85,27 @@ def description(info: dict[str, Any], result: RunResult | None = None) -> str:
     return "\n\n".join(lines)
 
 
-def dataset_input(info: dict[str, Any]) -> DatasetInput | None:
-    """The run's dataset file as an MLflow dataset input (path, digest, size), when there is one."""
-    path = (info.get("metadata") or {}).get("dataset_path")
-    if not path or not Path(path).is_file():
-        return None
+def dataset_input(info: dict[str, Any], source_name: str = "python") -> DatasetInput | None:
+    """The run's examples as an MLflow dataset input: the dataset file (path, digest of its bytes,
+    rows) when the run names one (the CLI), else the examples given to `compile` (digest of their
+    ids, split sizes), so MLflow's Dataset column is never empty."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    data = Path(path).read_bytes()
-    rows = sum(1 for line in data.splitlines() if line.strip()) if path.endswith(".jsonl") else None
-    dataset = Dataset(
-        name=Path(path).name, digest=hashlib.sha256(data).hexdigest()[:8], source_type="local",
-        source=json.dumps({"uri": Path(path).resolve().as_uri()}),
-        profile=json.dumps({"num_rows": rows, "bytes": len(data)}) if rows is not None else None,
-    )
+    path = (info.get("metadata") or {}).get("dataset_path")
+    sizes = info.get("split_sizes") or {}
+    if path and Path(path).is_file():
+        data = Path(path).read_bytes()
+        rows = sum(1 for line in data.splitlines() if line.strip()) if path.endswith(".jsonl") else None
+        dataset = Dataset(
+            name=Path(path).name, digest=hashlib.sha256(data).hexdigest()[:8], source_type="local",
+            source=json.dumps({"uri": Path(path).resolve().as_uri()}),
+            profile=json.dumps({"num_rows": rows, "bytes": len(data), **sizes}),
+        )
+    elif info.get("split_ids"):
+        ids = json.dumps(info["split_ids"], sort_keys=True).encode()
+        dataset = Dataset(name="trainset", digest=hashlib.sha256(ids).hexdigest()[:8], source_type="code",
+                          source=json.dumps({"tags": {"mlflow.source.name": source_name}}),
+                          profile=json.dumps({"num_rows": sum(sizes.values()), **sizes}))
+    else:
+        return None
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "optimization")])

@@ -299,7 +299,7 @@ class MlflowTracker(Tracker):
         }
         self._log(run.info.run_id, params=params)
         self.client.log_text(run.info.run_id, redact_text(dumps(config_document(info))), "config.json")
-        if (dataset := dataset_input(info)) is not None:
+        if (dataset := dataset_input(info, tags["mlflow.source.name"])) is not None:
             self.client.log_inputs(run.info.run_id, datasets=[dataset])
         return run.info.run_id
 
