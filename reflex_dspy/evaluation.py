@@ -439,13 +439,10 @@ class Evaluator:
                 result.output = _plain_output(prediction)
                 result.trace = self._plain_trace(trace or [])
                 result.agent_trace = agent.to_dict()
-            try:
-                with dspy.track_usage() as tracker, using_trace(agent):  # metrics may read current_trace()
-                    scored = call_metric(self.metric, example, prediction, None)
-                c, t = _usage_totals(tracker)
-                calls, tokens = calls + c, tokens + t
-            except MetricFailure as exc:
-                result.error = short_error(exc)
+            scored, error, c, t = self._score(example, prediction, agent)
+            calls, tokens = calls + c, tokens + t
+            if error is not None:
+                result.error = short_error(error)
                 break
             scores[label] = scored.score
             for name, value in scored.by_metric.items():  # summed here, averaged below
@@ -476,6 +473,32 @@ class Evaluator:
         if self.on_scored is not None:  # the run's trials feed (failed pairs included), from this worker
             self.on_scored(key, result)
         return result
+
+    def _score(self, example: dspy.Example, prediction: Any, agent: AgentTrace):
+        """`(scored, error, calls, tokens)`: the metric on one prediction, an LLM judge's transient
+        provider errors retried and counted like task calls (models carry no DSPy retries of
+        their own); a `MetricFailure`, or a transient error past the last attempt, fails the example."""
+        calls = tokens = 0
+        for attempt in range(self.retry.max_attempts):
+            error = None
+            with dspy.track_usage() as tracker, using_trace(agent):  # metrics may read current_trace()
+                try:
+                    scored = call_metric(self.metric, example, prediction, None)
+                except MetricFailure as exc:
+                    error, scored = exc, None
+                except Exception as exc:  # a judge's provider error: retried below if transient
+                    kind = classify_error(exc)
+                    if kind == "auth":
+                        raise ProviderAuthError(f"the provider refused the credentials: {short_error(exc)}") from exc
+                    if kind != "transient":
+                        raise
+                    error, scored = exc, None
+            c, t = _usage_totals(tracker)
+            calls, tokens = calls + c, tokens + t
+            if error is None or isinstance(error, MetricFailure) or attempt == self.retry.max_attempts - 1:
+                return scored, error, calls, tokens
+            time.sleep(self._count_retry(error, attempt))
+        raise AssertionError("unreachable: the last attempt returns")
 
     def _attempt(self, program: dspy.Module, lm: dspy.LM, example: dspy.Example):
         """`(prediction, trace, error, calls, tokens)` of one example on one model.

@@ -148,7 +148,7 @@ def open_record(
         baseline = run.load_baseline()
         record = Record(
             run, store, _trackers(run, store, uri, experiment), uri, resumed=True,
-            checkpoint=Checkpoint.from_document(checkpoint) if checkpoint else None,
+            checkpoint=Checkpoint.from_document(checkpoint, f"run {run.run_id}: checkpoint.json") if checkpoint else None,
             baseline=Measurement.from_dict(baseline) if baseline else None,
             records=[r for r in files if r.iteration <= done],
             later={r.iteration: r for r in files if r.iteration > done},

@@ -70,7 +70,7 @@ def test_version_1_checkpoints_of_either_layout_are_read():
     assert Checkpoint.from_document(shared) == checkpoint
 
 
-@pytest.mark.parametrize("version", [3, "2", 0])
+@pytest.mark.parametrize("version", [3, "2", 0, True])
 def test_a_checkpoint_of_an_unknown_version_is_refused_in_one_line(version):
     doc = {**_checkpoint().document({}), "version": version}
     with pytest.raises(UsageError, match=r"^checkpoint.json: version .* is not one this reflex_dspy reads \(1 to 2\)$"):
@@ -98,6 +98,11 @@ def test_a_run_interrupted_with_a_version_1_checkpoint_resumes_and_writes_versio
     path = run.file("checkpoint.json")
     doc = json.loads(path.read_text())
     assert doc["version"] == 2 and doc["completed_iterations"] == 1
+    path.write_text(json.dumps({**doc, "version": 3}))  # from a newer reflex_dspy: refused before any call
+    refused = ScriptedReasoner(["never asked"])
+    with pytest.raises(UsageError, match=r"^run 001: checkpoint.json: version 3 is not one this reflex_dspy reads"):
+        optimizer(refused).compile(program_from_prompt(PROMPT), trainset=routing_examples(), resume="001")
+    assert refused.seen == [] and json.loads(path.read_text())["version"] == 3
     del doc["version"]  # as the code before version 2 wrote it
     path.write_text(json.dumps(doc))
 

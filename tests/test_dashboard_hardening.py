@@ -78,7 +78,7 @@ def test_identical_branch_requests_get_their_own_log_and_run_id_and_a_cap(server
 
 
 def test_the_server_has_a_backlog_a_pool_and_a_socket_timeout():
-    assert DashboardServer.request_queue_size >= 128 and DashboardServer.WORKERS <= 32
+    assert DashboardServer.request_queue_size >= 128 and DashboardServer.WORKERS <= 64
     assert Handler.timeout is not None and Handler.timeout <= 10
 
 

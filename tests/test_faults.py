@@ -225,3 +225,29 @@ def test_one_redaction_covers_configured_keys_key_like_tokens_and_url_credential
         assert secret not in clean
     assert "desk-top and risk-free stay" in clean and "https://***@host/v1" in clean
     assert "configured-key-0001" not in short_error(RuntimeError(text))
+
+
+def test_a_judge_metric_s_transient_errors_are_retried_and_counted():
+    """Models carry no DSPy retries now, so an LLM judge's 429 must be retried by the evaluator."""
+    from conftest import routing_examples, routing_respond
+    from dspy.lm15 import RateLimitError
+    from fakes import fake_lm
+
+    from reflex_dspy.adapters import program_from_prompt
+    from reflex_dspy.candidate import Candidate
+    from reflex_dspy.evaluation import Evaluator
+
+    calls = []
+
+    def judge(example, prediction, trace=None):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RateLimitError("429 judge busy")
+        return 1.0
+
+    program = program_from_prompt("Say which team should handle the message.")
+    fast = RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.002)
+    ev = Evaluator(program, judge, task_lm=fake_lm(routing_respond, name="fake/judged"), max_workers=1, retry=fast)
+    result = ev.evaluate(Candidate.from_program(program), routing_examples(1))
+    assert result.n_failed == 0 and result.mean == 1.0
+    assert (ev.usage.retries, ev.usage.rate_limits) == (2, 2)

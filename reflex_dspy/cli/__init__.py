@@ -71,7 +71,7 @@ def _search_flags(g: _Group, *, strategy_required: bool = False) -> None:
     """The flags `branch` may override too (`optimize.SEARCH_FLAGS`)."""
     g.add_argument(
         "-s", "--strategy", required=strategy_required,
-        help="auto (default), iterative, structural, fewshot, pdo, gepa, or a registered name",
+        help="auto (default), iterative, structural, fewshot, joint, pdo, gepa, or a registered name",
     )
     g.add_argument(
         "-p", "--strategy-param", action=_ParamAction, metavar="KEY=VALUE",

@@ -81,7 +81,7 @@ class DashboardServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128
-    WORKERS = 16
+    WORKERS = 64
 
     def __init__(self, run_dir: str, host: str = "127.0.0.1", port: int = 8128,
                  mlflow_ui_url: str | None = None) -> None:
@@ -126,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "reflex-dspy-dashboard"
     sys_version = ""
-    timeout = 5  # seconds a connection may stay silent (socket timeout, set by StreamRequestHandler)
+    timeout = 3  # seconds a connection may stay silent (socket timeout, set by StreamRequestHandler)
 
     # -- plumbing ------------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)

@@ -215,13 +215,11 @@ class Checkpoint:
         return cls(**{"iteration": 0, "strategy": "", "strategy_state": None, **fields}, evaluator=data)
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> Checkpoint:
+    def from_document(cls, doc: Mapping[str, Any], where: str = "checkpoint.json") -> Checkpoint:
         """A checkpoint.json of any version this code knows (1: unversioned, either layout; 2)."""
         version = doc.get("version", 1)
-        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-            raise UsageError(
-                f"checkpoint.json: version {version!r} is not one this reflex_dspy reads (1 to {CHECKPOINT_VERSION})"
-            )
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+            raise UsageError(f"{where}: version {version!r} is not one this reflex_dspy reads (1 to {CHECKPOINT_VERSION})")
         return cls.from_state(checkpoint_state(doc))
 
 
