@@ -124,14 +124,14 @@ def _short(name: str) -> str:
     return {"BootstrapFewShotWithRandomSearch": "BFS-RS"}.get(name, name)
 
 
-def section(results: list[dict[str, Any]], plots: Path, source: str) -> list[str]:
+def section(results: list[dict[str, Any]], plots: Path, source: str, prefix: str = "quality") -> list[str]:
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
     lines = ["## Quality per budget", "", source, ""]
     if not tasks:
         return lines + ["No quality results yet: run `python bench/run.py --full`.", ""]
     summary = summarize(results)
     lines += ["### Headline: auto against each DSPy optimizer at equal metric calls", "",
-              *headline(summary, tasks), "",
+              *(headline(summary, tasks) or ["Not measured yet: no task has both auto and a DSPy optimizer."]), "",
               "auto is what `Reflex()` runs by default. Each cell is the mean test gain over the seeds that "
               "finished (± sample sd when more than one) and, in brackets, the mean search metric calls the "
               "optimizer really made: DSPy's were sized to the same budget where their API allows it, and "
@@ -165,9 +165,9 @@ def section(results: list[dict[str, Any]], plots: Path, source: str) -> list[str
         lines += _table(["optimizer", "test before", "test after (mean ± sd)", "gain", "metric calls",
                          "task-model calls", "LM tokens", "wall", "seeds"], rows)
         if points:
-            (plots / f"quality-{task}.svg").write_text(scatter_plot(
+            (plots / f"{prefix}-{task}.svg").write_text(scatter_plot(
                 points, f"{task}: test score vs metric calls (blue: reflex, red: DSPy)", "search metric calls",
                 "test score (bar: min–max over seeds)", hline=base))
-            lines += ["", f"![{task}: score vs metric calls](benchmarks/quality-{task}.svg)"]
+            lines += ["", f"![{task}: score vs metric calls](benchmarks/{prefix}-{task}.svg)"]
         lines.append("")
     return lines

@@ -42,6 +42,7 @@ DEFAULT_SEED = 1234
 # docs/benchmarks.md ("Embedded engine"). Below this many CPUs the model decodes one request at a time.
 MIN_CPUS_PER_SLOT = 2
 MAX_SLOTS = 4
+SLOTS_ENV = "REFLEX_DSPY_SLOTS"  # overrides the default slot count (the CLI has no flag for it)
 
 
 @dataclass
@@ -138,10 +139,17 @@ def _default_threads() -> int:
 def default_slots(threads: int | None = None) -> int:
     """How many requests the model decodes at once when the caller does not say.
 
-    One slot per MIN_CPUS_PER_SLOT CPUs, at most MAX_SLOTS: a 2-core machine gets one slot
-    (measured: a second slot there gains ~10% throughput and makes greedy answers depend on which
-    requests happened to share a batch), an 8-core machine four.
+    `$REFLEX_DSPY_SLOTS` if set; else one slot per MIN_CPUS_PER_SLOT CPUs, at most MAX_SLOTS: an
+    8-core machine gets four, a 2-core machine one. One slot keeps greedy answers reproducible: with
+    several, an answer's last logit digits depend on which requests shared its batch (4 of 20
+    answers changed in our test). A second slot does raise throughput on 2 cores too (decoding is
+    memory-bound; docs/benchmarks.md), so `REFLEX_DSPY_SLOTS=2` trades that reproducibility for speed.
     """
+    override = os.environ.get(SLOTS_ENV, "").strip()
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise UsageError(f"{SLOTS_ENV} must be a whole number of slots ≥ 1, got {override!r}")
+        return int(override)
     cpus = threads or _default_threads()
     return max(1, min(MAX_SLOTS, cpus // MIN_CPUS_PER_SLOT))
 

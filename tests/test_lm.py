@@ -407,8 +407,17 @@ def test_engine_maps_server_errors(
 
 
 @pytest.mark.parametrize(("cpus", "slots"), [(1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (64, 4)])
-def test_default_slots_follow_the_cpus(cpus: int, slots: int) -> None:
+def test_default_slots_follow_the_cpus(cpus: int, slots: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(eng.SLOTS_ENV, raising=False)
     assert eng.default_slots(cpus) == slots
+
+
+def test_slots_env_overrides_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(eng.SLOTS_ENV, "3")
+    assert eng.default_slots(2) == 3
+    monkeypatch.setenv(eng.SLOTS_ENV, "two")
+    with pytest.raises(UsageError, match="REFLEX_DSPY_SLOTS must be a whole number"):
+        eng.default_slots(2)
 
 
 def test_engine_streams_one_complete_answer(fake_server: tuple[dspy.LM, _RecordingServer]) -> None:

@@ -93,7 +93,10 @@ def saved_fields(saved: dict[str, Any]) -> dict[str, Any]:
     from reflex_dspy.config import OptimizerConfig
 
     config = saved.get("optimizer_config") or {}
-    return {k: v for k, v in config.items() if k in OptimizerConfig.model_fields and k != "reasoning_api_key"}
+    fields = {k: v for k, v in config.items() if k in OptimizerConfig.model_fields and k != "reasoning_api_key"}
+    if "reasoning_model" in (saved.get("metadata") or {}):  # null: no --reasoning-model (schema.py names
+        fields["reasoning_model"] = None  # the task model in optimizer_config for aevyra-reflex's readers)
+    return fields
 
 
 def _flag(dest: str) -> str:

@@ -166,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
         except Busy as exc:
             self._error(HTTPStatus.TOO_MANY_REQUESTS, str(exc))
+        except ConnectionError:  # the client hung up before its answer was written: nothing to tell it
+            logger.debug("client %s went away", self.client_address)
         except Exception as exc:  # a half-written run must not kill the server
             logger.exception("dashboard request failed")
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])

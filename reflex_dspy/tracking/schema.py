@@ -82,7 +82,8 @@ def config_document(info: Mapping[str, Any]) -> dict[str, Any]:
     models = data.pop("models", None) or {}
     config["metrics"] = list(data.pop("metrics", None) or [])
     config["_cli_models"] = task_models({**info, "metadata": meta})
-    if not config.get("reasoning_model") and models.get("reasoning"):
+    lifted = not config.get("reasoning_model") and bool(models.get("reasoning"))
+    if lifted:
         config["reasoning_model"] = models["reasoning"]
     data.pop("created", None)
     if meta.pop("target_comparison", None) is not None:  # written beside config.json (layout.py)
@@ -96,6 +97,8 @@ def config_document(info: Mapping[str, Any]) -> dict[str, Any]:
         if value:
             doc[key] = value
     for key in _META_DUPLICATES:
+        if key == "reasoning_model" and lifted and key in meta and meta[key] is None:
+            continue  # kept as `null`: the CLI set none (the task model reasons), so a resume sets none
         meta.pop(key, None)
     if meta.get("task_models"):
         del meta["task_models"]
