@@ -1,7 +1,8 @@
 """The one evaluator: runs a candidate on examples and scores it, for every strategy.
 
 Everything that costs LM calls during a run goes through here (or through `reasoned()` for
-the proposer), so accounting, caching, retries and the metric-call budget live in one place.
+the proposer), so caching, retries and throttling live in one place; what was paid, the
+metric-call budget and the paid-call journal are kept in the run's `Ledger` (ledger.py).
 
 Every paid result is also handed to `on_paid` as a journal entry the moment it exists; a
 resumed run `replay()`s that journal, so nothing paid for before a crash is paid again.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +23,7 @@ import dspy
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
-from reflex_dspy.errors import BudgetExhausted, ProviderAuthError, ReflexError
+from reflex_dspy.errors import ProviderAuthError, ReflexError
 from reflex_dspy.eval_results import (  # re-exported: callers import results from here
     EvalResult,
     ExampleResult,
@@ -32,16 +32,14 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
     _plain_output,
     _usage_totals,
 )
+from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
 from reflex_dspy.metrics import MetricFailure, call_metric
 from reflex_dspy.reply_cache import install_empty_reply_guard
 from reflex_dspy.retries import EmptyReply, RetryPolicy, classify_error, is_rate_limit, short_error
 from reflex_dspy.throttle import AdaptiveLimit
 from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder, using_trace
-from reflex_dspy.tracking.redact import redact_error
 
 ProgressFn = Callable[[str, int, int], None]
-PaidFn = Callable[[dict[str, Any]], None]
-CacheKey = tuple[str, str, float, int]  # (fingerprint, example id, temperature, pass)
 
 
 # ---------------------------------------------------------------------------------------
@@ -54,10 +52,9 @@ class Evaluator:
     same pair is never paid for twice. `budget` caps the metric calls of budgeted evaluations
     (the search); baseline and final test evaluations are reporting and pass `budgeted=False`.
 
-    Journal entries replayed after the last checkpoint were paid by the interrupted process but
-    are not in the checkpoint's totals yet: they stay "pending" and are counted as paid when
-    first used (or at the next checkpoint, `settle()`), so a resumed run ends with the same
-    totals as an uninterrupted one.
+    The accounts (budget, usage, journal, replay, the reasoning-reply cache) are `self.ledger`;
+    `usage`, `budget`, `budget_left`, `on_paid`, `state_dict`, `replay`, `settle` and
+    `count_external` here are the ledger's, kept on the Evaluator for its callers.
     """
 
     def __init__(
@@ -85,20 +82,15 @@ class Evaluator:
         self.adapter = adapter if adapter is not None else dspy.settings.adapter
         self.max_workers = max_workers
         self.temperature = temperature
-        self.budget = budget
+        self.ledger = Ledger(budget)
         self.retry = retry or RetryPolicy()
-        self.usage = Usage()
         self.limit = AdaptiveLimit(max_workers, on_change=self._notice)
         self.on_notice: Callable[[str], None] | None = None
         self.on_progress: ProgressFn | None = None
-        self.on_paid: PaidFn | None = None
         self.on_scored: Callable[[CacheKey, ExampleResult], None] | None = None  # every scored pair
-        self.paid_entries = 0  # journal entries so far (replayed ones included)
-        self._cache: dict[CacheKey, ExampleResult] = {}
-        self._replies: dict[str, dict[str, Any]] = {}
-        self._pending: dict[CacheKey | str, dict[str, Any]] = {}
+        self._cache = self.ledger.results  # the same dict: replay fills it
         self._programs: dict[str, dspy.Module] = {}
-        self._lock = threading.Lock()
+        self._lock = self.ledger.lock  # one lock: a batch's accounting and its cache entries go together
         self._rng = random.Random(seed)
         self._predictor_names: dict[int, str] = {}
         self._optimized: dict[int, frozenset[str]] = {}  # program id → its optimized predictors
@@ -106,10 +98,54 @@ class Evaluator:
         self._in_flight: dict[int, tuple[float, str]] = {}  # model calls now running → (start, which model)
         install_empty_reply_guard()  # an empty reply is a failed attempt: it must not be cached
 
-    # -- public -------------------------------------------------------------------------
+    # -- the ledger's, for the Evaluator's callers ----------------------------------------
+    @property
+    def usage(self) -> Usage:
+        return self.ledger.usage
+
+    @usage.setter
+    def usage(self, value: Usage) -> None:
+        self.ledger.usage = value
+
+    @property
+    def budget(self) -> int | None:
+        return self.ledger.budget
+
+    @budget.setter
+    def budget(self, value: int | None) -> None:
+        self.ledger.budget = value
+
     @property
     def budget_left(self) -> int | None:
-        return None if self.budget is None else max(self.budget - self.usage.search_calls, 0)
+        return self.ledger.budget_left
+
+    @property
+    def on_paid(self) -> PaidFn | None:
+        return self.ledger.on_paid
+
+    @on_paid.setter
+    def on_paid(self, value: PaidFn | None) -> None:
+        self.ledger.on_paid = value
+
+    @property
+    def paid_entries(self) -> int:
+        return self.ledger.paid_entries
+
+    def count_external(self, **counts: int) -> None:
+        """Calls made by an optimizer we delegate to (GEPA): `Ledger.count_external`."""
+        self.ledger.count_external(**counts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.ledger.state_dict()
+
+    def replay(self, entries: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None = None) -> None:
+        """Restore totals and caches from a journal: `Ledger.replay`."""
+        self.ledger.replay(entries, state)
+
+    def settle(self) -> None:
+        self.ledger.settle()
+
+    # -- public -------------------------------------------------------------------------
 
     def evaluate(
         self,
@@ -166,11 +202,8 @@ class Evaluator:
         candidates = [c for c, _ in union.values()]
         plans = [self._plan(c, list(by_id.values()), eval_pass) for c, by_id in union.values()]
         paid = sum(len(todo) + len(replayed) for _, todo, replayed in plans) * self.calls_per_example
-        if budgeted and self.budget is not None and paid > self.budget_left:
-            raise BudgetExhausted(
-                f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used, "
-                f"{paid} more needed for {label}"
-            )
+        if budgeted:
+            self.ledger.check(paid, label)
         lms = {label: lm if eval_pass == 0 or self.temperature == 0 else lm.copy(rollout_id=eval_pass)
                for label, lm in self.lms.items()}
         jobs = [(results, self._program(c), (c.fingerprint, eid, self.temperature, eval_pass), ex)
@@ -179,7 +212,7 @@ class Evaluator:
         with self._lock:
             for results, todo, replayed in plans:
                 for key in replayed:
-                    self._account(self._pending.pop(key))
+                    self.ledger.use_replayed(key)
                 n_paid = len(todo) + len(replayed)
                 self.usage.cache_hits += (len(results) - n_paid) * self.calls_per_example
                 if budgeted:
@@ -225,26 +258,12 @@ class Evaluator:
             hit = self._cache.get(key)
             if hit is not None:
                 results[eid] = hit
-                if key in self._pending:
+                if key in self.ledger.pending:
                     replayed.append(key)
             elif eid not in results:
                 results[eid] = None  # reserves the slot so results keep example order
                 todo.append((eid, ex))
         return results, todo, replayed
-
-    def count_external(self, *, metric_calls: int = 0, lm_calls: int = 0, eval_tokens: int = 0,
-                       reasoning_calls: int = 0, reasoning_tokens: int = 0) -> None:
-        """Account for calls made by an optimizer we delegate to (GEPA), which runs the program itself.
-
-        They count against the search budget like our own evaluations, so every total stays true.
-        """
-        with self._lock:
-            self.usage.metric_calls += metric_calls
-            self.usage.search_calls += metric_calls
-            self.usage.lm_calls += lm_calls
-            self.usage.eval_tokens += eval_tokens
-            self.usage.reasoning_calls += reasoning_calls
-            self.usage.reasoning_tokens += reasoning_tokens
 
     def reasoned(self, key: Mapping[str, Any], call: Callable[[], tuple[dict[str, Any], bool]]):
         """One reasoning-model reply `(fields, truncated)`, paid once per run and journaled.
@@ -254,18 +273,12 @@ class Evaluator:
         raised again as `ReplayedFailure` on replay.
         """
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-        with self._lock:
-            entry = self._replies.get(digest)
-            if entry is not None and digest in self._pending:
-                self._account(self._pending.pop(digest))
+        entry = self.ledger.reply(digest)
         if entry is None:
             fields, truncated, error, calls, tokens = self._reason_with_retries(call)
             entry = {"kind": "reasoning", "key": digest, "fields": fields, "truncated": truncated,
                      "error": short_error(error, 120) if error else None, "calls": calls, "tokens": tokens}
-            with self._lock:
-                self._account(entry)
-                self._replies[digest] = entry
-                self._emit(entry)
+            self.ledger.file_reply(digest, entry)
             if error is not None:
                 raise error
         if entry["error"]:
@@ -299,7 +312,7 @@ class Evaluator:
                 break
             if attempt == self.retry.max_attempts - 1:
                 with self._lock:
-                    self._reasoning_failed(short_error(error, 120))
+                    self.ledger.reasoning_failed(short_error(error, 120))
                 raise error  # not a paid reply: the proposer's next attempt must really ask again
             time.sleep(self._count_retry(error, attempt))
         return fields, truncated, error, calls, tokens
@@ -314,65 +327,7 @@ class Evaluator:
             self.usage.rate_limits += int(rate_limited)
             return self.retry.delay(attempt, self._rng, error)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Totals and the journal position they include; the cache itself lives in the journal."""
-        with self._lock:
-            return {"usage": self.usage.to_dict(), "paid_entries": self.paid_entries}
-
-    def replay(self, entries: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None = None) -> None:
-        """Restore totals from a checkpoint `state` and the cache from journal `entries`.
-
-        Entries past `state["paid_entries"]` were paid after that checkpoint: they become
-        pending and are counted when used. With `state=None` (a branch inheriting its parent's
-        journal) every entry is a cache hit that this run did not pay for.
-        """
-        accounted = len(entries) if state is None else state.get("paid_entries", 0)
-        with self._lock:
-            if state is not None:
-                self.usage = Usage(**state.get("usage", {}))
-                self.paid_entries += len(entries)
-            for index, entry in enumerate(entries):
-                if entry.get("kind") == "reasoning":
-                    key = entry["key"]
-                    self._replies[key] = dict(entry)
-                else:
-                    key = tuple(entry["key"])
-                    self._cache[key] = ExampleResult(**entry["result"])
-                if index >= accounted:
-                    self._pending[key] = dict(entry)
-
-    def settle(self) -> None:
-        """Count replayed entries no replayed step used; called before each checkpoint."""
-        with self._lock:
-            for entry in self._pending.values():
-                self._account(entry)
-            self._pending.clear()
-
     # -- internals ----------------------------------------------------------------------
-    def _account(self, entry: Mapping[str, Any]) -> None:
-        """Add one paid entry to the totals (caller holds the lock)."""
-        if entry.get("kind") == "reasoning":
-            self.usage.reasoning_calls += entry["calls"]
-            self.usage.reasoning_tokens += entry["tokens"]
-            if entry.get("error"):
-                self._reasoning_failed(entry["error"])
-        else:
-            self.usage.metric_calls += entry.get("metric_calls", 1)
-            self.usage.lm_calls += entry["calls"]
-            self.usage.eval_tokens += entry["tokens"]
-
-    def _reasoning_failed(self, error: str) -> None:
-        """Count a reasoning request that got no usable reply (caller holds the lock)."""
-        self.usage.reasoning_failed += 1
-        if self.usage.reasoning_error is None:
-            self.usage.reasoning_error = redact_error(error)
-
-    def _emit(self, entry: dict[str, Any]) -> None:
-        """Hand a paid entry to the journal (caller holds the lock, so lines never interleave)."""
-        self.paid_entries += 1
-        if self.on_paid is not None:
-            self.on_paid(entry)
-
     @property
     def waiting_since(self) -> float | None:
         """`time.monotonic()` when the oldest model call still in flight started (for a heartbeat)."""
@@ -467,9 +422,9 @@ class Evaluator:
             else:
                 entry = {"kind": "eval", "key": list(key), "result": result.to_dict(), "calls": calls,
                          "tokens": tokens, "metric_calls": len(lms)}
-                self._account(entry)
+                self.ledger.account(entry)
                 self._cache[key] = result
-                self._emit(entry)
+                self.ledger.emit(entry)
         if self.on_scored is not None:  # the run's trials feed (failed pairs included), from this worker
             self.on_scored(key, result)
         return result

@@ -69,6 +69,32 @@ def salvage(text: str, truncated: bool) -> tuple[str, str | None]:
     return text, ("dropped " + " and ".join(dropped)) if dropped else None
 
 
+# Sentences of our own analysis (`TaskFacts.describe`, `compare_outputs`), which small reasoning models
+# copy into their instructions verbatim: written for the reasoning model, never for the task model.
+_ANALYSIS = re.compile(
+    r"median length of|median \d+(\.\d+)? words|how often each occurs|^\(?every expected `"
+    r"|^\(?the expected `|^\(?expected `|^expected values are |^the json objects use the keys|^outputs are too long"
+    r"|^some outputs are not", re.IGNORECASE)
+
+
+def strip_analysis(text: str) -> tuple[str, int]:
+    """`text` without the sentences copied from our data analysis, and how many were dropped.
+
+    An unseen date task ended with "Expected `date` values have a median length of 1 words." in
+    the user's prompt: the reasoning model had pasted the facts it was given. What the facts say
+    is put back in the task model's terms by `TaskFacts.missing_from` when the rest lacks it.
+    """
+    kept_lines, dropped = [], 0
+    for line in text.splitlines():
+        parts = _SENTENCE_END.split(line)
+        sentences = [(parts[i], parts[i + 1] if i + 1 < len(parts) else "") for i in range(0, len(parts), 2)]
+        kept = [(sent, gap) for sent, gap in sentences if not _ANALYSIS.search(sent.strip().lstrip("-*• "))]
+        dropped += len(sentences) - len(kept)
+        if kept or not line.strip():
+            kept_lines.append("".join(sent + gap for sent, gap in kept).rstrip())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip(), dropped
+
+
 COPY_WORDS = 8  # a run of this many words shared with the examples is copying, not instructing
 
 
@@ -358,8 +384,12 @@ class Proposer:
 
         def check(reply: dspy.Prediction, truncated: bool, attempt: int) -> Proposal:
             text, salvaged = salvage(strip_log_lines(reply.get(output_field) or ""), truncated)
+            text, copied = strip_analysis(text)
+            if copied:
+                note = f"dropped {copied} sentence{'s' * (copied != 1)} copied from the data analysis"
+                salvaged = f"{salvaged}; {note}" if salvaged else note
             if not text:
-                raise ProposalRejected("empty instructions")
+                raise ProposalRejected("empty instructions" + (" (once the copied analysis was dropped)" * bool(copied)))
             if text == current.strip():
                 raise ProposalRejected("unchanged instructions")
             if data and copies_data(text, data, current):

@@ -188,12 +188,14 @@ class Reflex(Teleprompter):
         parts = split_dataset(trainset, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio, seed=cfg.seed,
                               valset=valset, pinned=splits)
         metric = resolve_metric(self.metric, judge_lm=self._resolve_reasoning_lm(next(iter(models.values()))))
+        rates: dict[str, float] = {}  # each model's share of examples answered (a note when one failed some)
         scores = benchmark_models(student, parts.train + parts.val, metric, models,
-                                  max_workers=cfg.max_workers, temperature=cfg.eval_temperature)
+                                  max_workers=cfg.max_workers, temperature=cfg.eval_temperature, success_rates=rates)
         from reflex_dspy.metrics import metric_names
 
         own = list(own) if isinstance(own, Mapping) else [str(getattr(own, "model", "task"))]
-        target = best_target(scores, "verdict_run", own=own, metric="+".join(metric_names(metric)))
+        target = best_target(scores, "verdict_run", own=own, metric="+".join(metric_names(metric)),
+                             success_rates=rates)
         self.config = target.apply(self.config)
         return target
 

@@ -9,7 +9,7 @@ imports the lifecycle (docs/architecture.md shows the floors).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -66,6 +66,40 @@ class SearchContext:
     ) -> list[EvalResult]:
         """Score each candidate on its own examples in one worker pool (PDO's duels of a round)."""
         return self.evaluator.evaluate_jobs(requests, label=label)
+
+    # What a strategy reads of the run besides scores; never `evaluator.*` directly (one source each).
+    @property
+    def metric(self) -> Callable[..., Any]:
+        """The run's resolved metric (a judge's criteria are read from it)."""
+        return self.evaluator.metric
+
+    @property
+    def budget_left(self) -> int | None:
+        """Search metric calls left under the budget; None when there is no budget."""
+        return self.evaluator.ledger.budget_left
+
+    @property
+    def spent(self) -> int:
+        """Search metric calls spent so far (replayed ones included once counted)."""
+        return self.evaluator.ledger.spent
+
+    @property
+    def task_lm(self) -> dspy.LM:
+        """The task model (the first, with several) at the evaluation temperature."""
+        return self.evaluator.lm
+
+    @property
+    def adapter(self) -> Any:
+        return self.evaluator.adapter
+
+    def count_external(self, **counts: int) -> None:
+        """Calls made by an optimizer we delegate to (GEPA) count like our own (`Ledger.count_external`)."""
+        self.evaluator.ledger.count_external(**counts)
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        """Report progress of work done outside the evaluator (GEPA's own loop)."""
+        if self.evaluator.on_progress is not None:
+            self.evaluator.on_progress(label, done, total)
 
     @cached_property
     def examples_by_id(self) -> dict[str, dspy.Example]:

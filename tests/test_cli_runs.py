@@ -220,6 +220,7 @@ def test_show_a_run_without_iterations(capsys, store):
         ("abc", "invalid run id 'abc'"),
         ("7", "no run 7 in"),
         ("../../etc", "invalid run id"),
+        ("\uff11", "invalid run id"),  # a full-width 1 is not run 001
     ],
 )
 def test_bad_run_ids_are_one_line_usage_errors(capsys, store, run_id, message):

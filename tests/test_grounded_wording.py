@@ -71,3 +71,25 @@ def test_the_proposers_grounded_fallback_states_facts_as_instructions(kind):
         assert FACTS[kind].missing_from("Find the date mentioned in the text.") is None, exc
         return
     assert not ANALYSIS.search(proposal.instructions), proposal.instructions
+
+
+@pytest.mark.parametrize("kind", list(FACTS))
+def test_analysis_the_reasoning_model_copies_into_its_instructions_is_dropped(kind):
+    """Measured on the bench (dates, seed 0): the reasoning model pasted the facts it was given
+    ("Expected `date` values have a median length of 1 words. ... Outputs are too long: median 3
+    words ...") into the instructions it proposed, and they reached the task prompt."""
+    facts = FACTS[kind]
+    copied = f"Find the value in the text. {facts.describe()} Outputs are too long: median 3 words where the " \
+             "expected median is 1.\nKeep it short."
+    copying = fake_lm(lambda system, messages: json.dumps(
+        {"failure_patterns": "-", "change_summary": "stated the format", "revised_instructions": copied}))
+    evaluator = Evaluator(program_from_prompt("x"), lambda ex, pred: 1.0, task_lm=copying)
+    proposal = Proposer(copying, evaluator).propose_instruction(
+        current="Find the value in the text.", facts=facts, failures="", differences="", history="",
+        step_name="predict")
+    assert not ANALYSIS.search(proposal.instructions), proposal.instructions
+    assert "Outputs are too long" not in proposal.instructions
+    assert proposal.instructions.startswith("Find the value in the text.") and "Keep it short." in proposal.instructions
+    assert "copied from the data analysis" in proposal.salvaged
+    if fix := facts.missing_from("Find the value in the text."):
+        assert fix in proposal.instructions  # what the analysis said, back in the task model's terms

@@ -141,7 +141,7 @@ def _run_and_output_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
-    """Pipeline mode (cli/pipeline.py): optimize a node of a multi-step agent on an inputs file."""
+    """Pipeline mode (cli/task.py, its loader): optimize a node of a multi-step agent on an inputs file."""
     g = parser.add_argument_group(
         "pipeline mode",
         "PROMPT --pipeline-file agent.py --inputs-file inputs.jsonl: the only positional is PROMPT",

@@ -93,24 +93,11 @@ def _refuse(args: argparse.Namespace, command: str, flags: dict[str, Any]) -> No
 
 def _validate(spec: TaskSpec, config: OptimizerConfig) -> int:
     """Everything that needs no model (the checks `optimize` makes first); returns the example count."""
-    from reflex_dspy.adapters import load_prompt
-    from reflex_dspy.data import load_dataset
-    from reflex_dspy.metrics import load_rubric, resolve_metric
-    from reflex_dspy.splits import load_splits_file, split_dataset
+    from reflex_dspy.cli.task import check_prompt_task
     from reflex_dspy.strategies import get_strategy
 
     get_strategy(config.strategy, **config.extra_kwargs)
-    if spec.prompt_text is None:
-        load_prompt(spec.prompt_path)
-    examples = load_dataset(spec.dataset, input_field=spec.input_field, output_field=spec.output_field)
-    pinned = load_splits_file(spec.splits_file) if spec.splits_file else None
-    split_dataset(examples, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.seed,
-                  pinned=pinned)
-    if spec.judge_criteria:
-        load_rubric(spec.judge_criteria)
-    if not spec.judge:
-        resolve_metric(spec.metric_spec)
-    return len(examples)
+    return check_prompt_task(spec, config)  # the prompt-file loader's own checks (cli/task.py)
 
 
 def _tracking(args: argparse.Namespace) -> dict[str, Any]:

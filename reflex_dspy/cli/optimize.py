@@ -30,6 +30,7 @@ from reflex_dspy.tracking.redact import redact_uri
 from reflex_dspy.tracking.store import RunStore
 
 if TYPE_CHECKING:
+    from reflex_dspy.cli.task import LoadedTask
     from reflex_dspy.config import OptimizerConfig
     from reflex_dspy.tracking.store import Run
 
@@ -191,7 +192,7 @@ def _resume(args: argparse.Namespace) -> int:
             raise UsageError(f"run {run.run_id} is still running; wait for it or stop it first")
     spec = TaskSpec.from_run(run, "resume")
     if spec.pipeline:  # pipeline mode
-        from reflex_dspy.cli.pipeline import check_resume_flags
+        from reflex_dspy.cli.task import check_resume_flags
 
         check_resume_flags(args, spec, run.run_id)
     else:
@@ -207,135 +208,82 @@ def execute(
     resume: Run | None = None,
     branch_from: tuple[str, int] | None = None,
 ) -> int:
-    """Validate, then (unless `--dry-run`) probe the models and run; shared by optimize, resume, branch."""
-    if spec.pipeline:  # pipeline mode has its own loading and dry run (cli/pipeline.py)
-        from reflex_dspy.cli.pipeline import execute_pipeline
-
-        return execute_pipeline(args, spec, config, resume=resume, branch_from=branch_from)
-    from reflex_dspy.adapters import load_prompt, program_from_prompt
-    from reflex_dspy.data import load_dataset
-    from reflex_dspy.lm import probe_lm
-    from reflex_dspy.metrics import load_rubric, resolve_metric
-    from reflex_dspy.splits import load_splits_file, split_dataset
+    """The one flow of optimize, resume and branch, for a prompt file and a pipeline file alike:
+    validate everything that needs no model, stop there on `--dry-run`, else probe the models,
+    benchmark `--target` models through `Reflex`, compile, and report."""
+    from reflex_dspy.cli.task import load_task
     from reflex_dspy.strategies import get_strategy
 
     # Everything that needs no model is checked before any model loads or any file is written.
     get_strategy(config.strategy, **config.extra_kwargs)
     _check_output_paths(args, spec)
-    if spec.prompt_text is not None:
-        prompt, prompt_label = spec.prompt_text, spec.prompt_path or "recorded initial prompt"
-    else:
-        prompt, prompt_label = load_prompt(spec.prompt_path), spec.prompt_path
-    examples = load_dataset(spec.dataset, input_field=spec.input_field, output_field=spec.output_field)
-    pinned = load_splits_file(spec.splits_file) if spec.splits_file else None
-    splits = split_named(spec.dataset, split_dataset, examples, train_ratio=config.train_ratio,
-                         val_ratio=config.val_ratio, seed=config.seed, pinned=pinned)
-    rubric = load_rubric(spec.judge_criteria) if spec.judge_criteria else None
-    if not spec.judge:
-        resolve_metric(spec.metric_spec)  # unknown names fail here, before any model loads
+    task = load_task(args, spec, config, recorded=bool(resume or branch_from))
+    try:
+        if args.dry_run:
+            _dry_run(args, spec, config, task, resume=resume, branch_from=branch_from)
+            return 0
+        optimized = _run(args, spec, config, task, resume=resume, branch_from=branch_from)
+    finally:
+        task.close()
+    return report_outputs(args, optimized, task.summary_lines(optimized))
 
-    task_lms, reasoning_lm, judge_lm, targets = _models(args, spec, config, recorded=bool(resume or branch_from))
-    task_lm = next(iter(task_lms.values()))
 
-    if args.dry_run:
-        from reflex_dspy.cli.dry_run import report
+def _dry_run(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, task: LoadedTask,
+             **lineage: Any) -> None:
+    from reflex_dspy.cli.dry_run import report
 
-        report(args, spec, config, prompt=prompt, prompt_label=prompt_label, examples=examples, splits=splits,
-               models={"task": task_lms, "reasoning": reasoning_lm, "judge": judge_lm, "targets": targets},
-               resume=resume, branch_from=branch_from)
-        return 0
+    for line in task.dry_run_lines:
+        print(line)
+    report(args, spec, config, prompt=task.prompt, prompt_label=task.prompt_label, examples=task.examples,
+           splits=task.splits, models={"task": task.task_lms, "reasoning": task.reasoning_lm,
+                                       "judge": task.judge_lm, "targets": task.targets}, **lineage)
 
-    models = [*task_lms.values(), reasoning_lm, judge_lm, *targets.values()]
-    for lm in {id(x): x for x in models if x is not None}.values():
-        probe_lm(lm)
-    metric = resolve_metric(spec.metric_spec, judge_lm=judge_lm, judge_criteria=rubric)
-    program = program_from_prompt(prompt)
 
-    comparison = None
-    if targets:
-        config, comparison = _benchmark_targets(program, splits.train + splits.val, metric, task_lms, targets,
-                                                config, spec)
-
+def _run(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, task: LoadedTask, *,
+         resume: Run | None, branch_from: tuple[str, int] | None) -> Any:
+    """Probe every model, then `Reflex` does the rest: the target benchmark first when asked."""
+    from reflex_dspy.lm import probe_lm
     from reflex_dspy.progress import ConsoleTracker
     from reflex_dspy.reflex import Reflex
 
+    for lm in task.to_probe():
+        probe_lm(lm)
     optimizer = Reflex(
-        metric,
-        task_lm=task_lms if len(task_lms) > 1 else task_lm,
-        reasoning_lm=reasoning_lm,
+        task.metric,
+        task_lm=task.task_lm,
+        reasoning_lm=task.reasoning_lm,
+        optimize=task.optimize,
         trackers=[ConsoleTracker()],
         config=config,
         run_dir=args.run_dir,
         tracking_uri=args.mlflow_tracking_uri,
         experiment=args.mlflow_experiment,
         mlflow=not getattr(args, "no_mlflow", False),
-        metadata={**spec.metadata(config), **({"target_comparison": comparison} if comparison else {})},
+        metadata=spec.metadata(config),
     )
+    if task.targets:
+        optimizer.metadata["target_comparison"] = _benchmark_targets(optimizer, task, spec)
     extra: dict[str, Any] = {}
     if resume is not None:
         extra["resume"] = resume
     if branch_from is not None:
         extra["branch_from"] = branch_from
-    optimized = optimizer.compile(program, trainset=examples, splits=pinned, **extra)
-    return report_outputs(args, optimized)
+    return optimizer.compile(task.program, trainset=task.examples, splits=task.pinned, **extra)
 
 
-def sample_timeout(args: argparse.Namespace, task_models: list[str] | None) -> float | None:
-    """`--sample-timeout` as the task model's request timeout; refused where it cannot apply."""
-    timeout = getattr(args, "sample_timeout", None)
-    if timeout is None:
-        return None
-    if not timeout > 0 or timeout == float("inf"):
-        raise UsageError(f"--sample-timeout {timeout:g}: must be a positive number of seconds")
-    local = [m or "embedded" for m in (task_models or [None]) if not m or m.split("/")[0] == "embedded"]
-    if local:
-        raise UsageError(f"--sample-timeout: {local[0]} runs in-process and cannot be stopped mid-call; "
-                         "use it with a server model (its request timeout), or drop it")
-    return timeout
+def _benchmark_targets(optimizer: Any, task: LoadedTask, spec: TaskSpec) -> dict[str, Any]:
+    """`Reflex.benchmark_and_set_target` on train+val with the initial prompt, printed as a table; returns
+    the comparison in aevyra-verdict's results format, which the run directory keeps
+    (`verdict_results.json`) so it can be passed back with --verdict-results."""
+    from reflex_dspy.targets import verdict_document
 
-
-def _models(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, *, recorded: bool):
-    """(task models by label, reasoning model, judge model, --target models), none called yet."""
-    from reflex_dspy.lm import resolve_lm
-
-    timeout = sample_timeout(args, spec.task_models)
-    task_lms = {m or "embedded": resolve_lm(m, temperature=config.eval_temperature, timeout=timeout)
-                for m in (spec.task_models or [None])}
-    key = config.reasoning_api_key.get_secret_value() if config.reasoning_api_key else None
-    reasoning_lm = (
-        resolve_lm(config.reasoning_model, api_key=key, base_url=config.reasoning_base_url)
-        if config.reasoning_model
-        else next(iter(task_lms.values()))
-    )
-    judge_lm = resolve_lm(spec.judge) if spec.judge else None
-    # --target models are benchmarked only when no higher-precedence source set the threshold.
-    targets = {} if recorded or config.target_source else {
-        m: resolve_lm(m, temperature=config.eval_temperature) for m in (getattr(args, "target", None) or [])
-    }
-    return task_lms, reasoning_lm, judge_lm, targets
-
-
-def _benchmark_targets(program, examples, metric, task_lms, targets, config: OptimizerConfig,
-                       spec: TaskSpec) -> tuple[OptimizerConfig, dict[str, Any]]:
-    """Score every task and target model on train+val with the initial prompt; the best other model
-    is the target. Returns the config and the comparison in aevyra-verdict's results format, which
-    the run directory keeps (`verdict_results.json`) so it can be passed back with --verdict-results."""
-    from reflex_dspy.metrics import metric_names
-    from reflex_dspy.targets import benchmark_models, best_target, verdict_document
-
-    models = {**task_lms, **targets}
-    print(f"Benchmarking {len(models)} models on {len(examples)} train+val examples to set the target ...",
+    n_models, n_examples = len(task.task_lms) + len(task.targets), len(task.splits.train) + len(task.splits.val)
+    print(f"Benchmarking {n_models} models on {n_examples} train+val examples to set the target ...",
           file=sys.stderr)
-    rates: dict[str, float] = {}
-    scores = benchmark_models(program, examples, metric, models, max_workers=config.max_workers,
-                              temperature=config.eval_temperature, success_rates=rates)
-    target = best_target(scores, "verdict_run", own=list(task_lms), metric="+".join(metric_names(metric)),
-                         success_rates=rates)
-    for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+    target = optimizer.benchmark_and_set_target(task.program, task.examples, task.targets, splits=task.pinned)
+    for label, score in sorted(target.scores.items(), key=lambda kv: -kv[1]):
         mark = "  ← target" if label == target.model else ""
         print(f"  {label:<40} {score:.4f}{mark}", file=sys.stderr)
     for line in target.notes:
         note(line)
-    return target.apply(config), verdict_document(target, Path(spec.dataset).stem)
-
-
+    return verdict_document(target, Path(spec.dataset).stem)

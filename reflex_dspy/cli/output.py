@@ -1,7 +1,7 @@
 """What a CLI run writes and says: notes, the output checks made before any model call, and the
 summary with `-o` and `--results-json` after the run.
 
-A leaf of the CLI (below `optimize` and `pipeline`, which both use it).
+A leaf of the CLI (below `task` and `optimize`, which both use it).
 """
 
 from __future__ import annotations
@@ -9,22 +9,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reflex_dspy.errors import UsageError
 from reflex_dspy.tracking.files import dumps, write_atomic
 from reflex_dspy.tracking.store import RunStore
-
-if TYPE_CHECKING:
-    from reflex_dspy.cli.task import TaskSpec
 
 
 def note(text: str) -> None:
     print(f"reflex-dspy: note: {text}", file=sys.stderr)
 
 
-def check_output_paths(args: argparse.Namespace, spec: TaskSpec | None = None) -> None:
-    """-o, --results-json and --run-dir are writable and never one of the run's inputs (cli/paths.py)."""
+def check_output_paths(args: argparse.Namespace, spec: Any = None) -> None:
+    """-o, --results-json and --run-dir are writable and never one of the run's inputs (cli/paths.py).
+
+    `spec` is the run's `TaskSpec` (cli/task.py, which sits above this module: it is not imported)."""
     from reflex_dspy.cli.paths import check_output_dir, check_outputs
 
     inputs = [("--verdict-results file", getattr(args, "verdict_results", None))]

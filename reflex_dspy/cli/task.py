@@ -1,14 +1,16 @@
 """The task of a CLI run (`TaskSpec`) and its two loaders: a prompt file with a dataset, or a
 pipeline file with an inputs file (`--pipeline-file`, `--inputs-file`).
 
-A leaf of the CLI: `optimize`, `pipeline`, `dry_run`, `runs` and the run-lifecycle commands all
-read the task from here, and nothing here imports them back.
+Each loader validates everything that needs no model (files, examples, splits, metric names,
+flags) and resolves the models without calling them, into a `LoadedTask`; `cli/optimize.execute`
+is the one flow that runs either. Below `optimize`, `dry_run`, `runs` and the run-lifecycle
+commands, which read the task from here; above `output` (notes, split errors naming the file).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +40,7 @@ class TaskSpec:
     output_field: str | None
     prompt_text: str | None = None  # the exact initial prompt of a recorded run (not re-read)
     splits_file: str | None = None
-    pipeline: dict[str, Any] | None = None  # pipeline mode: file, sample_timeout, optimize (cli/pipeline.py)
+    pipeline: dict[str, Any] | None = None  # pipeline mode: file, sample_timeout, optimize
     lineage: dict[str, Any] | None = None  # branched from a run aevyra-reflex wrote: {"run_id", "iteration"}
 
     @classmethod
@@ -180,3 +182,313 @@ def pipeline_spec(args: argparse.Namespace) -> TaskSpec:
             "optimize": list(args.optimize_predictor) if args.optimize_predictor else None,
         },
     )
+
+
+# --------------------------------------------------------------------------- the loaded task
+
+
+@dataclass
+class LoadedTask:
+    """A task ready to run: the program, its examples, the metric and the models, none called yet.
+
+    Both loaders fill it, so the one flow (`cli/optimize.execute`) does the same thing for a prompt
+    file and for a pipeline file: dry-run report, probe, `Reflex`, compile, summary.
+    """
+
+    program: Any
+    examples: list
+    splits: Any  # the split a dry run shows (checked before any model call); Reflex splits the same way
+    pinned: dict[str, list[str]] | None
+    prompt: str
+    prompt_label: str
+    metric: Any  # resolved once, with the judge and its rubric
+    task_lms: dict[str, Any]  # label → LM
+    reasoning_lm: Any
+    judge_lm: Any = None
+    targets: dict[str, Any] = field(default_factory=dict)  # --target models, benchmarked first
+    optimize: list[str] | None = None
+    probe_task: bool = True  # False: the task model lives inside a pipeline_fn (never called by reflex)
+    dry_run_lines: tuple[str, ...] = ()
+    pipeline: bool = False
+
+    @property
+    def task_lm(self) -> Any:
+        """What `Reflex(task_lm=)` takes: the one task model, or the `{label: lm}` dict of several."""
+        return self.task_lms if len(self.task_lms) > 1 else next(iter(self.task_lms.values()))
+
+    def to_probe(self) -> list[Any]:
+        """Every model the run will call, once each."""
+        lms = [*(self.task_lms.values() if self.probe_task else ()), self.reasoning_lm, self.judge_lm,
+               *self.targets.values()]
+        return list({id(lm): lm for lm in lms if lm is not None}.values())
+
+    def close(self) -> None:
+        """Stops a pipeline_fn's worker processes (nothing to do for a prompt file)."""
+        if self.pipeline:
+            _close(self.program)
+
+    def summary_lines(self, optimized: Any) -> tuple[str, ...]:
+        """Lines after the run's summary: which pipeline nodes the run changed."""
+        if not self.pipeline:
+            return ()
+        changed = sorted({n for r in optimized.result.iterations for n in r.details.get("changed_predictors", [])})
+        return (f"{'Changed nodes':<15}: {', '.join(changed) or 'none'}",)
+
+
+def load_task(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, *, recorded: bool) -> LoadedTask:
+    """The task of `spec`, validated before any model loads: a prompt file or a pipeline file."""
+    if spec.pipeline:
+        return load_pipeline_task(args, spec, config)
+    return load_prompt_task(args, spec, config, recorded=recorded)
+
+
+def _split(spec: TaskSpec, config: OptimizerConfig, examples: list) -> tuple[Any, Any]:
+    """(the pinned ids or None, the split), usage errors naming the dataset file."""
+    from reflex_dspy.cli.output import split_named
+    from reflex_dspy.splits import load_splits_file, split_dataset
+
+    pinned = load_splits_file(spec.splits_file) if spec.splits_file else None
+    return pinned, split_named(spec.dataset, split_dataset, examples, train_ratio=config.train_ratio,
+                               val_ratio=config.val_ratio, seed=config.seed, pinned=pinned)
+
+
+def _checked_metric(spec: TaskSpec) -> tuple[Any, str | None]:
+    """(the named metrics resolved, or None for a judge, which needs its model first; the rubric):
+    unknown names and a bad rubric file fail here, before any model loads."""
+    from reflex_dspy.metrics import load_rubric, resolve_metric
+
+    rubric = load_rubric(spec.judge_criteria) if spec.judge_criteria else None
+    return (None if spec.judge else resolve_metric(spec.metric_spec)), rubric
+
+
+def _judge_metric(spec: TaskSpec, judge_lm: Any, rubric: str | None) -> Any:
+    from reflex_dspy.metrics import resolve_metric
+
+    return resolve_metric(spec.metric_spec, judge_lm=judge_lm, judge_criteria=rubric)
+
+
+def _prompt_files(spec: TaskSpec, config: OptimizerConfig) -> tuple[str, str, list, Any, Any, Any, Any]:
+    """(prompt, its label, examples, pinned ids, split, named metric or None, rubric): every file of a
+    prompt-file task read and checked, no model resolved."""
+    from reflex_dspy.adapters import load_prompt
+    from reflex_dspy.data import load_dataset
+
+    if spec.prompt_text is not None:
+        prompt, prompt_label = spec.prompt_text, spec.prompt_path or "recorded initial prompt"
+    else:
+        prompt, prompt_label = load_prompt(spec.prompt_path), spec.prompt_path
+    examples = load_dataset(spec.dataset, input_field=spec.input_field, output_field=spec.output_field)
+    pinned, splits = _split(spec, config, examples)
+    metric, rubric = _checked_metric(spec)
+    return prompt, prompt_label, examples, pinned, splits, metric, rubric
+
+
+def check_prompt_task(spec: TaskSpec, config: OptimizerConfig) -> int:
+    """What `optimize` checks before any model for a prompt-file task (`optimize create` records a run
+    only when it passes); returns the number of examples."""
+    return len(_prompt_files(spec, config)[2])
+
+
+def load_prompt_task(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, *,
+                     recorded: bool) -> LoadedTask:
+    """A prompt file (or a recorded run's initial prompt) on a dataset."""
+    from reflex_dspy.adapters import program_from_prompt
+
+    prompt, prompt_label, examples, pinned, splits, metric, rubric = _prompt_files(spec, config)
+    task_lms, reasoning_lm, judge_lm, targets = _models(args, spec, config, recorded=recorded)
+    return LoadedTask(
+        program=program_from_prompt(prompt), examples=examples, splits=splits, pinned=pinned, prompt=prompt,
+        prompt_label=prompt_label, metric=metric or _judge_metric(spec, judge_lm, rubric), task_lms=task_lms,
+        reasoning_lm=reasoning_lm, judge_lm=judge_lm, targets=targets,
+    )
+
+
+def sample_timeout(args: argparse.Namespace, task_models: list[str] | None) -> float | None:
+    """`--sample-timeout` as the task model's request timeout; refused where it cannot apply."""
+    timeout = getattr(args, "sample_timeout", None)
+    if timeout is None:
+        return None
+    if not timeout > 0 or timeout == float("inf"):
+        raise UsageError(f"--sample-timeout {timeout:g}: must be a positive number of seconds")
+    local = [m or "embedded" for m in (task_models or [None]) if not m or m.split("/")[0] == "embedded"]
+    if local:
+        raise UsageError(f"--sample-timeout: {local[0]} runs in-process and cannot be stopped mid-call; "
+                         "use it with a server model (its request timeout), or drop it")
+    return timeout
+
+
+def _models(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, *, recorded: bool):
+    """(task models by label, reasoning model, judge model, --target models), none called yet."""
+    from reflex_dspy.lm import resolve_lm
+    from reflex_dspy.run_inputs import resolve_reasoning_lm
+
+    timeout = sample_timeout(args, spec.task_models)
+    task_lms = {m or "embedded": resolve_lm(m, temperature=config.eval_temperature, timeout=timeout)
+                for m in (spec.task_models or [None])}
+    reasoning_lm = resolve_reasoning_lm(config, None, next(iter(task_lms.values())))
+    judge_lm = resolve_lm(spec.judge) if spec.judge else None
+    # --target models are benchmarked only when no higher-precedence source set the threshold.
+    targets = {} if recorded or config.target_source else {
+        m: resolve_lm(m, temperature=config.eval_temperature) for m in (getattr(args, "target", None) or [])
+    }
+    return task_lms, reasoning_lm, judge_lm, targets
+
+
+# --------------------------------------------------------------------------- pipeline mode's loader
+# The task is a user's pipeline file (a `pipeline_fn(prompt, input) -> AgentTrace`, or a DSPy program
+# factory; adapters/pipeline_file.py) and an inputs file (README, "Pipeline mode"). Timeouts: with
+# `--sample-timeout S`, a pipeline_fn runs in worker processes and a call past S seconds is stopped and
+# fails that example ("timed out after Ss"). A DSPy program runs in the evaluator's threads, which
+# cannot be stopped; there S becomes the task model's request timeout, so a hung provider call raises
+# (retried as transient, then recorded as failed). The in-process embedded model cannot take a
+# request timeout; its max_tokens bounds each call.
+
+
+def check_resume_flags(args: argparse.Namespace, spec: TaskSpec, run_id: str) -> None:
+    """A resumed pipeline run keeps its recorded task: another pipeline or inputs file is an error."""
+    from reflex_dspy.cli.output import note
+
+    for flag, given, recorded in (
+        ("--pipeline-file", args.pipeline_file, spec.pipeline["file"]),
+        ("--inputs-file", args.inputs_file, spec.dataset),
+    ):
+        if given and abs_path(given) != abs_path(recorded):
+            raise UsageError(f"run {run_id} runs {flag} {recorded}, not {given}")
+    prompt = args.prompt or args.dataset
+    if prompt and abs_path(prompt) != abs_path(spec.prompt_path):
+        note(f"PROMPT ignored: run {run_id} continues from its recorded initial prompt")
+
+
+def _pipeline_fn_lm(name: str) -> Any:
+    """The task model slot of a pipeline_fn run, which calls its own model: a call here is refused loudly."""
+    import dspy
+
+    class _NoModel:
+        supports_response_schema = False
+
+        def complete(self, request: Any) -> Any:
+            raise UsageError(
+                "a pipeline_fn calls its own model; reflex's task model is not used in this mode"
+            )
+
+    return dspy.LM(f"pipeline_fn/{name}", engine=_NoModel(), cache=False, num_retries=0)
+
+
+def _pipeline_task_lm(pipeline: Any, spec: TaskSpec, config: OptimizerConfig,
+                      timeout: float | None) -> tuple[Any, bool]:
+    """(task model, whether it lives only inside pipeline_fn): -m, else the model the file configured,
+    else embedded."""
+    import dspy
+
+    from reflex_dspy.cli.output import note
+    from reflex_dspy.lm import resolve_lm
+
+    model = spec.task_models[0] if spec.task_models else None
+    if pipeline.kind == "pipeline_fn":
+        if model:
+            raise UsageError(
+                "-m: a pipeline_fn calls its own model (configure it in the pipeline file); "
+                "-m applies to a DSPy program"
+            )
+        configured = dspy.settings.lm  # what the file configured, seen by pipeline_fn's DSPy calls in threads
+        return (configured, False) if configured is not None else (_pipeline_fn_lm(pipeline.path.name), True)
+    lm = (
+        resolve_lm(model, temperature=config.eval_temperature)
+        if model or dspy.settings.lm is None
+        else dspy.settings.lm
+    )
+    if timeout:
+        try:
+            lm = lm.copy(timeout=timeout)
+        except ValueError:  # a custom engine (the embedded model) owns its connection
+            note(
+                f"--sample-timeout: {lm.model} runs in-process and cannot be stopped mid-call; "
+                "its max_tokens bounds each call"
+            )
+    return lm, False
+
+
+def _pipeline_lines(pipeline: Any, program: Any, names: list[str], timeout: float | None) -> tuple[str, ...]:
+    """The dry run's pipeline lines: the file, each predictor's role, the sample timeout."""
+    flags = {name: "[optimize]" if name in names else "[context]" for name, _ in program.named_predictors()}
+    where = " (worker processes)" if pipeline.kind == "pipeline_fn" else " (task model request timeout)"
+    return (
+        f"{'pipeline':<15}: {pipeline.describe}",
+        f"{'predictors':<15}: {', '.join(f'{n} {f}' for n, f in flags.items())}",
+        f"{'sample timeout':<15}: " + (f"{timeout:g}s{where}" if timeout else "none"),
+    )
+
+
+def _pipeline_program(spec: TaskSpec, config: OptimizerConfig) -> tuple[Any, Any, Any, str | None, str | None]:
+    """(pipeline, program, input binding, prompt, prompt label): a resumed or branched run starts from
+    the recorded initial candidate."""
+    from reflex_dspy.adapters import load_pipeline_file, load_prompt, make_program
+
+    p = spec.pipeline
+    pipeline = load_pipeline_file(p["file"])
+    recorded = p.get("initial_candidate")
+    if recorded and pipeline.kind == "pipeline_fn":
+        prompt, prompt_label = recorded["predictors"]["prompt"]["instructions"], "recorded initial prompt"
+    elif spec.prompt_path and not recorded:
+        prompt, prompt_label = load_prompt(spec.prompt_path), spec.prompt_path
+    else:
+        prompt, prompt_label = None, None
+    timeout = p.get("sample_timeout")
+    program, binding = make_program(pipeline, prompt, optimize=p.get("optimize"),
+                                    timeout=timeout if pipeline.kind == "pipeline_fn" else None,
+                                    workers=config.max_workers, output_field=spec.output_field)
+    if recorded and pipeline.kind == "program":
+        from reflex_dspy.candidate import Candidate
+
+        try:
+            program = Candidate.from_dict(recorded).apply(program)
+        except BaseException:
+            _close(program)
+            raise
+    return pipeline, program, binding, prompt, prompt_label
+
+
+def _close(program: Any) -> None:
+    from reflex_dspy.adapters import PipelineFnProgram
+
+    if isinstance(program, PipelineFnProgram):
+        program.close()  # stops its worker processes
+
+
+def load_pipeline_task(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig) -> LoadedTask:
+    """A pipeline file on an inputs file; the program's worker processes are stopped if loading fails."""
+    from reflex_dspy.adapters import load_inputs
+    from reflex_dspy.data import example_id
+    from reflex_dspy.lm import resolve_lm
+    from reflex_dspy.marking import select_predictors
+    from reflex_dspy.metrics import label_fields
+    from reflex_dspy.run_inputs import resolve_reasoning_lm
+
+    pipeline, program, binding, prompt, prompt_label = _pipeline_program(spec, config)
+    try:
+        names = select_predictors(program, spec.pipeline.get("optimize"))
+        examples = load_inputs(spec.dataset, binding)
+        metric, rubric = _checked_metric(spec)
+        unscored = None if spec.judge else next((ex for ex in examples if not label_fields(ex)), None)
+        if unscored is not None:
+            raise UsageError(
+                f"{spec.dataset}: input {example_id(unscored)} has no 'ideal', which --metric "
+                "compares against; add one to every input, or score with --judge MODEL"
+            )
+        pinned, splits = _split(spec, config, examples)
+        timeout = spec.pipeline.get("sample_timeout")
+        task_lm, inside_fn = _pipeline_task_lm(pipeline, spec, config, timeout)
+        fallback = resolve_lm(None) if inside_fn and not config.reasoning_model else task_lm
+        judge_lm = resolve_lm(spec.judge) if spec.judge else None
+        text = prompt or "\n\n".join(dict(program.named_predictors())[n].signature.instructions for n in names)
+        return LoadedTask(
+            program=program, examples=examples, splits=splits, pinned=pinned, prompt=text,
+            prompt_label=prompt_label or f"{pipeline.path} (its own)",
+            metric=metric or _judge_metric(spec, judge_lm, rubric), task_lms={"task": task_lm},
+            reasoning_lm=resolve_reasoning_lm(config, None, fallback), judge_lm=judge_lm,
+            optimize=spec.pipeline.get("optimize"), probe_task=not inside_fn,
+            dry_run_lines=_pipeline_lines(pipeline, program, names, timeout), pipeline=True,
+        )
+    except BaseException:
+        _close(program)
+        raise

@@ -114,10 +114,10 @@ class Auto(Strategy):
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
         self._reset()
         self.best = {"candidate": initial.to_dict(), "score": None, "iteration": 0}
-        self.step_end = ctx.evaluator.usage.search_calls
-        self.alloc = Allocator(self.probe_order(), ctx.evaluator.budget_left, ctx.config.max_iterations,
+        self.step_end = ctx.spent
+        self.alloc = Allocator(self.probe_order(), ctx.budget_left, ctx.config.max_iterations,
                                self.probe_fraction)
-        self.plan = self.alloc.next_plan(self.phases, ctx.evaluator.budget_left, ctx.config.max_iterations)
+        self.plan = self.alloc.next_plan(self.phases, ctx.budget_left, ctx.config.max_iterations)
 
     def done(self) -> str | None:
         return self.finished
@@ -142,7 +142,7 @@ class Auto(Strategy):
                                  "share_calls": self.plan.calls, "share_iterations": self.phase_budget,
                                  "probe_batch": self.batch_cap}}
         # One step's cost: this step's calls plus the validation of the previous one.
-        spent_now = ctx.evaluator.usage.search_calls
+        spent_now = ctx.spent
         step_cost, self.step_end = spent_now - self.step_end, spent_now
         share = self.plan.calls
         share_spent = share is not None and spent_now - self.phase_calls_start + step_cost > share
@@ -182,7 +182,7 @@ class Auto(Strategy):
         self.phase_budget = max(min(plan.iterations, cap, left), 1)
         self.batch_cap, cap_note = self._probe_batch(plan, len(batch))
         self.in_phase = self.idle = 0
-        self.phase_calls_start = ctx.evaluator.usage.search_calls
+        self.phase_calls_start = ctx.spent
         self.phase_best = None
         handed_on = Candidate.from_dict(self.best["candidate"])
         self.phase_start = {"iteration": iteration}
@@ -231,7 +231,7 @@ class Auto(Strategy):
             "kind": self.plan.kind,
             "why": self.plan.why,
             "iterations": self.in_phase,
-            "metric_calls": ctx.evaluator.usage.search_calls - self.phase_calls_start,
+            "metric_calls": ctx.spent - self.phase_calls_start,
             "first_iteration": self.phase_start["iteration"],
             "score_before": start_score,
             "score_after": score,
@@ -242,7 +242,7 @@ class Auto(Strategy):
         self.sub, self.axis, self.plan = None, None, None
         self.finished = self._finish_reason(ctx, iteration)
         if self.finished is None and iteration < ctx.config.max_iterations:
-            self.plan = self.alloc.next_plan(self.phases, ctx.evaluator.budget_left,
+            self.plan = self.alloc.next_plan(self.phases, ctx.budget_left,
                                              ctx.config.max_iterations - iteration)
             if self.plan is None:
                 self.finished = ("auto converged: every axis probed, and the last phase of each measured nothing "
@@ -256,7 +256,7 @@ class Auto(Strategy):
             return f"auto ran {len(self.phases)} phases (max_phases)"
         no_gain = last["gain"] is not None and last["gain"] <= NO_GAIN
         if (no_gain and len(self.phases) >= self.min_phases and not self.alloc.untried(self.phases)
-                and self.alloc.spent_enough(ctx.evaluator.budget_left, ctx.config.max_iterations - iteration)):
+                and self.alloc.spent_enough(ctx.budget_left, ctx.config.max_iterations - iteration)):
             return (f"auto converged: every axis probed, phase {len(self.phases)} ({last['axis']}) brought no gain "
                     f"and at most {CONVERGE_LEFT:.0%} of the budget is left")
         return None

@@ -143,9 +143,8 @@ class _Progress:
         self.ctx, self.total, self.save = ctx, total, save
 
     def on_budget_updated(self, event) -> None:
-        if self.ctx.evaluator.on_progress is not None:
-            used = event["metric_calls_used"]
-            self.ctx.evaluator.on_progress("GEPA", used, max(self.total or 0, used))
+        used = event["metric_calls_used"]
+        self.ctx.progress("GEPA", used, max(self.total or 0, used))
 
     def on_state_saved(self, event) -> None:
         self.save()
@@ -284,7 +283,7 @@ class GEPA(Strategy):
         if self.max_metric_calls is not None and self.max_metric_calls < minimum:
             raise UsageError(f"max_metric_calls={self.max_metric_calls} is too small for one GEPA step here: "
                              f"it needs at least {minimum} (the seed on {pareto_n} Pareto examples, then a step)")
-        left = ctx.evaluator.budget_left
+        left = ctx.budget_left
         if left is None:
             return self.max_metric_calls
         # Reserve room to score up to RESERVED_EMITS candidates, fewer when that would leave GEPA
@@ -319,7 +318,7 @@ class GEPA(Strategy):
             if log_dir is not None:
                 _save_usage(log_dir, usage())
 
-        metric = _FeedbackMetric(ctx.evaluator.metric)
+        metric = _FeedbackMetric(ctx.metric)
         next_cost = max(2 * self.reflection_minibatch_size, MERGE_SUBSAMPLE) + len(pareto)
         names = ctx.predictor_names
         all_names = [n for n, _ in ctx.student.named_predictors()]
@@ -341,12 +340,12 @@ class GEPA(Strategy):
                          "callbacks": [_Progress(ctx, limit or self.max_metric_calls, save)]},
         )
         student = self.state.initial.apply(ctx.student)
-        with dspy.context(lm=ctx.evaluator.lm, adapter=ctx.evaluator.adapter, usage_tracker=task):
+        with dspy.context(lm=ctx.task_lm, adapter=ctx.adapter, usage_tracker=task):
             program = optimizer.compile(student, trainset=train, valset=pareto)
         save()
         results = program.detailed_results
         paid = usage()
-        ctx.evaluator.count_external(
+        ctx.count_external(
             metric_calls=(results.total_metric_calls or 0) + rescored, lm_calls=paid["task_calls"],
             eval_tokens=paid["task_tokens"], reasoning_calls=paid["reflection_calls"],
             reasoning_tokens=paid["reflection_tokens"],

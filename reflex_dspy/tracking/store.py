@@ -47,8 +47,8 @@ from reflex_dspy.tracking.schema import (
     upgrade_result,
 )
 
-RUN_NAME = re.compile(r"^(\d{3,})_(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})$")
-RUN_ID = re.compile(r"^\d{1,9}$")
+RUN_NAME = re.compile(r"([0-9]{3,})_([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}-[0-9]{2}-[0-9]{2})\Z")
+RUN_ID = re.compile(r"[0-9]{1,9}\Z")  # ASCII digits only: \d and $ accept "２" and "2\n"
 
 CONFIG, BASELINE, CHECKPOINT, RESULT = "config.json", "baseline.json", "checkpoint.json", "result.json"
 JOURNAL, BEST_PROMPT, PID, ITERATIONS = "journal.jsonl", "best_prompt.md", "run.pid", "iterations"

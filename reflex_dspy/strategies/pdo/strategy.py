@@ -121,7 +121,7 @@ class PDO(Strategy):
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
         from reflex_dspy.strategies.pdo.duel import judge_criteria
 
-        criteria = None if ctx.has_gold else judge_criteria(ctx.evaluator.metric)
+        criteria = None if ctx.has_gold else judge_criteria(ctx.metric)
         previous = self.champion
         before = Candidate.from_dict(self.store.records()[previous]["candidate"])
         duels = self._duels(ctx, iteration, batch, criteria, before)
