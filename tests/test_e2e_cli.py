@@ -39,8 +39,8 @@ def test_cli_optimizes_the_example_on_the_embedded_model(tmp_path):
 
     # The summary's numbers are the ones in --results-json.
     summary = proc.stdout
-    assert f"Baseline score : {result['baseline']['mean']:.4f}" in summary
-    assert f"Final score    : {result['final']['mean']:.4f}" in summary
+    assert f"Baseline score : {result['baseline']['mean_score']:.4f}" in summary
+    assert f"Final score    : {result['final']['mean_score']:.4f}" in summary
     assert re.search(rf"Train/val/test : {result['split_sizes']['train']} / {result['split_sizes']['val']} / "
                      rf"{result['split_sizes']['test']}", summary)
     assert result["significance"]["n"] >= 0 and "Significance   :" in summary
