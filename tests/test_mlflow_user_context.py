@@ -110,3 +110,16 @@ def test_our_scheme_list_is_mlflows():
     assert set(_tracking_store_registry._registry) == set(BUILTIN_SCHEMES)
     for good in ("http://127.0.0.1:5000", "sqlite:///x.db", "postgresql+psycopg2://u@h/db", "databricks", "/tmp/x"):
         check_tracking_uri(good)
+
+
+def test_the_cli_experiment_defaults_to_mlflows_env_var(monkeypatch):
+    """MLflow's convention: `$MLFLOW_EXPERIMENT_NAME` names the experiment unless a flag does."""
+    from reflex_dspy.cli import build_parser
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team-exp")
+    args = build_parser().parse_args(["optimize", "d.jsonl", "p.md"])
+    assert args.mlflow_experiment == "team-exp"
+    args = build_parser().parse_args(["optimize", "d.jsonl", "p.md", "--mlflow-experiment", "mine"])
+    assert args.mlflow_experiment == "mine"
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    assert build_parser().parse_args(["optimize", "d.jsonl", "p.md"]).mlflow_experiment == "reflex"

@@ -10,6 +10,7 @@ line `reflex-dspy: error: ...` on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -109,8 +110,10 @@ def _mlflow_flags(g: _Group) -> None:
     g.add_argument(
         "--mlflow-tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db)"
     )
-    g.add_argument(
-        "--mlflow-experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default reflex)"
+    g.add_argument(  # MLflow's own convention first: a user's $MLFLOW_EXPERIMENT_NAME is honoured
+        "--mlflow-experiment",
+        default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
+        help="MLflow experiment (default $MLFLOW_EXPERIMENT_NAME, else reflex)",
     )
 
 
