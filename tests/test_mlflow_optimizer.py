@@ -30,7 +30,8 @@ def user_store(monkeypatch, tmp_path):
     monkeypatch.setattr(utils, "_tracking_uri", None)
     monkeypatch.setattr(fluent, "_active_experiment_id", None)
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so mlflow.set_experiment's export is undone too
+        monkeypatch.delenv(name)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the repository
     mlflow.set_tracking_uri(uri)

@@ -30,7 +30,8 @@ def user_mlflow(monkeypatch, tmp_path):
     monkeypatch.setattr(utils, "_tracking_uri", None)
     monkeypatch.setattr(fluent, "_active_experiment_id", None)
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so mlflow.set_experiment's export is undone too
+        monkeypatch.delenv(name)
     uri = f"sqlite:///{tmp_path / 'users.db'}"
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the repository
     mlflow.set_tracking_uri(uri)
@@ -123,3 +124,14 @@ def test_the_cli_experiment_defaults_to_mlflows_env_var(monkeypatch):
     assert args.mlflow_experiment == "mine"
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
     assert build_parser().parse_args(["optimize", "d.jsonl", "p.md"]).mlflow_experiment == "reflex"
+
+
+def test_an_experiment_id_exported_for_another_store_is_not_a_choice_for_ours(monkeypatch, tmp_path):
+    """mlflow.set_experiment exports $MLFLOW_EXPERIMENT_ID to child processes; in another store that
+    id names nothing, and the run goes to `reflex` instead of failing to record."""
+    from reflex_dspy.tracking.mlflow_target import resolve_target
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "424242")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    target = resolve_target(f"sqlite:///{tmp_path / 'fresh.db'}", None)
+    assert target.experiment == "reflex"

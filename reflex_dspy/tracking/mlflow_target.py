@@ -157,7 +157,9 @@ def resolve_target(tracking_uri: str, experiment: str | None) -> MlflowTarget:
     elif os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         name = os.environ["MLFLOW_EXPERIMENT_NAME"]
     elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        name = _experiment_name(tracking_uri, os.environ["MLFLOW_EXPERIMENT_ID"])
+        # mlflow.set_experiment exports this for child processes, so it may name an experiment of
+        # another store: then it is not the user's choice for this one.
+        name = _experiment_name(tracking_uri, os.environ["MLFLOW_EXPERIMENT_ID"]) or DEFAULT_EXPERIMENT
     else:
         name = DEFAULT_EXPERIMENT
     if name != active_name:
