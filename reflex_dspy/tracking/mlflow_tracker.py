@@ -374,6 +374,14 @@ class MlflowTracker(Tracker):
             except BaseException as exc:  # noqa: BLE001 - reported by _join, in the run's thread
                 self._open_error = exc
 
+        if self.parent_run_id is not None:
+            # Nested under the user's (autolog's, mlflow.genai's) run: MLflow is open already, and its
+            # code in this thread may hold MLflow's import-hook lock while importing; a second thread
+            # importing MLflow modules then deadlocks with it (seen under mlflow.genai.optimize_prompts).
+            open_and_create()
+            if self._open_error is not None:
+                self._fail(self._open_error)
+            return
         self._opening = threading.Thread(target=open_and_create, name="reflex-mlflow-open", daemon=True)
         self._opening.start()
 
