@@ -114,6 +114,7 @@ class RunLifecycle:
         self.ctx = SearchContext(
             student=student,
             trainset=self.splits.train,
+            valset=self.splits.val,
             evaluator=self.evaluator,
             proposer=Proposer(self.reasoning_lm, self.evaluator, source_model=cfg.source_model,
                               max_tokens=cfg.reasoning_max_tokens),

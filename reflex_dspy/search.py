@@ -51,6 +51,9 @@ class SearchContext:
     facts: dict[str, TaskFacts] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     workdir: Path | None = None  # a folder inside the run record for a strategy's own files (GEPA's log)
+    # Validation, for measuring only (auto compares its phases there, as selection does); no strategy
+    # proposes from it: no demo, feedback or failure analysis ever comes from a val example.
+    valset: list[dspy.Example] = field(default_factory=list)
 
     def evaluate(self, candidate: Candidate, batch: Sequence[dspy.Example], label: str = "train") -> EvalResult:
         return self.evaluator.evaluate(candidate, batch, label=label)

@@ -73,3 +73,29 @@ def test_auto_probes_every_axis_and_spends_on_the_lever(respond, levers, tmp_pat
     assert after or result.stop_reason.startswith("score threshold"), result.stop_reason
     first_rung = [r.phase for r in after if r.details["auto"]["kind"] == "rung 1"]
     assert set(first_rung) <= gained, (first_rung, gained)
+
+
+@pytest.mark.parametrize(("respond", "levers"), [
+    (demos_only, {"fewshot", "joint"}),
+    (label_set_only, {"iterative", "joint", "pdo"}),
+], ids=["demos", "label-set"])
+def test_auto_finds_the_lever_at_the_bench_budget_with_a_val_split(respond, levers, tmp_path):
+    """The bench's shape (16 train, 8 val, 150 calls): a probe affords a few batch examples only,
+    and on a demo probe those mostly lent the demos. Measured on val, demos still show their gain
+    and get the budget (measured on the probe's batch, demos gained nothing and never got a rung)."""
+    from fakes import routing_examples
+
+    auto = Auto()
+    examples = routing_examples(16)  # 48: 16 / 8 / 24 with the ratios below
+    program = run_strategy(auto, unhelpful_reasoner, respond=respond, examples=examples,
+                           run_dir=tmp_path, track=False, max_iterations=50, max_metric_calls=150,
+                           train_ratio=0.5, val_ratio=1 / 6, score_threshold=1.0, max_workers=1)
+    result = program.result
+    assert (result.split_sizes["train"], result.split_sizes["val"]) == (16, 8)
+    assert all(p["scored_on"] == 8 for p in auto.phases), auto.phases  # every gain measured on val
+    gained = {p["axis"] for p in auto.phases if (p["gain"] or 0) > 0.005}
+    assert gained and gained <= levers, auto.phases
+    after = [r.phase for r in result.iterations if r.details["auto"]["kind"] != "probe"]
+    assert set(after) <= gained, (after, gained)  # after the probes, only the axes that gained
+    assert after or result.stop_reason.startswith("score threshold"), result.stop_reason
+    assert result.final.mean > result.baseline.mean + 0.3

@@ -19,8 +19,11 @@ A phase also ends when its last `IDLE_STEPS` steps measured nothing new (every s
 the cache): its strategy has nothing left to try, and its iterations are better spent elsewhere.
 
 A probe runs on the part of the batch its share affords (a structural round scores every
-layout on each example), and its gain is measured there, so the probes stay cheap and leave
-most of the budget to the axes that gained.
+layout on each example), so the probes stay cheap and leave most of the budget to the axes that
+gained. Every phase's gain is measured on validation (the best of the phase's candidates against
+the one it was handed), where the lifecycle has scored each candidate already and no example
+ever lent a demo; only a run without a validation split of at least `MIN_PROBE_BATCH` examples
+measures on the batch the phase ran on, minus its demos' sources.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class Auto(Strategy):
         self.step_end = 0  # search calls spent when the previous step ended
         self.phases: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"candidate", "score", "iteration"} over all phases
-        self.phase_best: dict[str, Any] | None = None
+        self.phase_entries: list[dict[str, Any]] = []  # this phase's scored candidates, in order
         self.phase_start: dict[str, Any] | None = None  # {"iteration", "score"} of the handed-on candidate
         self.finished: str | None = None
 
@@ -132,9 +135,8 @@ class Auto(Strategy):
         step.phase = self.axis
         self.in_phase += 1
         if step.score is not None:
-            entry = {"candidate": step.candidate.to_dict(), "score": step.score, "iteration": iteration}
-            if self.phase_best is None or step.score > self.phase_best["score"]:
-                self.phase_best = entry
+            self.phase_entries.append({"candidate": step.candidate.to_dict(), "score": step.score,
+                                       "iteration": iteration})
         prefix = f"[{self.axis} phase {len(self.phases) + 1}]"
         step.reasoning = f"{prefix} {opening}\n\n{step.reasoning}" if opening else f"{prefix} {step.reasoning}"
         step.details = {**step.details, "phase_number": len(self.phases) + 1,
@@ -183,7 +185,7 @@ class Auto(Strategy):
         self.batch_cap, cap_note = self._probe_batch(plan, len(batch))
         self.in_phase = self.idle = 0
         self.phase_calls_start = ctx.spent
-        self.phase_best = None
+        self.phase_entries = []
         handed_on = Candidate.from_dict(self.best["candidate"])
         self.phase_start = {"iteration": iteration}
         self.sub.start(ctx, handed_on)
@@ -208,16 +210,40 @@ class Auto(Strategy):
         return affordable, (f" A step scores about {per_example} candidates on each batch example, so this probe "
                             f"runs, and its gain is measured, on {affordable} of the {batch_size} batch examples.")
 
+    def _phase_picks(self, ctx: SearchContext) -> list[dict[str, Any]]:
+        """The phase's candidates that meet the handed-on one at the phase end: every one of them when
+        the gain is measured on validation (their scores there are already paid for: the lifecycle
+        scores each iteration's candidate on val), else the one with the best batch score."""
+        if len(ctx.valset) >= MIN_PROBE_BATCH:
+            seen = {Candidate.from_dict(self.best["candidate"]).fingerprint}
+            picks = []
+            for entry in self.phase_entries:
+                if (fp := Candidate.from_dict(entry["candidate"]).fingerprint) not in seen:
+                    seen.add(fp)
+                    picks.append(entry)
+            return picks
+        best = max(self.phase_entries, key=lambda e: e["score"], default=None)  # ties: earlier
+        return [best] if best is not None else []
+
+    def _measuring_set(self, ctx: SearchContext, batch: Sequence[dspy.Example],
+                       contenders: Sequence[Candidate]) -> list[dspy.Example]:
+        """Where a phase's gain is measured: validation when it has MIN_PROBE_BATCH examples, else
+        the batch the phase ran on minus the examples any contender's demos came from.
+
+        Validation never lends a demo, so a demo phase is measured on as many examples as any other
+        (on a probe's few batch examples most had lent demos, and demos measured no gain), and its
+        scores cost nothing new: the lifecycle scores every iteration's candidate there anyway.
+        """
+        if len(ctx.valset) >= MIN_PROBE_BATCH:
+            return list(ctx.valset)
+        batch = batch[: self.batch_cap] if self.batch_cap else batch  # a probe is measured where it ran
+        left_out = set().union(*(content_sources(c, batch) for c in contenders))
+        return [ex for ex in batch if example_id(ex) not in left_out]
+
     def _end_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> None:
         """Record the phase with its measured gain, hand on the best candidate so far, plan the next."""
-        batch = batch[: self.batch_cap] if self.batch_cap else batch  # a probe is measured where it ran
-        contenders = [(Candidate.from_dict(self.best["candidate"]), self.best)]  # the handed-on candidate
-        if self.phase_best is not None:
-            contenders.append((Candidate.from_dict(self.phase_best["candidate"]), self.phase_best))
-        # Compare on one batch (with minibatches, scores of different iterations are not comparable),
-        # leaving out the examples any contender's demos came from: no demo scored on its own example.
-        left_out = set().union(*(content_sources(c, batch) for c, _ in contenders))
-        scored_on = [ex for ex in batch if example_id(ex) not in left_out]
+        contenders = [(Candidate.from_dict(e["candidate"]), e) for e in [self.best, *self._phase_picks(ctx)]]
+        scored_on = self._measuring_set(ctx, batch, [c for c, _ in contenders])
         if scored_on:
             results = ctx.evaluate_many([c for c, _ in contenders], scored_on, label="auto: phase end")
             scores = [r.mean or 0.0 for r in results]
@@ -277,7 +303,7 @@ class Auto(Strategy):
             "phase_start": self.phase_start,
             "phases": self.phases,
             "best": self.best,
-            "phase_best": self.phase_best,
+            "phase_entries": self.phase_entries,
             "finished": self.finished,
         }
 
@@ -303,5 +329,5 @@ class Auto(Strategy):
         self.phase_start = state.get("phase_start")
         self.phases = state["phases"]
         self.best = state["best"]
-        self.phase_best = state["phase_best"]
+        self.phase_entries = state.get("phase_entries") or ([state["phase_best"]] if state.get("phase_best") else [])
         self.finished = state["finished"]
