@@ -29,6 +29,7 @@ measures on the batch the phase ran on, minus its demos' sources.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any
 
 import dspy
@@ -47,6 +48,41 @@ MIN_PROBE_BATCH = 4  # fewer examples than this measure no gain worth acting on
 # Candidates one step of an axis scores per batch example (the parent mostly comes from the cache).
 STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
+
+
+@dataclass
+class AutoState:
+    """Auto's search state between steps, all of it JSON in a checkpoint (the running phase's own
+    strategy keeps its state apart, under `sub_state`)."""
+
+    alloc: Allocator | None = None
+    plan: Plan | None = None  # the phase running now, or the next one
+    axis: str | None = None  # the axis of the phase running now
+    in_phase: int = 0
+    idle: int = 0  # consecutive steps of this phase that cost no metric call
+    phase_budget: int = 0
+    batch_cap: int | None = None  # a probe's part of the batch, when its share affords no more
+    phase_calls_start: int = 0  # search calls spent when the phase began
+    step_end: int = 0  # search calls spent when the previous step ended
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # {"candidate", "score", "iteration"} over all phases
+    phase_entries: list[dict[str, Any]] = field(default_factory=list)  # this phase's scored candidates
+    phase_start: dict[str, Any] | None = None  # {"iteration"} of the phase's first step
+    finished: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AutoState:
+        if "alloc" not in data:
+            raise ReflexError("this checkpoint is from an older auto (axes chosen by the reasoning model); "
+                              "it cannot be resumed by this version: start a new run")
+        known = {f.name for f in fields(cls)} - {"alloc", "plan", "phase_entries"}
+        entries = data.get("phase_entries") or ([data["phase_best"]] if data.get("phase_best") else [])
+        return cls(alloc=Allocator.from_dict(data["alloc"]) if data.get("alloc") else None,
+                   plan=Plan(**data["plan"]) if data.get("plan") else None, phase_entries=entries,
+                   **{k: v for k, v in data.items() if k in known})
 
 
 class Auto(Strategy):
@@ -91,21 +127,13 @@ class Auto(Strategy):
         self._reset()
 
     def _reset(self) -> None:
-        self.sub: Strategy | None = None
-        self.alloc: Allocator | None = None
-        self.plan: Plan | None = None  # the phase running now, or the next one
-        self.axis: str | None = None  # the axis of the phase running now
-        self.in_phase = 0
-        self.idle = 0  # consecutive steps of this phase that cost no metric call
-        self.phase_budget = 0
-        self.batch_cap: int | None = None  # a probe's part of the batch, when its share affords no more
-        self.phase_calls_start = 0  # search calls spent when the phase began
-        self.step_end = 0  # search calls spent when the previous step ended
-        self.phases: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None  # {"candidate", "score", "iteration"} over all phases
-        self.phase_entries: list[dict[str, Any]] = []  # this phase's scored candidates, in order
-        self.phase_start: dict[str, Any] | None = None  # {"iteration", "score"} of the handed-on candidate
-        self.finished: str | None = None
+        self.sub: Strategy | None = None  # the phase's own strategy (its state is checkpointed apart)
+        self.s = AutoState()
+
+    @property
+    def phases(self) -> list[dict[str, Any]]:
+        """Every finished phase: axis, kind, why, iterations, calls and measured gain."""
+        return self.s.phases
 
     def probe_order(self) -> list[str]:
         order = [a for a in PROBE_ORDER if a in self.axes]
@@ -116,41 +144,41 @@ class Auto(Strategy):
     # -- lifecycle hooks --------------------------------------------------------------------
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
         self._reset()
-        self.best = {"candidate": initial.to_dict(), "score": None, "iteration": 0}
-        self.step_end = ctx.spent
-        self.alloc = Allocator(self.probe_order(), ctx.budget_left, ctx.config.max_iterations,
+        self.s.best = {"candidate": initial.to_dict(), "score": None, "iteration": 0}
+        self.s.step_end = ctx.spent
+        self.s.alloc = Allocator(self.probe_order(), ctx.budget_left, ctx.config.max_iterations,
                                self.probe_fraction)
-        self.plan = self.alloc.next_plan(self.phases, ctx.budget_left, ctx.config.max_iterations)
+        self.s.plan = self.s.alloc.next_plan(self.s.phases, ctx.budget_left, ctx.config.max_iterations)
 
     def done(self) -> str | None:
-        return self.finished
+        return self.s.finished
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
         opening = None
         if self.sub is None:
             opening = self._begin_phase(ctx, iteration, batch)
-        step = self.sub.step(ctx, iteration, batch[: self.batch_cap] if self.batch_cap else batch)
-        if self.batch_cap and step.score is not None and step.score >= ctx.config.score_threshold:
+        step = self.sub.step(ctx, iteration, batch[: self.s.batch_cap] if self.s.batch_cap else batch)
+        if self.s.batch_cap and step.score is not None and step.score >= ctx.config.score_threshold:
             self._rescore(ctx, step, batch)
-        step.phase = self.axis
-        self.in_phase += 1
+        step.phase = self.s.axis
+        self.s.in_phase += 1
         if step.score is not None:
-            self.phase_entries.append({"candidate": step.candidate.to_dict(), "score": step.score,
+            self.s.phase_entries.append({"candidate": step.candidate.to_dict(), "score": step.score,
                                        "iteration": iteration})
-        prefix = f"[{self.axis} phase {len(self.phases) + 1}]"
+        prefix = f"[{self.s.axis} phase {len(self.s.phases) + 1}]"
         step.reasoning = f"{prefix} {opening}\n\n{step.reasoning}" if opening else f"{prefix} {step.reasoning}"
-        step.details = {**step.details, "phase_number": len(self.phases) + 1,
-                        "auto": {"kind": self.plan.kind, "why": self.plan.why, "evidence": self.plan.evidence,
-                                 "share_calls": self.plan.calls, "share_iterations": self.phase_budget,
-                                 "probe_batch": self.batch_cap}}
+        step.details = {**step.details, "phase_number": len(self.s.phases) + 1,
+                        "auto": {"kind": self.s.plan.kind, "why": self.s.plan.why, "evidence": self.s.plan.evidence,
+                                 "share_calls": self.s.plan.calls, "share_iterations": self.s.phase_budget,
+                                 "probe_batch": self.s.batch_cap}}
         # One step's cost: this step's calls plus the validation of the previous one.
         spent_now = ctx.spent
-        step_cost, self.step_end = spent_now - self.step_end, spent_now
-        share = self.plan.calls
-        share_spent = share is not None and spent_now - self.phase_calls_start + step_cost > share
-        self.idle = self.idle + 1 if step_cost == 0 else 0
-        if (self.in_phase >= self.phase_budget or share_spent or self.sub.done() is not None
-                or self.idle >= IDLE_STEPS):
+        step_cost, self.s.step_end = spent_now - self.s.step_end, spent_now
+        share = self.s.plan.calls
+        share_spent = share is not None and spent_now - self.s.phase_calls_start + step_cost > share
+        self.s.idle = self.s.idle + 1 if step_cost == 0 else 0
+        if (self.s.in_phase >= self.s.phase_budget or share_spent or self.sub.done() is not None
+                or self.s.idle >= IDLE_STEPS):
             self._end_phase(ctx, iteration, batch)
         return step
 
@@ -170,28 +198,28 @@ class Auto(Strategy):
         """A phase that stalls ends there; the run goes on with the next axis unless auto is done."""
         if self.sub is not None:
             self._end_phase(ctx, iteration, batch)
-        return self.finished is None
+        return self.s.finished is None
 
     # -- phases -----------------------------------------------------------------------------
     def _begin_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> str:
         from reflex_dspy.strategies import get_strategy
 
-        plan = self.plan
-        self.axis = plan.axis
+        plan = self.s.plan
+        self.s.axis = plan.axis
         self.sub = get_strategy(plan.axis, self.metric, **self.axis_params.get(plan.axis, {}))
         left = ctx.config.max_iterations - iteration + 1
         cap = self.phase_iterations.get(plan.axis) or plan.iterations
-        self.phase_budget = max(min(plan.iterations, cap, left), 1)
-        self.batch_cap, cap_note = self._probe_batch(plan, len(batch))
-        self.in_phase = self.idle = 0
-        self.phase_calls_start = ctx.spent
-        self.phase_entries = []
-        handed_on = Candidate.from_dict(self.best["candidate"])
-        self.phase_start = {"iteration": iteration}
+        self.s.phase_budget = max(min(plan.iterations, cap, left), 1)
+        self.s.batch_cap, cap_note = self._probe_batch(plan, len(batch))
+        self.s.in_phase = self.s.idle = 0
+        self.s.phase_calls_start = ctx.spent
+        self.s.phase_entries = []
+        handed_on = Candidate.from_dict(self.s.best["candidate"])
+        self.s.phase_start = {"iteration": iteration}
         self.sub.start(ctx, handed_on)
         calls = "" if plan.calls is None else f" and {plan.calls} metric calls"
-        return (f"Phase {len(self.phases) + 1} ({plan.kind}): {plan.axis} for up to {self.phase_budget} iterations"
-                f"{calls}, starting from iteration {self.best['iteration']}'s candidate. Why: {plan.why}.{cap_note}")
+        return (f"Phase {len(self.s.phases) + 1} ({plan.kind}): {plan.axis} for up to {self.s.phase_budget} iterations"
+                f"{calls}, starting from iteration {self.s.best['iteration']}'s candidate. Why: {plan.why}.{cap_note}")
 
     def _probe_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
         """How much of the batch a probe affords: its share over the candidates one step scores
@@ -215,14 +243,14 @@ class Auto(Strategy):
         the gain is measured on validation (their scores there are already paid for: the lifecycle
         scores each iteration's candidate on val), else the one with the best batch score."""
         if len(ctx.valset) >= MIN_PROBE_BATCH:
-            seen = {Candidate.from_dict(self.best["candidate"]).fingerprint}
+            seen = {Candidate.from_dict(self.s.best["candidate"]).fingerprint}
             picks = []
-            for entry in self.phase_entries:
+            for entry in self.s.phase_entries:
                 if (fp := Candidate.from_dict(entry["candidate"]).fingerprint) not in seen:
                     seen.add(fp)
                     picks.append(entry)
             return picks
-        best = max(self.phase_entries, key=lambda e: e["score"], default=None)  # ties: earlier
+        best = max(self.s.phase_entries, key=lambda e: e["score"], default=None)  # ties: earlier
         return [best] if best is not None else []
 
     def _measuring_set(self, ctx: SearchContext, batch: Sequence[dspy.Example],
@@ -236,13 +264,13 @@ class Auto(Strategy):
         """
         if len(ctx.valset) >= MIN_PROBE_BATCH:
             return list(ctx.valset)
-        batch = batch[: self.batch_cap] if self.batch_cap else batch  # a probe is measured where it ran
+        batch = batch[: self.s.batch_cap] if self.s.batch_cap else batch  # a probe is measured where it ran
         left_out = set().union(*(content_sources(c, batch) for c in contenders))
         return [ex for ex in batch if example_id(ex) not in left_out]
 
     def _end_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> None:
         """Record the phase with its measured gain, hand on the best candidate so far, plan the next."""
-        contenders = [(Candidate.from_dict(e["candidate"]), e) for e in [self.best, *self._phase_picks(ctx)]]
+        contenders = [(Candidate.from_dict(e["candidate"]), e) for e in [self.s.best, *self._phase_picks(ctx)]]
         scored_on = self._measuring_set(ctx, batch, [c for c, _ in contenders])
         if scored_on:
             results = ctx.evaluate_many([c for c, _ in contenders], scored_on, label="auto: phase end")
@@ -250,84 +278,52 @@ class Auto(Strategy):
             start_score = scores[0]
             (_, entry), score = max(zip(contenders, scores, strict=True), key=lambda pair: pair[1])  # ties: earlier
         else:  # every batch example lent a demo: nothing honest to compare on, the best so far stays
-            entry, score, start_score = self.best, self.best["score"], None
-        self.best = {**entry, "score": score}
-        self.phases.append({
-            "axis": self.axis,
-            "kind": self.plan.kind,
-            "why": self.plan.why,
-            "iterations": self.in_phase,
-            "metric_calls": ctx.spent - self.phase_calls_start,
-            "first_iteration": self.phase_start["iteration"],
+            entry, score, start_score = self.s.best, self.s.best["score"], None
+        self.s.best = {**entry, "score": score}
+        self.s.phases.append({
+            "axis": self.s.axis,
+            "kind": self.s.plan.kind,
+            "why": self.s.plan.why,
+            "iterations": self.s.in_phase,
+            "metric_calls": ctx.spent - self.s.phase_calls_start,
+            "first_iteration": self.s.phase_start["iteration"],
             "score_before": start_score,
             "score_after": score,
             "scored_on": len(scored_on),
             "gain": None if start_score is None else round(score - start_score, 4),
-            "handed_on_iteration": self.best["iteration"],
+            "handed_on_iteration": self.s.best["iteration"],
         })
-        self.sub, self.axis, self.plan = None, None, None
-        self.finished = self._finish_reason(ctx, iteration)
-        if self.finished is None and iteration < ctx.config.max_iterations:
-            self.plan = self.alloc.next_plan(self.phases, ctx.budget_left,
+        self.sub, self.s.axis, self.s.plan = None, None, None
+        self.s.finished = self._finish_reason(ctx, iteration)
+        if self.s.finished is None and iteration < ctx.config.max_iterations:
+            self.s.plan = self.s.alloc.next_plan(self.s.phases, ctx.budget_left,
                                              ctx.config.max_iterations - iteration)
-            if self.plan is None:
-                self.finished = ("auto converged: every axis probed, and the last phase of each measured nothing "
+            if self.s.plan is None:
+                self.s.finished = ("auto converged: every axis probed, and the last phase of each measured nothing "
                                  "new (its strategy had nothing left to try)")
 
     def _finish_reason(self, ctx: SearchContext, iteration: int) -> str | None:
         """Why auto stops now, or None: never for lack of gain while an axis is untried or more
         than CONVERGE_LEFT of the budget is left."""
-        last = self.phases[-1]
-        if len(self.phases) >= self.max_phases:
-            return f"auto ran {len(self.phases)} phases (max_phases)"
+        last = self.s.phases[-1]
+        if len(self.s.phases) >= self.max_phases:
+            return f"auto ran {len(self.s.phases)} phases (max_phases)"
         no_gain = last["gain"] is not None and last["gain"] <= NO_GAIN
-        if (no_gain and len(self.phases) >= self.min_phases and not self.alloc.untried(self.phases)
-                and self.alloc.spent_enough(ctx.budget_left, ctx.config.max_iterations - iteration)):
-            return (f"auto converged: every axis probed, phase {len(self.phases)} ({last['axis']}) brought no gain "
+        if (no_gain and len(self.s.phases) >= self.min_phases and not self.s.alloc.untried(self.s.phases)
+                and self.s.alloc.spent_enough(ctx.budget_left, ctx.config.max_iterations - iteration)):
+            return (f"auto converged: every axis probed, phase {len(self.s.phases)} ({last['axis']}) brought no gain "
                     f"and at most {CONVERGE_LEFT:.0%} of the budget is left")
         return None
 
     # -- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "axis": self.axis,
-            "sub_state": self.sub.state_dict() if self.sub is not None else None,
-            "alloc": self.alloc.to_dict() if self.alloc is not None else None,
-            "plan": dict(self.plan.__dict__) if self.plan is not None else None,
-            "in_phase": self.in_phase,
-            "idle": self.idle,
-            "phase_budget": self.phase_budget,
-            "batch_cap": self.batch_cap,
-            "phase_calls_start": self.phase_calls_start,
-            "step_end": self.step_end,
-            "phase_start": self.phase_start,
-            "phases": self.phases,
-            "best": self.best,
-            "phase_entries": self.phase_entries,
-            "finished": self.finished,
-        }
+        return {**self.s.to_dict(), "sub_state": self.sub.state_dict() if self.sub is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from reflex_dspy.strategies import get_strategy
 
         self._reset()
-        if "alloc" not in state:
-            raise ReflexError("this checkpoint is from an older auto (axes chosen by the reasoning model); "
-                              "it cannot be resumed by this version: start a new run")
-        self.axis = state["axis"]
-        if self.axis is not None:
-            self.sub = get_strategy(self.axis, self.metric, **self.axis_params.get(self.axis, {}))
+        self.s = AutoState.from_dict(state)
+        if self.s.axis is not None:
+            self.sub = get_strategy(self.s.axis, self.metric, **self.axis_params.get(self.s.axis, {}))
             self.sub.load_state_dict(state["sub_state"])
-        self.alloc = Allocator.from_dict(state["alloc"]) if state.get("alloc") else None
-        self.plan = Plan(**state["plan"]) if state.get("plan") else None
-        self.in_phase = state["in_phase"]
-        self.idle = state.get("idle", 0)
-        self.phase_budget = state["phase_budget"]
-        self.batch_cap = state.get("batch_cap")
-        self.phase_calls_start = state.get("phase_calls_start", 0)
-        self.step_end = state.get("step_end", 0)
-        self.phase_start = state.get("phase_start")
-        self.phases = state["phases"]
-        self.best = state["best"]
-        self.phase_entries = state.get("phase_entries") or ([state["phase_best"]] if state.get("phase_best") else [])
-        self.finished = state["finished"]
