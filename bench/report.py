@@ -89,8 +89,41 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def _sections(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """(heading, lines) of each `## ` section of markdown lines, the part before the first as ("", ...)."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    fenced = False
+    for line in lines:
+        fenced ^= line.startswith("```")
+        if line.startswith("## ") and not fenced:
+            sections.append((line.strip(), []))
+        sections[-1][1].append(line)
+    return sections
+
+
+def keep_unwritten(lines: list[str], old: str) -> list[str]:
+    """`lines` plus every section of the previous report (`old`) they do not write, each after the
+    section it followed there: sections measured by other scripts (bench/mlflow_cost.py) or kept
+    by hand for reference are not this run's to delete."""
+    def ended(body: list[str]) -> list[str]:  # a blank line between sections
+        return body if body[-1:] == [""] else [*body, ""]
+
+    new = _sections(lines)
+    written = {heading for heading, _ in new}
+    kept: dict[str, list[str]] = {}
+    after = ""
+    for heading, body in _sections(old.splitlines()):
+        if heading in written:
+            after = heading
+        else:
+            kept.setdefault(after, []).extend(ended(body))
+    return [line for heading, body in new
+            for line in ((*ended(body), *kept[heading]) if heading in kept else body)]
+
+
 def write(out: Path, mode: str, m: dict[str, Any]) -> None:
-    """Write the markdown report and its plots next to it (`out` is the .md path)."""
+    """Write the markdown report and its plots next to it (`out` is the .md path), keeping the
+    sections of the report already there that this run does not measure (`keep_unwritten`)."""
     plots = out.parent / "benchmarks"
     plots.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -150,4 +183,6 @@ def write(out: Path, mode: str, m: dict[str, Any]) -> None:
               "## Start-up", "",
               f"`reflex-dspy --help`: median {m['startup']['median_s'] * 1000:.0f} ms over "
               f"{m['startup']['repeats']} runs (goal < 500 ms).", ""]
+    if out.is_file():
+        lines = keep_unwritten(lines, out.read_text())
     out.write_text("\n".join(lines))

@@ -6,6 +6,8 @@ import json
 import os
 import tempfile
 import types
+from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="reflex-dspy-test-cache-"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -63,6 +65,15 @@ class ScriptedReasoner:
         })
 
 
+@pytest.fixture(scope="module")
+def fake_openai():
+    """The fake OpenAI-compatible server (fake_openai_server.py), one per test module that asks."""
+    from fake_openai_server import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        yield server
+
+
 @pytest.fixture
 def task_lm():
     return fake_lm(routing_respond)
@@ -107,3 +118,29 @@ def lms(monkeypatch) -> dict:
     monkeypatch.setattr(reflex_dspy.lm, "resolve_lm", lambda spec, **kw: made[spec or "fake/task"])
     monkeypatch.setattr(reflex_dspy.lm, "probe_lm", lambda lm: None)
     return made
+
+
+def user_mlflow_state(monkeypatch, tmp_path: Path, experiment: str, store: str) -> Iterator[str]:
+    """MLflow's in-process state set as a user's script sets it: a SQLite store `tmp_path/store` as the
+    tracking URI and `experiment` (artifacts under tmp_path) as the active one. Yields the URI.
+
+    For a fixture (`yield from`): MLflow keeps this state process-wide (module globals and the
+    environment variables `mlflow.set_experiment` exports), so it is undone after the test.
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, "")  # recorded, so mlflow.set_experiment's export is undone too
+        monkeypatch.delenv(name)
+    uri = f"sqlite:///{tmp_path / store}"
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the repository
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()

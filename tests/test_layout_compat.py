@@ -14,20 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
-from urllib.request import urlopen
 
 import pytest
+from aevyra_kit import get_their_json, their_dashboard_over
 from aevyra_reflex.run_store import RunStore as TheirStore
 from conftest import ScriptedReasoner, routing_examples, routing_respond
 from dashboard_kit import cli_env, cli_optimize, dashboard, get_json, request, write_task
-from fake_openai_server import FakeOpenAI
-from fakes import fake_lm
+from strategy_kit import run_strategy
 
-from reflex_dspy import Reflex
-from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.cli import main
 from reflex_dspy.dashboard.api import DashboardData
 from reflex_dspy.tracking.store import RunStore, created_at
@@ -36,18 +31,11 @@ LAYOUT_V0 = Path(__file__).parent / "data" / "layout_v0"
 
 
 @pytest.fixture(scope="module")
-def fake_server():
-    server = FakeOpenAI().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, fake_server):
+def cli_run(tmp_path_factory, fake_openai):
     """One real CLI run: 2 iterative iterations on the routing task, with MLflow."""
     folder = tmp_path_factory.mktemp("cli")
     data, prompt = write_task(folder / "task")
-    env = cli_env(fake_server.base_url, folder / "cache")
+    env = cli_env(fake_openai.base_url, folder / "cache")
     root = folder / ".reflex"
     cli_optimize(root, data, prompt, env, "-s", "iterative", "--max-iterations", "2", "--threshold", "1.0")
     return root, env, data
@@ -100,29 +88,17 @@ def test_an_export_from_mlflow_is_the_same_layout_their_run_store_reads(cli_run,
 
 @pytest.fixture
 def their_dashboard(cli_run):
-    from aevyra_reflex.dashboard.server import _DashboardHandler
-
-    handler = type("_Handler", (_DashboardHandler,), {"store": TheirStore(cli_run[0])})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def _get(url: str):
-    with urlopen(url, timeout=30) as response:  # noqa: S310 (a loopback test server)
-        assert response.status == 200
-        return json.loads(response.read())
+    with their_dashboard_over(cli_run[0]) as url:
+        yield url
 
 
 def test_their_dashboard_serves_a_cli_run_with_prompts_deltas_and_tokens(cli_run, their_dashboard):
     root = cli_run[0]
     records = RunStore(root).get_run("001").load_iterations()
-    [row] = _get(f"{their_dashboard}/api/runs")
+    [row] = get_their_json(f"{their_dashboard}/api/runs")
     assert (row["run_id"], row["status"], row["strategy"], row["model"]) == ("001", "completed", "iterative",
                                                                             "openai/fake-task")
-    view = _get(f"{their_dashboard}/api/runs/001")
+    view = get_their_json(f"{their_dashboard}/api/runs/001")
     assert view["status"] == "completed" and view["checkpoint"]["completed_iterations"] == 2
     served = view["iterations"]
     assert [it["system_prompt"] for it in served] == [r.system_prompt["predict"] for r in records]
@@ -132,7 +108,7 @@ def test_their_dashboard_serves_a_cli_run_with_prompts_deltas_and_tokens(cli_run
     # Δ: their page subtracts consecutive scores; iteration 2 of an iterative run builds on iteration 1.
     assert served[1]["score"] - served[0]["score"] == pytest.approx(records[1].delta)
     assert view["result"]["final"]["mean_score"] == RunStore(root).get_run("001").summary().final
-    one = _get(f"{their_dashboard}/api/runs/001/iterations/2")
+    one = get_their_json(f"{their_dashboard}/api/runs/001/iterations/2")
     assert one["system_prompt"] == records[1].system_prompt["predict"] and one["reasoning"] == records[1].reasoning
 
 
@@ -229,12 +205,12 @@ def test_our_dashboard_serves_runs_aevyra_reflex_wrote(their_runs):
             "- Rule 1: Answer with the label only, in lowercase."]
 
 
-def test_branch_starts_a_run_from_their_iteration_on_their_dataset(their_runs, fake_server, tmp_path):
+def test_branch_starts_a_run_from_their_iteration_on_their_dataset(their_runs, fake_openai, tmp_path):
     import subprocess
     import sys
 
     root, data = their_runs
-    env = cli_env(fake_server.base_url, tmp_path / "cache")
+    env = cli_env(fake_openai.base_url, tmp_path / "cache")
     argv = [sys.executable, "-m", "reflex_dspy.cli", "branch", "1", "2", "--run-dir", str(root), "-s", "iterative",
             "--max-iterations", "1"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
@@ -258,12 +234,8 @@ def test_a_run_in_the_older_layout_is_read_under_the_shared_names_and_resumed(tm
     assert config["optimizer_config"]["metrics"] == ["exact"] and config["dataset_path"] == "data.jsonl"
     assert run.load_baseline()["mean_score"] is not None and run.load_checkpoint()["completed_iterations"] == 1
     reasoner = ScriptedReasoner(["never asked: the second proposal is replayed from the journal"])
-    optimizer = Reflex("exact", strategy="iterative", task_lm=fake_lm(routing_respond),
-                       reasoning_lm=fake_lm(reasoner, name="fake/reasoner"), run_dir=root, mlflow=False,
-                       metadata={"dataset_path": "data.jsonl"}, max_iterations=2, early_stopping_patience=0,
-                       score_threshold=1.0, max_workers=1)
-    resumed = optimizer.compile(program_from_prompt("Say which team should handle the message."),
-                                trainset=routing_examples(), resume="001")
+    resumed = run_strategy("iterative", reasoner, respond=routing_respond, run_dir=root, resume="001",
+                           mlflow=False, metadata={"dataset_path": "data.jsonl"}, max_iterations=2, max_workers=1)
     assert resumed.run_id == "001" and run.status == "completed" and reasoner.seen == []
     assert [it.iteration for it in run.load_iterations()] == [1, 2] and resumed.result.final.mean == 1.0
     assert json.loads(run.file("result.json").read_text())["best_score"] == resumed.result.selected_score

@@ -8,7 +8,7 @@ compares with the expected label. The fake reasoning model proposes the labelled
 from __future__ import annotations
 
 import pytest
-from conftest import ScriptedReasoner, routing_respond
+from conftest import ScriptedReasoner, routing_respond, user_mlflow_state
 from fakes import LABELS, fake_lm, routing_examples
 
 mlflow = pytest.importorskip("mlflow")
@@ -24,22 +24,7 @@ LABELLED = f"Answer with one word ({', '.join(LABELS)}) for this message: {{{{me
 
 @pytest.fixture
 def user_store(monkeypatch, tmp_path):
-    from mlflow.tracking import fluent
-    from mlflow.tracking._tracking_service import utils
-
-    monkeypatch.setattr(utils, "_tracking_uri", None)
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.setenv(name, "")  # recorded, so mlflow.set_experiment's export is undone too
-        monkeypatch.delenv(name)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the repository
-    mlflow.set_tracking_uri(uri)
-    mlflow.create_experiment("prompt-optimization", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment("prompt-optimization")
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
+    yield from user_mlflow_state(monkeypatch, tmp_path, "prompt-optimization", "store.db")
 
 
 @scorer

@@ -24,7 +24,7 @@ from pathlib import Path
 import dspy
 import pytest
 from dashboard_kit import cli_env, cli_optimize, write_task
-from fake_openai_server import FakeOpenAI, task_answer
+from fake_openai_server import task_answer
 from fakes import routing_examples
 from mlflow_server import mlflow_server  # noqa: F401 - the session fixture
 
@@ -44,18 +44,11 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def fake():
-    server = FakeOpenAI().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def served(mlflow_server, fake, tmp_path_factory):  # noqa: F811 - the imported fixture
+def served(mlflow_server, fake_openai, tmp_path_factory):  # noqa: F811 - the imported fixture
     """One optimization recorded on the server; everything the tests read back."""
     run_dir = tmp_path_factory.mktemp("served") / "reflex"
-    task = resolve_lm("openai/fake-task", api_key=FAKE_KEY, base_url=fake.base_url)
-    reasoner = resolve_lm("openai/fake-reasoner", api_key=REASONER_KEY, base_url=fake.base_url)
+    task = resolve_lm("openai/fake-task", api_key=FAKE_KEY, base_url=fake_openai.base_url)
+    reasoner = resolve_lm("openai/fake-reasoner", api_key=REASONER_KEY, base_url=fake_openai.base_url)
     optimizer = Reflex("exact", strategy="iterative", reasoning_lm=reasoner, run_dir=run_dir,
                        tracking_uri=mlflow_server.url, experiment=EXPERIMENT, register_prompt="routing-prompt",
                        max_iterations=2, max_workers=2)
@@ -145,13 +138,13 @@ print(json.dumps(model.predict({"input": sys.argv[3]})))
 """
 
 
-def test_logged_model_serves_in_a_fresh_process(served, fake):
+def test_logged_model_serves_in_a_fresh_process(served, fake_openai):
     message = "Customer 9: my card was charged twice."
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["MLFLOW_TRACKING_URI"] = served.server.url
     model_uri = f"models:/{served.parent.outputs.model_outputs[0].model_id}"
-    done = subprocess.run([sys.executable, "-c", SERVE, model_uri, fake.base_url, message], capture_output=True,
-                          text=True, timeout=240, env=env, cwd=HERE)
+    done = subprocess.run([sys.executable, "-c", SERVE, model_uri, fake_openai.base_url, message],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=HERE)
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer == {"output": task_answer(served.program.result.best_prompt, message)}
@@ -167,8 +160,9 @@ def _run_autolog(order: str, url: str, base_url: str, run_dir: Path) -> tuple[di
 
 
 @pytest.mark.parametrize("order", ["lazy", "eager"])
-def test_autolog_sees_reflex_in_both_import_orders_and_nests_our_run(order, mlflow_server, fake, tmp_path):  # noqa: F811
-    ids, experiment = _run_autolog(order, mlflow_server.url, fake.base_url, tmp_path / "reflex")
+def test_autolog_sees_reflex_in_both_import_orders_and_nests_our_run(order, mlflow_server, fake_openai,  # noqa: F811
+                                                                     tmp_path):
+    ids, experiment = _run_autolog(order, mlflow_server.url, fake_openai.base_url, tmp_path / "reflex")
     client = mlflow.MlflowClient(tracking_uri=mlflow_server.url)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -180,34 +174,34 @@ def test_autolog_sees_reflex_in_both_import_orders_and_nests_our_run(order, mlfl
     assert "best_model.json" in {a.path for a in client.list_artifacts(ids["autolog_run"])}  # autolog's own record
 
 
-def test_bogus_tracking_uri_is_exit_2_before_anything(tmp_path, fake):
+def test_bogus_tracking_uri_is_exit_2_before_anything(tmp_path, fake_openai):
     data, prompt = write_task(tmp_path / "task")
-    env = cli_env(fake.base_url, tmp_path / "cache")
+    env = cli_env(fake_openai.base_url, tmp_path / "cache")
     argv = [sys.executable, "-m", "reflex_dspy.cli", "optimize", str(data), str(prompt), "-m", "openai/fake-task",
             "--metric", "exact", "--run-dir", str(tmp_path / "runs")]
-    before = fake.received
+    before = fake_openai.received
     done = subprocess.run([*argv, "--mlflow-tracking-uri", "bogus://x"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert done.returncode == 2 and "bogus://x" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     from_env = subprocess.run(argv, capture_output=True, text=True, env={**env, "MLFLOW_TRACKING_URI": "bogus://y"},
                               timeout=120)
     assert from_env.returncode == 2 and "MLFLOW_TRACKING_URI" in from_env.stderr
-    assert not (tmp_path / "runs").exists() and fake.received == before  # nothing written, no model called
+    assert not (tmp_path / "runs").exists() and fake_openai.received == before  # nothing written, no model called
 
 
-def test_no_mlflow_flag_records_the_run_directory_only(tmp_path, fake):
+def test_no_mlflow_flag_records_the_run_directory_only(tmp_path, fake_openai):
     data, prompt = write_task(tmp_path / "task", n_per_label=2)
     run_dir = tmp_path / "reflex"
-    done = cli_optimize(run_dir, data, prompt, cli_env(fake.base_url, tmp_path / "cache"), "--no-mlflow",
-                        "-s", "iterative", "--max-iterations", "1")
+    env = cli_env(fake_openai.base_url, tmp_path / "cache")
+    done = cli_optimize(run_dir, data, prompt, env, "--no-mlflow", "-s", "iterative", "--max-iterations", "1")
     assert "MLflow" not in done.stdout + done.stderr and not list(tmp_path.rglob("mlflow.db"))
     assert any((run_dir / "runs").glob("*/result.json"))
 
 
-def test_two_runs_started_at_once_into_a_new_run_dir_both_reach_mlflow(tmp_path, fake):
+def test_two_runs_started_at_once_into_a_new_run_dir_both_reach_mlflow(tmp_path, fake_openai):
     data, prompt = write_task(tmp_path / "task", n_per_label=2)
     run_dir = tmp_path / "new-runs"
-    env = cli_env(fake.base_url, tmp_path / "cache")
+    env = cli_env(fake_openai.base_url, tmp_path / "cache")
     procs = [cli_optimize(run_dir, data, prompt, env, "-s", "iterative", "--max-iterations", "1", wait=False)
              for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ScriptedReasoner
+from conftest import ScriptedReasoner, user_mlflow_state
 from fakes import LABELS, fake_lm
 
 from reflex_dspy.adapters import program_from_prompt
@@ -24,22 +24,7 @@ mlflow = pytest.importorskip("mlflow")
 @pytest.fixture
 def user_mlflow(monkeypatch, tmp_path):
     """Set MLflow's in-process state like a user's script would; restored afterwards."""
-    from mlflow.tracking import fluent
-    from mlflow.tracking._tracking_service import utils
-
-    monkeypatch.setattr(utils, "_tracking_uri", None)
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.setenv(name, "")  # recorded, so mlflow.set_experiment's export is undone too
-        monkeypatch.delenv(name)
-    uri = f"sqlite:///{tmp_path / 'users.db'}"
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: keep it out of the repository
-    mlflow.set_tracking_uri(uri)
-    mlflow.create_experiment("mine", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment("mine")
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
+    yield from user_mlflow_state(monkeypatch, tmp_path, "mine", "users.db")
 
 
 def _optimizer(task_lm, run_dir: Path, **kwargs) -> Reflex:

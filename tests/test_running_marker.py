@@ -7,39 +7,22 @@ for), through aevyra-reflex 0.2.0's own `RunStore` and its own dashboard server 
 
 from __future__ import annotations
 
-import json
 import os
-import threading
-from http.server import ThreadingHTTPServer
-from urllib.request import urlopen
 
 import pytest
-from aevyra_reflex.dashboard.server import _DashboardHandler
+from aevyra_kit import get_their_json, their_dashboard_over
 from aevyra_reflex.run_store import RunStore as TheirStore
-from conftest import ScriptedReasoner, routing_examples, routing_respond
-from fakes import fake_lm
+from conftest import ScriptedReasoner, routing_respond
+from strategy_kit import run_strategy
 
-from reflex_dspy import Reflex
-from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.tracking.base import Tracker
 from reflex_dspy.tracking.store import RunStore
-
-PROMPT = "Say which team should handle the message."
 
 
 @pytest.fixture
 def their_dashboard(tmp_path):
-    handler = type("_Handler", (_DashboardHandler,), {"store": TheirStore(tmp_path / ".reflex")})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def _get(url: str):
-    with urlopen(url, timeout=30) as response:  # noqa: S310 (a loopback test server)
-        return json.loads(response.read())
+    with their_dashboard_over(tmp_path / ".reflex") as url:
+        yield url
 
 
 class Watcher(ScriptedReasoner):
@@ -54,7 +37,7 @@ class Watcher(ScriptedReasoner):
     def __call__(self, system: str, messages: list[dict]) -> str:
         theirs = TheirStore(self.root).get_run("001")
         [row] = TheirStore(self.root).list_runs()
-        served = _get(f"{self.dashboard}/api/runs/001")
+        served = get_their_json(f"{self.dashboard}/api/runs/001")
         self.views.append((row.status, theirs.is_running, served["status"], served["is_running"],
                            theirs.running_path.read_text(), RunStore(self.root).get_run("001").status))
         if len(self.views) == self.stop_at:
@@ -69,10 +52,10 @@ class Broken(Tracker):
         raise RuntimeError("disk on fire")
 
 
-def _optimizer(root, reasoner: Watcher, trackers=()) -> Reflex:
-    return Reflex("exact", strategy="iterative", task_lm=fake_lm(routing_respond), trackers=list(trackers),
-                  reasoning_lm=fake_lm(reasoner, name="fake/reasoner"), run_dir=root, mlflow=False,
-                  max_iterations=2, early_stopping_patience=0, score_threshold=1.0, max_workers=1)
+def _run(root, reasoner: Watcher, trackers=(), resume: str | None = None):
+    """Two iterative iterations on the routing fakes, one worker, no MLflow."""
+    return run_strategy("iterative", reasoner, respond=routing_respond, run_dir=root, trackers=tuple(trackers),
+                        resume=resume, mlflow=False, max_iterations=2, max_workers=1)
 
 
 def _after(root) -> tuple:
@@ -88,7 +71,7 @@ LIVE = ("running", True, "running", True, str(os.getpid()), "running")
 def test_a_live_run_is_running_for_their_store_and_dashboard_then_completed(tmp_path, their_dashboard):
     root = tmp_path / ".reflex"
     reasoner = Watcher(root, their_dashboard)
-    _optimizer(root, reasoner).compile(program_from_prompt(PROMPT), trainset=routing_examples())
+    _run(root, reasoner)
     assert reasoner.views and all(view == LIVE for view in reasoner.views)  # after the first checkpoint too
     assert _after(root) == ("completed", False, False, "completed")
 
@@ -97,13 +80,13 @@ def test_an_interrupted_run_drops_the_marker_and_a_resume_sets_it_again(tmp_path
     root = tmp_path / ".reflex"
     stopped = Watcher(root, their_dashboard, stop_at=2, stop_with=KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        _optimizer(root, stopped).compile(program_from_prompt(PROMPT), trainset=routing_examples())
+        _run(root, stopped)
     assert stopped.views == [LIVE, LIVE]
     assert _after(root) == ("interrupted", False, False, "interrupted")
-    assert _get(f"{their_dashboard}/api/runs/001")["status"] == "interrupted"
+    assert get_their_json(f"{their_dashboard}/api/runs/001")["status"] == "interrupted"
 
     resumed = Watcher(root, their_dashboard)
-    _optimizer(root, resumed).compile(program_from_prompt(PROMPT), trainset=routing_examples(), resume="001")
+    _run(root, resumed, resume="001")
     assert resumed.views == [LIVE]  # the interrupted proposal is asked again, with the marker back
     assert _after(root) == ("completed", False, False, "completed")
 
@@ -112,7 +95,7 @@ def test_a_failed_run_drops_the_marker(tmp_path, their_dashboard):
     root = tmp_path / ".reflex"
     failing = Watcher(root, their_dashboard)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        _optimizer(root, failing, [Broken()]).compile(program_from_prompt(PROMPT), trainset=routing_examples())
+        _run(root, failing, [Broken()])
     assert failing.views == [LIVE]
     # Theirs has no `failed`: a run with a checkpoint and no live marker is `interrupted` there.
     assert _after(root) == ("interrupted", False, False, "failed")
