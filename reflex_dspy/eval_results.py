@@ -80,18 +80,19 @@ class EvalResult:
 
     @property
     def by_metric(self) -> dict[str, float]:
-        totals: dict[str, list[float]] = {}
-        for r in self.results.values():
-            for name, value in r.by_metric.items():
-                totals.setdefault(name, []).append(value)
-        return {name: sum(v) / len(v) for name, v in totals.items()}
+        """Mean score per metric (a composite metric's parts)."""
+        return self._means("by_metric")
 
     @property
     def by_model(self) -> dict[str, float]:
         """Mean score per task model (empty with a single task model)."""
+        return self._means("by_model")
+
+    def _means(self, part: str) -> dict[str, float]:
+        """The mean of each name in the examples' `part` mapping, over the examples that have it."""
         totals: dict[str, list[float]] = {}
         for r in self.results.values():
-            for name, value in r.by_model.items():
+            for name, value in getattr(r, part).items():
                 totals.setdefault(name, []).append(value)
         return {name: sum(v) / len(v) for name, v in totals.items()}
 
