@@ -12,39 +12,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import dspy
 
+from reflex_dspy.attempts import Attempts
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import ProviderAuthError, ReflexError
+from reflex_dspy.eval_requests import Group, answers
 from reflex_dspy.eval_results import (  # re-exported: callers import results from here
     EvalResult,
     ExampleResult,
     ReplayedFailure,
     Usage,
     _plain_output,
-    _usage_totals,
 )
 from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
-from reflex_dspy.metrics import MetricFailure, call_metric
 from reflex_dspy.reply_cache import install_empty_reply_guard
-from reflex_dspy.retries import EmptyReply, RetryPolicy, classify_error, is_rate_limit, short_error
+from reflex_dspy.retries import RetryPolicy, short_error
 from reflex_dspy.throttle import AdaptiveLimit
-from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder, using_trace
+from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder
 
 ProgressFn = Callable[[str, int, int], None]
 
 
-# ---------------------------------------------------------------------------------------
-# The evaluator
-# ---------------------------------------------------------------------------------------
 class Evaluator:
     """Runs candidates of one student program on examples, in parallel, paying once per pair.
 
@@ -85,17 +79,16 @@ class Evaluator:
         self.ledger = Ledger(budget)
         self.retry = retry or RetryPolicy()
         self.limit = AdaptiveLimit(max_workers, on_change=self._notice)
+        self.attempts = Attempts(self.ledger, self.retry, self.limit, seed)  # retries, in-flight calls
         self.on_notice: Callable[[str], None] | None = None
         self.on_progress: ProgressFn | None = None
         self.on_scored: Callable[[CacheKey, ExampleResult], None] | None = None  # every scored pair
         self._cache = self.ledger.results  # the same dict: replay fills it
         self._programs: dict[str, dspy.Module] = {}
         self._lock = self.ledger.lock  # one lock: a batch's accounting and its cache entries go together
-        self._rng = random.Random(seed)
         self._predictor_names: dict[int, str] = {}
         self._optimized: dict[int, frozenset[str]] = {}  # program id → its optimized predictors
         self._tools: dict[int, bool] = {}  # program id → holds dspy.Tools (record their calls)
-        self._in_flight: dict[int, tuple[float, str]] = {}  # model calls now running → (start, which model)
         install_empty_reply_guard()  # an empty reply is a failed attempt: it must not be cached
 
     # -- the ledger's, for the Evaluator's callers ----------------------------------------
@@ -103,17 +96,9 @@ class Evaluator:
     def usage(self) -> Usage:
         return self.ledger.usage
 
-    @usage.setter
-    def usage(self, value: Usage) -> None:
-        self.ledger.usage = value
-
     @property
     def budget(self) -> int | None:
         return self.ledger.budget
-
-    @budget.setter
-    def budget(self, value: int | None) -> None:
-        self.ledger.budget = value
 
     @property
     def budget_left(self) -> int | None:
@@ -193,45 +178,83 @@ class Evaluator:
         twice); each request gets back exactly its examples' results. The budget is checked
         for the whole set before anything is spent.
         """
-        requests = [(c, list(examples)) for c, examples in requests]
+        return self.evaluate_groups([Group(requests, budgeted, eval_pass)], label=label)[0]
+
+    def evaluate_groups(self, groups: Sequence[Group], *, label: str = "evaluate",
+                        beside: Callable[[], Any] | None = None) -> list[list[EvalResult]]:
+        """Several evaluations (each budgeted or not, each its own pass) through one worker pool.
+
+        The lifecycle measures the baseline on test and the initial candidate on val this way: two
+        small evaluations that would each leave workers idle in their last wave share their waves.
+        The budgeted groups' calls are committed before anything runs (`Ledger.reserve`), so
+        evaluations running side by side can never together spend past the budget. `beside` runs
+        in this thread while the jobs run (the strategy's start, which sees the budget as it will
+        be); its error is raised once the evaluation is accounted.
+        """
+        planned = [self._plan_group(g) for g in groups]
+        needed = sum(paid for g, (_, _, paid) in zip(groups, planned, strict=True) if g.budgeted)
+        self.ledger.reserve(needed, label)
+        jobs = []
+        for g, (_, plans, _) in zip(groups, planned, strict=True):
+            lms = {name: lm if g.eval_pass == 0 or self.temperature == 0 else lm.copy(rollout_id=g.eval_pass)
+                   for name, lm in self.lms.items()}
+            jobs += [(results, self._program(c), lms, (c.fingerprint, eid, self.temperature, g.eval_pass), ex)
+                     for c, (results, todo, _) in plans.values() for eid, ex in todo]
+        beside_error = None
+        try:
+            if beside is None:
+                self._run_jobs(label, jobs)
+            else:
+                beside_error = self._run_beside(label, jobs, beside)
+        except BaseException:
+            self.ledger.release(needed)  # nothing of an interrupted evaluation counts, as before
+            raise
+        with self._lock:
+            for _, plans, _ in planned:
+                for _, (results, todo, replayed) in plans.values():
+                    for key in replayed:
+                        self.ledger.use_replayed(key)
+                    self.usage.cache_hits += (len(results) - len(todo) - len(replayed)) * self.calls_per_example
+        if beside_error is not None:
+            raise beside_error
+        return [answers(requests, {fp: plan for fp, (_, plan) in plans.items()})
+                for requests, plans, _ in planned]
+
+    def _run_beside(self, label: str, jobs: list, beside: Callable[[], Any]) -> BaseException | None:
+        """Run the jobs in a thread while `beside()` runs here; raise the jobs' error, return beside's."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflex-eval") as side:
+            running = side.submit(self._run_jobs, label, jobs)
+            try:
+                beside()
+                error = None
+            except BaseException as exc:  # raised by the caller once the evaluation is accounted
+                error = exc
+            running.result()
+        return error
+
+    def _plan_group(self, group: Group):
+        """`(requests, {fingerprint: (candidate, plan)}, metric calls to pay)` of one group."""
+        requests = [(c, list(examples)) for c, examples in group.requests]
         union: dict[str, tuple[Candidate, dict[str, dspy.Example]]] = {}
         for c, examples in requests:  # identical variants run once
             by_id = union.setdefault(c.fingerprint, (c, {}))[1]
             for ex in examples:
                 by_id.setdefault(example_id(ex), ex)
-        candidates = [c for c, _ in union.values()]
-        plans = [self._plan(c, list(by_id.values()), eval_pass) for c, by_id in union.values()]
-        paid = sum(len(todo) + len(replayed) for _, todo, replayed in plans) * self.calls_per_example
-        if budgeted:
-            self.ledger.check(paid, label)
-        lms = {label: lm if eval_pass == 0 or self.temperature == 0 else lm.copy(rollout_id=eval_pass)
-               for label, lm in self.lms.items()}
-        jobs = [(results, self._program(c), (c.fingerprint, eid, self.temperature, eval_pass), ex)
-                for c, (results, todo, _) in zip(candidates, plans, strict=True) for eid, ex in todo]
-        self._run_jobs(label, jobs, lms)
-        with self._lock:
-            for results, todo, replayed in plans:
-                for key in replayed:
-                    self.ledger.use_replayed(key)
-                n_paid = len(todo) + len(replayed)
-                self.usage.cache_hits += (len(results) - n_paid) * self.calls_per_example
-                if budgeted:
-                    self.usage.search_calls += n_paid * self.calls_per_example
-        return _answers(requests, dict(zip(union, plans, strict=True)))
+        plans = {fp: (c, self._plan(c, list(by_id.values()), group.eval_pass)) for fp, (c, by_id) in union.items()}
+        paid = sum(len(todo) + len(replayed) for _, (_, todo, replayed) in plans.values()) * self.calls_per_example
+        return requests, plans, paid
 
-    def _run_jobs(self, label: str, jobs: list, lms: Mapping[str, dspy.LM]) -> None:
-        """Run every (results, program, key, example) job, filing each result under its candidate."""
+    def _run_jobs(self, label: str, jobs: list) -> None:
+        """Run every (results, program, lms, key, example) job, filing each result under its candidate."""
         self._progress(label, 0, len(jobs))
         if min(self.max_workers, len(jobs)) == 1:
             # One at a time runs here: a pool thread would only add a hand-off per example
             # after every blocking call (measured in bench/: overhead).
-            self._collect(label, len(jobs), ((results, self._run_one(program, lms, key, ex))
-                                             for results, program, key, ex in jobs))
+            self._collect(label, len(jobs), ((job[0], self._run_one(*job[1:])) for job in jobs))
         elif jobs:
             with ThreadPoolExecutor(max_workers=min(self.max_workers, len(jobs)),
                                     thread_name_prefix="reflex-eval") as pool:
-                futures = [(results, pool.submit(self._run_one, program, lms, key, ex))
-                           for results, program, key, ex in jobs]
+                futures = [(job[0], pool.submit(self._run_one, *job[1:])) for job in jobs]
                 try:
                     self._collect(label, len(jobs), ((results, future.result()) for results, future in futures))
                 except ProviderAuthError:
@@ -275,7 +298,7 @@ class Evaluator:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
         entry = self.ledger.reply(digest)
         if entry is None:
-            fields, truncated, error, calls, tokens = self._reason_with_retries(call)
+            fields, truncated, error, calls, tokens = self.attempts.reasoning(call)
             entry = {"kind": "reasoning", "key": digest, "fields": fields, "truncated": truncated,
                      "error": short_error(error, 120) if error else None, "calls": calls, "tokens": tokens}
             self.ledger.file_reply(digest, entry)
@@ -284,48 +307,6 @@ class Evaluator:
         if entry["error"]:
             raise ReplayedFailure(entry["error"])
         return dict(entry["fields"]), entry["truncated"]
-
-    def _reason_with_retries(self, call: Callable[[], tuple[dict[str, Any], bool]]):
-        """`(fields, truncated, error, calls, tokens)` of one reasoning reply, transient errors retried.
-
-        Same policy and counters as task calls (`_attempt`): each retry is one more request,
-        counted in `usage.retries`, and each 429 also slows the evaluations down. A transient
-        error that outlasts the attempts is raised (nothing paid to journal); any other error is
-        returned, to be journaled as a paid failure.
-        """
-        calls = tokens = 0
-        for attempt in range(self.retry.max_attempts):
-            with self._waiting("reasoning model"), dspy.track_usage() as tracker:
-                try:
-                    fields, truncated = call()
-                    error = None
-                except Exception as exc:  # classified below
-                    error, fields, truncated = exc, {}, False
-            c, t = _usage_totals(tracker)
-            calls, tokens = calls + c, tokens + t
-            if error is None:
-                break
-            kind = classify_error(error)
-            if kind == "auth":
-                raise ProviderAuthError(f"the provider refused the credentials: {short_error(error)}") from error
-            if kind != "transient":
-                break
-            if attempt == self.retry.max_attempts - 1:
-                with self._lock:
-                    self.ledger.reasoning_failed(short_error(error, 120))
-                raise error  # not a paid reply: the proposer's next attempt must really ask again
-            time.sleep(self._count_retry(error, attempt))
-        return fields, truncated, error, calls, tokens
-
-    def _count_retry(self, error: BaseException, attempt: int) -> float:
-        """Count one retry (and a rate limit, which also lowers the concurrency); the delay to wait."""
-        rate_limited = is_rate_limit(error)
-        if rate_limited:
-            self.limit.rate_limited()
-        with self._lock:
-            self.usage.retries += 1
-            self.usage.rate_limits += int(rate_limited)
-            return self.retry.delay(attempt, self._rng, error)
 
     # -- internals ----------------------------------------------------------------------
     @property
@@ -337,19 +318,7 @@ class Evaluator:
     @property
     def waiting(self) -> tuple[float, str] | None:
         """(start, "task model" or "reasoning model") of the oldest model call still in flight."""
-        with self._lock:
-            return min(self._in_flight.values()) if self._in_flight else None
-
-    @contextmanager
-    def _waiting(self, who: str) -> Iterator[None]:
-        token = object()
-        with self._lock:
-            self._in_flight[id(token)] = (time.monotonic(), who)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight.pop(id(token), None)
+        return self.attempts.waiting
 
     def _notice(self, message: str) -> None:
         if self.on_notice is not None:
@@ -382,19 +351,17 @@ class Evaluator:
         scores: dict[str, float] = {}
         for label, lm in lms.items():
             tools = tool_recorder(program)  # dspy.Tool calls, for the whole execution trace (trace.py)
-            callbacks = [tools] if self._tools.get(id(program), True) else []
-            with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), *callbacks]):
-                prediction, trace, error, c, t = self._attempt(program, lm, example)
+            callbacks = [*dspy.settings.get("callbacks", []), *([tools] if self._tools.get(id(program), True) else [])]
+            prediction, trace, error, c, t = self.attempts.task(program, lm, self.adapter, example, callbacks)
             calls, tokens = calls + c, tokens + t
             if error is not None:
                 result.error = short_error(error) if len(lms) == 1 else f"{label}: {short_error(error)}"
                 break
-            agent = self._agent_trace(program, prediction, trace or [], tools.calls, eid)
+            output, steps = _plain_output(prediction), self._plain_trace(trace or [])
+            agent = self._agent_trace(program, prediction, output, steps, tools.calls, eid)
             if not scores:  # the first model's output and trace are the ones shown to the reasoning model
-                result.output = _plain_output(prediction)
-                result.trace = self._plain_trace(trace or [])
-                result.agent_trace = agent.to_dict()
-            scored, error, c, t = self._score(example, prediction, agent)
+                result.output, result.trace, result.agent_trace = output, steps, agent.to_dict()
+            scored, error, c, t = self.attempts.metric(self.metric, example, prediction, agent)
             calls, tokens = calls + c, tokens + t
             if error is not None:
                 result.error = short_error(error)
@@ -420,86 +387,27 @@ class Evaluator:
                 self.usage.eval_tokens += tokens
                 self.usage.failed += 1
             else:
-                entry = {"kind": "eval", "key": list(key), "result": result.to_dict(), "calls": calls,
-                         "tokens": tokens, "metric_calls": len(lms)}
+                entry = {"kind": "eval", "key": list(key), "calls": calls, "tokens": tokens, "metric_calls": len(lms)}
                 self.ledger.account(entry)
                 self._cache[key] = result
+                if self.ledger.on_paid is not None:  # a journal line only where a journal is kept
+                    entry["result"] = result.to_dict()
                 self.ledger.emit(entry)
         if self.on_scored is not None:  # the run's trials feed (failed pairs included), from this worker
             self.on_scored(key, result)
         return result
 
-    def _score(self, example: dspy.Example, prediction: Any, agent: AgentTrace):
-        """`(scored, error, calls, tokens)`: the metric on one prediction, an LLM judge's transient
-        provider errors retried and counted like task calls (models carry no DSPy retries of
-        their own); a `MetricFailure`, or a transient error past the last attempt, fails the example."""
-        calls = tokens = 0
-        for attempt in range(self.retry.max_attempts):
-            error = None
-            with dspy.track_usage() as tracker, using_trace(agent):  # metrics may read current_trace()
-                try:
-                    scored = call_metric(self.metric, example, prediction, None)
-                except MetricFailure as exc:
-                    error, scored = exc, None
-                except Exception as exc:  # a judge's provider error: retried below if transient
-                    kind = classify_error(exc)
-                    if kind == "auth":
-                        raise ProviderAuthError(f"the provider refused the credentials: {short_error(exc)}") from exc
-                    if kind != "transient":
-                        raise
-                    error, scored = exc, None
-            c, t = _usage_totals(tracker)
-            calls, tokens = calls + c, tokens + t
-            if error is None or isinstance(error, MetricFailure) or attempt == self.retry.max_attempts - 1:
-                return scored, error, calls, tokens
-            time.sleep(self._count_retry(error, attempt))
-        raise AssertionError("unreachable: the last attempt returns")
-
-    def _attempt(self, program: dspy.Module, lm: dspy.LM, example: dspy.Example):
-        """`(prediction, trace, error, calls, tokens)` of one example on one model.
-
-        Transient provider errors and empty answers are retried with backoff; a 429 also lowers
-        the concurrency (throttle.py), and the backoff sleep happens outside the in-flight slot.
-        """
-        prediction = trace = error = None
-        calls = tokens = 0
-        for attempt in range(self.retry.max_attempts):
-            with self.limit.slot(), self._waiting("task model"), \
-                    dspy.context(lm=lm, adapter=self.adapter, trace=[]), dspy.track_usage() as tracker:
-                try:
-                    prediction = program(**example.inputs())
-                    trace = list(dspy.settings.trace)
-                    error = None if _has_answer(prediction) else EmptyReply("the model returned an empty answer")
-                except Exception as exc:  # classified below: nothing is swallowed silently
-                    error = exc
-            c, t = _usage_totals(tracker)
-            calls, tokens = calls + c, tokens + t
-            if error is None:
-                self.limit.succeeded()
-                break
-            kind = classify_error(error)
-            if kind == "auth":
-                raise ProviderAuthError(f"the provider refused the credentials: {short_error(error)}") from error
-            if is_rate_limit(error) and attempt == self.retry.max_attempts - 1:
-                self.limit.rate_limited()  # the last 429 is not retried, but it still slows the run down
-                with self._lock:
-                    self.usage.rate_limits += 1
-            if kind != "transient" or attempt == self.retry.max_attempts - 1:
-                break
-            time.sleep(self._count_retry(error, attempt))
-        return prediction, trace, error, calls, tokens
-
-    def _agent_trace(self, program: dspy.Module, prediction: Any, trace: list, tools: list[dict[str, Any]],
-                     eid: str) -> AgentTrace:
-        """A pipeline_fn's own trace (adapters/pipeline_fn.py), else DSPy's predictor steps and tool calls."""
+    def _agent_trace(self, program: dspy.Module, prediction: Any, output: dict[str, Any],
+                     steps: list[dict[str, Any]], tools: list[dict[str, Any]], eid: str) -> AgentTrace:
+        """A pipeline_fn's own trace (adapters/pipeline_fn.py), else DSPy's predictor steps and tool
+        calls; `output` and `steps` are the prediction and DSPy's trace as plain data."""
         given = getattr(prediction, PREDICTION_TRACE_ATTR, None)
         if isinstance(given, AgentTrace):
             given.input_id = eid
             return given
-        output = _plain_output(prediction)
         final = next(iter(output.values())) if len(output) == 1 else output
         optimized = self._optimized.get(id(program), frozenset())
-        return AgentTrace.from_steps(self._plain_trace(trace), tools, optimized, final, eid)
+        return AgentTrace.from_steps(steps, tools, optimized, final, eid)
 
     def _plain_trace(self, trace: list) -> list[dict[str, Any]]:
         steps = []
@@ -513,32 +421,3 @@ class Evaluator:
             )
         return steps
 
-
-def _answers(requests: Sequence[tuple[Candidate, list[dspy.Example]]], plans: Mapping[str, tuple]) -> list[EvalResult]:
-    """Each request's results on exactly its examples; a pair asked for twice counts once (first request).
-
-    Identical requests get the same `EvalResult` object, as if the duplicate had not been asked.
-    """
-    out: dict[tuple[str, tuple[str, ...]], EvalResult] = {}
-    counted: set[tuple[str, str]] = set()
-    for c, examples in requests:
-        ids = tuple(dict.fromkeys(map(example_id, examples)))
-        if (c.fingerprint, ids) in out:
-            continue
-        results, todo, replayed = plans[c.fingerprint]
-        new = {eid for eid, _ in todo}
-        paid = new | {key[1] for key in replayed}
-        fresh = [eid for eid in ids if (c.fingerprint, eid) not in counted]
-        counted.update((c.fingerprint, eid) for eid in fresh)
-        out[c.fingerprint, ids] = EvalResult(c.fingerprint, {eid: results[eid] for eid in ids},
-                                             new_calls=sum(e in new for e in fresh),
-                                             cache_hits=sum(e not in paid for e in fresh))
-    return [out[c.fingerprint, tuple(dict.fromkeys(map(example_id, examples)))] for c, examples in requests]
-
-
-def _has_answer(prediction: Any) -> bool:
-    """Whether any output field holds something: an all-empty prediction is no answer (never a 0)."""
-    output = _plain_output(prediction)
-    if not output:
-        return True  # a program without declared outputs: nothing to judge here
-    return any(v is not None and (not isinstance(v, str) or v.strip()) for v in output.values())

@@ -59,6 +59,19 @@ class Ledger:
                 f"{needed} more needed for {label}"
             )
 
+    def reserve(self, needed: int, label: str) -> None:
+        """Check and commit `needed` search calls at once, before they are spent: evaluations that
+        run side by side (PDO scores its champion beside the last duels) each see the others'
+        calls, so together they never spend past the budget."""
+        with self.lock:
+            self.check(needed, label)
+            self.usage.search_calls += needed
+
+    def release(self, reserved: int) -> None:
+        """Give back a reservation whose evaluation was interrupted before it was accounted."""
+        with self.lock:
+            self.usage.search_calls -= reserved
+
     def count_external(self, *, metric_calls: int = 0, lm_calls: int = 0, eval_tokens: int = 0,
                        reasoning_calls: int = 0, reasoning_tokens: int = 0) -> None:
         """Account for calls made by an optimizer we delegate to (GEPA), which runs the program itself.

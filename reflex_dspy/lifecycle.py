@@ -24,17 +24,20 @@ from reflex_dspy import answer_budget, library_logs
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import assign_ids, example_id
 from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
-from reflex_dspy.evaluation import Evaluator
+from reflex_dspy.eval_requests import Group
+from reflex_dspy.evaluation import EvalResult, Evaluator
 from reflex_dspy.heartbeat import Heartbeat
 from reflex_dspy.marking import select_predictors
-from reflex_dspy.metrics import label_fields, metric_names
+from reflex_dspy.measurement import measure
+from reflex_dspy.metrics import label_fields
 from reflex_dspy.proposals import Proposer, TaskFacts
-from reflex_dspy.result import IterationRecord, Measurement, RunResult, promotion_report
+from reflex_dspy.result import IterationRecord, RunResult, promotion_report
+from reflex_dspy.run_info import describe_lm, run_info, trial_line
 from reflex_dspy.run_record import Record, open_record
 from reflex_dspy.run_status import heartbeat_seconds
 from reflex_dspy.search import SearchContext, restore_rng, rng_state
 from reflex_dspy.splits import sample_batch, split_dataset
-from reflex_dspy.stats import mean_std, paired_significance
+from reflex_dspy.stats import paired_significance
 from reflex_dspy.stop_rules import (
     Budget,
     MaxIterations,
@@ -57,13 +60,7 @@ def _now() -> str:
 
 
 HEARTBEAT_SECONDS = heartbeat_seconds()  # $REFLEX_HEARTBEAT_SECONDS, else 2 s
-TRIAL_TEXT_CHARS = 600  # feedback and output in a trials.jsonl line are clipped to this
 
-
-def _describe_lm(lm: Any) -> str:
-    if isinstance(lm, Mapping):  # several task models
-        return ", ".join(lm)
-    return str(getattr(lm, "model", lm))
 
 
 class RunLifecycle:
@@ -143,44 +140,6 @@ class RunLifecycle:
                     facts[name] = TaskFacts.from_examples(self.splits.train, fields[0])
         return facts
 
-    # -- measurements ---------------------------------------------------------------------
-    def _measure(self, candidate: Candidate, what: str, split: str, examples: list[dspy.Example]) -> Measurement:
-        """`eval_runs` passes of `what` (baseline, final) on a reporting split, outside the search budget."""
-        passes = [
-            self.evaluator.evaluate(
-                candidate, examples, budgeted=False, label=f"{what} on {split}, pass {p + 1}", eval_pass=p
-            )
-            for p in range(self.config.eval_runs)
-        ]
-        per_example: dict[str, list[float]] = {}
-        for result in passes:
-            for eid, score in result.scores.items():
-                per_example.setdefault(eid, []).append(score)
-        scores = {eid: sum(v) / len(v) for eid, v in per_example.items()}
-        per_model: dict[str, list[float]] = {}
-        for result in passes:
-            for label, score in result.by_model.items():
-                per_model.setdefault(label, []).append(score)
-        means = [r.mean for r in passes if r.mean is not None]
-        mean, std = mean_std(means) if means else (None, 0.0)
-        first = passes[0]
-        by_id = {example_id(ex): ex for ex in examples}
-        samples = []
-        for eid, r in first.results.items():
-            ex = by_id[eid]
-            samples.append({
-                "id": eid,
-                "inputs": {k: str(v) for k, v in ex.inputs().items()},
-                "expected": {k: str(v) for k, v in label_fields(ex).items()},
-                "output": r.output,
-                "score": r.score,
-                "error": r.error,
-            })
-        if first.n_failed == first.n:
-            raise ReflexError(f"every {split} example failed; first error: {first.results[first.failed_ids[0]].error}")
-        return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples,
-                           scores_by_model={k: sum(v) / len(v) for k, v in per_model.items()})
-
     # -- the run ----------------------------------------------------------------------------
     def execute(self, resume: Any = None, branch_from: tuple[str, int] | None = None) -> dspy.Module:
         interval = HEARTBEAT_SECONDS
@@ -189,28 +148,11 @@ class RunLifecycle:
             return self._execute(resume, branch_from)
 
     def _trial(self, key: tuple, result: Any) -> None:
-        """One scored (candidate, example) pair for the live trials feed (trials.jsonl via the trackers).
-
-        Called from evaluation workers. The trace is kept only when it says more than input and
-        answer (pipeline mode: several nodes or tool calls), so the dashboard can link to it.
-        """
-        from reflex_dspy.trace import AgentTrace, clip
-
-        fingerprint, eid, _, eval_pass = key
-        trace = result.agent_trace
-        if trace and not AgentTrace.from_dict(trace).is_pipeline:
-            trace = None
-        output = result.output if len(result.output) != 1 else next(iter(result.output.values()))
-        self.trackers.on_trial({
-            "time": round(time.time(), 3), "phase": self.phase,
-            "iteration": len(self.records) + 1 if self.phase == "searching" else None,
-            "candidate": fingerprint, "example_id": eid, "split": self.split_of.get(eid), "pass": eval_pass,
-            "score": result.score, "by_metric": result.by_metric,
-            "feedback": clip(result.feedback, TRIAL_TEXT_CHARS) if result.feedback else None,
-            "output": clip(output if isinstance(output, str) else json.dumps(output, default=str), TRIAL_TEXT_CHARS)
-            if result.output else None,
-            "error": result.error, "trace": trace,
-        })
+        """One scored pair for the live trials feed; called from evaluation workers."""
+        if not self.trackers.listens("on_trial"):
+            return
+        iteration = len(self.records) + 1 if self.phase == "searching" else None
+        self.trackers.on_trial(trial_line(key, result, self.phase, iteration, self.split_of.get(key[1])))
 
     def _status(self, phase: str, detail: str = "") -> None:
         self.phase = phase
@@ -243,31 +185,31 @@ class RunLifecycle:
                 self.trackers.on_resume(info, record.baseline, self.records)
             else:
                 self.trackers.on_run_start(info)
+            checkpoint = record.checkpoint if record is not None else None
+            fresh = not (checkpoint and checkpoint.strategy_state is not None)
             baseline = record.baseline if record is not None else None
+            on_val = started = None  # with the baseline, when both are due: the initial val and the start
             if baseline is None:
                 self._status("evaluating baseline")
-                baseline = self._measure(self.initial, "baseline", "test", splits.test)
+                with_val = (Group([(self.initial, splits.val)]), "val: initial") if fresh and splits.val else None
+                started = (lambda: self.strategy.start(self.ctx, self.initial)) if fresh else None
+                baseline, on_val = measure(self.evaluator, self.initial, "baseline", "test", splits.test,
+                                           cfg.eval_runs, alongside=with_val, beside=started)
                 self.trackers.on_baseline(baseline)
             elif not (record and record.resumed):
                 self.trackers.on_baseline(baseline)  # a branch records its parent's baseline
             self._status("searching")
-            checkpoint = record.checkpoint if record is not None else None
-            if checkpoint and checkpoint.strategy_state is not None:
-                self._restore(checkpoint)
+            if fresh:
+                self._start(on_val[0] if on_val else None, started is not None)
             else:
-                self.initial_val = (
-                    self.evaluator.evaluate(self.initial, splits.val, label="val: initial").mean if splits.val else None
-                )
-                self.patience.best_val = self.initial_val
-                self.strategy.start(self.ctx, self.initial)
-                self._checkpoint(0)
+                self._restore(checkpoint)
             stop_reason = checkpoint.stop_reason if checkpoint else None
             if stop_reason is None:
                 stop_reason = self._search(start=len(self.records) + 1)
                 self._checkpoint(len(self.records), stop_reason)
             selected, sel_score, selected_by = self._select()
             self._status("evaluating best", f"iteration {selected}")
-            final = self._measure(self.candidates[selected], "final", "test", splits.test)
+            final, _ = measure(self.evaluator, self.candidates[selected], "final", "test", splits.test, cfg.eval_runs)
             self._status("finalizing")
             result = RunResult(
                 strategy=self.strategy.name or type(self.strategy).__name__,
@@ -287,7 +229,7 @@ class RunLifecycle:
                 usage=self.evaluator.usage.to_dict(),
                 duration_seconds=time.monotonic() - self.started,
                 score_threshold=cfg.score_threshold,
-                models={"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
+                models={"task": describe_lm(self.task_lm), "reasoning": describe_lm(self.reasoning_lm)},
                 warnings=[*self.warnings, *self.library_logs.summary()],
                 run_id=record.run.run_id if record else None,
                 target=({"model": cfg.target_model, "source": cfg.target_source, "threshold": cfg.score_threshold,
@@ -336,6 +278,18 @@ class RunLifecycle:
         self.ctx.workdir = record.run.path / "strategy"
         return record
 
+    def _start(self, on_val: EvalResult | None, started: bool) -> None:
+        """The search's start: the initial candidate on val and the strategy's start (unless both
+        ran with the baseline: the start while its calls ran, seeing the budget after val's), then
+        the first checkpoint."""
+        if not started:
+            if self.splits.val:
+                on_val = self.evaluator.evaluate(self.initial, self.splits.val, label="val: initial")
+            self.strategy.start(self.ctx, self.initial)
+        self.initial_val = on_val.mean if on_val is not None else None
+        self.patience.best_val = self.initial_val
+        self._checkpoint(0)
+
     def _restore(self, checkpoint: Checkpoint) -> None:
         """Continue after the checkpoint's iteration: strategy, early-stopping and RNG state."""
         self.initial_val = checkpoint.initial_val
@@ -348,9 +302,8 @@ class RunLifecycle:
         """Everything a resume needs, after the start, each iteration and the end of the search."""
         self.evaluator.settle()
         best, score, by = self._select()
-        strategy_state = self.strategy.state_dict()
-        try:
-            json.dumps(strategy_state)
+        try:  # a copy the strategy cannot change under the trackers, and proof a resume can read it
+            strategy_state = json.loads(json.dumps(self.strategy.state_dict()))
         except (TypeError, ValueError) as exc:  # a resume could not restore it: fail now, not then
             raise ReflexError(f"strategy {self.strategy.name!r} returned a state that is not JSON: {exc}") from exc
         self.trackers.on_checkpoint(Checkpoint(
@@ -465,22 +418,9 @@ class RunLifecycle:
         return best_i, best, by
 
     def _info(self) -> dict[str, Any]:
-        return {
-            "config": {**self.config.public_dict(), "reasoning_base_url": redact_uri(self.config.reasoning_base_url),
-                       "extra_kwargs": _redacted(self.config.extra_kwargs)},
-            "strategy_params": _redacted({k: v for k, v in self.strategy.get_params().items()
-                                          if k != "metric" and _jsonable(v)}),
-            "split_sizes": {k: len(getattr(self.splits, k)) for k in ("train", "val", "test")},
-            "split_ids": {k: [example_id(e) for e in getattr(self.splits, k)] for k in ("train", "val", "test")},
-            "initial_candidate": self.initial.to_dict(),
-            "initial_prompt": self.initial.render(),
-            "metrics": metric_names(self.metric),
-            "models": {"task": _describe_lm(self.task_lm), "reasoning": _describe_lm(self.reasoning_lm)},
-            "budget": self.evaluator.budget,
-            "answer_max_tokens": self.answer_max_tokens,
-            "warnings": self.warnings,
-            "metadata": _redacted(self.owner.metadata),
-        }
+        return run_info(self.config, self.strategy, self.splits, self.initial, self.metric,
+                        (self.task_lm, self.reasoning_lm), self.evaluator.budget, self.answer_max_tokens,
+                        self.warnings, self.owner.metadata)
 
     def _program(self, result: RunResult, selected: int) -> dspy.Module:
         program = self.candidates[selected].apply(self.student)
@@ -497,11 +437,3 @@ class RunLifecycle:
         program.run_dir = str(self.record.run.path) if self.record else None
         return program
 
-
-def _jsonable(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool | type(None) | list | dict)
-
-
-def _redacted(params: dict[str, Any]) -> dict[str, Any]:
-    """Strategy parameters safe to record: a URL such as PDO's `storage` loses its credentials."""
-    return {k: redact_uri(v) if isinstance(v, str) else v for k, v in params.items()}

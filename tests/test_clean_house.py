@@ -101,3 +101,84 @@ def test_read_records_names_where_each_record_came_from(tmp_path):
     assert read_records(table, "dataset") == [(f"{table}:2", {"input": "x", "output": "1"})]
     with pytest.raises(UsageError, match=r"c\.csv:1: invalid JSON"):  # inputs files are JSON only
         read_records(table, "inputs", tables=False)
+
+
+def test_evaluate_groups_shares_one_pool_and_charges_only_the_budgeted_group():
+    """The baseline on test (reporting) and the initial candidate on val (search) in one call."""
+    from reflex_dspy.eval_requests import Group
+
+    ev, a, lm = _evaluator(budget=3)
+    test, val = routing_examples(2)[:4], routing_examples(2)[4:]  # 4 and 2
+    (on_test,), (on_val,) = ev.evaluate_groups([Group([(a, test)], budgeted=False), Group([(a, val)])])
+    assert list(on_test.results) == [example_id(e) for e in test] and list(on_val.results) == [example_id(e) for e in val]
+    assert (lm.fake_engine.calls, ev.usage.metric_calls, ev.usage.search_calls) == (6, 6, 2)
+    with pytest.raises(BudgetExhausted):  # 2 + 2 more > 3: refused before anything runs
+        ev.evaluate_groups([Group([(a.with_instructions("predict", "Be brief."), val)])])
+    assert ev.usage.search_calls == 2 and lm.fake_engine.calls == 6
+
+
+def test_work_beside_an_evaluation_sees_its_budget_reserved_and_its_error_waits_for_the_accounts():
+    from reflex_dspy.eval_requests import Group
+
+    ev, a, lm = _evaluator(budget=10)
+    examples = routing_examples(1)  # 3
+    seen = []
+    ev.evaluate_groups([Group([(a, examples)])], beside=lambda: seen.append(ev.budget_left))
+    assert seen == [7]  # the start of a strategy reads the budget as it will be after the evaluation
+
+    def fails():
+        raise UsageError("the strategy could not start")
+
+    b = a.with_instructions("predict", "Be brief.")
+    with pytest.raises(UsageError, match="could not start"):
+        ev.evaluate_groups([Group([(b, examples)])], beside=fails)
+    assert ev.usage.search_calls == 6 and lm.fake_engine.calls == 6  # what was paid still counts
+
+
+def test_concurrent_evaluations_never_spend_past_the_budget_together():
+    import threading
+
+    ev, a, lm = _evaluator(budget=4)
+    examples = routing_examples(1)  # 3 each: one of the two fits
+    candidates = [a, a.with_instructions("predict", "Be brief.")]
+    outcomes = []
+
+    def run(c):
+        try:
+            ev.evaluate(c, examples)
+            outcomes.append("ok")
+        except BudgetExhausted:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in candidates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok", "refused"] and ev.usage.search_calls == 3 == lm.fake_engine.calls
+
+
+def test_a_pdo_round_scores_its_champion_on_val_too_so_the_lifecycle_pays_no_val_call():
+    from reflex_dspy import Reflex
+    from reflex_dspy.tracking.base import Tracker
+
+    class Jobs(Tracker):  # each evaluation's label and the calls it had to make
+        def __init__(self):
+            self.planned = {}
+
+        def on_progress(self, label, done, total):
+            if done == 0:
+                self.planned[label] = total
+
+    jobs = Jobs()
+    reasoner = fake_lm(lambda s, m: json.dumps({
+        "failure_patterns": "-", "change_summary": "-",
+        "revised_instructions": f"Answer with one word: billing, shipping or technical ({len(m[-1]['content'])})."}))
+    opt = Reflex("exact", strategy="pdo", task_lm=fake_lm(routing_respond), reasoning_lm=reasoner, max_workers=4,
+                 max_iterations=2, early_stopping_patience=0, score_threshold=1.0, track=False, trackers=[jobs])
+    result = opt.compile(program_from_prompt("Say which team should handle the message."),
+                         trainset=routing_examples(8)).result
+    first = result.iterations[0]
+    assert first.change_summary.startswith("new champion") and first.val_score is not None
+    assert "baseline on test, pass 1 + val: initial" in jobs.planned  # one pool for both
+    assert jobs.planned["iter 1: val"] == 0, jobs.planned  # scored with the champion's batch

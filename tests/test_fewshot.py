@@ -209,6 +209,20 @@ def test_no_demo_is_ever_scored_on_its_own_example():
     assert first.details["scored_on"] == first.batch_size - len(first.details["selected"])
 
 
+def test_with_a_minibatch_demos_come_from_outside_it_and_the_whole_batch_is_scored():
+    """A batch smaller than train: sets are drawn from the examples outside it (up to more than half
+    the batch), so no batch example is lost to scoring, and none is scored on its own demo."""
+    result = run_strategy(FewShot(max_examples=8, bootstrap_rounds=1), refuses, examples=routing_examples(10),
+                          max_iterations=4, batch_size=6, train_ratio=1.0, val_ratio=0.0,
+                          score_threshold=1.0).result
+    tried = [r for r in result.iterations if r.details.get("selected")]
+    assert tried
+    for record in tried:
+        assert record.details["left_out_of_batch"] == [], record.details
+        assert record.details["scored_on"] == record.batch_size == 6
+    assert max(r.details["set_size"] for r in tried) > 3  # more than half of the batch
+
+
 def test_each_predictor_of_a_multi_step_program_gets_demos_from_the_same_full_traces():
     result = compile_with(FewShot(max_examples=3), TwoStep(), two_step_model, routing_examples(), max_iterations=3)
     assert result.final.mean == 1.0 > result.baseline.mean

@@ -13,7 +13,9 @@ not fixed): the selection rule's pick from the bootstrapped pool; labeled demos 
 examples, DSPy's LabeledFewShot, which a weak task model's few successful traces cannot
 match); and a random restart (a random draw from both pools, as BootstrapFewShotWithRandomSearch
 does), so the search does not only refine the rule's own order. Sizes follow `SIZE_SCHEDULE`
-(the first set has `max_examples`), capped by half the batch so something is left to score on.
+(the first set has `max_examples`). Demos come from train examples outside the batch when there
+are enough of them, so every batch example is scored; otherwise from the batch too, and the set
+is capped so that half of the batch is left to score on.
 The candidate with the set is scored against the current one on the batch minus the source
 examples of either candidate's demos, so no demo is ever scored on its own example. It is kept
 only when strictly better.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
@@ -49,6 +52,16 @@ AGENT_TRIES = 2  # reasoning-model selections per iteration before giving up on 
 TEACHER_DEMOS = 8
 SET_KINDS = ("rule", "labeled", "random")  # the kinds of demo set successive iterations try
 SIZE_SCHEDULE = (4, 8, 2, 16, 1, 12, 6, 3)  # set sizes tried after `max_examples`, each capped by it
+
+
+def outside_first(entries: Sequence[PoolEntry], k: int, in_batch: set[str]) -> list[PoolEntry]:
+    """The entries whose example is not in the batch, when there are at least `k` of them; else all.
+
+    A demo's source example is left out of the batch's scoring, so demos taken from outside the
+    batch keep every batch example scored (a probe on a few examples would otherwise lose most).
+    """
+    outside = [e for e in entries if e.example_id not in in_batch]
+    return outside if len(outside) >= k else list(entries)
 
 
 def success_bar(scores: Sequence[float]) -> float | None:
@@ -126,6 +139,34 @@ def traced_entries(ctx: SearchContext, result: EvalResult, predictors: Sequence[
     return fresh
 
 
+@dataclass
+class FewShotState:
+    """What a resume needs: the candidate so far, the bootstrapped pool and which sets were tried."""
+
+    current: Candidate | None = None
+    current_sources: list[str] = field(default_factory=list)  # example ids the current demos came from
+    pool: list[PoolEntry] = field(default_factory=list)
+    rounds_left: int = 0  # iterations until the next bootstrap
+    round: int = 0  # bootstraps so far
+    variant: int = 0  # selections since the last bootstrap: each tries another set
+    tried: list[str] = field(default_factory=list)  # demo sets already scored (entry keys, sorted and joined)
+    finished: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"current": self.current.to_dict() if self.current else None,
+                "current_sources": list(self.current_sources), "pool": [e.to_dict() for e in self.pool],
+                "rounds_left": self.rounds_left, "round": self.round, "variant": self.variant,
+                "tried": list(self.tried), "finished": self.finished}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FewShotState:
+        return cls(current=Candidate.from_dict(data["current"]) if data.get("current") else None,
+                   current_sources=list(data.get("current_sources", [])),
+                   pool=[PoolEntry.from_dict(e) for e in data.get("pool", [])],
+                   rounds_left=data.get("rounds_left", 0), round=data.get("round", 0),
+                   variant=data.get("variant", 0), tried=list(data.get("tried", [])), finished=data.get("finished"))
+
+
 class FewShot(Strategy):
     """Bootstrapped few-shot demos; see the module docstring.
 
@@ -146,37 +187,27 @@ class FewShot(Strategy):
             raise ValueError("candidate_pool_size must be at least max_examples")
         super().__init__(metric, max_examples=max_examples, candidate_pool_size=candidate_pool_size,
                          bootstrap_rounds=bootstrap_rounds, selection_strategy=selection_strategy)
-        self.current: Candidate | None = None
-        self.current_sources: list[str] = []
-        self.pool: list[PoolEntry] = []
-        self.rounds_left = 0  # iterations until the next bootstrap
-        self.round = 0  # bootstraps so far
-        self.variant = 0  # selections since the last bootstrap: each tries another set
-        self.tried: list[str] = []  # demo sets already scored (entry keys, sorted and joined)
-        self.finished: str | None = None
+        self.state = FewShotState()
 
     # -- lifecycle hooks ------------------------------------------------------------------
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
-        self.current = initial
-        self.current_sources = sorted(content_sources(initial, ctx.trainset))
-        self.pool, self.tried, self.finished = [], [], None
-        self.rounds_left = self.round = self.variant = 0
+        self.state = FewShotState(current=initial, current_sources=sorted(content_sources(initial, ctx.trainset)))
 
     def done(self) -> str | None:
-        return self.finished
+        return self.state.finished
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
-        boot = self._bootstrap(ctx, iteration) if self.rounds_left <= 0 or not self.pool else None
-        selection = self._untried(ctx, len(batch))
+        boot = self._bootstrap(ctx, iteration) if self.state.rounds_left <= 0 or not self.state.pool else None
+        selection = self._untried(ctx, batch)
         if selection is None and boot is None:  # every set this pool can form was tried: refresh it now
             boot = self._bootstrap(ctx, iteration)
-            selection = self._untried(ctx, len(batch))
-        self.rounds_left -= 1
+            selection = self._untried(ctx, batch)
+        self.state.rounds_left -= 1
         if selection is None:
-            why = "the pool is empty" if not self.pool else "every demo set the rule forms from the pool was tried"
+            why = "the pool is empty" if not self.state.pool else "every demo set the rule forms from the pool was tried"
             if boot is not None and boot["added"] == 0 and boot["exhaustive"]:
-                self.finished = f"no new successful trace on all of train and {why}"
-            self.rounds_left = 0
+                self.state.finished = f"no new successful trace on all of train and {why}"
+            self.state.rounds_left = 0
             return self._no_change(ctx, iteration, batch, why, boot)
         return self._try(ctx, iteration, batch, selection, boot)
 
@@ -184,14 +215,14 @@ class FewShot(Strategy):
     def _teacher(self, ctx: SearchContext, eligible: list[dspy.Example],
                  rng: random.Random) -> tuple[Candidate, list[str]]:
         """The current candidate, plus labeled demos where gold outputs fill a predictor's fields."""
-        predictors = list(self.current.predictors)
+        predictors = list(self.state.current.predictors)
         if not eligible or not fitting_fields(ctx, predictors, eligible[0]):
-            return self.current, []
+            return self.state.current, []
         sample = rng.sample(eligible, min(len(eligible), self.candidate_pool_size * 2))
         gold = labeled_entries(ctx, predictors, sample)
         # At most half of what is eligible: the rest is what the teacher's traces are bootstrapped on.
-        chosen = diverse(gold, min(max(self.max_examples, TEACHER_DEMOS), len(eligible) // 2), variant=self.round)
-        teacher = self.current
+        chosen = diverse(gold, min(max(self.max_examples, TEACHER_DEMOS), len(eligible) // 2), variant=self.state.round)
+        teacher = self.state.current
         for name in gold[0].demos:
             teacher = teacher.with_demos(name, [*teacher.predictors[name].demos, *(e.demos[name] for e in chosen)])
         return teacher, [e.example_id for e in chosen]
@@ -199,7 +230,7 @@ class FewShot(Strategy):
     def _bootstrap(self, ctx: SearchContext, iteration: int) -> dict[str, Any]:
         """Run the teacher on a fresh train sample and pool its successful traces."""
         rng = ctx.rng  # seeded by the run and restored on resume
-        seen = set(self.current_sources)
+        seen = set(self.state.current_sources)
         teacher, labeled = self._teacher(ctx, [ex for ex in ctx.trainset if example_id(ex) not in seen], rng)
         seen |= set(labeled)  # the teacher saw these answers: their traces prove nothing
         eligible = [ex for ex in ctx.trainset if example_id(ex) not in seen]
@@ -207,55 +238,62 @@ class FewShot(Strategy):
         sample = rng.sample(eligible, size)
         result = ctx.evaluate(teacher, sample, label=f"iter {iteration}: bootstrap")
         bar = success_bar(list(result.scores.values()))
-        self.round += 1
-        fresh = traced_entries(ctx, result, list(self.current.predictors), self.round)
-        before = {e.key for e in self.pool}
-        by_id = {e.example_id: e for e in self.pool}
+        self.state.round += 1
+        fresh = traced_entries(ctx, result, list(self.state.current.predictors), self.state.round)
+        before = {e.key for e in self.state.pool}
+        by_id = {e.example_id: e for e in self.state.pool}
         for entry in fresh:  # a newer trace of the same example replaces the old one unless it scored lower
             if entry.example_id not in by_id or entry.score >= by_id[entry.example_id].score:
                 by_id[entry.example_id] = entry
-        self.pool = cap_pool(list(by_id.values()), self.candidate_pool_size)
-        added = sum(e.key not in before for e in self.pool)
-        self.rounds_left, self.variant = self.bootstrap_rounds, 0
-        return {"round": self.round, "sampled": size, "successful": len(fresh), "bar": bar, "added": added,
-                "pool": len(self.pool), "teacher_labeled_demos": labeled, "exhaustive": size == len(eligible)}
+        self.state.pool = cap_pool(list(by_id.values()), self.candidate_pool_size)
+        added = sum(e.key not in before for e in self.state.pool)
+        self.state.rounds_left, self.state.variant = self.bootstrap_rounds, 0
+        return {"round": self.state.round, "sampled": size, "successful": len(fresh), "bar": bar, "added": added,
+                "pool": len(self.state.pool), "teacher_labeled_demos": labeled, "exhaustive": size == len(eligible)}
 
     # -- selection ----------------------------------------------------------------------------
-    def _untried(self, ctx: SearchContext, batch_size: int) -> Selection | None:
+    def _untried(self, ctx: SearchContext, batch: Sequence[dspy.Example]) -> Selection | None:
         """The next selection whose demo set has not been scored yet, or None."""
-        per_kind = AGENT_TRIES if self.selection_strategy == "agent_curated" else max(len(self.pool), 1)
+        in_batch = {example_id(ex) for ex in batch}
+        taken = in_batch | set(self.state.current_sources)
+        outside = sum(example_id(ex) not in taken for ex in ctx.trainset)
+        per_kind = AGENT_TRIES if self.selection_strategy == "agent_curated" else max(len(self.state.pool), 1)
         for _ in range(per_kind * len(SET_KINDS)):
-            variant = self.variant
-            self.variant += 1
-            kind, k = SET_KINDS[variant % len(SET_KINDS)], self._size(batch_size)
-            selection = self._select(ctx, kind, k, variant // len(SET_KINDS))
+            variant = self.state.variant
+            self.state.variant += 1
+            kind, k = SET_KINDS[variant % len(SET_KINDS)], self._size(len(batch), outside)
+            selection = self._select(ctx, kind, k, variant // len(SET_KINDS), in_batch)
             selection.details.update(variant=variant, set_kind=kind, set_size=k)
             key = "|".join(sorted(e.key for e in selection.entries))
-            if selection.entries and key not in self.tried:
-                self.tried.append(key)
+            if selection.entries and key not in self.state.tried:
+                self.state.tried.append(key)
                 return selection
         return None
 
-    def _size(self, batch_size: int) -> int:
+    def _size(self, batch_size: int, outside: int) -> int:
         """This selection's set size: `max_examples` first, then `SIZE_SCHEDULE`, all capped by
-        `max_examples` and by half the batch (the demos' sources are left out of the scoring)."""
-        cap = min(self.max_examples, max(batch_size // 2, 1))
+        `max_examples` and by the `outside` train examples not in the batch plus half the batch
+        (demos taken from the batch are left out of its scoring, so half of it stays scored)."""
+        cap = min(self.max_examples, max(outside + batch_size // 2, 1))
         sizes = list(dict.fromkeys(min(k, cap) for k in (self.max_examples, *SIZE_SCHEDULE)))
-        return sizes[len(self.tried) % len(sizes)]
+        return sizes[len(self.state.tried) % len(sizes)]
 
-    def _select(self, ctx: SearchContext, kind: str, k: int, variant: int) -> Selection:
-        """A set of `kind`: the rule's pick from the bootstrapped pool, labeled demos, or a random restart."""
+    def _select(self, ctx: SearchContext, kind: str, k: int, variant: int, in_batch: set[str]) -> Selection:
+        """A set of `kind`: the rule's pick from the bootstrapped pool, labeled demos, or a random
+        restart; drawn from examples outside the batch when they are enough (`outside_first`)."""
         if kind == "rule":
-            return select(self.selection_strategy, self.pool, k, variant, proposer=ctx.proposer,
-                          instructions=self.current.render(), facts=self._facts(ctx))
-        seen = set(self.current_sources)
-        labeled = labeled_entries(ctx, list(self.current.predictors),
+            return select(self.selection_strategy, outside_first(self.state.pool, k, in_batch), k, variant,
+                          proposer=ctx.proposer,
+                          instructions=self.state.current.render(), facts=self._facts(ctx))
+        seen = set(self.state.current_sources)
+        labeled = labeled_entries(ctx, list(self.state.current.predictors),
                                   [ex for ex in ctx.trainset if example_id(ex) not in seen])
         if kind == "labeled":
-            return Selection(diverse(labeled, k, variant), "labeled",
+            return Selection(diverse(outside_first(labeled, k, in_batch), k, variant), "labeled",
                              note="labeled demos: gold train examples, greedy coverage")
-        pooled = {e.example_id for e in self.pool}
-        union = [*self.pool, *(e for e in labeled if e.example_id not in pooled)]
+        pooled = {e.example_id for e in self.state.pool}
+        union = [*self.state.pool, *(e for e in labeled if e.example_id not in pooled)]
+        union = outside_first(union, k, in_batch)
         chosen = ctx.rng.sample(union, min(k, len(union)))
         return Selection(chosen, "random", note=f"random restart: {len(chosen)} of {len(union)} bootstrapped and "
                                                 "labeled demos")
@@ -268,36 +306,36 @@ class FewShot(Strategy):
     # -- scoring ------------------------------------------------------------------------------
     def _build(self, selection: Selection) -> tuple[Candidate, set[str]]:
         """The current candidate with the selected demos; and the source ids of all its demos."""
-        candidate, sources = self.current, {e.example_id for e in selection.entries}
-        for name in self.current.predictors:
+        candidate, sources = self.state.current, {e.example_id for e in selection.entries}
+        for name in self.state.current.predictors:
             demos = [e.demos[name] for e in selection.entries if name in e.demos]
             if demos:
                 candidate = candidate.with_demos(name, demos)
-            elif self.current.predictors[name].demos:
-                sources |= set(self.current_sources)  # this predictor keeps the current demos
+            elif self.state.current.predictors[name].demos:
+                sources |= set(self.state.current_sources)  # this predictor keeps the current demos
         return candidate, sources
 
     def _try(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], selection: Selection,
              boot: dict[str, Any] | None) -> Step:
         candidate, sources = self._build(selection)
-        parent = self.current
-        left_out = (set(self.current_sources) | sources | content_sources(parent, batch)
+        parent = self.state.current
+        left_out = (set(self.state.current_sources) | sources | content_sources(parent, batch)
                     | content_sources(candidate, batch))
         scored_on = [ex for ex in batch if example_id(ex) not in left_out]
         excluded = sorted({example_id(ex) for ex in batch} & left_out)
         details = {"selection_strategy": selection.rule, "selected": [e.example_id for e in selection.entries],
                    "answers": [e.answer for e in selection.entries], "selection_note": selection.note,
                    "fallback": selection.fallback, "left_out_of_batch": excluded, "scored_on": len(scored_on),
-                   "pool_size": len(self.pool), "bootstrap": boot, **selection.details}
+                   "pool_size": len(self.state.pool), "bootstrap": boot, **selection.details}
         if not scored_on:
             return self._no_change(ctx, iteration, batch, "every batch example is a source of the demos", boot)
         parent_eval, result = ctx.evaluate_many([parent, candidate], scored_on, label=f"iter {iteration}: demos")
         kept = result.mean is not None and (parent_eval.mean is None or result.mean > parent_eval.mean)
         if kept:
-            self.current, self.current_sources = candidate, sorted(sources)
+            self.state.current, self.state.current_sources = candidate, sorted(sources)
         details["kept"] = kept
         n = len(selection.entries)
-        summary = (f"{n} demo{'s' * (n != 1)} by {selection.rule} from a pool of {len(self.pool)} "
+        summary = (f"{n} demo{'s' * (n != 1)} by {selection.rule} from a pool of {len(self.state.pool)} "
                    f"(answers: {', '.join(sorted(set(details['answers'])))[:120]})")
         lines = [self._boot_line(boot)] if boot else []
         lines.append(f"Selected {n} demos by {selection.rule} ({selection.note}): {', '.join(details['selected'])}.")
@@ -314,19 +352,19 @@ class FewShot(Strategy):
     def _no_change(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], why: str,
                    boot: dict[str, Any] | None) -> Step:
         """An honest iteration that changes nothing: the current candidate, scored as the parent."""
-        left_out = set(self.current_sources) | content_sources(self.current, batch)
+        left_out = set(self.state.current_sources) | content_sources(self.state.current, batch)
         scored_on = [ex for ex in batch if example_id(ex) not in left_out]
         if scored_on:
-            result = ctx.evaluate(self.current, scored_on, label=f"iter {iteration}: current")
+            result = ctx.evaluate(self.state.current, scored_on, label=f"iter {iteration}: current")
         else:
-            result = EvalResult(self.current.fingerprint, {})
+            result = EvalResult(self.state.current.fingerprint, {})
         lines = [self._boot_line(boot)] if boot else []
         lines.append(f"No demo set tried: {why}; the current candidate is kept.")
-        if self.finished:
-            lines.append(f"Stopping: {self.finished}.")
+        if self.state.finished:
+            lines.append(f"Stopping: {self.state.finished}.")
         predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
-        return Step(self.current, result, result.mean, "\n".join(lines), f"no change ({why})", predictor,
-                    {"no_change": why, "selected": [], "kept": False, "pool_size": len(self.pool), "bootstrap": boot, "scored_on": len(scored_on),
+        return Step(self.state.current, result, result.mean, "\n".join(lines), f"no change ({why})", predictor,
+                    {"no_change": why, "selected": [], "kept": False, "pool_size": len(self.state.pool), "bootstrap": boot, "scored_on": len(scored_on),
                      "selection_strategy": self.selection_strategy})
 
     @staticmethod
@@ -339,26 +377,10 @@ class FewShot(Strategy):
 
     # -- persistence --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "current": self.current.to_dict() if self.current else None,
-            "current_sources": list(self.current_sources),
-            "pool": [e.to_dict() for e in self.pool],
-            "rounds_left": self.rounds_left,
-            "round": self.round,
-            "variant": self.variant,
-            "tried": list(self.tried),
-            "finished": self.finished,
-        }
+        return self.state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.current = Candidate.from_dict(state["current"]) if state.get("current") else None
-        self.current_sources = list(state.get("current_sources", []))
-        self.pool = [PoolEntry.from_dict(e) for e in state.get("pool", [])]
-        self.rounds_left = state.get("rounds_left", 0)
-        self.round = state.get("round", 0)
-        self.variant = state.get("variant", 0)
-        self.tried = list(state.get("tried", []))
-        self.finished = state.get("finished")
+        self.state = FewShotState.from_dict(state)
 
 
 def _fmt(score: float | None) -> str:

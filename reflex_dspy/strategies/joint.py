@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
@@ -61,6 +62,31 @@ def demo_sets(rng: Any, labeled: list[PoolEntry], traced: list[PoolEntry], n: in
     return sets
 
 
+@dataclass
+class JointState:
+    """What a resume needs: the starting and best candidates, the search space and the trials."""
+
+    start: Candidate | None = None
+    best: Candidate | None = None
+    instructions: dict[str, list[str]] = field(default_factory=dict)  # candidates per predictor
+    sets: list[dict[str, Any]] = field(default_factory=list)  # demo sets
+    trials: list[dict[str, Any]] = field(default_factory=list)  # {"params", "value"}
+    finished: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start.to_dict() if self.start else None,
+                "best": self.best.to_dict() if self.best else None, "instructions": self.instructions,
+                "sets": self.sets, "trials": self.trials, "finished": self.finished}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JointState:
+        return cls(start=Candidate.from_dict(data["start"]) if data.get("start") else None,
+                   best=Candidate.from_dict(data["best"]) if data.get("best") else None,
+                   instructions={k: list(v) for k, v in data.get("instructions", {}).items()},
+                   sets=list(data.get("sets", [])), trials=list(data.get("trials", [])),
+                   finished=data.get("finished"))
+
+
 class Joint(Strategy):
     """Instruction candidates x demo sets, searched with Optuna's TPE; see the module docstring.
 
@@ -77,24 +103,18 @@ class Joint(Strategy):
             raise ValueError("num_instructions, num_demo_sets, max_demos and startup_trials must be at least 1")
         super().__init__(metric, num_instructions=num_instructions, num_demo_sets=num_demo_sets,
                          max_demos=max_demos, startup_trials=startup_trials)
-        self.start_candidate: Candidate | None = None
-        self.best: Candidate | None = None
-        self.instructions: dict[str, list[str]] = {}
-        self.sets: list[dict[str, Any]] = []
-        self.trials: list[dict[str, Any]] = []  # {"params", "value"}
-        self.finished: str | None = None
+        self.state = JointState()
 
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
-        self.start_candidate = self.best = initial
-        self.instructions, self.sets, self.trials, self.finished = {}, [], [], None
+        self.state = JointState(start=initial, best=initial)
 
     def done(self) -> str | None:
-        return self.finished
+        return self.state.finished
 
     # -- the search space --------------------------------------------------------------------
     def _build_space(self, ctx: SearchContext, batch: Sequence[dspy.Example]) -> list[str]:
         """Instruction candidates and demo sets, from the starting candidate's results on the batch."""
-        start = self.start_candidate
+        start = self.state.start
         parent_eval = ctx.evaluate(start, batch, label="joint: starting candidate")
         notes = []
         for name in ctx.predictor_names:
@@ -107,16 +127,16 @@ class Joint(Strategy):
                     texts.append(self._propose(ctx, start, name, shown))
                 except ProposalRejected as exc:
                     notes.append(f"instruction proposal {k + 1} for {name} refused ({exc})")
-            self.instructions[name] = list(dict.fromkeys(texts))
+            self.state.instructions[name] = list(dict.fromkeys(texts))
         predictors = list(start.predictors)
         labeled = labeled_entries(ctx, predictors, [ex for ex in ctx.trainset])
         traced = traced_entries(ctx, parent_eval, predictors)
         # At most a third of the batch per set: the best pair's and the trial's demo sources are both
         # left out of the scoring, and a third of the batch must remain.
         size = min(self.max_demos, max(len(batch) // 3, 1))
-        self.sets = demo_sets(ctx.rng, labeled, traced, self.num_demo_sets, size)
-        notes.append(f"search space: {' x '.join(str(len(v)) for v in self.instructions.values())} instructions, "
-                     f"{len(self.sets)} demo sets (labeled pool {len(labeled)}, bootstrapped pool {len(traced)})")
+        self.state.sets = demo_sets(ctx.rng, labeled, traced, self.num_demo_sets, size)
+        notes.append(f"search space: {' x '.join(str(len(v)) for v in self.state.instructions.values())} instructions, "
+                     f"{len(self.state.sets)} demo sets (labeled pool {len(labeled)}, bootstrapped pool {len(traced)})")
         return notes
 
     def _propose(self, ctx: SearchContext, start: Candidate, name: str, failures: list) -> str:
@@ -133,8 +153,8 @@ class Joint(Strategy):
         from optuna.distributions import CategoricalDistribution
 
         dists = {f"instruction:{n}": CategoricalDistribution(tuple(range(len(v))))
-                 for n, v in self.instructions.items()}
-        dists["demo_set"] = CategoricalDistribution(tuple(range(len(self.sets))))
+                 for n, v in self.state.instructions.items()}
+        dists["demo_set"] = CategoricalDistribution(tuple(range(len(self.state.sets))))
         return dists
 
     def _suggest(self, ctx: SearchContext) -> tuple[dict[str, int], str] | None:
@@ -143,17 +163,17 @@ class Joint(Strategy):
 
         optuna.logging.set_verbosity(logging.WARNING)
         dists = self._distributions()
-        sampler = optuna.samplers.TPESampler(seed=ctx.config.seed + len(self.trials),
+        sampler = optuna.samplers.TPESampler(seed=ctx.config.seed + len(self.state.trials),
                                              n_startup_trials=self.startup_trials)
         study = optuna.create_study(direction="maximize", sampler=sampler)
-        for t in self.trials:
+        for t in self.state.trials:
             state = optuna.trial.TrialState.COMPLETE if t["value"] is not None else optuna.trial.TrialState.FAIL
             study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, value=t["value"],
                                                       state=state))
         params = dict(study.ask(dists).params)
-        tried = {tuple(sorted(t["params"].items())) for t in self.trials}
+        tried = {tuple(sorted(t["params"].items())) for t in self.state.trials}
         if tuple(sorted(params.items())) not in tried:
-            return params, f"TPE ({len(self.trials)} trials seen)"
+            return params, f"TPE ({len(self.state.trials)} trials seen)"
         keys = list(dists)
         for combo in itertools.product(*(d.choices for d in dists.values())):
             pair = dict(zip(keys, combo, strict=True))
@@ -163,10 +183,10 @@ class Joint(Strategy):
 
     def _candidate(self, params: dict[str, int]) -> tuple[Candidate, set[str]]:
         """The starting candidate with the chosen instructions and demo set; and the demos' sources."""
-        candidate = self.start_candidate
-        for name, texts in self.instructions.items():
+        candidate = self.state.start
+        for name, texts in self.state.instructions.items():
             candidate = candidate.with_instructions(name, texts[params[f"instruction:{name}"]])
-        chosen = self.sets[params["demo_set"]]
+        chosen = self.state.sets[params["demo_set"]]
         entries = [PoolEntry.from_dict(e) for e in chosen["entries"]]
         for name in candidate.predictors:
             demos = [e.demos[name] for e in entries if name in e.demos]
@@ -175,33 +195,33 @@ class Joint(Strategy):
         return candidate, {e.example_id for e in entries}
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
-        notes = self._build_space(ctx, batch) if not self.sets else []
+        notes = self._build_space(ctx, batch) if not self.state.sets else []
         suggestion = self._suggest(ctx)
         predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
         if suggestion is None:
-            self.finished = "every instruction x demo-set pair was tried"
+            self.state.finished = "every instruction x demo-set pair was tried"
             result = self._score_best(ctx, iteration, batch)
-            return Step(self.best, result, result.mean, f"{self.finished}; the best pair is kept.",
-                        "no change (search space exhausted)", predictor, {"no_change": self.finished})
+            return Step(self.state.best, result, result.mean, f"{self.state.finished}; the best pair is kept.",
+                        "no change (search space exhausted)", predictor, {"no_change": self.state.finished})
         params, how = suggestion
         candidate, sources = self._candidate(params)
-        left_out = sources | content_sources(self.best, batch) | content_sources(candidate, batch)
+        left_out = sources | content_sources(self.state.best, batch) | content_sources(candidate, batch)
         scored_on = [ex for ex in batch if example_id(ex) not in left_out]
         if not scored_on:  # never score a demo on its own example: this pair cannot be measured here
-            self.trials.append({"params": params, "value": None})
+            self.state.trials.append({"params": params, "value": None})
             result = self._score_best(ctx, iteration, batch)
             why = "every batch example is a source of the demos"
-            return Step(self.best, result, result.mean, f"Picked by {how}: {params}; not scored: {why}.",
+            return Step(self.state.best, result, result.mean, f"Picked by {how}: {params}; not scored: {why}.",
                         f"no change ({why})", predictor, {"no_change": why, "params": params})
-        best_eval, result = ctx.evaluate_many([self.best, candidate], scored_on, label=f"iter {iteration}: joint trial")
+        best_eval, result = ctx.evaluate_many([self.state.best, candidate], scored_on, label=f"iter {iteration}: joint trial")
         value = result.mean if result.mean is not None else 0.0
-        self.trials.append({"params": params, "value": value})
+        self.state.trials.append({"params": params, "value": value})
         kept = result.mean is not None and (best_eval.mean is None or result.mean > best_eval.mean)
         if kept:
-            self.best = candidate
-        chosen = self.sets[params["demo_set"]]
-        summary = (f"joint trial {len(self.trials)}: instructions "
-                   f"{', '.join(str(params[f'instruction:{n}']) for n in self.instructions)}, demo set "
+            self.state.best = candidate
+        chosen = self.state.sets[params["demo_set"]]
+        summary = (f"joint trial {len(self.state.trials)}: instructions "
+                   f"{', '.join(str(params[f'instruction:{n}']) for n in self.state.instructions)}, demo set "
                    f"{params['demo_set']} ({chosen['kind']}, {len(chosen['entries'])} demos)")
         lines = [*notes, f"Picked by {how}: {summary}.",
                  f"Scored on {len(scored_on)} batch examples (demo sources left out): {value:.3f} vs "
@@ -213,22 +233,15 @@ class Joint(Strategy):
 
     def _score_best(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> EvalResult:
         """The best pair on the batch minus its own demos' sources (an honest no-change score)."""
-        left_out = content_sources(self.best, batch)
+        left_out = content_sources(self.state.best, batch)
         scored_on = [ex for ex in batch if example_id(ex) not in left_out]
         if not scored_on:
-            return EvalResult(self.best.fingerprint, {})
-        return ctx.evaluate(self.best, scored_on, label=f"iter {iteration}: best pair")
+            return EvalResult(self.state.best.fingerprint, {})
+        return ctx.evaluate(self.state.best, scored_on, label=f"iter {iteration}: best pair")
 
     # -- persistence --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start_candidate.to_dict() if self.start_candidate else None,
-                "best": self.best.to_dict() if self.best else None, "instructions": self.instructions,
-                "sets": self.sets, "trials": self.trials, "finished": self.finished}
+        return self.state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.start_candidate = Candidate.from_dict(state["start"]) if state.get("start") else None
-        self.best = Candidate.from_dict(state["best"]) if state.get("best") else None
-        self.instructions = {k: list(v) for k, v in state.get("instructions", {}).items()}
-        self.sets = list(state.get("sets", []))
-        self.trials = list(state.get("trials", []))
-        self.finished = state.get("finished")
+        self.state = JointState.from_dict(state)

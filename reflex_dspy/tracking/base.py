@@ -77,6 +77,10 @@ class Trackers(Tracker):
     def __init__(self, trackers: Iterable[Tracker] = ()) -> None:
         self.trackers = list(trackers)
 
+    def listens(self, hook: str) -> bool:
+        """Whether any tracker does something on `hook` (else its argument need not be built)."""
+        return any(getattr(type(t), hook, None) is not getattr(Tracker, hook) for t in self.trackers)
+
     def _each(self, hook: str, *args: Any) -> None:
         for tracker in self.trackers:
             getattr(tracker, hook)(*args)

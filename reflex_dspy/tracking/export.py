@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from reflex_dspy._env import apply_env_defaults
 from reflex_dspy.errors import UsageError
 from reflex_dspy.tracking.files import write_atomic
-from reflex_dspy.tracking.mlflow_tracker import (
+from reflex_dspy.tracking.mlflow_store import (
     ITERATION_TAG,
     PARENT_TAG,
     RUN_ID_TAG,

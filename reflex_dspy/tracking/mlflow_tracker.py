@@ -21,15 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
-import os
-import re
-import sys
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +32,33 @@ from reflex_dspy._env import apply_env_defaults
 from reflex_dspy.tracking.base import Tracker
 from reflex_dspy.tracking.files import dumps
 from reflex_dspy.tracking.mlflow_artifacts import child_files, dataset_input, description
+from reflex_dspy.tracking.mlflow_store import (  # the store's names; some re-exported for older callers
+    BATCH,
+    CHILD_METRICS,
+    CHILD_PARAMS,
+    ITERATION_TAG,
+    KEY_CHARS,
+    KEY_LIMIT,
+    MODEL_LOGGERS,
+    NOTE_TAG,
+    PARAM_LIMIT,
+    PARENT_TAG,
+    RUN_ID_TAG,
+    RUN_PATH_TAG,
+    as_text,
+    children,
+    describe_error,
+    flatten,
+    fluent_store,
+    now_ms,
+    open_experiment,
+    prompt_file,
+    quiet_store_setup,
+    search_all,
+    source_name,
+    tag_values,
+    user_name,
+)
 from reflex_dspy.tracking.mlflow_target import DEFAULT_EXPERIMENT, local_artifact_root, store_lock
 from reflex_dspy.tracking.plot import trajectory_svg
 from reflex_dspy.tracking.redact import redact_text, redact_uri
@@ -45,115 +67,15 @@ from reflex_dspy.tracking.schema import FileContext, config_document
 if TYPE_CHECKING:
     import dspy
     from mlflow import MlflowClient
-    from mlflow.entities import Run
 
     from reflex_dspy.result import IterationRecord, Measurement, RunResult
 
-PARAM_LIMIT, TAG_LIMIT, KEY_LIMIT, BATCH = 6000, 8000, 250, 100  # mlflow.utils.validation limits
-ITERATION_TAG, PARENT_TAG = "reflex.iteration", "mlflow.parentRunId"
-RUN_ID_TAG, RUN_PATH_TAG = "reflex.run_id", "reflex.run_path"  # run_path: the unique key of a run
-NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
-CHILD_PARAMS = ("strategy", "phase", "iteration", "predictor")
-CHILD_METRICS = ("score", "val_score", "delta", "eval_tokens", "reasoning_tokens", "elapsed_seconds",
-                 "metric_calls")
-_KEY_CHARS = re.compile(r"[^\w\-. /]")
-_QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
-_MODEL_LOGGERS = ("mlflow.dspy.save", "dspy.primitives.base_module", "dspy.dsp.utils.settings", "mlflow.models.model",
-                  "dspy.utils.saving")  # "pickle!" warnings and version notes
 _F = TypeVar("_F", bound=Callable[..., Any])
 logger = logging.getLogger(__name__)
 
 
 class TrackingWarning(UserWarning):
     """MLflow tracking failed; the run goes on without it (the warning says what was lost)."""
-
-
-@contextlib.contextmanager
-def quiet_store_setup(
-    names: tuple[str, ...] = _QUIET_LOGGERS, level: int = logging.WARNING
-) -> Iterator[None]:
-    """Silence the INFO lines MLflow prints while it creates or migrates a SQLite database."""
-    saved = [(log, log.level) for log in map(logging.getLogger, names)]
-    for log, _ in saved:
-        log.setLevel(level)
-    try:
-        yield
-    finally:
-        for log, level in saved:
-            log.setLevel(level)
-
-
-def default_artifact_root(tracking_uri: str) -> Path | None:
-    """Kept for callers of the old name: see `mlflow_target.local_artifact_root`."""
-    return local_artifact_root(tracking_uri)
-
-
-def open_experiment(client: MlflowClient, name: str, artifact_root: Path | None, create: bool) -> str | None:
-    """The id of experiment `name` (restored if deleted; created when `create`), or None.
-    `artifact_root` only for a SQLite store: a server puts artifacts where it is configured to."""
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None and create:
-        location = artifact_root.resolve().as_uri() if artifact_root else None
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # another process created it first
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment is not None and experiment.lifecycle_stage == "deleted" and create:
-        client.restore_experiment(experiment.experiment_id)
-    return experiment.experiment_id if experiment is not None else None
-
-
-def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    """Every active run matching the filter, over all result pages, oldest first."""
-    runs, token = [], None
-    while True:
-        order = ["attributes.start_time ASC"]
-        page = client.search_runs([experiment_id], filter_string, order_by=order, page_token=token)
-        runs.extend(page)
-        if not (token := page.token):
-            return runs
-
-
-def children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
-    return search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
-
-
-def _flatten(data: Any, prefix: str) -> dict[str, Any]:
-    """`{"a": {"b": 1}}` → `{"prefix.a.b": 1}`; lists stay whole values (JSON text)."""
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}"))
-        return out
-    return {prefix: data}
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _tags(tags: dict[str, Any]) -> dict[str, str]:
-    """Tag values as MLflow stores them: text, credentials removed, within the length limit."""
-    return {k: redact_text(_text(v))[:TAG_LIMIT] for k, v in tags.items() if v is not None}
-
-
-def _prompt_file(prompt: str) -> str:
-    """best_prompt.md as the layout writes it: exactly one final newline."""
-    return prompt.rstrip("\n") + "\n"
-
-
-def _describe(exc: BaseException, limit: int) -> str:
-    """`Type: first line of the message`, credentials removed: fit for a tag or a warning."""
-    text = str(exc).strip().splitlines()
-    return redact_text(f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:limit]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _guarded(hook: _F) -> _F:
@@ -202,7 +124,7 @@ class MlflowTracker(Tracker):
         self._program: dspy.Module | None = None
         self._child: str | None = None  # a child run being written, to close on error
         self._logged: dict[str, dict[int, float]] = {"score": {}, "val_score": {}}  # parent trajectory
-        self._started_ms = _now_ms()
+        self._started_ms = now_ms()
         self._mark_ms = self._started_ms  # when the next iteration began (the last checkpoint)
 
     @classmethod
@@ -219,7 +141,7 @@ class MlflowTracker(Tracker):
 
     # -- plumbing ---------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
-        self.failed = _describe(exc, 300)
+        self.failed = describe_error(exc, 300)
         where = f"run {self.run_id}" if self.run_id else "the run"
         warnings.warn(
             f"MLflow tracking to {redact_uri(self.tracking_uri)} failed; MLflow's record of {where} is "
@@ -257,11 +179,11 @@ class MlflowTracker(Tracker):
         """One batched write; None values are skipped, keys and values fitted to MLflow's limits."""
         from mlflow.entities import Metric, Param, RunTag
 
-        now = _now_ms()
+        now = now_ms()
         ms = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if v is not None]
-        ps = [Param(_KEY_CHARS.sub("_", k)[:KEY_LIMIT], redact_text(_text(v))[:PARAM_LIMIT])
+        ps = [Param(KEY_CHARS.sub("_", k)[:KEY_LIMIT], redact_text(as_text(v))[:PARAM_LIMIT])
               for k, v in (params or {}).items() if v is not None]
-        ts = [RunTag(k, v) for k, v in _tags(tags or {}).items()]
+        ts = [RunTag(k, v) for k, v in tag_values(tags or {}).items()]
         for start in range(0, max(len(ps), len(ts), 1), BATCH):  # MLflow takes 100 params/tags a call
             batch = (ms if start == 0 else [], ps[start : start + BATCH], ts[start : start + BATCH])
             if any(batch):
@@ -282,16 +204,16 @@ class MlflowTracker(Tracker):
             "reflex.started": info.get("created"),
             PARENT_TAG: self.parent_run_id,
             NOTE_TAG: description(info),
-            "mlflow.source.name": _source_name(),
+            "mlflow.source.name": source_name(),
             "mlflow.source.type": "LOCAL",
-            "mlflow.user": _user(),
+            "mlflow.user": user_name(),
         }
         name = " ".join(str(p) for p in ("reflex", info["run_id"], config.get("strategy")) if p)
         run = self.client.create_run(self._experiment_id, start_time=self._started_ms, run_name=name,
-                                     tags=_tags(tags))  # findable at once
+                                     tags=tag_values(tags))  # findable at once
         params = {
-            **_flatten(config, "config"),
-            **_flatten(info.get("strategy_params") or {}, "strategy"),
+            **flatten(config, "config"),
+            **flatten(info.get("strategy_params") or {}, "strategy"),
             **{f"split.{k}": v for k, v in (info.get("split_sizes") or {}).items()},
             **{f"model.{k}": v for k, v in (info.get("models") or {}).items()},
             "metrics": ",".join(info.get("metrics") or []) or None,
@@ -366,7 +288,7 @@ class MlflowTracker(Tracker):
             return
         self._info = info
         self._context.start(info)
-        self._started_ms = self._mark_ms = _now_ms()
+        self._started_ms = self._mark_ms = now_ms()
 
         def open_and_create() -> None:
             try:
@@ -419,7 +341,7 @@ class MlflowTracker(Tracker):
             self._records[record.iteration] = record
             self._log_record_point(record)
         self._trajectory()
-        self._mark_ms = _now_ms()
+        self._mark_ms = now_ms()
 
     @_guarded
     def on_baseline(self, baseline: Measurement) -> None:
@@ -434,7 +356,7 @@ class MlflowTracker(Tracker):
     @_guarded
     def on_iteration(self, record: IterationRecord) -> None:
         self._context.iteration(record)
-        self._log_child(record, start_ms=self._mark_ms, end_ms=_now_ms())
+        self._log_child(record, start_ms=self._mark_ms, end_ms=now_ms())
         self._records[record.iteration] = record
         self._log_record_point(record)
         self._trajectory()
@@ -444,10 +366,10 @@ class MlflowTracker(Tracker):
         self.client.log_text(self.run_id, dumps(self._context.checkpoint(state)), "checkpoint.json")
         best = state.get("best")
         if isinstance(best, dict) and isinstance(best.get("prompt"), str) and best["prompt"]:
-            self.client.log_text(self.run_id, _prompt_file(best["prompt"]), "best_prompt.md")
+            self.client.log_text(self.run_id, prompt_file(best["prompt"]), "best_prompt.md")
         if state.get("iteration") == 0 and state.get("initial_val") is not None:
             self._log_point(0, val_score=state["initial_val"])  # the starting prompt on val
-        self._mark_ms = _now_ms()
+        self._mark_ms = now_ms()
 
     @_guarded
     def on_program(self, program: dspy.Module) -> None:
@@ -470,7 +392,7 @@ class MlflowTracker(Tracker):
         self._log(self.run_id, metrics=metrics, tags={**tags, NOTE_TAG: description(self._info, result),
                                                               "reflex.status": "completed"}, step=step)
         self.client.log_text(self.run_id, dumps(result.to_dict()), "result.json")
-        self.client.log_text(self.run_id, _prompt_file(result.best_prompt), "best_prompt.md")
+        self.client.log_text(self.run_id, prompt_file(result.best_prompt), "best_prompt.md")
         svg = trajectory_svg(result.iterations, baseline=result.baseline.mean, final=result.final.mean,
                              threshold=result.score_threshold)
         self.client.log_text(self.run_id, svg, "trajectory.svg")
@@ -488,46 +410,30 @@ class MlflowTracker(Tracker):
 
         alias = (self._info.get("config") or {}).get("prompt_alias") or DEFAULT_ALIAS
         try:
-            with self._fluent(), quiet_store_setup(("mlflow.store.model_registry.abstract_store",)):
+            with fluent_store(self.tracking_uri), quiet_store_setup(("mlflow.store.model_registry.abstract_store",)):
                 done = register_prompts(self.client, self.run_id, base, alias, result, selected_val)
         except Exception as exc:  # noqa: BLE001 - the run's own record is complete without it
-            message = f"prompt {base!r} not registered in MLflow: {_describe(exc, 300)}"
+            message = f"prompt {base!r} not registered in MLflow: {describe_error(exc, 300)}"
             warnings.warn(message, TrackingWarning, stacklevel=2)
             self._log(self.run_id, tags={"reflex.registered_prompts": message})
             return
         self._log(self.run_id, tags={"reflex.registered_prompts": done["versions"],
                                      "reflex.prompt_alias": done["alias"] or "not moved (not promoted)"})
 
-    @contextlib.contextmanager
-    def _fluent(self) -> Iterator[None]:
-        """Point MLflow's fluent API at our store for a call that only uses it (model logging,
-        linking a prompt to a run), then put the user's URI and `$MLFLOW_TRACKING_URI` back."""
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-        user_env = os.environ.get("MLFLOW_TRACKING_URI")  # _use_tracking_uri would unset it on exit
-        try:
-            with _use_tracking_uri(self.tracking_uri):
-                yield
-        finally:
-            if user_env is not None:
-                os.environ["MLFLOW_TRACKING_URI"] = user_env
-            else:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-
     def _log_model(self, program: dspy.Module, step: int) -> str:
         """Log the program as a servable MLflow DSPy model; "logged" or why not (the run goes on)."""
         try:
             from reflex_dspy.tracking.mlflow_model import log_program_model
         except Exception as exc:  # noqa: BLE001 - pandas & co. come with full mlflow only
-            return f"unavailable: {_describe(exc, 180)}"
+            return f"unavailable: {describe_error(exc, 180)}"
         example = (self._baseline.samples[0].get("inputs") if self._baseline and self._baseline.samples else None)
         try:
-            with self._fluent(), quiet_store_setup(_MODEL_LOGGERS, logging.ERROR):
+            with fluent_store(self.tracking_uri), quiet_store_setup(MODEL_LOGGERS, logging.ERROR):
                 self.model_id = log_program_model(self.client, self._experiment_id, program, run_id=self.run_id,
                                                   step=step, example=example)
         except Exception as exc:  # noqa: BLE001 - program.json is logged either way
-            logger.warning("could not log the program as an MLflow model: %s", _describe(exc, 300))
-            return f"unavailable: {_describe(exc, 180)}"
+            logger.warning("could not log the program as an MLflow model: %s", describe_error(exc, 300))
+            return f"unavailable: {describe_error(exc, 180)}"
         return "logged"
 
     @_guarded
@@ -538,7 +444,7 @@ class MlflowTracker(Tracker):
             self._child = None
         from reflex_dspy.run_status import failure_reason, is_interruption
 
-        tags = {"reflex.error": _describe(error, 500)}
+        tags = {"reflex.error": describe_error(error, 500)}
         # The run layout's status and one-line reason (run_status.py, issue 23), searchable as tags.
         tags["reflex.status"] = "interrupted" if is_interruption(error) else "failed"
         if not is_interruption(error):
@@ -546,19 +452,3 @@ class MlflowTracker(Tracker):
         self._log(self.run_id, tags=tags)
         self.client.set_terminated(self.run_id, status)
 
-
-def _source_name() -> str:
-    """MLflow's Source column: the script that ran, `reflex-dspy` for the CLI (`python -m` too)."""
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    if script in ("__main__.py", "reflex-dspy") and "reflex_dspy.cli" in sys.modules:
-        return "reflex-dspy"
-    return script or "python"
-
-
-def _user() -> str | None:
-    try:
-        import getpass
-
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return None

@@ -13,7 +13,7 @@ export from MLflow byte-for-byte equal to the live layout.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -196,7 +196,9 @@ class Checkpoint:
 
     def to_state(self) -> dict[str, Any]:
         """The engine's names, as `Tracker.on_checkpoint` receives them."""
-        data = asdict(self)
+        # Shallow: the lifecycle builds every field fresh for this checkpoint (the strategy's state
+        # as a JSON round trip); `asdict`'s deep copy was ~15% of a 16-worker PDO run's main thread.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         evaluator = data.pop("evaluator")
         return {"version": data.pop("version"), "iteration": data.pop("iteration"),
                 "search_done": self.search_done, **data, **evaluator}

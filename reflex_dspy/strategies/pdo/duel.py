@@ -86,18 +86,15 @@ def judge_pair(ctx: SearchContext, example: dspy.Example, first: dict[str, Any],
 
 
 def run_duels(ctx: SearchContext, duels: Sequence[tuple[Candidate, Candidate, Sequence[dspy.Example]]],
-              criteria: str | None, rng: random.Random, label: str,
-              alongside: Sequence[tuple[Candidate, Sequence[dspy.Example]]] = ()) -> list[DuelOutcome]:
+              criteria: str | None, rng: random.Random, label: str) -> list[DuelOutcome]:
     """Score every duel of a round in one evaluation (cached pairs are free), then compare them.
 
     `criteria=None` means the examples carry gold: the metric decides. Otherwise a pairwise judge
     does; the A/B order of each comparison is drawn from `rng` in duel and example order, and the
     judge's calls run in parallel (up to `max_workers`), so a round costs one call's latency.
-    `alongside` are further (candidate, examples) scored in the same evaluation, for the run
-    cache (PDO's current champion on the batch), so they share the workers with the duels.
     """
     jobs = [(c, samples) for first, second, samples in duels for c in (first, second)]
-    results = ctx.evaluate_jobs([*jobs, *alongside], label=label)
+    results = ctx.evaluate_jobs(jobs, label=label)
     rows: list[list[tuple[str, int | None, int | None]]] = []  # per duel: (example id, metric's sign, judge job)
     asks: list[tuple[dspy.Example, Any, Any, bool]] = []
     for i, (_, _, samples) in enumerate(duels):

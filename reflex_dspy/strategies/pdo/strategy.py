@@ -17,6 +17,7 @@ import random
 import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dspy
@@ -122,9 +123,9 @@ class PDO(Strategy):
         from reflex_dspy.strategies.pdo.duel import judge_criteria
 
         criteria = None if ctx.has_gold else judge_criteria(ctx.metric)
+        duels = self._duels(ctx, iteration, batch, criteria)
         previous = self.champion
         before = Candidate.from_dict(self.store.records()[previous]["candidate"])
-        duels = self._duels(ctx, iteration, batch, criteria, before)
         ids = [r["fingerprint"] for r in self.store.pool()]
         records = self.store.records()  # read after the pool, so it holds every id even as other workers add
         history = self.store.duels()
@@ -142,8 +143,11 @@ class PDO(Strategy):
         # The reasoning model writes the mutants while the champion is scored: neither needs the other.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflex-pdo") as pool:
             proposals = pool.submit(self._propose_all, ctx, plans)
-            # `before` was scored on the batch alongside the duels: only a new champion costs calls here.
-            result, parent = ctx.evaluate_many([champion, before], batch, label=f"iter {iteration}: champion")
+            # One evaluation after the duels (the champion depends on them): the champion and the
+            # previous one (its parent score) on the batch, and the champion on the val examples the
+            # lifecycle scores it on next (then free there), so their waves are shared.
+            result, parent, _ = ctx.evaluate_jobs([(champion, batch), (before, batch), (champion, ctx.valset)],
+                                                  label=f"iter {iteration}: champion")
             mutants = self._add_mutants(iteration, plans, proposals.result(), records)
         pruned = self._prune(iteration, order, matrix, records)
         label = self._label(records[self.champion])
@@ -160,12 +164,11 @@ class PDO(Strategy):
                      "worker": self.worker, "total_duels": len(history)},
         )
 
-    def _duels(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], criteria: str | None,
-               before: Candidate) -> list[dict[str, Any]]:
+    def _duels(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example],
+               criteria: str | None) -> list[dict[str, Any]]:
         """The round's duels, each one Optuna trial: every pair is asked of the sampler first, all their
-        examples (and the current champion on the batch) are scored in one evaluation, then each
-        duel is told to the study in order. A duel this worker already finished (before a crash)
-        is reused, not run again."""
+        examples are scored in one evaluation, then each duel is told to the study in order. A duel
+        this worker already finished (before a crash) is reused, not run again."""
         from reflex_dspy.strategies.pdo.duel import run_duels
 
         slots: list[dict[str, Any] | None] = []
@@ -184,8 +187,7 @@ class PDO(Strategy):
             records = self.store.records()
             pairs = [(*(Candidate.from_dict(records[fp]["candidate"]) for fp in (first, second)), samples)
                      for _, _, first, second, samples in begun]
-            outcomes = run_duels(ctx, pairs, criteria, self.rng, label=f"iter {iteration}: duels",
-                                 alongside=[(before, batch)])
+            outcomes = run_duels(ctx, pairs, criteria, self.rng, label=f"iter {iteration}: duels")
         except BaseException:
             for _, trial, *_ in begun:
                 self.store.abort(trial)
@@ -320,27 +322,43 @@ class PDO(Strategy):
     def state_dict(self) -> dict[str, Any]:
         if self.store is None:
             return {}
-        return {
-            "worker": self.worker,
-            "champion": self.champion,
-            "ranker_champions": self.ranker_champions,
-            "turn": self.turn,
-            "sampler_rng": self.sampler.get_state(),
-            "rng": rng_state(self.rng),
-            # A shared study lives in its database; an in-memory one is rebuilt from this copy.
-            "study": self.store.snapshot() if self.storage is None else None,
-        }
+        return PdoState(self.worker, self.champion, dict(self.ranker_champions), self.turn, self.sampler.get_state(),
+                        rng_state(self.rng),
+                        # A shared study lives in its database; an in-memory one is rebuilt from this copy.
+                        self.store.snapshot() if self.storage is None else None).to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        self.worker = state["worker"]
-        self.champion = state["champion"]
-        self.ranker_champions = dict(state.get("ranker_champions", {}))
-        self.turn = state.get("turn", 0)
-        restore_rng(self.rng, state["rng"])
-        self._open(0, state["sampler_rng"])
+        saved = PdoState.from_dict(state)
+        self.worker, self.champion = saved.worker, saved.champion
+        self.ranker_champions, self.turn = dict(saved.ranker_champions), saved.turn
+        restore_rng(self.rng, saved.rng)
+        self._open(0, saved.sampler_rng)
         if self.storage is None:
-            self.store.restore(state["study"])
+            self.store.restore(saved.study)
         else:
             self.store.fail_running(self.worker)
+
+
+@dataclass
+class PdoState:
+    """What a resume needs: this worker's name, the champion (and each ranker's), the mutation turn,
+    both RNGs, and the in-memory study's copy (None for a shared one, which lives in its database)."""
+
+    worker: str
+    champion: str | None
+    ranker_champions: dict[str, str] = field(default_factory=dict)
+    turn: int = 0
+    sampler_rng: list[Any] | None = None
+    rng: list[Any] | None = None
+    study: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"worker": self.worker, "champion": self.champion, "ranker_champions": self.ranker_champions,
+                "turn": self.turn, "sampler_rng": self.sampler_rng, "rng": self.rng, "study": self.study}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PdoState:
+        return cls(data["worker"], data["champion"], dict(data.get("ranker_champions", {})), data.get("turn", 0),
+                   data["sampler_rng"], data["rng"], data.get("study"))
