@@ -151,9 +151,9 @@ def write(out: Path, mode: str, m: dict[str, Any]) -> None:
     cold = ", ".join(f"{r['work_ms']:.2f} ms after {r['latency_ms']:.0f} ms" for r in m["cold_code"])
     slower = m["cold_code"][-1]["work_ms"] / m["cold_code"][0]["work_ms"]
     lines += ["", "Why the overhead grows with latency: one fixed piece of DSPy work (format and parse a chat "
-              f"prompt three times) takes {cold} of sleep on this machine ({slower:.1f}x). The same code runs slower "
-              "right after its thread slept (caches and clock cool down), so part of the growth is the machine, not "
-              "more work per call; the rest is not explained yet.",
+              f"prompt three times) takes {cold} of sleep on this machine ({slower:.1f}x): the same code runs slower "
+              "right after its thread slept (caches and clock cool down), so the growth is the machine, not more work "
+              "per call. About two thirds of the per-call work is DSPy's own (adapter, LM call path).",
               "", f"Opening a new run directory's MLflow SQLite store costs {m['store']['median_s']:.2f} s once "
               "(schema migrations); it is not included above.", ""]
     pdo_calls = m["pdo_scaling"][0].get("metric_calls", "?")
@@ -161,8 +161,10 @@ def write(out: Path, mode: str, m: dict[str, Any]) -> None:
         "Evaluation": [],
         "PDO run": ["A whole PDO run (baseline, 6-prompt pool, duel rounds, final test) of "
                     f"{pdo_calls} metric calls against the same 50 ms fakes; the proposer writes a distinct "
-                    "prompt per tip. Each round's duels (and the champion on the batch) are one evaluation; "
-                    "what stays serial is the lifecycle's own steps (baseline, val, test), each a few waves.", ""],
+                    "prompt per tip. The baseline on test and the initial val are one evaluation, the strategy's "
+                    "start runs beside it, and each round is two evaluations (the duels; then the new and previous "
+                    "champion on the batch with the champion's val): what stays serial is the order of a run "
+                    "(duels, champion, next round, final test).", ""],
     }
     for name, rows, goal in (("Evaluation", m["eval_scaling"], 0.9), ("PDO run", m["pdo_scaling"], 0.8)):
         lines += [f"## Scaling: {name} speed-up by max_workers", "", *about[name]]

@@ -40,12 +40,9 @@ from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import paired_significance
 from reflex_dspy.stop_rules import (
     Budget,
-    MaxIterations,
     Patience,
-    ScoreThreshold,
     SearchView,
     StopRules,
-    StrategyDone,
 )
 from reflex_dspy.tracking import Trackers
 from reflex_dspy.tracking.redact import redact_uri
@@ -126,8 +123,7 @@ class RunLifecycle:
         self.record: Record | None = None
         self.initial_val: float | None = None
         self.patience = Patience(cfg.early_stopping_patience)  # val's best and iterations since, checkpointed
-        self.stop_rules = StopRules(MaxIterations(cfg.max_iterations), StrategyDone(),
-                                    ScoreThreshold(cfg.score_threshold), self.patience, Budget())
+        self.stop_rules = StopRules.for_run(cfg.max_iterations, cfg.score_threshold, self.patience)
 
     def _facts(self, student: dspy.Module) -> dict[str, TaskFacts]:
         """Grounding facts for each optimizable predictor that produces a gold field."""

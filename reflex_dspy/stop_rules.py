@@ -123,6 +123,13 @@ class StopRules:
     def __init__(self, *rules: StopRule) -> None:
         self.rules = rules
 
+    @classmethod
+    def for_run(cls, max_iterations: int, score_threshold: float, patience: Patience) -> StopRules:
+        """The search loop's rules, in the order a run consults them: iterations and a finished
+        strategy before a step; the threshold, then patience (which may move the strategy on),
+        then the budget after it."""
+        return cls(MaxIterations(max_iterations), StrategyDone(), ScoreThreshold(score_threshold), patience, Budget())
+
     def before(self, view: SearchView) -> str | None:
         return next((reason for rule in self.rules if (reason := rule.before(view)) is not None), None)
 

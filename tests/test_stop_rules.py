@@ -105,7 +105,7 @@ def test_a_strategy_out_of_calls_while_moving_on_raises_for_the_budget_rule():
 
 def test_threshold_first_then_patience_as_the_search_loop_composes_them():
     patience = Patience(1, best_val=0.5, stale=0)
-    rules = StopRules(ScoreThreshold(0.9), patience)
+    rules = StopRules.for_run(10, 0.9, patience)
     assert rules.after(view(1, Chained(move_on=0), [record(0.95)])) == "score threshold 0.9 reached"
     assert (patience.best_val, patience.stale) == (0.5, 0)  # patience not consulted once a rule stopped
 
