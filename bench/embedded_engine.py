@@ -139,18 +139,21 @@ def section() -> list[str]:
         return []
     m = json.loads(RESULTS.read_text())
     one = m["concurrent_tokens_per_s"]["1"]
+    best_slots, best = max(m["concurrent_tokens_per_s"].items(), key=lambda kv: kv[1])
+    best_ratio = best / one
     rows = [f"| {k} | {v:.1f} tokens/s | {v / one:.2f}x | {m['concurrent_spread'][k][0]:.1f}–"
             f"{m['concurrent_spread'][k][1]:.1f} |" for k, v in m["concurrent_tokens_per_s"].items()]
+    cpus = int(m["machine"].split(", ")[1].split()[0])
+    load = m.get("load_avg")
+    busy = bool(load) and max(load) > cpus + 1  # more runnable jobs than this benchmark's own threads
     return [
         "## Embedded engine",
         "",
-        f"Measured by `bench/embedded_engine.py` on {m['date']} ({m['machine']}, shared with other jobs; "
-        f"median of {m['repeats']} runs): xllamacpp {m['xllamacpp']} running the embedded "
-        "Qwen2.5-Coder-0.5B-Instruct Q4_K_M on every CPU. "
-        + (f"The 1-minute load average was {m['load_avg'][0]:.1f} at the start and {m['load_avg'][1]:.1f} at the "
-           f"end: on {m['machine'].split(', ')[1]} that many runnable jobs leave this one a fraction of the CPU, "
-           "so absolute speeds below are low and noisy; an idle 2-core machine decodes 42-45 tokens/s "
-           "(issue 21's measurement)." if m.get("load_avg") else ""),
+        f"Measured by `bench/embedded_engine.py` on {m['date']} ({m['machine']}; median of {m['repeats']} runs): "
+        f"xllamacpp {m['xllamacpp']} running the embedded Qwen2.5-Coder-0.5B-Instruct Q4_K_M on every CPU. "
+        + (f"The 1-minute load average was {load[0]:.1f} at the start and {load[1]:.1f} at the end"
+           + (": other jobs took part of the CPU, so absolute speeds below are low and noisy." if busy else
+              " (the benchmark's own threads: nothing else ran).") if load else ""),
         "",
         "Before it, the engine was llama-cpp-python 0.3.36, built from source at install time. Issue 21 measured "
         "it on the same kind of 2-core machine: 5 min 45 s to install (nearly all of it compiling llama.cpp), "
@@ -158,7 +161,8 @@ def section() -> list[str]:
         "at a time (one lock around the model).",
         "",
         "- Install (`pip install xllamacpp`, empty pip cache, a 34 MB wheel, no compiler): "
-        + (f"{m['install_s']:.1f} s." if m.get("install_s") else "not measured (`--install`)."),
+        + (f"{m['install_s']:.1f} s (measured {m.get('install_date') or m['date']})." if m.get("install_s")
+           else "not measured (`--install`)."),
         f"- Load (fresh process, file in the page cache): {m['load_s']:.2f} s.",
         f"- One request at a time: {m['single_tokens_per_s']:.1f} generated tokens/s (greedy, 128-token answers).",
         f"- JSON schema in `response_format`: {m['schema']['valid']} of {m['schema']['replies']} replies parsed "
@@ -170,12 +174,12 @@ def section() -> list[str]:
         "|---|---|---|---|",
         *rows,
         "",
-        "Reading: more slots gave more throughput even on 2 CPUs (one decoding step serves every slot's "
-        "request, and a step of a 0.5B Q4 model is bound by reading its weights more than by arithmetic), "
-        "but the ranges overlap on a machine this busy. The engine still opens one slot per 2 CPUs (at most "
-        "4), so a 2-core machine keeps one slot and reproducible greedy answers (`REFLEX_DSPY_SLOTS=2` "
-        "opts in). With more cores, expect each step to get faster with the threads and the slots to "
-        "multiply the tokens per step: on 8 cores, 4 slots serve the default `--max-workers 4` at once. "
+        f"Reading: the best slot setting gave {best_ratio:.2f}x the throughput of one slot ({best_slots} slots) on "
+        f"{cpus} CPUs. Every slot's request shares one decoding step, but on this few cores the step itself is "
+        "bound by arithmetic, so slots add little here. The engine opens one slot per 2 CPUs (at most 4), so a "
+        "2-core machine keeps one slot and reproducible greedy answers (`REFLEX_DSPY_SLOTS=2` opts in). With more "
+        "cores, expect each step to get faster with the threads and the slots to multiply the tokens per step: "
+        "on 8 cores, 4 slots serve the default `--max-workers 4` at once. "
         "That is expected, not measured: this machine has 2 CPUs.",
         "",
     ]
@@ -189,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     results = measure(args.repeats)
     if args.install:
-        results["install_s"] = install_seconds()
-    elif RESULTS.is_file():  # keep the last measured install time
-        results["install_s"] = json.loads(RESULTS.read_text()).get("install_s")
+        results["install_s"], results["install_date"] = install_seconds(), results["date"]
+    elif RESULTS.is_file():  # keep the last measured install time, and when it was measured
+        last = json.loads(RESULTS.read_text())
+        results["install_s"] = last.get("install_s")
+        results["install_date"] = last.get("install_date", "an earlier run") if last.get("install_s") else None
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(section()))
