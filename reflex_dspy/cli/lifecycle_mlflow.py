@@ -44,8 +44,8 @@ def _client(uri: str):
 
 def publish(run: Run, uri: str, experiment: str) -> str:
     """Record the created `run` in MLflow; returns the MLflow run id that starts it elsewhere."""
+    from reflex_dspy.tracking.mlflow_store import open_experiment
     from reflex_dspy.tracking.mlflow_target import local_artifact_root
-    from reflex_dspy.tracking.mlflow_tracker import open_experiment
 
     client = _client(uri)
     experiment_id = open_experiment(client, experiment, local_artifact_root(uri), create=True)

@@ -56,7 +56,7 @@ class MlflowLinks:
         try:
             from mlflow.tracking import MlflowClient
 
-            from reflex_dspy.tracking.mlflow_tracker import RUN_PATH_TAG, quiet_store_setup, search_all
+            from reflex_dspy.tracking.mlflow_store import RUN_PATH_TAG, quiet_store_setup, search_all
 
             with quiet_store_setup():
                 client = MlflowClient(tracking_uri=uri)

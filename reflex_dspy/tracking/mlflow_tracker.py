@@ -32,7 +32,7 @@ from reflex_dspy._env import apply_env_defaults
 from reflex_dspy.tracking.base import Tracker
 from reflex_dspy.tracking.files import dumps
 from reflex_dspy.tracking.mlflow_artifacts import child_files, dataset_input, description
-from reflex_dspy.tracking.mlflow_store import (  # the store's names; some re-exported for older callers
+from reflex_dspy.tracking.mlflow_store import (
     BATCH,
     CHILD_METRICS,
     CHILD_PARAMS,
