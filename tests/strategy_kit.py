@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from conftest import LABELS, routing_examples, truth
+from conftest import LABELS, routing_examples, routing_respond, truth
 from fakes import fake_lm
 
 from reflex_dspy import Reflex
@@ -38,14 +38,9 @@ def routing_with_demos(system: str, messages: list[dict]) -> str:
       demo answer, else a sentence. So demos covering more labels score higher.
     """
     label = truth(messages[-1]["content"])
-    s = system.lower()
-    if "verbose" in s:
-        return f"I believe this message concerns {label}, and here is why at length."
-    if all(lbl in s for lbl in LABELS):
+    if label in demo_labels(messages) and "verbose" not in system.lower():
         return label
-    if label == "billing" or label in demo_labels(messages):
-        return label
-    return f"This is about {label}."
+    return routing_respond(system, messages)
 
 
 def run_strategy(
