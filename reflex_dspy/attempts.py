@@ -18,7 +18,7 @@ from typing import Any
 import dspy
 
 from reflex_dspy.errors import ProviderAuthError
-from reflex_dspy.eval_results import _plain_output, _usage_totals
+from reflex_dspy.eval_results import plain_output, usage_totals
 from reflex_dspy.ledger import Ledger
 from reflex_dspy.metrics import MetricFailure, call_metric
 from reflex_dspy.retries import EmptyReply, RetryPolicy, classify_error, is_rate_limit, short_error
@@ -71,7 +71,7 @@ class Attempts:
                     error = None if _has_answer(prediction) else EmptyReply("the model returned an empty answer")
                 except Exception as exc:  # classified below: nothing is swallowed silently
                     error = exc
-            c, t = _usage_totals(tracker)
+            c, t = usage_totals(tracker)
             calls, tokens = calls + c, tokens + t
             if error is None:
                 if self.limit.limit < self.limit.max_workers:  # only a throttled run has a streak to count
@@ -108,7 +108,7 @@ class Attempts:
                     if kind != "transient":
                         raise
                     error, scored = exc, None
-            c, t = _usage_totals(tracker)
+            c, t = usage_totals(tracker)
             calls, tokens = calls + c, tokens + t
             if error is None or isinstance(error, MetricFailure) or attempt == self.retry.max_attempts - 1:
                 return scored, error, calls, tokens
@@ -131,7 +131,7 @@ class Attempts:
                     error = None
                 except Exception as exc:  # classified below
                     error, fields, truncated = exc, {}, False
-            c, t = _usage_totals(tracker)
+            c, t = usage_totals(tracker)
             calls, tokens = calls + c, tokens + t
             if error is None:
                 break
@@ -160,7 +160,7 @@ class Attempts:
 
 def _has_answer(prediction: Any) -> bool:
     """Whether any output field holds something: an all-empty prediction is no answer (never a 0)."""
-    output = _plain_output(prediction)
+    output = plain_output(prediction)
     if not output:
         return True  # a program without declared outputs: nothing to judge here
     return any(v is not None and (not isinstance(v, str) or v.strip()) for v in output.values())

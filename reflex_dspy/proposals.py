@@ -69,12 +69,14 @@ def salvage(text: str, truncated: bool) -> tuple[str, str | None]:
     return text, ("dropped " + " and ".join(dropped)) if dropped else None
 
 
-# Sentences of our own analysis (`TaskFacts.describe`, `compare_outputs`), which small reasoning models
-# copy into their instructions verbatim: written for the reasoning model, never for the task model.
+# Sentences of our own analysis (`TaskFacts.describe`, `compare_outputs`) and of the failure report
+# (`format_failures`: "program output ... score: 0.00" in one sentence), which small reasoning models copy into
+# their instructions: written for the reasoning model, never for the task model, which sees no score.
 _ANALYSIS = re.compile(
     r"median length of|median \d+(\.\d+)? words|how often each occurs|^\(?every expected `"
     r"|^\(?the expected `|^\(?expected `|^expected values are |^the json objects use the keys|^outputs are too long"
-    r"|^some outputs are not", re.IGNORECASE)
+    r"|^some outputs are not"
+    r"|\bprogram output\b.*\bscore\b\W*(is |was )?[01]\.\d\d\b", re.IGNORECASE)  # both of the report's labels
 
 
 def strip_analysis(text: str) -> tuple[str, int]:

@@ -99,3 +99,26 @@ def test_auto_finds_the_lever_at_the_bench_budget_with_a_val_split(respond, leve
     assert set(after) <= gained, (after, gained)  # after the probes, only the axes that gained
     assert after or result.stop_reason.startswith("score threshold"), result.stop_reason
     assert result.final.mean > result.baseline.mean + 0.3
+
+
+def test_a_demo_phase_measured_on_val_screens_its_sets_on_a_few_batch_examples(tmp_path):
+    """Where validation measures a phase (and scores every step's set anyway), a demo set's batch
+    score only picks what the next set is compared with: the steps run on `SCREEN_BATCH` examples,
+    so a set costs about a third of a full-batch pass, and sets draw on the train examples outside
+    the screen (sizes beyond half the batch)."""
+    from fakes import routing_examples
+
+    from reflex_dspy.strategies.auto import SCREEN_BATCH
+
+    auto = Auto(axes=["fewshot"])
+    program = run_strategy(auto, unhelpful_reasoner, respond=demos_only, examples=routing_examples(16),
+                           run_dir=tmp_path, track=False, max_iterations=50, max_metric_calls=150,
+                           train_ratio=0.5, val_ratio=1 / 6, score_threshold=1.0, max_workers=1)
+    result = program.result
+    steps = [r for r in result.iterations if r.details.get("selected")]
+    assert steps, [r.details for r in result.iterations]
+    for r in steps:
+        assert r.details["auto"]["probe_batch"] == SCREEN_BATCH and 1 <= r.details["scored_on"] <= SCREEN_BATCH
+        assert r.val_score is not None  # validation scored the set: that is what auto compares
+    assert max(r.details["set_size"] for r in steps) > 16 // 2
+    assert result.final.mean > result.baseline.mean + 0.3

@@ -16,7 +16,7 @@ from fakes import fake_lm
 
 from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.evaluation import Evaluator
-from reflex_dspy.proposals import ProposalRejected, Proposer, TaskFacts
+from reflex_dspy.proposals import ProposalRejected, Proposer, TaskFacts, strip_analysis
 from reflex_dspy.strategies.pdo.variants import TIPS, fallback_text, tip_for
 
 ANALYSIS = re.compile(r"median|length of|training data|how often|expected `|values have|always exactly one of",
@@ -93,3 +93,16 @@ def test_analysis_the_reasoning_model_copies_into_its_instructions_is_dropped(ki
     assert "copied from the data analysis" in proposal.salvaged
     if fix := facts.missing_from("Find the value in the text."):
         assert fix in proposal.instructions  # what the analysis said, back in the task model's terms
+
+
+def test_failure_report_wording_the_reasoning_model_copies_is_dropped():
+    """Measured on the bench (web_of_lies, seed 0): the final prompt read "To answer the question, the
+    expected answer is No. The program output answer is Yes, and the score is 0.00." — the failure
+    report's own words (`format_failures`), which mean nothing to the task model (it sees no score)."""
+    copied = ("Decide whether the last person tells the truth. The program output answer is Yes, and the score is "
+              "0.00.\nAnswer Yes or No.")
+    text, dropped = strip_analysis(copied)
+    assert dropped == 1 and text == "Decide whether the last person tells the truth.\nAnswer Yes or No."
+    for kept in ("Rate the answer. A score of 0.50 means partly right; the score is 1.00 only when it is complete.",
+                 "Given the Python code, predict the program output exactly as printed."):
+        assert strip_analysis(kept) == (kept, 0)  # an instruction may speak of scores, or of a program's output

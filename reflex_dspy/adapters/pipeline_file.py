@@ -29,8 +29,8 @@ from reflex_dspy.adapters.pipeline_fn import PipelineFnProgram
 from reflex_dspy.adapters.pyfile import failing_line, import_file, one_line
 from reflex_dspy.data import (
     ID_FIELD,
-    _kind,
     assign_ids,
+    json_kind,
     read_records,
 )
 from reflex_dspy.errors import UsageError
@@ -155,7 +155,7 @@ def load_inputs(path: str | Path, binding: InputBinding) -> list[dspy.Example]:
 
 def _example(record: Any, where: str, binding: InputBinding) -> dspy.Example:
     if not isinstance(record, dict):
-        raise UsageError(f"{where}: expected an object with 'input', got {_kind(record)}")
+        raise UsageError(f"{where}: expected an object with 'input', got {json_kind(record)}")
     unknown = sorted(set(record) - INPUT_KEYS)
     if unknown:
         raise UsageError(f"{where}: unknown field {unknown[0]!r} (allowed: input, ideal, id)")
@@ -168,7 +168,7 @@ def _example(record: Any, where: str, binding: InputBinding) -> dspy.Example:
     if record_id is not None:
         if not isinstance(record_id, str | int) or isinstance(record_id, bool) or not str(record_id).strip():
             raise UsageError(
-                f"{where}: 'id' must be a non-empty string or an integer, got {_kind(record_id)}"
+                f"{where}: 'id' must be a non-empty string or an integer, got {json_kind(record_id)}"
             )
         fields[ID_FIELD] = str(record_id)
     inputs = [k for k in fields if k in binding.params]
@@ -197,7 +197,7 @@ def _inputs(value: Any, where: str, params: list[str]) -> dict[str, Any]:
         if not value.strip():
             raise UsageError(f"{where}: 'input' is empty")
         return {params[0]: value}
-    raise UsageError(f"{where}: 'input' must be text or an object, got {_kind(value)}")
+    raise UsageError(f"{where}: 'input' must be text or an object, got {json_kind(value)}")
 
 
 def _ideal(value: Any, where: str, binding: InputBinding, taken: set[str]) -> dict[str, Any]:

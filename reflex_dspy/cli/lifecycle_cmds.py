@@ -34,8 +34,8 @@ from reflex_dspy.cli.optimize import (
     execute,
     given_flags,
     run_optimize,
+    target_fields,  # one reading of the target flags
 )
-from reflex_dspy.cli.optimize import _target_fields as target_fields  # one reading of the target flags
 from reflex_dspy.cli.output import note
 from reflex_dspy.cli.task import TaskSpec
 from reflex_dspy.errors import UsageError

@@ -146,11 +146,11 @@ def run_optimize(args: argparse.Namespace) -> int:
         return _resume(args)
     spec = TaskSpec.from_args(args)
     fields = given_flags(args, CONFIG_FLAGS)
-    fields.update(_target_fields(args))
+    fields.update(target_fields(args))
     return execute(args, spec, build_config(fields, args))
 
 
-def _target_fields(args: argparse.Namespace) -> dict[str, Any]:
+def target_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The threshold by precedence: --threshold, then --verdict-results, then --target (run later)."""
     if args.threshold is not None:
         for flag, given in (("--verdict-results", args.verdict_results), ("--target", args.target)):

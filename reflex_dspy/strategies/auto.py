@@ -23,7 +23,9 @@ layout on each example), so the probes stay cheap and leave most of the budget t
 gained. Every phase's gain is measured on validation (the best of the phase's candidates against
 the one it was handed), where the lifecycle has scored each candidate already and no example
 ever lent a demo; only a run without a validation split of at least `MIN_PROBE_BATCH` examples
-measures on the batch the phase ran on, minus its demos' sources.
+measures on the batch the phase ran on, minus its demos' sources. Where validation measures, a
+demo phase's steps score their sets on a few batch examples only (`SCREEN_BATCH`): that score
+only picks the set the next one is compared with, and the calls saved buy more sets.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ MIN_PROBE_BATCH = 4  # fewer examples than this measure no gain worth acting on
 # Candidates one step of an axis scores per batch example (the parent mostly comes from the cache).
 STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
+# A demo set's batch score only decides which set the next one is compared with; where validation
+# measures the phase, every step's set is scored there anyway (and hands on the best), so the batch
+# pass is a screen: on this many examples a set costs a third of a full 16-example batch pass,
+# and the phase tries about twice the sets (BootstrapFewShotWithRandomSearch scores every set on val).
+SCREEN_BATCH = MIN_PROBE_BATCH
+SCREENING_AXES = ("fewshot",)
 
 
 @dataclass
@@ -158,7 +166,8 @@ class Auto(Strategy):
         if self.sub is None:
             opening = self._begin_phase(ctx, iteration, batch)
         step = self.sub.step(ctx, iteration, batch[: self.s.batch_cap] if self.s.batch_cap else batch)
-        if self.s.batch_cap and step.score is not None and step.score >= ctx.config.score_threshold:
+        if (self.s.batch_cap and len(ctx.valset) < MIN_PROBE_BATCH and step.score is not None
+                and step.score >= ctx.config.score_threshold):
             self._rescore(ctx, step, batch)
         step.phase = self.s.axis
         self.s.in_phase += 1
@@ -210,7 +219,7 @@ class Auto(Strategy):
         left = ctx.config.max_iterations - iteration + 1
         cap = self.phase_iterations.get(plan.axis) or plan.iterations
         self.s.phase_budget = max(min(plan.iterations, cap, left), 1)
-        self.s.batch_cap, cap_note = self._probe_batch(plan, len(batch))
+        self.s.batch_cap, cap_note = self._phase_batch(ctx, plan, len(batch))
         self.s.in_phase = self.s.idle = 0
         self.s.phase_calls_start = ctx.spent
         self.s.phase_entries = []
@@ -220,6 +229,14 @@ class Auto(Strategy):
         calls = "" if plan.calls is None else f" and {plan.calls} metric calls"
         return (f"Phase {len(self.s.phases) + 1} ({plan.kind}): {plan.axis} for up to {self.s.phase_budget} iterations"
                 f"{calls}, starting from iteration {self.s.best['iteration']}'s candidate. Why: {plan.why}.{cap_note}")
+
+    def _phase_batch(self, ctx: SearchContext, plan: Plan, batch_size: int) -> tuple[int | None, str]:
+        """How much of the batch a phase's steps run on: a demo phase measured on validation only
+        screens there (`SCREEN_BATCH`), else a probe runs on what its share affords."""
+        if plan.axis in SCREENING_AXES and len(ctx.valset) >= MIN_PROBE_BATCH and batch_size > SCREEN_BATCH:
+            return SCREEN_BATCH, (f" Each demo set is screened on {SCREEN_BATCH} of the {batch_size} batch examples; "
+                                  f"validation, where every set is scored anyway, decides what is handed on.")
+        return self._probe_batch(plan, batch_size)
 
     def _probe_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
         """How much of the batch a probe affords: its share over the candidates one step scores

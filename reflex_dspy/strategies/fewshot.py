@@ -55,13 +55,14 @@ SIZE_SCHEDULE = (4, 8, 2, 16, 1, 12, 6, 3)  # set sizes tried after `max_example
 
 
 def outside_first(entries: Sequence[PoolEntry], k: int, in_batch: set[str]) -> list[PoolEntry]:
-    """The entries whose example is not in the batch, when there are at least `k` of them; else all.
+    """The entries whose example is not in the batch, when they make at least half a set of `k`; else all.
 
     A demo's source example is left out of the batch's scoring, so demos taken from outside the
-    batch keep every batch example scored (a probe on a few examples would otherwise lose most).
+    batch keep every batch example scored (a probe on a few examples would otherwise lose most);
+    a somewhat smaller set is the better trade, as sizes are searched anyway.
     """
     outside = [e for e in entries if e.example_id not in in_batch]
-    return outside if len(outside) >= k else list(entries)
+    return outside if 2 * len(outside) >= k else list(entries)
 
 
 def success_bar(scores: Sequence[float]) -> float | None:
@@ -272,9 +273,10 @@ class FewShot(Strategy):
 
     def _size(self, batch_size: int, outside: int) -> int:
         """This selection's set size: `max_examples` first, then `SIZE_SCHEDULE`, all capped by
-        `max_examples` and by the `outside` train examples not in the batch plus half the batch
-        (demos taken from the batch are left out of its scoring, so half of it stays scored)."""
-        cap = min(self.max_examples, max(outside + batch_size // 2, 1))
+        `max_examples` and by the `outside` train examples not in the batch: plus half the batch
+        when outside is fewer than the batch (demos taken from the batch are left out of its
+        scoring, so half of it stays scored); a small batch (auto's screen) stays wholly scored."""
+        cap = min(self.max_examples, outside if outside >= batch_size else max(outside + batch_size // 2, 1))
         sizes = list(dict.fromkeys(min(k, cap) for k in (self.max_examples, *SIZE_SCHEDULE)))
         return sizes[len(self.state.tried) % len(sizes)]
 
