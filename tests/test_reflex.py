@@ -165,3 +165,27 @@ def test_strategy_is_a_teleprompter_usable_alone():
         )
     assert better.predict.signature.instructions == GOOD
     assert "iterative" in list_strategies()
+
+
+@pytest.mark.parametrize(("proposal", "control_adopted"), [(VERBOSE, True), (GOOD, False)], ids=["hurt", "tie"])
+def test_grounded_control_keeps_a_rewrite_only_when_its_own_words_score(proposal, control_adopted):
+    """With `grounded_control` (auto's default), the rewrite meets the current instructions plus only
+    the sentence the data states; the control replaces it when strictly better (a tie keeps it)."""
+    reasoner = ScriptedReasoner([proposal])
+    opt = Reflex("exact", strategy=Iterative(grounded_control=True), task_lm=fake_lm(routing_respond),
+                 reasoning_lm=fake_lm(reasoner), max_iterations=1, train_ratio=1.0, val_ratio=0.0)
+    record = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples()).result.iterations[0]
+    control = record.details["grounded_control"]
+    assert control["adopted"] is control_adopted and control["fix"].startswith("Answer with exactly one of")
+    assert control["control_score"] == 1.0 and control["rewrite_score"] == (0.0 if control_adopted else 1.0)
+    expected = f"{INITIAL}\n\n{control['fix']}" if control_adopted else proposal
+    assert record.system_prompt["predict"] == expected and record.score == 1.0
+    assert ("cost score" in record.reasoning) is control_adopted
+
+
+def test_auto_turns_the_grounded_control_on_and_a_user_can_turn_it_off():
+    from reflex_dspy.strategies.auto import Auto
+
+    assert Auto()._params("iterative") == {"grounded_control": True}
+    assert Auto(axis_params={"iterative": {"grounded_control": False}})._params("iterative") == {
+        "grounded_control": False}

@@ -30,6 +30,7 @@ only picks the set the next one is compared with, and the calls saved buy more s
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any
@@ -49,6 +50,9 @@ PROBE_ORDER = ("iterative", "fewshot", "joint", "structural", "pdo")  # cheapest
 MIN_PROBE_BATCH = 4  # fewer examples than this measure no gain worth acting on
 # Candidates one step of an axis scores per batch example (the parent mostly comes from the cache).
 STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
+# Axis parameters auto sets unless `axis_params` says otherwise: its rewrites meet the control that
+# states only what the data shows, so a weak reasoning model's own words stay only when they score.
+AXIS_DEFAULTS: dict[str, dict[str, Any]] = {"iterative": {"grounded_control": True}}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
 # A demo set's batch score only decides which set the next one is compared with; where validation
 # measures the phase, every step's set is scored there anyway (and hands on the best), so the batch
@@ -149,6 +153,15 @@ class Auto(Strategy):
             order = ["structural", *(a for a in order if a != "structural")]
         return order
 
+    def _params(self, axis: str) -> dict[str, Any]:
+        """An axis's strategy parameters: auto's defaults (`AXIS_DEFAULTS`, those the axis's registered
+        strategy takes) under the user's."""
+        from reflex_dspy.strategies import strategy_class
+
+        takes = inspect.signature(strategy_class(axis).__init__).parameters
+        defaults = {k: v for k, v in AXIS_DEFAULTS.get(axis, {}).items() if k in takes}
+        return {**defaults, **self.axis_params.get(axis, {})}
+
     # -- lifecycle hooks --------------------------------------------------------------------
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
         self._reset()
@@ -215,7 +228,7 @@ class Auto(Strategy):
 
         plan = self.s.plan
         self.s.axis = plan.axis
-        self.sub = get_strategy(plan.axis, self.metric, **self.axis_params.get(plan.axis, {}))
+        self.sub = get_strategy(plan.axis, self.metric, **self._params(plan.axis))
         left = ctx.config.max_iterations - iteration + 1
         cap = self.phase_iterations.get(plan.axis) or plan.iterations
         self.s.phase_budget = max(min(plan.iterations, cap, left), 1)
@@ -248,7 +261,7 @@ class Auto(Strategy):
         if plan.axis == "structural":
             from reflex_dspy.strategies.structural import Structural
 
-            per_example = Structural(**self.axis_params.get("structural", {})).variants_per_round + 1
+            per_example = Structural(**self._params("structural")).variants_per_round + 1
         affordable = max(plan.calls // per_example, MIN_PROBE_BATCH)
         if affordable >= batch_size:
             return None, ""
@@ -342,5 +355,5 @@ class Auto(Strategy):
         self._reset()
         self.s = AutoState.from_dict(state)
         if self.s.axis is not None:
-            self.sub = get_strategy(self.s.axis, self.metric, **self.axis_params.get(self.s.axis, {}))
+            self.sub = get_strategy(self.s.axis, self.metric, **self._params(self.s.axis))
             self.sub.load_state_dict(state["sub_state"])

@@ -6,6 +6,14 @@ earlier changes with their measured effects, and asks for one revised instructio
 is scored on the same batch as its parent, so each log line's Δ belongs to that change alone.
 A change is kept only if it helped; otherwise the next proposal starts from the parent again,
 with the failed attempt visible in the log.
+
+With `grounded_control` (auto turns it on), when the current instructions lack what the data
+states plainly (the label set, the JSON keys, the date form: `TaskFacts.missing_from`), the
+parent with just that sentence added is scored beside the rewrite, and replaces it when it
+scores strictly better. On the bench
+a weak reasoning model's rewrites gained +0.62 on validation only through the appended label
+set, and carried sentences of its own ("The customer's message is always about a crash") into
+the prompt; the measurement, not the model, decides whether its words are worth their place.
 """
 
 from __future__ import annotations
@@ -73,16 +81,19 @@ class Iterative(Strategy):
     """Reflective instruction rewriting; see the module docstring.
 
     Parameters: `bottom_k` (10) worst examples shown per proposal; `predictor_order`
-    ("round_robin" or "worst_first") for programs with several optimizable predictors.
+    ("round_robin" or "worst_first") for programs with several optimizable predictors;
+    `grounded_control` (False) scores the data-stated control beside a rewrite (module docstring).
     """
 
     name = "iterative"
 
     def __init__(self, metric: Any = None, *, bottom_k: Annotated[int, Field(ge=1)] = 10,
-                 predictor_order: Literal["round_robin", "worst_first"] = "round_robin"):
+                 predictor_order: Literal["round_robin", "worst_first"] = "round_robin",
+                 grounded_control: bool = False):
         if predictor_order not in ("round_robin", "worst_first"):
             raise ValueError("predictor_order must be 'round_robin' or 'worst_first'")
-        super().__init__(metric, bottom_k=bottom_k, predictor_order=predictor_order)
+        super().__init__(metric, bottom_k=bottom_k, predictor_order=predictor_order,
+                         grounded_control=grounded_control)
         self.state = IterativeState()
 
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
@@ -121,25 +132,46 @@ class Iterative(Strategy):
             # parent's, from the cache) rather than adopting a broken prompt.
             return Step(parent, parent_eval, parent_eval.mean, f"No proposal adopted: {exc}",
                         "no valid proposal (parent kept)", predictor, {"rejected": str(exc)})
-        candidate = parent.with_instructions(predictor, proposal.instructions)
-        result = ctx.evaluate(candidate, batch, label=f"iter {iteration}: proposal")
+        candidate, result, control = self._against_grounded(ctx, iteration, batch, parent, predictor, facts, proposal)
         step = Step(
             candidate,
             result,
             parent_eval.mean,
-            reasoning=self._reasoning(proposal, history),
-            change_summary=proposal.change_summary,
+            reasoning=self._reasoning(proposal, history) + (f"\n\n{control['note']}" if control else ""),
+            change_summary=control["summary"] if control and control["adopted"] else proposal.change_summary,
             predictor=predictor,
             details={"repaired": proposal.repaired, "salvaged": proposal.salvaged, "rejected": proposal.rejected,
-                     "attempts": proposal.attempts},
+                     "attempts": proposal.attempts, "grounded_control": control},
         )
         if step.score is not None and step.delta is not None:
             entry = LogEntry(iteration, predictor if len(ctx.predictor_names) > 1 else None,
-                             step.score, step.delta, proposal.change_summary)
+                             step.score, step.delta, step.change_summary)
             self.state.log.append(entry)
             if step.delta > NO_EFFECT:
                 self.state.current = candidate
         return step
+
+    def _against_grounded(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example],
+                          parent: Candidate, predictor: str, facts: Any,
+                          proposal: Any) -> tuple[Candidate, Any, dict[str, Any] | None]:
+        """The rewrite scored beside the parent plus only the sentence the data states (when the
+        parent lacks it); the control is adopted when strictly better. Returns the chosen
+        candidate, its result, and what the comparison measured (None when there was none)."""
+        rewrite = parent.with_instructions(predictor, proposal.instructions)
+        current = parent.predictors[predictor].instructions
+        fix = facts.missing_from(current) if facts is not None and self.grounded_control else None
+        if fix is None:
+            return rewrite, ctx.evaluate(rewrite, batch, label=f"iter {iteration}: proposal"), None
+        grounded = parent.with_instructions(predictor, f"{current.rstrip()}\n\n{fix}".strip())
+        rewritten, plain = ctx.evaluate_many([rewrite, grounded], batch, label=f"iter {iteration}: proposal")
+        adopted = plain.mean is not None and (rewritten.mean is None or plain.mean > rewritten.mean)
+        note = (f"Control: the current instructions plus only what the data states ({fix!r}) scored "
+                f"{_fmt(plain.mean)} against {_fmt(rewritten.mean)} for the rewrite: "
+                + ("the rewrite's own words cost score, the control is this step's change."
+                   if adopted else "the rewrite is at least as good and is this step's change."))
+        control = {"fix": fix, "control_score": plain.mean, "rewrite_score": rewritten.mean, "adopted": adopted,
+                   "note": note, "summary": f"stated what the data shows: {fix}"}
+        return (grounded, plain, control) if adopted else (rewrite, rewritten, control)
 
     @staticmethod
     def _reasoning(proposal, history: str) -> str:
@@ -159,3 +191,7 @@ class Iterative(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = IterativeState.from_dict(state)
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.3f}"
