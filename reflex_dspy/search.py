@@ -118,6 +118,11 @@ class SearchContext:
         return bool(self.trainset) and bool(label_fields(self.trainset[0]))
 
 
+def fmt_score(score: float | None, digits: int = 3) -> str:
+    """A score for a strategy's reasoning text: "n/a" for a failed or missing one."""
+    return "n/a" if score is None else f"{score:.{digits}f}"
+
+
 @dataclass
 class Step:
     """One iteration's outcome: the candidate it produced and its score on the iteration batch.

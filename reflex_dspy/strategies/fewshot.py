@@ -34,6 +34,7 @@ from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import ID_FIELD, example_id
 from reflex_dspy.evaluation import EvalResult
 from reflex_dspy.metrics import label_fields
+from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.demo_selection import (
     SELECTION_RULES,
@@ -347,7 +348,7 @@ class FewShot(Strategy):
             lines.append(f"Model's reasoning: {selection.reasoning}")
         verdict = "kept" if kept else "not kept (not strictly better)"
         lines.append(f"Scored on {len(scored_on)} batch examples ({len(excluded)} demo sources left out): "
-                     f"{_fmt(result.mean)} vs {_fmt(parent_eval.mean)} for the current demos → {verdict}.")
+                     f"{fmt_score(result.mean)} vs {fmt_score(parent_eval.mean)} for the current demos → {verdict}.")
         predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
         return Step(candidate, result, parent_eval.mean, "\n".join(lines), summary, predictor, details)
 
@@ -383,7 +384,3 @@ class FewShot(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = FewShotState.from_dict(state)
-
-
-def _fmt(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.3f}"

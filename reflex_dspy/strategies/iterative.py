@@ -27,6 +27,7 @@ from pydantic import Field
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_failures
+from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 
 NO_EFFECT = 0.005  # |Δ| at or below this is "no effect"
@@ -166,7 +167,7 @@ class Iterative(Strategy):
         rewritten, plain = ctx.evaluate_many([rewrite, grounded], batch, label=f"iter {iteration}: proposal")
         adopted = plain.mean is not None and (rewritten.mean is None or plain.mean > rewritten.mean)
         note = (f"Control: the current instructions plus only what the data states ({fix!r}) scored "
-                f"{_fmt(plain.mean)} against {_fmt(rewritten.mean)} for the rewrite: "
+                f"{fmt_score(plain.mean)} against {fmt_score(rewritten.mean)} for the rewrite: "
                 + ("the rewrite's own words cost score, the control is this step's change."
                    if adopted else "the rewrite is at least as good and is this step's change."))
         control = {"fix": fix, "control_score": plain.mean, "rewrite_score": rewritten.mean, "adopted": adopted,
@@ -191,7 +192,3 @@ class Iterative(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = IterativeState.from_dict(state)
-
-
-def _fmt(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.3f}"

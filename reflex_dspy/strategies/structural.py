@@ -25,6 +25,7 @@ import dspy
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.proposals import ProposalRejected, TaskFacts
+from reflex_dspy.search import fmt_score
 from reflex_dspy.signatures import RestructureInstructions
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.transforms import CATALOGUE, content_text, lost_words, transform
@@ -277,11 +278,8 @@ class Structural(Strategy):
     @staticmethod
     def _reasoning(rows: list[dict[str, Any]], parent_score: float | None, skipped: dict[str, str],
                    agent_note: str, winner: str | None) -> str:
-        def fmt(x: float | None) -> str:
-            return "n/a" if x is None else f"{x:.4f}"
-
-        lines = [f"Parent: {fmt(parent_score)} on this batch."]
-        lines += [f"- {r['transform']}: {fmt(r['score'])} (Δ{'n/a' if r['delta'] is None else format(r['delta'], '+.4f')})"
+        lines = [f"Parent: {fmt_score(parent_score, 4)} on this batch."]
+        lines += [f"- {r['transform']}: {fmt_score(r['score'], 4)} (Δ{'n/a' if r['delta'] is None else format(r['delta'], '+.4f')})"
                   f" — chosen because: {r['why']}" for r in rows]
         lines.append(f"Agent: {agent_note}.")
         if skipped:
