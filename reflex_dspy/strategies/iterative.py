@@ -9,8 +9,8 @@ with the failed attempt visible in the log.
 
 With `grounded_control` (auto turns it on), when the current instructions lack what the data
 states plainly (the label set, the JSON keys, the date form: `TaskFacts.missing_from`), the
-parent with just that sentence added is scored beside the rewrite, and replaces it when it
-scores strictly better. On the bench
+parent with just that sentence added is scored beside the rewrite, and the rewrite is adopted
+only when it scores strictly better: its own words must earn their place. On the bench
 a weak reasoning model's rewrites gained +0.62 on validation only through the appended label
 set, and carried sentences of its own ("The customer's message is always about a crash") into
 the prompt; the measurement, not the model, decides whether its words are worth their place.
@@ -156,7 +156,7 @@ class Iterative(Strategy):
                           parent: Candidate, predictor: str, facts: Any,
                           proposal: Any) -> tuple[Candidate, Any, dict[str, Any] | None]:
         """The rewrite scored beside the parent plus only the sentence the data states (when the
-        parent lacks it); the control is adopted when strictly better. Returns the chosen
+        parent lacks it); the rewrite is adopted only when strictly better. Returns the chosen
         candidate, its result, and what the comparison measured (None when there was none)."""
         rewrite = parent.with_instructions(predictor, proposal.instructions)
         current = parent.predictors[predictor].instructions
@@ -165,11 +165,11 @@ class Iterative(Strategy):
             return rewrite, ctx.evaluate(rewrite, batch, label=f"iter {iteration}: proposal"), None
         grounded = parent.with_instructions(predictor, f"{current.rstrip()}\n\n{fix}".strip())
         rewritten, plain = ctx.evaluate_many([rewrite, grounded], batch, label=f"iter {iteration}: proposal")
-        adopted = plain.mean is not None and (rewritten.mean is None or plain.mean > rewritten.mean)
+        adopted = plain.mean is not None and (rewritten.mean is None or plain.mean >= rewritten.mean)
         note = (f"Control: the current instructions plus only what the data states ({fix!r}) scored "
                 f"{fmt_score(plain.mean)} against {fmt_score(rewritten.mean)} for the rewrite: "
-                + ("the rewrite's own words cost score, the control is this step's change."
-                   if adopted else "the rewrite is at least as good and is this step's change."))
+                + ("the rewrite's own words did not earn their place, the control is this step's change."
+                   if adopted else "the rewrite is strictly better and is this step's change."))
         control = {"fix": fix, "control_score": plain.mean, "rewrite_score": rewritten.mean, "adopted": adopted,
                    "note": note, "summary": f"stated what the data shows: {fix}"}
         return (grounded, plain, control) if adopted else (rewrite, rewritten, control)
