@@ -277,3 +277,28 @@ def test_parameters_are_checked_and_reported():
         FewShot(selection_strategy="random")
     with pytest.raises(ValueError, match="candidate_pool_size"):
         FewShot(max_examples=6, candidate_pool_size=5)
+
+
+def test_labeled_first_pays_for_no_bootstrap_before_its_first_set():
+    """auto's order (labeled, rule, random): the first set is gold train examples, so the first step
+    runs no bootstrap; the next kind needs the pool and bootstraps then."""
+    def never_perfect(system, messages):  # customer 0 is never answered right: no early stop at 1.0
+        return "?" if "Customer 0:" in messages[-1]["content"] else routing_with_demos(system, messages)
+
+    result = run_strategy(FewShot(max_examples=3, set_kinds=["labeled", "rule", "random"]), refuses,
+                          respond=never_perfect, max_iterations=3, train_ratio=1.0, val_ratio=0.0).result
+    first, second = result.iterations[:2]
+    assert (first.details["set_kind"], first.details["bootstrap"]) == ("labeled", None)
+    assert second.details["set_kind"] == "rule" and second.details["bootstrap"]["round"] == 1
+    default = run_strategy(FewShot(max_examples=3), refuses, max_iterations=1, train_ratio=1.0,
+                           val_ratio=0.0).result.iterations[0]
+    assert default.details["set_kind"] == "rule" and default.details["bootstrap"]["round"] == 1
+
+
+@pytest.mark.parametrize("kinds", [[], ["labeled", "labeled"], ["gold"]])
+def test_invalid_set_kinds_are_one_line_errors(kinds):
+    from reflex_dspy.errors import UsageError
+    from reflex_dspy.strategies import get_strategy
+
+    with pytest.raises(UsageError, match="set_kinds"):
+        get_strategy("fewshot", set_kinds=kinds)

@@ -51,8 +51,10 @@ MIN_PROBE_BATCH = 4  # fewer examples than this measure no gain worth acting on
 # Candidates one step of an axis scores per batch example (the parent mostly comes from the cache).
 STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
 # Axis parameters auto sets unless `axis_params` says otherwise: its rewrites meet the control that
-# states only what the data shows, so a weak reasoning model's own words stay only when they score.
-AXIS_DEFAULTS: dict[str, dict[str, Any]] = {"iterative": {"grounded_control": True}}
+# states only what the data shows, so a weak reasoning model's own words stay only when they score;
+# its demo phases draw labeled sets first, which need no bootstrap, so a probe's share buys a set.
+AXIS_DEFAULTS: dict[str, dict[str, Any]] = {"iterative": {"grounded_control": True},
+                                            "fewshot": {"set_kinds": ["labeled", "rule", "random"]}}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
 # A demo set's batch score only decides which set the next one is compared with; where validation
 # measures the phase, every step's set is scored there anyway (and hands on the best), so the batch

@@ -12,7 +12,9 @@ Each iteration tries one demo set, cycling through three kinds (the set sizes se
 not fixed): the selection rule's pick from the bootstrapped pool; labeled demos (gold train
 examples, DSPy's LabeledFewShot, which a weak task model's few successful traces cannot
 match); and a random restart (a random draw from both pools, as BootstrapFewShotWithRandomSearch
-does), so the search does not only refine the rule's own order. Sizes follow `SIZE_SCHEDULE`
+does), so the search does not only refine the rule's own order. `set_kinds` sets the cycle's
+order; a bootstrap runs only when a set needs the pool, so a run that starts with labeled demos
+(auto's probe: the cheapest informative draw, DSPy's own second candidate) pays for none first. Sizes follow `SIZE_SCHEDULE`
 (the first set has `max_examples`). Demos come from train examples outside the batch when there
 are enough of them, so every batch example is scored; otherwise from the batch too, and the set
 is capped so that half of the batch is left to score on.
@@ -26,9 +28,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import dspy
+from pydantic import Field
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import ID_FIELD, example_id
@@ -51,7 +54,7 @@ AGENT_TRIES = 2  # reasoning-model selections per iteration before giving up on 
 # it must show most of a label set to produce successful traces on every label; the cost is
 # prompt tokens in bootstrap evaluations only.
 TEACHER_DEMOS = 8
-SET_KINDS = ("rule", "labeled", "random")  # the kinds of demo set successive iterations try
+SET_KINDS = ("rule", "labeled", "random")  # the kinds of demo set successive iterations try (default order)
 SIZE_SCHEDULE = (4, 8, 2, 16, 1, 12, 6, 3)  # set sizes tried after `max_examples`, each capped by it
 
 
@@ -174,21 +177,25 @@ class FewShot(Strategy):
 
     Parameters: `max_examples` (16) demos per predictor at most (the set size is searched up to
     it); `candidate_pool_size` (20) successful traces kept; `bootstrap_rounds` (3) iterations between re-bootstraps; `selection_strategy`
-    ("diverse", "top_k" or "agent_curated").
+    ("diverse", "top_k" or "agent_curated"); `set_kinds` (rule, labeled, random) the order of the kinds of set tried.
     """
 
     name = "fewshot"
 
     def __init__(self, metric: Any = None, *, max_examples: int = 16, candidate_pool_size: int = 20,
-                 bootstrap_rounds: int = 3, selection_strategy: str = "diverse"):
+                 bootstrap_rounds: int = 3, selection_strategy: str = "diverse",
+                 set_kinds: Annotated[list[Literal["rule", "labeled", "random"]], Field(min_length=1)] = SET_KINDS):
         if selection_strategy not in SELECTION_RULES:
             raise ValueError(f"selection_strategy must be one of {', '.join(SELECTION_RULES)}")
         if max_examples < 1 or bootstrap_rounds < 1:
             raise ValueError("max_examples and bootstrap_rounds must be at least 1")
         if candidate_pool_size < max_examples:
             raise ValueError("candidate_pool_size must be at least max_examples")
+        if not set_kinds or len(set(set_kinds)) != len(set_kinds) or set(set_kinds) - set(SET_KINDS):
+            raise ValueError(f"set_kinds must name each of {', '.join(SET_KINDS)} at most once")
         super().__init__(metric, max_examples=max_examples, candidate_pool_size=candidate_pool_size,
-                         bootstrap_rounds=bootstrap_rounds, selection_strategy=selection_strategy)
+                         bootstrap_rounds=bootstrap_rounds, selection_strategy=selection_strategy,
+                         set_kinds=list(set_kinds))
         self.state = FewShotState()
 
     # -- lifecycle hooks ------------------------------------------------------------------
@@ -199,7 +206,11 @@ class FewShot(Strategy):
         return self.state.finished
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
-        boot = self._bootstrap(ctx, iteration) if self.state.rounds_left <= 0 or not self.state.pool else None
+        boot = None
+        if (self.state.rounds_left <= 0 or not self.state.pool) and self._next_needs_pool(ctx):
+            kind_at = self.state.variant % len(self.set_kinds)
+            boot = self._bootstrap(ctx, iteration)
+            self.state.variant = kind_at  # the fresh pool's first draw, of the kind that asked for it
         selection = self._untried(ctx, batch)
         if selection is None and boot is None:  # every set this pool can form was tried: refresh it now
             boot = self._bootstrap(ctx, iteration)
@@ -212,6 +223,11 @@ class FewShot(Strategy):
             self.state.rounds_left = 0
             return self._no_change(ctx, iteration, batch, why, boot)
         return self._try(ctx, iteration, batch, selection, boot)
+
+    def _next_needs_pool(self, ctx: SearchContext) -> bool:
+        """Whether the next set drawn needs bootstrapped traces: all but labeled sets (gold given)."""
+        kind = self.set_kinds[self.state.variant % len(self.set_kinds)]
+        return kind != "labeled" or not ctx.has_gold
 
     # -- bootstrapping ----------------------------------------------------------------------
     def _teacher(self, ctx: SearchContext, eligible: list[dspy.Example],
@@ -260,11 +276,12 @@ class FewShot(Strategy):
         taken = in_batch | set(self.state.current_sources)
         outside = sum(example_id(ex) not in taken for ex in ctx.trainset)
         per_kind = AGENT_TRIES if self.selection_strategy == "agent_curated" else max(len(self.state.pool), 1)
-        for _ in range(per_kind * len(SET_KINDS)):
+        for _ in range(per_kind * len(self.set_kinds)):
             variant = self.state.variant
             self.state.variant += 1
-            kind, k = SET_KINDS[variant % len(SET_KINDS)], self._size(len(batch), outside)
-            selection = self._select(ctx, kind, k, variant // len(SET_KINDS), in_batch)
+            kinds = self.set_kinds
+            kind, k = kinds[variant % len(kinds)], self._size(len(batch), outside)
+            selection = self._select(ctx, kind, k, variant // len(kinds), in_batch)
             selection.details.update(variant=variant, set_kind=kind, set_size=k)
             key = "|".join(sorted(e.key for e in selection.entries))
             if selection.entries and key not in self.state.tried:
