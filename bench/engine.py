@@ -19,26 +19,57 @@ def overhead(latencies: list[float], repeats: int, record: bool) -> list[dict[st
 
     One worker, so the latencies add up exactly; `record` adds the run layout and MLflow (SQLite),
     measured on a store that exists already: creating a new MLflow database (about 1 s of schema
-    migrations, once per run directory) is reported apart by `store_creation`.
+    migrations, once per run directory) is reported apart by `store_creation`. `cpu_ms` is the
+    process CPU time per metric call (the fakes' sleeps cost none). After each unrecorded run,
+    `plain_dspy` makes as many task-model calls without the framework (a second view, labelled
+    apart: it never replaces the overhead itself).
     """
     rows = []
     for latency in latencies:
-        per_call, overshoot = [], []
+        per_call, overshoot, floor, cpu = [], [], [], []
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 if record:
                     optimize(0.0, run_dir=Path(tmp), iterations=1)
                 SLEPT[0] = 0.0
+                cpu_start = time.process_time()
                 result, wall = optimize(latency, run_dir=Path(tmp) if record else None)
+                cpu_s = time.process_time() - cpu_start
             u = result.usage
             per_call.append((wall - SLEPT[0]) / u["metric_calls"])
+            cpu.append(cpu_s / u["metric_calls"])
             model_calls = u["lm_calls"] + u["reasoning_calls"]
             overshoot.append((SLEPT[0] - model_calls * latency) / model_calls)
+            if not record:  # the floor does not depend on recording: measured once per latency
+                floor.append(plain_dspy(latency, u["metric_calls"]))
         ms = statistics.median(per_call) * 1000
+        plain_ms = statistics.median(floor) * 1000 if floor else None
         rows.append({"latency_ms": latency * 1000, "recorded": record, "metric_calls": u["metric_calls"],
                      "overhead_ms": ms, "pct_of_50ms": ms / 50 * 100,
-                     "overshoot_ms": statistics.median(overshoot) * 1000})
+                     "overshoot_ms": statistics.median(overshoot) * 1000,
+                     "plain_dspy_ms": plain_ms, "above_plain_ms": None if plain_ms is None else ms - plain_ms,
+                     "cpu_ms": statistics.median(cpu) * 1000})
     return rows
+
+
+def plain_dspy(latency: float, calls: int) -> float:
+    """Seconds per call, beyond the time the fake slept, of a plain DSPy loop making `calls` task
+    calls: the benchmark's program on its examples (in turn), the same fake model and latency and
+    the same metric, one thread, no framework (no evaluator, ledger, journal, lifecycle, proposer).
+    It is what DSPy itself costs per call on this machine, the floor under the overhead above."""
+    import dspy
+
+    from reflex_dspy.data import assign_ids
+    from reflex_dspy.metrics import resolve_metric
+
+    data, metric, student, lm = assign_ids(examples(8)), resolve_metric("exact"), program(), task_model(latency)
+    SLEPT[0] = 0.0
+    start = time.perf_counter()
+    with dspy.context(lm=lm):
+        for i in range(calls):
+            example = data[i % len(data)]
+            metric(example, student(**example.inputs()))
+    return (time.perf_counter() - start - SLEPT[0]) / calls
 
 
 def cold_code(latencies: list[float], repeats: int = 60) -> list[dict[str, Any]]:

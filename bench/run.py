@@ -3,6 +3,7 @@
     python bench/run.py --quick    # minutes
     python bench/run.py --full     # longer: more repeats, more workers, bigger evaluations
     python bench/run.py --smoke --out /tmp/b.md   # seconds: checks the benchmarks still run
+    python bench/run.py --quick --only overhead    # the overhead section alone (about a minute)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality-results", type=Path, default=QUALITY_RESULTS,
                         help="one JSON file per quality run; --full runs the missing ones (delete a file to rerun it)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the quality benchmark in --full (default 3)")
+    parser.add_argument("--only", choices=["overhead"],
+                        help="measure one section and rewrite only it in --out (the others stay as they are)")
+    parser.add_argument("--conditions", default="",
+                        help="how the machine was (e.g. what else ran), written with the overhead section's date")
     args = parser.parse_args(argv)
     mode = args.mode or "quick"
     p = MODES[mode]
@@ -56,14 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     def step(name: str):
         print(f"[{time.perf_counter() - started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
 
+    if args.only == "overhead":
+        step("overhead")
+        report.rewrite_section(args.out, report.overhead_section(overhead(p, args)))
+        step(f"rewrote the overhead section of {args.out}")
+        return 0
     m = {}
     step("quality per budget")
     m["quality_lines"] = quality_section(mode, args, step)
     step("overhead")
-    m["overhead"] = engine.overhead(p["latencies"], p["repeats"], record=False)
-    m["overhead"] += engine.overhead(p["latencies"][-1:], p["repeats"], record=True)
-    m["store"] = engine.store_creation(p["repeats"])
-    m["cold_code"] = engine.cold_code(p["latencies"])
+    m.update(overhead(p, args))
     step("evaluation scaling")
     m["eval_scaling"] = engine.eval_scaling(p["workers"], p["scale_latency"], p["per_label"])
     step("PDO scaling")
@@ -76,6 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     report.write(args.out, mode, m)
     step(f"wrote {args.out}")
     return 0
+
+
+def overhead(p: dict, args: argparse.Namespace) -> dict:
+    """The overhead section's measurements: per metric call (unrecorded, then recorded at the
+    highest latency), a new MLflow store's cost, DSPy work after each latency's sleep, and when,
+    how (the command) and on what load they were taken."""
+    started, load = datetime.now(UTC), os.getloadavg()[0]
+    rows = engine.overhead(p["latencies"], p["repeats"], record=False)
+    rows += engine.overhead(p["latencies"][-1:], p["repeats"], record=True)
+    m = {"overhead": rows, "store": engine.store_creation(p["repeats"]), "cold_code": engine.cold_code(p["latencies"])}
+    argv = [a for a in sys.argv[1:] if not a.startswith("--conditions=")]
+    if "--conditions" in argv:  # what the machine was doing belongs to the prose, not the command
+        del argv[argv.index("--conditions"):argv.index("--conditions") + 2]
+    command = " ".join(["python bench/run.py", *argv])
+    m["overhead_when"] = {"started": f"{started:%Y-%m-%d %H:%M} UTC", "load": (load, os.getloadavg()[0]),
+                          "command": command, "cpus": os.cpu_count(), "conditions": args.conditions}
+    return m
 
 
 def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
