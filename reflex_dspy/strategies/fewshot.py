@@ -14,10 +14,10 @@ examples, DSPy's LabeledFewShot, which a weak task model's few successful traces
 match); and a random restart (a random draw from both pools, as BootstrapFewShotWithRandomSearch
 does), so the search does not only refine the rule's own order. `set_kinds` sets the cycle's
 order; a bootstrap runs only when a set needs the pool, so a run that starts with labeled demos
-(auto's probe: the cheapest informative draw, DSPy's own second candidate) pays for none first. Sizes follow `SIZE_SCHEDULE`
-(the first set has `max_examples`). Demos come from train examples outside the batch when there
-are enough of them, so every batch example is scored; otherwise from the batch too, and the set
-is capped so that half of the batch is left to score on.
+(auto's probe: the cheapest informative draw, DSPy's own second candidate) pays for none first.
+Sizes follow `SIZE_SCHEDULE` (the first set has `max_examples`). Demos come from train examples
+outside the batch when they make at least half a set, so every batch example is scored;
+otherwise from the batch too, and the set is capped so that half of the batch is left to score on.
 The candidate with the set is scored against the current one on the batch minus the source
 examples of either candidate's demos, so no demo is ever scored on its own example. It is kept
 only when strictly better.
