@@ -244,3 +244,24 @@ def test_probes_at_a_small_budget_run_on_the_part_of_the_batch_they_afford(scrip
     assert [p["axis"] for p in auto.phases][:3] == ["structural", "iterative", "fewshot"]
     assert all(p["scored_on"] <= 4 for p in auto.phases[:3])
     assert program.result.usage["search_calls"] <= 64
+
+
+def test_auto_does_not_converge_before_every_arm_of_the_running_rung_had_its_turn():
+    """Measured on the bench (web_of_lies, seed 0): rung 1 held iterative and fewshot (both gained in
+    their probes); iterative's turn gained nothing with 19% of the budget left, and auto stopped as
+    converged before fewshot's turn. A rung's arms all run before auto may converge."""
+    from types import SimpleNamespace
+
+    auto = Auto()
+    auto.s.alloc = Allocator(list(auto.probe_order()), total_calls=150, total_iterations=50)
+    phases = [{"axis": a, "kind": "probe", "gain": g, "metric_calls": 12}
+              for a, g in [("iterative", 0.375), ("fewshot", 0.125), ("joint", 0.0), ("structural", 0.0), ("pdo", 0.0)]]
+    auto.s.phases = phases
+    plan = auto.s.alloc.next_plan(phases, 62, 40)
+    assert (plan.axis, plan.kind, auto.s.alloc.queue) == ("iterative", "rung 1", ["fewshot"])
+    auto.s.phases = [*phases, {"axis": "iterative", "kind": "rung 1", "gain": 0.0, "metric_calls": 34}]
+    ctx = SimpleNamespace(budget_left=28, config=SimpleNamespace(max_iterations=50))
+    assert auto._finish_reason(ctx, iteration=12) is None  # fewshot's turn is still to come
+    assert auto.s.alloc.next_plan(auto.s.phases, 28, 38).axis == "fewshot"
+    auto.s.phases.append({"axis": "fewshot", "kind": "rung 1", "gain": 0.0, "metric_calls": 14})
+    assert "converged" in auto._finish_reason(SimpleNamespace(budget_left=14, config=ctx.config), iteration=14)

@@ -335,13 +335,14 @@ class Auto(Strategy):
                                  "new (its strategy had nothing left to try)")
 
     def _finish_reason(self, ctx: SearchContext, iteration: int) -> str | None:
-        """Why auto stops now, or None: never for lack of gain while an axis is untried or more
-        than CONVERGE_LEFT of the budget is left."""
+        """Why auto stops now, or None: never for lack of gain while an axis is untried, an arm of
+        the running rung has not had its turn, or more than CONVERGE_LEFT of the budget is left."""
         last = self.s.phases[-1]
         if len(self.s.phases) >= self.max_phases:
             return f"auto ran {len(self.s.phases)} phases (max_phases)"
         no_gain = last["gain"] is not None and last["gain"] <= NO_GAIN
         if (no_gain and len(self.s.phases) >= self.min_phases and not self.s.alloc.untried(self.s.phases)
+                and not self.s.alloc.queue
                 and self.s.alloc.spent_enough(ctx.budget_left, ctx.config.max_iterations - iteration)):
             return (f"auto converged: every axis probed, phase {len(self.s.phases)} ({last['axis']}) brought no gain "
                     f"and at most {CONVERGE_LEFT:.0%} of the budget is left")
