@@ -200,3 +200,18 @@ def test_auto_turns_the_grounded_control_on_and_a_user_can_turn_it_off():
     assert Auto()._params("iterative") == {"grounded_control": True}
     assert Auto(axis_params={"iterative": {"grounded_control": False}})._params("iterative") == {
         "grounded_control": False}
+
+
+def test_with_a_validation_split_the_control_is_decided_there():
+    """A probe's batch is a few train examples where rewrite and control mostly tie: with validation,
+    the choice is made there (the kept one's val scores are those the run records anyway)."""
+    reasoner = ScriptedReasoner([GOOD])
+    opt = Reflex("exact", strategy=Iterative(grounded_control=True), task_lm=fake_lm(routing_wants_a_verb),
+                 reasoning_lm=fake_lm(reasoner), max_iterations=1, train_ratio=0.5, val_ratio=0.25)
+    result = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples()).result
+    record = result.iterations[0]
+    control = record.details["grounded_control"]
+    assert control["decided_on"] == "validation" and result.split_sizes["val"] >= 4
+    assert control["rewrite_val"] == 1.0 > control["control_val"] and control["adopted"] is False
+    assert record.system_prompt["predict"] == GOOD and record.val_score == 1.0
+    assert "on validation" in record.reasoning

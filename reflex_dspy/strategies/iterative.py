@@ -10,7 +10,8 @@ with the failed attempt visible in the log.
 With `grounded_control` (auto turns it on), when the current instructions lack what the data
 states plainly (the label set, the JSON keys, the date form: `TaskFacts.missing_from`), the
 parent with just that sentence added is scored beside the rewrite, and the rewrite is adopted
-only when it scores strictly better: its own words must earn their place. On the bench
+only when it scores strictly better (on validation when the run has one, where the choice costs
+the rejected one's scores only): its own words must earn their place. On the bench
 a weak reasoning model's rewrites gained +0.62 on validation only through the appended label
 set, and carried sentences of its own ("The customer's message is always about a crash") into
 the prompt; the measurement, not the model, decides whether its words are worth their place.
@@ -31,6 +32,9 @@ from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 
 NO_EFFECT = 0.005  # |Δ| at or below this is "no effect"
+# Validation examples from which the grounded control's choice is made there: a probe's batch is a
+# handful of train examples, where the rewrite and the control mostly tie.
+VAL_DECIDES = 4
 
 
 @dataclass
@@ -156,8 +160,9 @@ class Iterative(Strategy):
                           parent: Candidate, predictor: str, facts: Any,
                           proposal: Any) -> tuple[Candidate, Any, dict[str, Any] | None]:
         """The rewrite scored beside the parent plus only the sentence the data states (when the
-        parent lacks it); the rewrite is adopted only when strictly better. Returns the chosen
-        candidate, its result, and what the comparison measured (None when there was none)."""
+        parent lacks it); the rewrite is adopted only when strictly better, on validation when
+        the run has one (`VAL_DECIDES`), else on the batch. Returns the chosen candidate, its
+        batch result, and what the comparison measured (None when there was none)."""
         rewrite = parent.with_instructions(predictor, proposal.instructions)
         current = parent.predictors[predictor].instructions
         fix = facts.missing_from(current) if facts is not None and self.grounded_control else None
@@ -165,13 +170,25 @@ class Iterative(Strategy):
             return rewrite, ctx.evaluate(rewrite, batch, label=f"iter {iteration}: proposal"), None
         grounded = parent.with_instructions(predictor, f"{current.rstrip()}\n\n{fix}".strip())
         rewritten, plain = ctx.evaluate_many([rewrite, grounded], batch, label=f"iter {iteration}: proposal")
-        adopted = plain.mean is not None and (rewritten.mean is None or plain.mean >= rewritten.mean)
-        note = (f"Control: the current instructions plus only what the data states ({fix!r}) scored "
-                f"{fmt_score(plain.mean)} against {fmt_score(rewritten.mean)} for the rewrite: "
-                + ("the rewrite's own words did not earn their place, the control is this step's change."
-                   if adopted else "the rewrite is strictly better and is this step's change."))
-        control = {"fix": fix, "control_score": plain.mean, "rewrite_score": rewritten.mean, "adopted": adopted,
-                   "note": note, "summary": f"stated what the data shows: {fix}"}
+        control = {"fix": fix, "decided_on": "batch", "control_score": plain.mean, "rewrite_score": rewritten.mean}
+        keys = [[plain.mean], [rewritten.mean]]  # (val, then batch) for each; a tie is the control's
+        if len(ctx.valset) >= VAL_DECIDES:
+            val_rewrite, val_plain = ctx.evaluate_many([rewrite, grounded], ctx.valset,
+                                                       label=f"iter {iteration}: control on validation")
+            control.update(decided_on="validation", control_val=val_plain.mean, rewrite_val=val_rewrite.mean)
+            keys = [[val_plain.mean, plain.mean], [val_rewrite.mean, rewritten.mean]]
+        floor = float("-inf")
+        control_key, rewrite_key = ([floor if x is None else x for x in k] for k in keys)
+        adopted = plain.mean is not None and control_key >= rewrite_key
+        on = control["decided_on"]
+        scores = (f"{fmt_score(control.get('control_val'))} against {fmt_score(control.get('rewrite_val'))} on "
+                  f"validation (batch {fmt_score(plain.mean)} / {fmt_score(rewritten.mean)})" if on == "validation"
+                  else f"{fmt_score(plain.mean)} against {fmt_score(rewritten.mean)} on the batch")
+        control["note"] = (f"Control: the current instructions plus only what the data states ({fix!r}) scored "
+                           f"{scores} for the rewrite: "
+                           + ("the rewrite's own words did not earn their place, the control is this step's change."
+                              if adopted else "the rewrite is strictly better and is this step's change."))
+        control.update(adopted=adopted, summary=f"stated what the data shows: {fix}")
         return (grounded, plain, control) if adopted else (rewrite, rewritten, control)
 
     @staticmethod
