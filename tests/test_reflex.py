@@ -215,3 +215,15 @@ def test_with_a_validation_split_the_control_is_decided_there():
     assert control["rewrite_val"] == 1.0 > control["control_val"] and control["adopted"] is False
     assert record.system_prompt["predict"] == GOOD and record.val_score == 1.0
     assert "on validation" in record.reasoning
+
+
+def test_the_control_is_not_scored_against_itself():
+    """When every reply is refused, the fallback states the data's fact: it is the control itself,
+    so nothing is compared and no control note is written (the README's main job takes this path)."""
+    parrot = "Customer 0: my delivery issue number 0 needs help (sh0), so route it"
+    opt = Reflex("exact", strategy=Iterative(grounded_control=True), task_lm=fake_lm(routing_respond),
+                 reasoning_lm=fake_lm(ScriptedReasoner(["", parrot, "RAW:{"])), max_iterations=1,
+                 train_ratio=1.0, val_ratio=0.0)
+    record = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples()).result.iterations[0]
+    assert "proposals were rejected" in record.change_summary and record.score == 1.0
+    assert record.details["grounded_control"] is None and "Control:" not in record.reasoning

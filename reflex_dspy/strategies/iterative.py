@@ -166,9 +166,9 @@ class Iterative(Strategy):
         rewrite = parent.with_instructions(predictor, proposal.instructions)
         current = parent.predictors[predictor].instructions
         fix = facts.missing_from(current) if facts is not None and self.grounded_control else None
-        if fix is None:
+        grounded = parent.with_instructions(predictor, f"{current.rstrip()}\n\n{fix}".strip()) if fix else rewrite
+        if grounded.fingerprint == rewrite.fingerprint:  # no fact missing, or the proposal is the control itself
             return rewrite, ctx.evaluate(rewrite, batch, label=f"iter {iteration}: proposal"), None
-        grounded = parent.with_instructions(predictor, f"{current.rstrip()}\n\n{fix}".strip())
         rewritten, plain = ctx.evaluate_many([rewrite, grounded], batch, label=f"iter {iteration}: proposal")
         control = {"fix": fix, "decided_on": "batch", "control_score": plain.mean, "rewrite_score": rewritten.mean}
         keys = [[plain.mean], [rewritten.mean]]  # (val, then batch) for each; a tie is the control's
