@@ -27,7 +27,8 @@ import dspy
 from pydantic import Field
 
 from reflex_dspy.candidate import Candidate
-from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_failures
+from reflex_dspy.eval_results import EvalResult
+from reflex_dspy.proposals import Proposal, ProposalRejected, TaskFacts, compare_outputs, format_failures
 from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 
@@ -157,8 +158,8 @@ class Iterative(Strategy):
         return step
 
     def _against_grounded(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example],
-                          parent: Candidate, predictor: str, facts: Any,
-                          proposal: Any) -> tuple[Candidate, Any, dict[str, Any] | None]:
+                          parent: Candidate, predictor: str, facts: TaskFacts | None,
+                          proposal: Proposal) -> tuple[Candidate, EvalResult, dict[str, Any] | None]:
         """The rewrite scored beside the parent plus only the sentence the data states (when the
         parent lacks it); the rewrite is adopted only when strictly better, on validation when
         the run has one (`VAL_DECIDES`), else on the batch. Returns the chosen candidate, its
