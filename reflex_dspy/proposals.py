@@ -79,18 +79,22 @@ _ANALYSIS = re.compile(
     r"|\bprogram output\b.*\bscore\b\W*(is |was )?[01]\.\d\d\b", re.IGNORECASE)  # both of the report's labels
 
 
-def strip_analysis(text: str) -> tuple[str, int]:
+def strip_analysis(text: str, field: str | None = None) -> tuple[str, int]:
     """`text` without the sentences copied from our data analysis, and how many were dropped.
 
     An unseen date task ended with "Expected `date` values have a median length of 1 words." in
     the user's prompt: the reasoning model had pasted the facts it was given. What the facts say
     is put back in the task model's terms by `TaskFacts.missing_from` when the rest lacks it.
+    With the gold `field`, the failure report's label for it goes too ("The program output
+    urgency is always exactly one of: ..." reached a bench prompt).
     """
+    label = re.compile(rf"\bprogram output {re.escape(field)}\b", re.IGNORECASE) if field else None
     kept_lines, dropped = [], 0
     for line in text.splitlines():
         parts = _SENTENCE_END.split(line)
         sentences = [(parts[i], parts[i + 1] if i + 1 < len(parts) else "") for i in range(0, len(parts), 2)]
-        kept = [(sent, gap) for sent, gap in sentences if not _ANALYSIS.search(sent.strip().lstrip("-*• "))]
+        kept = [(sent, gap) for sent, gap in sentences if not _ANALYSIS.search(sent.strip().lstrip("-*• "))
+                and not (label and label.search(sent))]
         dropped += len(sentences) - len(kept)
         if kept or not line.strip():
             kept_lines.append("".join(sent + gap for sent, gap in kept).rstrip())
@@ -386,7 +390,7 @@ class Proposer:
 
         def check(reply: dspy.Prediction, truncated: bool, attempt: int) -> Proposal:
             text, salvaged = salvage(strip_log_lines(reply.get(output_field) or ""), truncated)
-            text, copied = strip_analysis(text)
+            text, copied = strip_analysis(text, facts.field if facts is not None else None)
             if copied:
                 note = f"dropped {copied} sentence{'s' * (copied != 1)} copied from the data analysis"
                 salvaged = f"{salvaged}; {note}" if salvaged else note

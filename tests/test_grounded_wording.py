@@ -98,11 +98,15 @@ def test_analysis_the_reasoning_model_copies_into_its_instructions_is_dropped(ki
 def test_failure_report_wording_the_reasoning_model_copies_is_dropped():
     """Measured on the bench (web_of_lies, seed 0): the final prompt read "To answer the question, the
     expected answer is No. The program output answer is Yes, and the score is 0.00." — the failure
-    report's own words (`format_failures`), which mean nothing to the task model (it sees no score)."""
+    report's own words (`format_failures`), which mean nothing to the task model (it sees no score);
+    facility_urgency's read "The program output urgency is always exactly one of: low, high, medium."."""
     copied = ("Decide whether the last person tells the truth. The program output answer is Yes, and the score is "
               "0.00.\nAnswer Yes or No.")
     text, dropped = strip_analysis(copied)
     assert dropped == 1 and text == "Decide whether the last person tells the truth.\nAnswer Yes or No."
+    copied = "The program output urgency is always exactly one of: low, high, medium.\nRate how urgent it is."
+    assert strip_analysis(copied, "urgency") == ("Rate how urgent it is.", 1)
+    assert strip_analysis(copied) == (copied, 0)  # without the field, "program output" alone is a task's words
     for kept in ("Rate the answer. A score of 0.50 means partly right; the score is 1.00 only when it is complete.",
                  "Given the Python code, predict the program output exactly as printed."):
         assert strip_analysis(kept) == (kept, 0)  # an instruction may speak of scores, or of a program's output
