@@ -92,6 +92,13 @@ class SearchContext:
         return self.evaluator.lm
 
     @property
+    def context_window(self) -> int | None:
+        """The task model's context in tokens when its engine states one (`n_ctx`: the embedded
+        model's 4096), else None (an API model's is large enough for any demo set we build)."""
+        n_ctx = getattr(getattr(self.task_lm, "engine", None), "n_ctx", None)
+        return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+
+    @property
     def adapter(self) -> Any:
         return self.evaluator.adapter
 

@@ -302,3 +302,26 @@ def test_invalid_set_kinds_are_one_line_errors(kinds):
 
     with pytest.raises(UsageError, match="set_kinds"):
         get_strategy("fewshot", set_kinds=kinds)
+
+
+def test_demo_sets_fit_the_task_models_stated_context():
+    """A model that states its context (`n_ctx`, the embedded model's 4096) gets no set longer than 60%
+    of it: on the bench, 12 facility e-mails overflowed it and every example of such a set failed."""
+    from reflex_dspy.strategies.fewshot import demos_that_fit
+
+    padding = " It has been like this for weeks and nobody has answered my earlier letters." * 6
+    examples = [dspy.Example(input=ex.input + padding, output=ex.output).with_inputs("input")
+                for ex in routing_examples()]
+    task = fake_lm(routing_with_demos)
+    task.fake_engine.n_ctx = 1200
+    opt = Reflex("exact", strategy=FewShot(max_examples=16, bootstrap_rounds=1), task_lm=task,
+                 reasoning_lm=fake_lm(refuses), max_iterations=4, train_ratio=1.0, val_ratio=0.0,
+                 early_stopping_patience=0, score_threshold=1.0)
+    result = opt.compile(program_from_prompt("Route it."), trainset=examples).result
+    sizes = [r.details["set_size"] for r in result.iterations if r.details.get("selected")]
+    demo_chars = len(json.dumps({"input": examples[0].input, "output": "shipping"}))
+    fit = int(1200 * 0.6 / (demo_chars / 3))
+    assert sizes and max(sizes) <= fit < 16, (sizes, fit)
+    assert demos_that_fit(None, []) is None  # a model that states no context: no cap
+    shown = [m for _, m in task.fake_engine.requests if len(m) > 1]
+    assert shown and max((len(m) - 1) // 2 for m in shown) <= fit  # the bootstrap's teacher too
