@@ -534,32 +534,16 @@ def test_real_model_usage_is_tracked(qwen: dspy.LM) -> None:
     assert usage["prompt_tokens"] > 50 and 0 < usage["completion_tokens"] < 50
 
 
-# Ctrl+C is pressed again every half second until it lands. Measured: presses made while a generation
-# runs can be consumed inside it (in two clean-clone CI runs under load, 40 presses over 20 s of a long
-# generation were all lost: rc 0, no output), and one made just before is raised when the generation
-# returns. So Ctrl+C takes effect once the running generation ends (README: "The embedded model").
-# What must hold is that Python's handler is the one in place and that the model answers afterwards.
 _CTRL_C_AFTER_LOAD = """
 import os, signal, threading, time
 from reflex_dspy.lm import embedded_lm, probe_lm
 lm = embedded_lm(cache=False)
 probe_lm(lm)
-landed = threading.Event()
-def press():
-    for _ in range(400):
-        if landed.wait(0.5):
-            return
-        os.kill(os.getpid(), signal.SIGINT)
-threading.Thread(target=press, daemon=True).start()
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
 try:
     lm("Write a long story about the sea.", max_tokens=200)
-    time.sleep(30)
+    time.sleep(10)
 except KeyboardInterrupt:
-    landed.set()
-    try:  # a press already on its way when this one landed
-        time.sleep(1)
-    except KeyboardInterrupt:
-        pass
     print("interrupted", lm("Reply with one word: hello", max_tokens=5)[0].strip().lower())
 """
 
@@ -568,7 +552,7 @@ except KeyboardInterrupt:
 def test_real_model_keeps_ctrl_c(qwen: dspy.LM) -> None:
     """Loading the model leaves Python's SIGINT handler in place (llama-server's own would swallow
     Ctrl+C and stop the model), and the model still answers afterwards."""
-    proc = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_LOAD], capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_LOAD], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("interrupted hello"), proc.stdout
 
