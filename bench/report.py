@@ -177,7 +177,6 @@ def overhead_section(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-
 def rewrite_section(out: Path, lines: list[str]) -> None:
     """Replace the section of the report at `out` that `lines` (headed `## ...`) write, leaving every
     other section as it is (`bench/run.py --only overhead`)."""

@@ -173,16 +173,22 @@ def routing_wants_a_verb(system: str, messages: list[dict]) -> str:
     return text if "route" in system.lower() or text == "billing" else f"This is about {text}."
 
 
+def run_controlled(proposals, respond=routing_respond, train_ratio=1.0, val_ratio=0.0):
+    """One iterative step with `grounded_control` on the routing fakes: (result, its first record)."""
+    opt = Reflex("exact", strategy=Iterative(grounded_control=True), task_lm=fake_lm(respond),
+                 reasoning_lm=fake_lm(ScriptedReasoner(proposals)), max_iterations=1, train_ratio=train_ratio,
+                 val_ratio=val_ratio)
+    result = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples()).result
+    return result, result.iterations[0]
+
+
 @pytest.mark.parametrize(("proposal", "respond", "control_adopted"), [
     (VERBOSE, routing_respond, True), (GOOD, routing_respond, True), (GOOD, routing_wants_a_verb, False),
 ], ids=["hurt", "tie", "better"])
 def test_grounded_control_keeps_a_rewrite_only_when_its_own_words_score(proposal, respond, control_adopted):
     """With `grounded_control` (auto's default), the rewrite meets the current instructions plus only
     the sentence the data states; the rewrite is adopted only when strictly better (a tie is the control's)."""
-    reasoner = ScriptedReasoner([proposal])
-    opt = Reflex("exact", strategy=Iterative(grounded_control=True), task_lm=fake_lm(respond),
-                 reasoning_lm=fake_lm(reasoner), max_iterations=1, train_ratio=1.0, val_ratio=0.0)
-    record = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples()).result.iterations[0]
+    _, record = run_controlled([proposal], respond)
     control = record.details["grounded_control"]
     assert control["adopted"] is control_adopted and control["fix"].startswith("Answer with exactly one of")
     if control_adopted:
@@ -205,11 +211,7 @@ def test_auto_turns_the_grounded_control_on_and_a_user_can_turn_it_off():
 def test_with_a_validation_split_the_control_is_decided_there():
     """A probe's batch is a few train examples where rewrite and control mostly tie: with validation,
     the choice is made there (the kept one's val scores are those the run records anyway)."""
-    reasoner = ScriptedReasoner([GOOD])
-    opt = Reflex("exact", strategy=Iterative(grounded_control=True), task_lm=fake_lm(routing_wants_a_verb),
-                 reasoning_lm=fake_lm(reasoner), max_iterations=1, train_ratio=0.5, val_ratio=0.25)
-    result = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples()).result
-    record = result.iterations[0]
+    result, record = run_controlled([GOOD], routing_wants_a_verb, train_ratio=0.5, val_ratio=0.25)
     control = record.details["grounded_control"]
     assert control["decided_on"] == "validation" and result.split_sizes["val"] >= 4
     assert control["rewrite_val"] == 1.0 > control["control_val"] and control["adopted"] is False
@@ -221,9 +223,6 @@ def test_the_control_is_not_scored_against_itself():
     """When every reply is refused, the fallback states the data's fact: it is the control itself,
     so nothing is compared and no control note is written (the README's main job takes this path)."""
     parrot = "Customer 0: my delivery issue number 0 needs help (sh0), so route it"
-    opt = Reflex("exact", strategy=Iterative(grounded_control=True), task_lm=fake_lm(routing_respond),
-                 reasoning_lm=fake_lm(ScriptedReasoner(["", parrot, "RAW:{"])), max_iterations=1,
-                 train_ratio=1.0, val_ratio=0.0)
-    record = opt.compile(program_from_prompt(INITIAL), trainset=routing_examples()).result.iterations[0]
+    _, record = run_controlled(["", parrot, "RAW:{"])
     assert "proposals were rejected" in record.change_summary and record.score == 1.0
     assert record.details["grounded_control"] is None and "Control:" not in record.reasoning

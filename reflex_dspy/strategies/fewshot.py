@@ -294,12 +294,12 @@ class FewShot(Strategy):
         taken = in_batch | set(self.state.current_sources)
         outside = sum(example_id(ex) not in taken for ex in ctx.trainset)
         per_kind = AGENT_TRIES if self.selection_strategy == "agent_curated" else max(len(self.state.pool), 1)
-        fit = demos_that_fit(ctx.context_window, [*self.state.pool, *labeled_entries(
+        fit = ctx.context_window and demos_that_fit(ctx.context_window, [*self.state.pool, *labeled_entries(
             ctx, list(self.state.current.predictors), ctx.trainset)])
-        for _ in range(per_kind * len(self.set_kinds)):
+        kinds = self.set_kinds
+        for _ in range(per_kind * len(kinds)):
             variant = self.state.variant
             self.state.variant += 1
-            kinds = self.set_kinds
             kind, k = kinds[variant % len(kinds)], self._size(len(batch), outside, fit)
             selection = self._select(ctx, kind, k, variant // len(kinds), in_batch)
             selection.details.update(variant=variant, set_kind=kind, set_size=k)

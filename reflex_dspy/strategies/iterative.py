@@ -143,8 +143,9 @@ class Iterative(Strategy):
             candidate,
             result,
             parent_eval.mean,
-            reasoning=self._reasoning(proposal, history) + (f"\n\n{control['note']}" if control else ""),
-            change_summary=control["summary"] if control and control["adopted"] else proposal.change_summary,
+            reasoning=self._reasoning(proposal, history) + (f"\n\n{control_note(control)}" if control else ""),
+            change_summary=(f"stated what the data shows: {control['fix']}" if control and control["adopted"]
+                            else proposal.change_summary),
             predictor=predictor,
             details={"repaired": proposal.repaired, "salvaged": proposal.salvaged, "rejected": proposal.rejected,
                      "attempts": proposal.attempts, "grounded_control": control},
@@ -180,17 +181,8 @@ class Iterative(Strategy):
             keys = [[val_plain.mean, plain.mean], [val_rewrite.mean, rewritten.mean]]
         floor = float("-inf")
         control_key, rewrite_key = ([floor if x is None else x for x in k] for k in keys)
-        adopted = plain.mean is not None and control_key >= rewrite_key
-        on = control["decided_on"]
-        scores = (f"{fmt_score(control.get('control_val'))} against {fmt_score(control.get('rewrite_val'))} on "
-                  f"validation (batch {fmt_score(plain.mean)} / {fmt_score(rewritten.mean)})" if on == "validation"
-                  else f"{fmt_score(plain.mean)} against {fmt_score(rewritten.mean)} on the batch")
-        control["note"] = (f"Control: the current instructions plus only what the data states ({fix!r}) scored "
-                           f"{scores} for the rewrite: "
-                           + ("the rewrite's own words did not earn their place, the control is this step's change."
-                              if adopted else "the rewrite is strictly better and is this step's change."))
-        control.update(adopted=adopted, summary=f"stated what the data shows: {fix}")
-        return (grounded, plain, control) if adopted else (rewrite, rewritten, control)
+        control["adopted"] = plain.mean is not None and control_key >= rewrite_key
+        return (grounded, plain, control) if control["adopted"] else (rewrite, rewritten, control)
 
     @staticmethod
     def _reasoning(proposal, history: str) -> str:
@@ -210,3 +202,16 @@ class Iterative(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = IterativeState.from_dict(state)
+
+
+def control_note(control: dict[str, Any]) -> str:
+    """The grounded control's comparison in words, from what `details["grounded_control"]` records."""
+    if control["decided_on"] == "validation":
+        scores = (f"{fmt_score(control['control_val'])} against {fmt_score(control['rewrite_val'])} on validation "
+                  f"(batch {fmt_score(control['control_score'])} / {fmt_score(control['rewrite_score'])})")
+    else:
+        scores = f"{fmt_score(control['control_score'])} against {fmt_score(control['rewrite_score'])} on the batch"
+    verdict = ("the rewrite's own words did not earn their place, the control is this step's change."
+               if control["adopted"] else "the rewrite is strictly better and is this step's change.")
+    return (f"Control: the current instructions plus only what the data states ({control['fix']!r}) scored {scores} "
+            f"for the rewrite: {verdict}")
