@@ -171,16 +171,19 @@ def run_one(task: Task, optimizer: str, seed: int, budget: int, task_lm: dspy.LM
 
 
 def _search(result: Any) -> dict[str, Any]:
-    """Why a reflex run stopped, the phase of each iteration, and auto's phases: each axis, why it
-    was chosen (probe or rung), its calls and measured gain. DSPy's optimizers report none of it."""
+    """Why a reflex run stopped, the phase of each iteration, auto's phases (each axis, why it was
+    chosen: probe or rung, and the gains behind it) and each iteration's metric calls and scores
+    (batch, val). DSPy's optimizers report none of it."""
     phases = []
     for r in result.iterations:
         info = r.details.get("auto")
         if info and (not phases or phases[-1]["phase_number"] != r.details.get("phase_number")):
             phases.append({"phase_number": r.details.get("phase_number"), "axis": r.phase, "kind": info["kind"],
                            "evidence": info["evidence"]})
+    steps = [{"iteration": r.iteration, "phase": r.phase, "metric_calls": r.metric_calls, "batch": r.score,
+              "val": r.val_score} for r in result.iterations]
     return {"stop_reason": result.stop_reason, "phases": [r.phase for r in result.iterations],
-            "auto_phases": phases}
+            "auto_phases": phases, "steps": steps}
 
 
 def run_baseline(task: Task, seed: int, task_lm: dspy.LM, sizes: tuple[int, int, int]) -> dict[str, Any]:

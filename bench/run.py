@@ -129,7 +129,7 @@ def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
               "answers to prompts seen before, which lowers their calls, tokens and wall time, never their scores.")
     results = quality.load(args.quality_results)
     if args.out.resolve() == DOC:
-        _update_readme(quality_report.headline(quality_report.summarize(results), tasks))
+        _update_readme(quality_report.headline(quality_report.summarize(results), tasks, results))
     return quality_report.section(results, plots, source)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import dspy
@@ -23,6 +24,7 @@ from dspy.clients.base_lm import BaseLM
 from dspy.signatures.signature import Signature
 
 
+@lru_cache(maxsize=256)  # four lookups per model call on a handful of signature classes per run
 def _single_fields(signature: type[Signature]) -> tuple[str, str]:
     """(input name, output name) of a one-input, one-text-output signature; TypeError otherwise."""
     inputs, outputs = list(signature.input_fields), list(signature.output_fields)
