@@ -38,7 +38,7 @@ def reasoner_choosing(axis: str):
 
 
 def test_auto_probes_axes_in_order_and_hands_on_the_better_candidate(tmp_path):
-    program = run_quiet(Auto(axes=["iterative", "fewshot"]), reasoner_choosing("structural"),
+    program = run_quiet(Auto(axes=["iterative", "fewshot"], state_facts=False), reasoner_choosing("structural"),
                            run_dir=tmp_path, max_iterations=6, train_ratio=1.0, val_ratio=0.0)
     result = program.result
     phases = [r.phase for r in result.iterations]
@@ -49,6 +49,31 @@ def test_auto_probes_axes_in_order_and_hands_on_the_better_candidate(tmp_path):
     assert "probe 1 of 2: iterative has not been tried" in first.reasoning
     assert first.details["auto"]["kind"] == "probe"
     assert result.final.mean == 1.0
+
+
+def test_the_data_s_facts_are_tried_on_their_own_before_the_probes(tmp_path):
+    """The label set the instructions lack is the opening step, measured where phases are, so the
+    first probe's axis is not credited with its gain; facts that do not score better are not kept."""
+    examples = routing_examples(8)
+    auto = Auto(axes=["iterative", "fewshot"])
+    result = run_quiet(auto, reasoner_choosing("structural"), examples=examples, run_dir=tmp_path,
+                       max_iterations=6, train_ratio=0.5, val_ratio=0.25).result
+    opening = result.iterations[0]
+    assert opening.phase == "facts" and opening.details["auto"]["kind"] == "opening"
+    assert opening.details["facts"]["adopted"] and opening.details["facts"]["decided_on"] == "validation"
+    assert "Answer with exactly one of these labels" in opening.candidate["predictors"]["predict"]["instructions"]
+    assert auto.phases[0]["axis"] == "facts" and auto.phases[0]["gain"] > 0.3
+    assert result.stop_reason.startswith("score threshold")  # the label set is this fake's whole lever
+
+    # A fake that ignores the label set: the facts are scored, not kept, and the probes follow.
+    auto = Auto(axes=["iterative", "fewshot"])
+    result = run_quiet(auto, reasoner_choosing("structural"), respond=lambda s, m: "no idea", examples=examples,
+                       run_dir=tmp_path / "ignored", max_iterations=4, train_ratio=0.5, val_ratio=0.25).result
+    assert [r.phase for r in result.iterations][:2] == ["facts", "iterative"]
+    assert not result.iterations[0].details["facts"]["adopted"] and auto.phases[0]["gain"] == 0.0
+    probe = result.iterations[1]
+    assert probe.reasoning.startswith("[iterative phase 2] Phase 2 (probe): iterative")
+    assert "starting from iteration 0's candidate" in probe.reasoning  # the user's words, not the facts
 
 
 # -- scripted axes: the phase logic in isolation ---------------------------------------------
@@ -105,7 +130,7 @@ SCRIPTED = ["structural", "iterative", "fewshot"]
 
 
 def test_a_regressing_phase_hands_on_the_best_candidate_so_far(scripted_axes, tmp_path):
-    auto = Auto(axes=SCRIPTED)  # probe order: iterative, fewshot, structural
+    auto = Auto(axes=SCRIPTED, state_facts=False)  # probe order: iterative, fewshot, structural
     program = run_quiet(auto, axes_in_order("structural"), run_dir=tmp_path, max_iterations=3,
                            train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
     result = program.result
@@ -122,7 +147,7 @@ def test_a_regressing_phase_hands_on_the_best_candidate_so_far(scripted_axes, tm
 def test_the_budget_follows_the_measured_gain_after_the_probes(scripted_axes, tmp_path):
     """Probes first (every axis), then successive halving keeps the axis that gained: the reasoning
     model's wish ("iterative") decides nothing."""
-    auto = Auto(axes=SCRIPTED)
+    auto = Auto(axes=SCRIPTED, state_facts=False)
     program = run_quiet(auto, axes_in_order("iterative"), run_dir=tmp_path, max_iterations=12,
                            train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
     kinds = [(p["axis"], p["kind"]) for p in auto.phases]
@@ -140,7 +165,7 @@ def test_auto_never_converges_while_much_of_the_budget_is_left(scripted_axes, tm
     for axis in SCRIPTED:
         monkeypatch.setitem(EDITS, axis, lambda c: c.with_instructions(
             "predict", c.predictors["predict"].instructions + f" Try {next(tries)}."))
-    auto = Auto(axes=SCRIPTED)
+    auto = Auto(axes=SCRIPTED, state_facts=False)
     program = run_quiet(auto, axes_in_order("fewshot"), examples=routing_examples(2), run_dir=tmp_path,
                            max_iterations=40, max_metric_calls=200, train_ratio=1.0, val_ratio=0.0,
                            score_threshold=0.99)
@@ -175,7 +200,7 @@ def test_the_allocator_reopens_the_best_arms_when_the_last_one_stops_gaining():
 
 def test_batching_settings_reach_every_phase(scripted_axes, tmp_path, monkeypatch):
     monkeypatch.setitem(EDITS, "fewshot", EDITS["iterative"])  # never reaches the threshold on a batch
-    program = run_quiet(Auto(axes=["iterative", "fewshot"]), axes_in_order("iterative"), run_dir=tmp_path,
+    program = run_quiet(Auto(axes=["iterative", "fewshot"], state_facts=False), axes_in_order("iterative"), run_dir=tmp_path,
                            max_iterations=4, batch_size=6, train_ratio=1.0, val_ratio=0.0, score_threshold=0.99)
     records = program.result.iterations
     assert {r.phase for r in records} == {"fewshot", "iterative"}
@@ -203,7 +228,7 @@ def test_invalid_auto_parameters_are_clear_errors():
 
 
 def test_early_stopping_patience_counts_within_a_phase(scripted_axes, tmp_path):
-    auto = Auto(axes=SCRIPTED, start_structural=True)
+    auto = Auto(axes=SCRIPTED, start_structural=True, state_facts=False)
     program = run_quiet(auto, axes_in_order("structural"), run_dir=tmp_path, max_iterations=15,
                            early_stopping_patience=3)
     # Flat or worse iterations across phases would end a single-strategy run; each phase gets its turn.
@@ -215,7 +240,7 @@ def test_early_stopping_patience_counts_within_a_phase(scripted_axes, tmp_path):
 def test_a_stalled_phase_ends_and_the_next_axis_gets_its_turn(scripted_axes, tmp_path):
     """Patience spent inside a phase ends that phase, not the run: a flat structural opening used to
     stop auto before any other axis ran (bench: auto gained nothing on all three quality tasks)."""
-    auto = Auto(axes=["structural", "fewshot"], start_structural=True)
+    auto = Auto(axes=["structural", "fewshot"], start_structural=True, state_facts=False)
     program = run_quiet(auto, axes_in_order("fewshot"), run_dir=tmp_path, max_iterations=20,
                            early_stopping_patience=2, score_threshold=0.99)
     result = program.result
@@ -230,7 +255,7 @@ def test_probes_at_a_small_budget_run_on_the_part_of_the_batch_they_afford(scrip
     """At 64 metric calls one structural round (4 layouts on the whole batch) used to spend 56 of
     them, so auto was structural alone (bench: no gain on any quality task); five full-batch probes
     would spend any small budget before the gains could steer it."""
-    auto = Auto(axes=SCRIPTED, start_structural=True)
+    auto = Auto(axes=SCRIPTED, start_structural=True, state_facts=False)
     program = run_quiet(auto, axes_in_order("iterative"), examples=routing_examples(8), run_dir=tmp_path,
                         max_iterations=40, max_metric_calls=64, train_ratio=1.0, val_ratio=0.0,
                         score_threshold=0.99)

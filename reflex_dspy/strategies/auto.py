@@ -18,6 +18,13 @@ iteration's reasoning of the phase, in every iteration's `details["auto"]`, and 
 A phase also ends when its last `IDLE_STEPS` steps measured nothing new (every score came from
 the cache): its strategy has nothing left to try, and its iterations are better spent elsewhere.
 
+Before the probes, when the instructions lack what the data states plainly (the label set, the
+JSON keys, the date form: `TaskFacts.missing_from`), auto's opening step adds just those sentences
+and keeps them only when they score strictly better where phases are measured. Why: on the bench
+that sentence was the whole gain of the first probe in most runs; credited to the probe's axis
+(iterative), it won that axis the first rung, where no rewrite ever gained more, while the demo
+phases that did gain were left the crumbs. Measured apart, each axis's gain is its own.
+
 A probe runs on the part of the batch its share affords (a structural round scores every
 layout on each example), so the probes stay cheap and leave most of the budget to the axes that
 gained. Every phase's gain is measured on validation (the best of the phase's candidates against
@@ -40,6 +47,7 @@ import dspy
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import ReflexError
+from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.allocation import CONVERGE_LEFT, NO_GAIN, PROBE_FRACTION, Allocator, Plan
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.fewshot import content_sources
@@ -64,6 +72,19 @@ SCREEN_BATCH = MIN_PROBE_BATCH
 SCREENING_AXES = ("fewshot",)
 
 
+FACTS = "facts"  # the opening step's phase name: not an axis, it runs once before the probes
+
+
+def stated_facts(ctx: SearchContext, candidate: Candidate) -> dict[str, str]:
+    """Per predictor whose instructions lack what the data states plainly, the sentence stating it."""
+    out = {}
+    for name, state in candidate.predictors.items():
+        facts = ctx.facts.get(name)
+        if facts is not None and (fix := facts.missing_from(state.instructions)):
+            out[name] = fix
+    return out
+
+
 @dataclass
 class AutoState:
     """Auto's search state between steps, all of it JSON in a checkpoint (the running phase's own
@@ -83,6 +104,7 @@ class AutoState:
     phase_entries: list[dict[str, Any]] = field(default_factory=list)  # this phase's scored candidates
     phase_start: dict[str, Any] | None = None  # {"iteration"} of the phase's first step
     finished: str | None = None
+    facts_pending: bool = False  # the opening step (the data's facts) is still to run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +127,8 @@ class Auto(Strategy):
     Parameters: `axes` (those allowed, default all five), `probe_fraction` (0.4 of the budget for
     all probes together), `max_phases` (16), `min_phases` (1) before auto may declare convergence,
     `start_structural` (False: True probes structural first), `phase_iterations` (per-axis caps
-    on a phase's iterations), `axis_params` (per-axis strategy parameters).
+    on a phase's iterations), `axis_params` (per-axis strategy parameters), `state_facts` (True:
+    the opening step tries the data's facts on their own; False leaves them to the axes).
     """
 
     name = "auto"
@@ -121,6 +144,7 @@ class Auto(Strategy):
         axis_params: Annotated[dict[str, dict[str, Any]] | None, STRATEGY_PARAMS] = None,
         axes: Sequence[str] = AXES,
         probe_fraction: float = PROBE_FRACTION,
+        state_facts: bool = True,
     ) -> None:
         if not 1 <= min_phases <= max_phases:
             raise ValueError("need 1 <= min_phases <= max_phases")
@@ -136,7 +160,7 @@ class Auto(Strategy):
         super().__init__(
             metric, max_phases=max_phases, min_phases=min_phases, start_structural=start_structural,
             phase_iterations=dict(phase_iterations or {}), axis_params=dict(axis_params or {}), axes=list(axes),
-            probe_fraction=probe_fraction,
+            probe_fraction=probe_fraction, state_facts=state_facts,
         )
         self._reset()
 
@@ -172,11 +196,14 @@ class Auto(Strategy):
         self.s.alloc = Allocator(self.probe_order(), ctx.budget_left, ctx.config.max_iterations,
                                self.probe_fraction)
         self.s.plan = self.s.alloc.next_plan(self.s.phases, ctx.budget_left, ctx.config.max_iterations)
+        self.s.facts_pending = self.state_facts and bool(stated_facts(ctx, initial))
 
     def done(self) -> str | None:
         return self.s.finished
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        if self.sub is None and self.s.facts_pending:
+            return self._facts_step(ctx, iteration, batch)
         opening = None
         if self.sub is None:
             opening = self._begin_phase(ctx, iteration, batch)
@@ -223,6 +250,46 @@ class Auto(Strategy):
         if self.sub is not None:
             self._end_phase(ctx, iteration, batch)
         return self.s.finished is None
+
+    def _facts_step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        """The opening step: the handed-on instructions plus the sentences the data states, kept
+        only when strictly better where phases are measured (ties keep the user's words)."""
+        self.s.facts_pending = False
+        calls_start = ctx.spent
+        start = Candidate.from_dict(self.s.best["candidate"])
+        fixes = stated_facts(ctx, start)
+        candidate = start
+        for name, fix in fixes.items():
+            candidate = candidate.with_instructions(name, f"{start.predictors[name].instructions.rstrip()}\n\n{fix}".strip())
+        screen = list(batch[:SCREEN_BATCH])
+        parent_eval, result = ctx.evaluate_many([start, candidate], screen, label=f"iter {iteration}: the data's facts")
+        scored_on = self._measuring_set(ctx, screen, [])
+        before, after = (r.mean or 0.0 for r in ctx.evaluate_many([start, candidate], scored_on, label="auto: phase end"))
+        adopted = after > before
+        if adopted:
+            self.s.best = {"candidate": candidate.to_dict(), "score": after, "iteration": iteration}
+        where = "validation" if len(ctx.valset) >= MIN_PROBE_BATCH else "the batch"
+        why = ("the instructions lack what the data states plainly; that sentence is tried on its own before the "
+               "probes, so no axis is credited with its gain")
+        self.s.phases.append({
+            "axis": FACTS, "kind": "opening", "why": why, "iterations": 1, "metric_calls": ctx.spent - calls_start,
+            "first_iteration": iteration, "score_before": before, "score_after": max(before, after),
+            "scored_on": len(scored_on), "gain": round(max(after - before, 0.0), 4),
+            "handed_on_iteration": self.s.best["iteration"]})
+        self.s.step_end = ctx.spent
+        verdict = "kept: strictly better" if adopted else "not kept: no better (the user's words stay)"
+        step = Step(candidate, result, parent_eval.mean,
+                    reasoning=(f"[{FACTS} phase 1] Opening step: {why}. Added: {' '.join(fixes.values())!r}. "
+                               f"{fmt_score(after)} against {fmt_score(before)} on {where} ({len(scored_on)} "
+                               f"examples): {verdict}."),
+                    change_summary=f"stated what the data shows: {' '.join(fixes.values())}",
+                    predictor=next(iter(fixes)),
+                    details={"phase_number": 1, "facts": {"added": fixes, "adopted": adopted, "before": before,
+                                                          "after": after, "decided_on": where},
+                             "auto": {"kind": "opening", "why": why, "evidence": {}, "share_calls": None,
+                                      "share_iterations": 1, "probe_batch": len(screen)}})
+        step.phase = FACTS
+        return step
 
     # -- phases -----------------------------------------------------------------------------
     def _begin_phase(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> str:
