@@ -269,6 +269,13 @@ def test_probes_at_a_small_budget_run_on_the_part_of_the_batch_they_afford(scrip
     assert [p["axis"] for p in auto.phases][:3] == ["structural", "iterative", "fewshot"]
     assert all(p["scored_on"] <= 4 for p in auto.phases[:3])
     assert program.result.usage["search_calls"] <= 64
+    # A rung's arm keeps to its share too (a full-batch step would leave the arms after it nothing):
+    # a share below a whole batch's step runs on the part of the batch it affords.
+    rungs = [r.details["auto"] for r in records if r.phase == "iterative" and r.details["auto"]["kind"] != "probe"]
+    assert any(info["probe_batch"] for info in rungs), rungs
+    for info in rungs:
+        affordable = max(info["share_calls"] // 2, 4)
+        assert info["probe_batch"] == (affordable if affordable < 24 else None), info
 
 
 def test_auto_does_not_converge_before_every_arm_of_the_running_rung_had_its_turn():

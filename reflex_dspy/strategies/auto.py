@@ -25,9 +25,10 @@ that sentence was the whole gain of the first probe in most runs; credited to th
 (iterative), it won that axis the first rung, where no rewrite ever gained more, while the demo
 phases that did gain were left the crumbs. Measured apart, each axis's gain is its own.
 
-A probe runs on the part of the batch its share affords (a structural round scores every
+A phase runs on the part of the batch its share affords (a structural round scores every
 layout on each example), so the probes stay cheap and leave most of the budget to the axes that
-gained. Every phase's gain is measured on validation (the best of the phase's candidates against
+gained, and a rung's arms each get their turn (a full-batch iterative step cost 35 calls where its
+rung share was 6 on the bench, and the arms after it got none). Every phase's gain is measured on validation (the best of the phase's candidates against
 the one it was handed), where the lifecycle has scored each candidate already and no example
 ever lent a demo; only a run without a validation split of at least `MIN_PROBE_BATCH` examples
 measures on the batch the phase ran on, minus its demos' sources. Where validation measures, a
@@ -96,7 +97,7 @@ class AutoState:
     in_phase: int = 0
     idle: int = 0  # consecutive steps of this phase that cost no metric call
     phase_budget: int = 0
-    batch_cap: int | None = None  # a probe's part of the batch, when its share affords no more
+    batch_cap: int | None = None  # a phase's part of the batch, when its share affords no more
     phase_calls_start: int = 0  # search calls spent when the phase began
     step_end: int = 0  # search calls spent when the previous step ended
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -314,17 +315,18 @@ class Auto(Strategy):
 
     def _phase_batch(self, ctx: SearchContext, plan: Plan, batch_size: int) -> tuple[int | None, str]:
         """How much of the batch a phase's steps run on: a demo phase measured on validation only
-        screens there (`SCREEN_BATCH`), else a probe runs on what its share affords."""
+        screens there (`SCREEN_BATCH`), else a phase runs on what its share affords."""
         if plan.axis in SCREENING_AXES and len(ctx.valset) >= MIN_PROBE_BATCH and batch_size > SCREEN_BATCH:
             return SCREEN_BATCH, (f" Each demo set is screened on {SCREEN_BATCH} of the {batch_size} batch examples; "
                                   f"validation, where every set is scored anyway, decides what is handed on.")
-        return self._probe_batch(plan, batch_size)
+        return self._share_batch(plan, batch_size)
 
-    def _probe_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
-        """How much of the batch a probe affords: its share over the candidates one step scores
-        per example (a structural round scores every layout). A probe is cheap by construction: at
-        150 calls on a 16-example batch, five full-batch probes would spend the whole budget."""
-        if plan.kind != "probe" or plan.calls is None:
+    def _share_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
+        """How much of the batch a phase's share affords: its share over the candidates one step
+        scores per example (a structural round scores every layout). A probe is cheap by
+        construction (at 150 calls on a 16-example batch, five full-batch probes would spend the
+        whole budget), and a rung's arm keeps to its share so the arms after it get theirs."""
+        if plan.calls is None:
             return None, ""
         per_example = STEP_EVALS.get(plan.axis, 2)
         if plan.axis == "structural":
@@ -334,7 +336,7 @@ class Auto(Strategy):
         affordable = max(plan.calls // per_example, MIN_PROBE_BATCH)
         if affordable >= batch_size:
             return None, ""
-        return affordable, (f" A step scores about {per_example} candidates on each batch example, so this probe "
+        return affordable, (f" A step scores about {per_example} candidates on each batch example, so this {plan.kind} "
                             f"runs, and its gain is measured, on {affordable} of the {batch_size} batch examples.")
 
     def _phase_picks(self, ctx: SearchContext) -> list[dict[str, Any]]:
