@@ -357,6 +357,24 @@ def test_program_is_logged_as_a_model_without_any_key(tracker, tmp_path, monkeyp
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////nowhere/users-own.db"
 
 
+def test_without_mlflow_model_flavors_the_program_is_not_logged_and_nothing_warns(tracker, tmp_path, monkeypatch,
+                                                                                 caplog):
+    """mlflow-skinny (the README's first line) has no model flavors: `mlflow.models` lacks
+    ModelSignature. That is how the package is installed, not a failure: the tag says why, and no
+    warning reaches the user's terminal."""
+    import reflex_dspy.tracking.mlflow_model as mlflow_model
+
+    def skinny(*args, **kwargs):
+        raise ImportError("cannot import name 'ModelSignature' from 'mlflow.models'")
+
+    monkeypatch.setattr(mlflow_model, "log_program_model", skinny)
+    with caplog.at_level("WARNING"):
+        full_run(tracker, tmp_path / "runs" / "008_x", "008", program=dspy.Predict("question -> answer"))
+    tag = client_for(tracker).get_run(tracker.run_id).data.tags["reflex.dspy_model"]
+    assert tag.startswith("unavailable: ImportError") and "ModelSignature" in tag
+    assert not [r for r in caplog.records if "MLflow model" in r.getMessage()]
+
+
 def test_export_round_trip_equals_what_was_logged(tracker, tmp_path):
     info = full_run(tracker, tmp_path / "live" / "runs" / "008_2026-11-22T10-00-00", "008")
     client = client_for(tracker)

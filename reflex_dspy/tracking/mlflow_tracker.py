@@ -431,6 +431,8 @@ class MlflowTracker(Tracker):
             with fluent_store(self.tracking_uri), quiet_store_setup(MODEL_LOGGERS, logging.ERROR):
                 self.model_id = log_program_model(self.client, self._experiment_id, program, run_id=self.run_id,
                                                   step=step, example=example)
+        except ImportError as exc:  # mlflow-skinny has no model flavors (full mlflow, the `ui` extra, has them)
+            return f"unavailable: {describe_error(exc, 180)}"
         except Exception as exc:  # noqa: BLE001 - program.json is logged either way
             logger.warning("could not log the program as an MLflow model: %s", describe_error(exc, 300))
             return f"unavailable: {describe_error(exc, 180)}"
