@@ -28,10 +28,11 @@ phases that did gain were left the crumbs. Measured apart, each axis's gain is i
 A phase runs on the part of the batch its share affords (a structural round scores every
 layout on each example), so the probes stay cheap and leave most of the budget to the axes that
 gained, and a rung's arms each get their turn (a full-batch iterative step cost 35 calls where its
-rung share was 6 on the bench, and the arms after it got none). Every phase's gain is measured on validation (the best of the phase's candidates against
-the one it was handed), where the lifecycle has scored each candidate already and no example
-ever lent a demo; only a run without a validation split of at least `MIN_PROBE_BATCH` examples
-measures on the batch the phase ran on, minus its demos' sources. Where validation measures, a
+rung share was 6 on the bench, and the arms after it got none). Every phase's gain is measured on
+validation (the best of the phase's candidates against the one it was handed), where the
+lifecycle has scored each candidate already and no example ever lent a demo; only a run without
+a validation split of at least `MIN_PROBE_BATCH` examples measures on the batch the phase ran on,
+minus its demos' sources. Where validation measures, a
 demo phase's steps score their sets on a few batch examples only (`SCREEN_BATCH`): that score
 only picks the set the next one is compared with, and the calls saved buy more sets.
 """
@@ -336,7 +337,8 @@ class Auto(Strategy):
         affordable = max(plan.calls // per_example, MIN_PROBE_BATCH)
         if affordable >= batch_size:
             return None, ""
-        return affordable, (f" A step scores about {per_example} candidates on each batch example, so this {plan.kind} "
+        what = "probe" if plan.kind == "probe" else "phase"
+        return affordable, (f" A step scores about {per_example} candidates on each batch example, so this {what} "
                             f"runs, and its gain is measured, on {affordable} of the {batch_size} batch examples.")
 
     def _phase_picks(self, ctx: SearchContext) -> list[dict[str, Any]]:
