@@ -49,15 +49,16 @@ def unhelpful_reasoner(system: str, messages: list[dict]) -> str:
     return json.dumps({"failure_patterns": "-", "change_summary": "-", "revised_instructions": ""})
 
 
-@pytest.mark.parametrize(("respond", "levers"), [
-    (demos_only, {"fewshot", "joint"}),
-    (label_set_only, {"facts"}),
-    (layout_only, {"structural", "pdo"}),
-], ids=["demos", "label-set", "layout"])
-def test_auto_probes_every_axis_and_spends_on_the_lever(respond, levers, tmp_path):
+@pytest.mark.parametrize(("respond", "levers", "params"), [
+    (demos_only, {"fewshot", "joint"}, {}),
+    (label_set_only, {"facts"}, {}),
+    (label_set_only, {"iterative", "joint", "pdo"}, {"state_facts": False}),  # the axes find it too
+    (layout_only, {"structural", "pdo"}, {}),
+], ids=["demos", "label-set", "label-set-via-axes", "layout"])
+def test_auto_probes_every_axis_and_spends_on_the_lever(respond, levers, params, tmp_path):
     from fakes import routing_examples
 
-    auto = Auto()
+    auto = Auto(**params)
     program = run_strategy(auto, unhelpful_reasoner, respond=respond, examples=routing_examples(4),
                            run_dir=tmp_path, track=False, max_iterations=60, max_metric_calls=500,
                            train_ratio=1.0, val_ratio=0.0, score_threshold=1.0)
