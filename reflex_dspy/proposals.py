@@ -231,6 +231,11 @@ class TaskFacts:
         return None
 
 
+def with_fact(instructions: str, sentence: str) -> str:
+    """`instructions` with the data-stated `sentence` (`TaskFacts.missing_from`) appended as its own paragraph."""
+    return f"{instructions.rstrip()}\n\n{sentence}".strip()
+
+
 def compare_outputs(facts: TaskFacts, failures: Sequence[ExampleResult], gold: dict[str, str]) -> str:
     """How the current outputs differ from gold, in words (too long, labels outside the set, ...)."""
     outputs = [str(r.output.get(facts.field, "")).strip() for r in failures if facts.field in r.output]

@@ -49,6 +49,7 @@ import dspy
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import ReflexError
+from reflex_dspy.proposals import with_fact
 from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.allocation import CONVERGE_LEFT, NO_GAIN, PROBE_FRACTION, Allocator, Plan
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
@@ -262,7 +263,7 @@ class Auto(Strategy):
         fixes = stated_facts(ctx, start)
         candidate = start
         for name, fix in fixes.items():
-            candidate = candidate.with_instructions(name, f"{start.predictors[name].instructions.rstrip()}\n\n{fix}".strip())
+            candidate = candidate.with_instructions(name, with_fact(start.predictors[name].instructions, fix))
         screen = list(batch[:SCREEN_BATCH])
         parent_eval, result = ctx.evaluate_many([start, candidate], screen, label=f"iter {iteration}: the data's facts")
         scored_on = self._measuring_set(ctx, screen, [])

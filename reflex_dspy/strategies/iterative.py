@@ -28,7 +28,14 @@ from pydantic import Field
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.eval_results import EvalResult
-from reflex_dspy.proposals import Proposal, ProposalRejected, TaskFacts, compare_outputs, format_failures
+from reflex_dspy.proposals import (
+    Proposal,
+    ProposalRejected,
+    TaskFacts,
+    compare_outputs,
+    format_failures,
+    with_fact,
+)
 from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 
@@ -168,7 +175,7 @@ class Iterative(Strategy):
         rewrite = parent.with_instructions(predictor, proposal.instructions)
         current = parent.predictors[predictor].instructions
         fix = facts.missing_from(current) if facts is not None and self.grounded_control else None
-        grounded = parent.with_instructions(predictor, f"{current.rstrip()}\n\n{fix}".strip()) if fix else rewrite
+        grounded = parent.with_instructions(predictor, with_fact(current, fix)) if fix else rewrite
         if grounded.fingerprint == rewrite.fingerprint:  # no fact missing, or the proposal is the control itself
             return rewrite, ctx.evaluate(rewrite, batch, label=f"iter {iteration}: proposal"), None
         rewritten, plain = ctx.evaluate_many([rewrite, grounded], batch, label=f"iter {iteration}: proposal")
