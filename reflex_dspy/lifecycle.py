@@ -36,6 +36,7 @@ from reflex_dspy.run_info import describe_lm, run_info, trial_line
 from reflex_dspy.run_record import Record, open_record
 from reflex_dspy.run_status import heartbeat_seconds
 from reflex_dspy.search import SearchContext, restore_rng, rng_state
+from reflex_dspy.selection import PickRule
 from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import paired_significance
 from reflex_dspy.stop_rules import (
@@ -398,19 +399,23 @@ class RunLifecycle:
         )
 
     def _select(self) -> tuple[int, float | None, str]:
-        """Best on val when val exists, else best train score; ties go to the earlier candidate."""
+        """Best on val when val exists, else best train score; ties go to the earlier candidate.
+        On val, the strategy's `rewrite_margin` applies (selection.PickRule)."""
         if self.splits.val:
             scored = [(0, self.initial_val)] + [(r.iteration, r.val_score) for r in self.records]
-            by = "val"
+            by, margin = "val", self.strategy.rewrite_margin
         else:
             first = self.records[0] if self.records else None
             parent = first.score - first.delta if first and first.delta is not None else None
             scored = [(0, parent)] + [(r.iteration, r.score) for r in self.records]
-            by = "train"
-        best_i, best = 0, None
-        for i, score in scored:
-            if score is not None and (best is None or score > best):
-                best_i, best = i, score
+            by, margin = "train", 0
+        rule = PickRule(self.initial, self.ctx.facts, margin)
+        pick = rule.best([(self.candidates[i], score) for i, score in scored], len(self.splits.val))
+        if pick is None:
+            return 0, None, by
+        if margin and pick != PickRule(self.initial).best([(self.candidates[i], s) for i, s in scored], 1):
+            by = f"val, the user's words kept: no rewrite won by more than {margin} example{'s' * (margin != 1)}"
+        best_i, best = scored[pick]
         return best_i, best, by
 
     def _info(self) -> dict[str, Any]:

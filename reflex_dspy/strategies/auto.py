@@ -25,6 +25,13 @@ that sentence was the whole gain of the first probe in most runs; credited to th
 (iterative), it won that axis the first rung, where no rewrite ever gained more, while the demo
 phases that did gain were left the crumbs. Measured apart, each axis's gain is its own.
 
+What is handed on, like what the run finally picks, follows `selection.PickRule`: instructions the
+reasoning model wrote must beat the user's words (with the data's facts) by more than
+`rewrite_margin` validation examples. Why: a weak model's rewrite that names one label won an
+8-example validation by one example, was handed on, and every later demo phase built on it; the
+user's words with the label set and labeled demos, which BootstrapFewShotWithRandomSearch finds,
+were never tried, and scored higher on test.
+
 A phase runs on the part of the batch its share affords (a structural round scores every
 layout on each example), so the probes stay cheap and leave most of the budget to the axes that
 gained, and a rung's arms each get their turn (a full-batch iterative step cost 35 calls where its
@@ -51,6 +58,7 @@ from reflex_dspy.data import example_id
 from reflex_dspy.errors import ReflexError
 from reflex_dspy.proposals import with_fact
 from reflex_dspy.search import fmt_score
+from reflex_dspy.selection import PickRule
 from reflex_dspy.strategies.allocation import CONVERGE_LEFT, NO_GAIN, PROBE_FRACTION, Allocator, Plan
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.fewshot import content_sources
@@ -108,6 +116,7 @@ class AutoState:
     phase_start: dict[str, Any] | None = None  # {"iteration"} of the phase's first step
     finished: str | None = None
     facts_pending: bool = False  # the opening step (the data's facts) is still to run
+    initial: dict[str, Any] | None = None  # the user's candidate: what `rewrite_margin` protects
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +140,9 @@ class Auto(Strategy):
     all probes together), `max_phases` (16), `min_phases` (1) before auto may declare convergence,
     `start_structural` (False: True probes structural first), `phase_iterations` (per-axis caps
     on a phase's iterations), `axis_params` (per-axis strategy parameters), `state_facts` (True:
-    the opening step tries the data's facts on their own; False leaves them to the axes).
+    the opening step tries the data's facts on their own; False leaves them to the axes),
+    `rewrite_margin` (1: validation examples by which model-written instructions must beat the
+    user's words to be handed on or picked; selection.PickRule).
     """
 
     name = "auto"
@@ -148,6 +159,7 @@ class Auto(Strategy):
         axes: Sequence[str] = AXES,
         probe_fraction: float = PROBE_FRACTION,
         state_facts: bool = True,
+        rewrite_margin: int = 1,
     ) -> None:
         if not 1 <= min_phases <= max_phases:
             raise ValueError("need 1 <= min_phases <= max_phases")
@@ -158,12 +170,14 @@ class Auto(Strategy):
             raise ValueError(f"unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(AXES)})")
         if not axes:
             raise ValueError("axes must name at least one axis")
+        if rewrite_margin < 0:
+            raise ValueError("rewrite_margin must be at least 0")
         if start_structural and "structural" not in axes:
             raise ValueError("start_structural needs the structural axis")
         super().__init__(
             metric, max_phases=max_phases, min_phases=min_phases, start_structural=start_structural,
             phase_iterations=dict(phase_iterations or {}), axis_params=dict(axis_params or {}), axes=list(axes),
-            probe_fraction=probe_fraction, state_facts=state_facts,
+            probe_fraction=probe_fraction, state_facts=state_facts, rewrite_margin=rewrite_margin,
         )
         self._reset()
 
@@ -195,6 +209,7 @@ class Auto(Strategy):
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
         self._reset()
         self.s.best = {"candidate": initial.to_dict(), "score": None, "iteration": 0}
+        self.s.initial = initial.to_dict()
         self.s.step_end = ctx.spent
         self.s.alloc = Allocator(self.probe_order(), ctx.budget_left, ctx.config.max_iterations,
                                self.probe_fraction)
@@ -380,7 +395,8 @@ class Auto(Strategy):
             results = ctx.evaluate_many([c for c, _ in contenders], scored_on, label="auto: phase end")
             scores = [r.mean or 0.0 for r in results]
             start_score = scores[0]
-            (_, entry), score = max(zip(contenders, scores, strict=True), key=lambda pair: pair[1])  # ties: earlier
+            pick = self._rule(ctx).best([(c, s) for (c, _), s in zip(contenders, scores, strict=True)], len(scored_on))
+            entry, score = contenders[pick][1], scores[pick]
         else:  # every batch example lent a demo: nothing honest to compare on, the best so far stays
             entry, score, start_score = self.s.best, self.s.best["score"], None
         self.s.best = {**entry, "score": score}
@@ -405,6 +421,13 @@ class Auto(Strategy):
             if self.s.plan is None:
                 self.s.finished = ("auto converged: every axis probed, and the last phase of each measured nothing "
                                  "new (its strategy had nothing left to try)")
+
+    def _rule(self, ctx: SearchContext) -> PickRule:
+        """The lifecycle's pick rule where phases are measured on validation (where it picks too);
+        on the batch the plain best score (the lifecycle picks by train score there, with no margin)."""
+        on_val = len(ctx.valset) >= MIN_PROBE_BATCH and self.s.initial is not None
+        initial = Candidate.from_dict(self.s.initial or self.s.best["candidate"])
+        return PickRule(initial, ctx.facts, self.rewrite_margin if on_val else 0)
 
     def _finish_reason(self, ctx: SearchContext, iteration: int) -> str | None:
         """Why auto stops now, or None: never for lack of gain while an axis is untried, an arm of

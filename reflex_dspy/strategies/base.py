@@ -34,6 +34,9 @@ class Strategy(Teleprompter, abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # Validation examples by which a candidate with model-written instructions must beat the user's
+    # words to be picked (selection.PickRule); 0: the plain best score.
+    rewrite_margin: int = 0
 
     def __init__(self, metric: Any = None, **params: Any) -> None:
         super().__init__()
