@@ -7,6 +7,7 @@ A fake engine answers from the text it receives, so a better prompt really score
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from collections.abc import Callable
 
@@ -90,3 +91,17 @@ def routing_examples(n_per_label: int = 8, ask: str = " needs help") -> list[dsp
             text = f"Customer {i}: my {words[i % len(words)]} issue number {i}{ask} ({label[:2]}{i})."
             out.append(dspy.Example(input=text, output=label).with_inputs("input"))
     return out
+
+
+def bangs_respond(system: str, messages: list[dict]) -> str:
+    """A task model that answers right for customers numbered below 4 plus the "!" in the
+    instructions: on `bangs_splits`' validation each "!" wins exactly one example."""
+    text = messages[-1]["content"]
+    number = int(re.search(r"Customer (\d+)", text).group(1))
+    return truth(text) if number < 4 + system.count("!") else "unsure"
+
+
+def bangs_splits() -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """(train, val) of the routing examples: val is the billing ones, customers 0..7, one each."""
+    examples = routing_examples(8)
+    return [ex for ex in examples if ex.output != "billing"], [ex for ex in examples if ex.output == "billing"]

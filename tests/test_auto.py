@@ -7,10 +7,12 @@ import json
 from typing import Any
 
 import pytest
-from fakes import routing_examples
-from strategy_kit import comparable, interrupted_then_resumed, routing_with_demos, run_strategy
+from fakes import bangs_respond, bangs_splits, fake_lm, routing_examples
+from strategy_kit import INITIAL, comparable, interrupted_then_resumed, routing_with_demos, run_strategy
 
 import reflex_dspy.strategies as strategies
+from reflex_dspy import Reflex
+from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.strategies import SearchContext, Step, Strategy
 from reflex_dspy.strategies.allocation import Allocator
@@ -142,6 +144,25 @@ def test_a_regressing_phase_hands_on_the_best_candidate_so_far(scripted_axes, tm
     # A phase's gain is what it added to the best candidate: a regression adds nothing (it is not handed on).
     assert gains[0] == pytest.approx(0.0) and gains[1] == pytest.approx(1 / 3, abs=1e-3)
     assert result.selected_iteration in (2, 3) and result.final.mean == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("margin", [1, 0])
+def test_a_rewrite_one_example_ahead_is_not_handed_on(scripted_axes, tmp_path, monkeypatch, margin):
+    """The rewrite wins validation by one example: with the margin, the demo phase starts from the
+    user's words (and the rewrite's phase gained nothing); without it, from the rewrite."""
+    monkeypatch.setitem(EDITS, "iterative", lambda c: c.with_instructions(
+        "predict", c.predictors["predict"].instructions + " !"))
+    train, val = bangs_splits()
+    auto = Auto(axes=["iterative", "fewshot"], state_facts=False, rewrite_margin=margin)
+    opt = Reflex("exact", strategy=auto, task_lm=fake_lm(bangs_respond, name="fake/task"),
+                 reasoning_lm=fake_lm(axes_in_order("fewshot"), name="fake/reasoner"), run_dir=tmp_path,
+                 track=False, max_iterations=2, train_ratio=1.0, early_stopping_patience=0, score_threshold=1.0)
+    result = opt.compile(program_from_prompt(INITIAL), trainset=train, valset=val).result
+    assert [r.val_score for r in result.iterations] == [0.625, 0.5 if margin else 0.625]
+    (_, iterative_start), (_, fewshot_start) = Scripted.starts
+    assert (fewshot_start == iterative_start) is bool(margin)
+    assert auto.phases[0]["gain"] == (0.0 if margin else 0.125)
+    assert result.selected_iteration == (0 if margin else 1)
 
 
 def test_the_budget_follows_the_measured_gain_after_the_probes(scripted_axes, tmp_path):

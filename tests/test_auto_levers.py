@@ -109,24 +109,24 @@ def test_auto_finds_the_lever_at_the_bench_budget_with_a_val_split(respond, leve
     assert result.final.mean > result.baseline.mean + 0.3
 
 
-def test_a_demo_phase_measured_on_val_screens_its_sets_on_a_few_batch_examples(tmp_path):
-    """Where validation measures a phase (and scores every step's set anyway), a demo set's batch
-    score only picks what the next set is compared with: the steps run on `SCREEN_BATCH` examples,
-    so a set costs about a third of a full-batch pass, and sets draw on the train examples outside
-    the screen (sizes beyond half the batch)."""
+def test_a_demo_phase_measured_on_val_scores_its_sets_there_only(tmp_path):
+    """Where validation measures a phase (and scores every step's set anyway), a batch score would
+    decide nothing: a demo set costs one validation pass and nothing on the batch, and sets draw on
+    all of train (a batch score leaves its demos' sources out, which capped the sets)."""
     from fakes import routing_examples
-
-    from reflex_dspy.strategies.auto import SCREEN_BATCH
 
     auto = Auto(axes=["fewshot"])
     program = run_strategy(auto, unhelpful_reasoner, respond=demos_only, examples=routing_examples(16),
                            run_dir=tmp_path, track=False, max_iterations=50, max_metric_calls=150,
                            train_ratio=0.5, val_ratio=1 / 6, score_threshold=1.0, max_workers=1)
     result = program.result
+    n_val = round(48 / 6)
     steps = [r for r in result.iterations if r.details.get("selected")]
     assert steps, [r.details for r in result.iterations]
     for r in steps:
-        assert r.details["auto"]["probe_batch"] == SCREEN_BATCH and 1 <= r.details["scored_on"] <= SCREEN_BATCH
+        assert r.details["auto"]["probe_batch"] == 0 and r.details["scored_on"] == 0 and r.score is None
         assert r.val_score is not None  # validation scored the set: that is what auto compares
-    assert max(r.details["set_size"] for r in steps) > 16 // 2
+        labeled = r.details["set_kind"] == "labeled"  # the other kinds pay for a bootstrap first
+        assert not labeled or r.metric_calls <= n_val, (r.metric_calls, r.details)
+    assert max(r.details["set_size"] for r in steps) == 16  # every train example can be a demo
     assert result.final.mean > result.baseline.mean + 0.3

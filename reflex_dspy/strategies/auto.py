@@ -39,9 +39,11 @@ rung share was 6 on the bench, and the arms after it got none). Every phase's ga
 validation (the best of the phase's candidates against the one it was handed), where the
 lifecycle has scored each candidate already and no example ever lent a demo; only a run without
 a validation split of at least `MIN_PROBE_BATCH` examples measures on the batch the phase ran on,
-minus its demos' sources. Where validation measures, a
-demo phase's steps score their sets on a few batch examples only (`SCREEN_BATCH`): that score
-only picks the set the next one is compared with, and the calls saved buy more sets.
+minus its demos' sources. Where validation measures, the opening step and a demo phase's steps
+are scored there only, not on the batch too: a batch score would decide nothing (what is handed
+on is decided on validation), so a demo set costs one validation pass, as in
+BootstrapFewShotWithRandomSearch, and may draw on all of train (a batch score must leave its
+demos' sources out, which capped sets at 12 of 16 train examples).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import dspy
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import ReflexError
+from reflex_dspy.evaluation import EvalResult
 from reflex_dspy.proposals import with_fact
 from reflex_dspy.search import fmt_score
 from reflex_dspy.selection import PickRule
@@ -75,12 +78,8 @@ STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
 AXIS_DEFAULTS: dict[str, dict[str, Any]] = {"iterative": {"grounded_control": True},
                                             "fewshot": {"set_kinds": ["labeled", "rule", "random"]}}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
-# A demo set's batch score only decides which set the next one is compared with; where validation
-# measures the phase, every step's set is scored there anyway (and hands on the best), so the batch
-# pass is a screen: on this many examples a set costs a third of a full 16-example batch pass,
-# and the phase tries about twice the sets (BootstrapFewShotWithRandomSearch scores every set on val).
-SCREEN_BATCH = MIN_PROBE_BATCH
-SCREENING_AXES = ("fewshot",)
+# Axes whose steps, where validation measures the phase, are scored there only (no batch pass).
+VAL_ONLY_AXES = ("fewshot",)
 
 
 FACTS = "facts"  # the opening step's phase name: not an axis, it runs once before the probes
@@ -225,13 +224,13 @@ class Auto(Strategy):
         opening = None
         if self.sub is None:
             opening = self._begin_phase(ctx, iteration, batch)
-        step = self.sub.step(ctx, iteration, batch[: self.s.batch_cap] if self.s.batch_cap else batch)
+        step = self.sub.step(ctx, iteration, batch if self.s.batch_cap is None else batch[: self.s.batch_cap])
         if (self.s.batch_cap and len(ctx.valset) < MIN_PROBE_BATCH and step.score is not None
                 and step.score >= ctx.config.score_threshold):
             self._rescore(ctx, step, batch)
         step.phase = self.s.axis
         self.s.in_phase += 1
-        if step.score is not None:
+        if step.score is not None or len(ctx.valset) >= MIN_PROBE_BATCH:  # on val the lifecycle scores it
             self.s.phase_entries.append({"candidate": step.candidate.to_dict(), "score": step.score,
                                        "iteration": iteration})
         prefix = f"[{self.s.axis} phase {len(self.s.phases) + 1}]"
@@ -279,14 +278,16 @@ class Auto(Strategy):
         candidate = start
         for name, fix in fixes.items():
             candidate = candidate.with_instructions(name, with_fact(start.predictors[name].instructions, fix))
-        screen = list(batch[:SCREEN_BATCH])
-        parent_eval, result = ctx.evaluate_many([start, candidate], screen, label=f"iter {iteration}: the data's facts")
+        on_val = len(ctx.valset) >= MIN_PROBE_BATCH
+        screen = [] if on_val else list(batch[:MIN_PROBE_BATCH])
+        parent_eval, result = (ctx.evaluate_many([start, candidate], screen, label=f"iter {iteration}: the data's facts")
+                               if screen else (EvalResult(start.fingerprint, {}), EvalResult(candidate.fingerprint, {})))
         scored_on = self._measuring_set(ctx, screen, [])
         before, after = (r.mean or 0.0 for r in ctx.evaluate_many([start, candidate], scored_on, label="auto: phase end"))
         adopted = after > before
         if adopted:
             self.s.best = {"candidate": candidate.to_dict(), "score": after, "iteration": iteration}
-        where = "validation" if len(ctx.valset) >= MIN_PROBE_BATCH else "the batch"
+        where = "validation" if on_val else "the batch"
         why = ("the instructions lack what the data states plainly; that sentence is tried on its own before the "
                "probes, so no axis is credited with its gain")
         self.s.phases.append({
@@ -332,10 +333,10 @@ class Auto(Strategy):
 
     def _phase_batch(self, ctx: SearchContext, plan: Plan, batch_size: int) -> tuple[int | None, str]:
         """How much of the batch a phase's steps run on: a demo phase measured on validation only
-        screens there (`SCREEN_BATCH`), else a phase runs on what its share affords."""
-        if plan.axis in SCREENING_AXES and len(ctx.valset) >= MIN_PROBE_BATCH and batch_size > SCREEN_BATCH:
-            return SCREEN_BATCH, (f" Each demo set is screened on {SCREEN_BATCH} of the {batch_size} batch examples; "
-                                  f"validation, where every set is scored anyway, decides what is handed on.")
+        is scored there only (no batch example), else a phase runs on what its share affords."""
+        if plan.axis in VAL_ONLY_AXES and len(ctx.valset) >= MIN_PROBE_BATCH:
+            return 0, (" Each demo set is scored on validation only, where every candidate is scored anyway and "
+                       "what is handed on is decided: a batch score would decide nothing.")
         return self._share_batch(plan, batch_size)
 
     def _share_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
@@ -369,7 +370,8 @@ class Auto(Strategy):
                     seen.add(fp)
                     picks.append(entry)
             return picks
-        best = max(self.s.phase_entries, key=lambda e: e["score"], default=None)  # ties: earlier
+        scored = [e for e in self.s.phase_entries if e["score"] is not None]
+        best = max(scored, key=lambda e: e["score"], default=None)  # ties: earlier
         return [best] if best is not None else []
 
     def _measuring_set(self, ctx: SearchContext, batch: Sequence[dspy.Example],
@@ -383,7 +385,7 @@ class Auto(Strategy):
         """
         if len(ctx.valset) >= MIN_PROBE_BATCH:
             return list(ctx.valset)
-        batch = batch[: self.s.batch_cap] if self.s.batch_cap else batch  # a probe is measured where it ran
+        batch = batch if self.s.batch_cap is None else batch[: self.s.batch_cap]  # a probe is measured where it ran
         left_out = set().union(*(content_sources(c, batch) for c in contenders))
         return [ex for ex in batch if example_id(ex) not in left_out]
 

@@ -360,6 +360,8 @@ class FewShot(Strategy):
     def _try(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], selection: Selection,
              boot: dict[str, Any] | None) -> Step:
         candidate, sources = self._build(selection)
+        if not batch:
+            return self._unscreened(ctx, candidate, selection, boot)
         parent = self.state.current
         left_out = (set(self.state.current_sources) | sources | content_sources(parent, batch)
                     | content_sources(candidate, batch))
@@ -390,6 +392,23 @@ class FewShot(Strategy):
                      f"{fmt_score(result.mean)} vs {fmt_score(parent_eval.mean)} for the current demos → {verdict}.")
         predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
         return Step(candidate, result, parent_eval.mean, "\n".join(lines), summary, predictor, details)
+
+    def _unscreened(self, ctx: SearchContext, candidate: Candidate, selection: Selection,
+                    boot: dict[str, Any] | None) -> Step:
+        """A set proposed with no batch to score it on: its caller (auto, where validation decides)
+        scores every candidate on validation anyway, so the set is not scored here at all."""
+        n = len(selection.entries)
+        lines = [self._boot_line(boot)] if boot else []
+        lines.append(f"Selected {n} demos by {selection.rule} ({selection.note}): "
+                     f"{', '.join(e.example_id for e in selection.entries)}. Not scored on the batch: "
+                     "validation, where every candidate is scored, decides.")
+        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
+        return Step(candidate, EvalResult(candidate.fingerprint, {}), None, "\n".join(lines),
+                    f"{n} demo{'s' * (n != 1)} by {selection.rule}, scored on validation only", predictor,
+                    {"selection_strategy": selection.rule, "selected": [e.example_id for e in selection.entries],
+                     "answers": [e.answer for e in selection.entries], "selection_note": selection.note,
+                     "scored_on": 0, "kept": False, "pool_size": len(self.state.pool), "bootstrap": boot,
+                     **selection.details})
 
     def _no_change(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], why: str,
                    boot: dict[str, Any] | None) -> Step:
