@@ -69,6 +69,20 @@ def test_the_search_ends_when_every_pair_was_tried():
     assert result.stop_reason == "strategy finished: every instruction x demo-set pair was tried"
 
 
+def test_trials_on_val_are_scored_there_and_use_whole_sets():
+    """With `trials_on_val` each trial is scored on validation (the lifecycle's own score of it, so
+    no call on the batch), and the demo sets are not capped to leave batch examples to score on."""
+    result = run_strategy(Joint(trials_on_val=True), labels_listing_reasoner, respond=needs_both,
+                          examples=routing_examples(8), track=False, max_iterations=8, train_ratio=0.75,
+                          val_ratio=0.25, score_threshold=1.0, max_workers=1).result
+    trials = [r for r in result.iterations if "trial_on_val" in r.details]
+    assert len(trials) == len(result.iterations) >= 2
+    for r in trials:
+        assert r.score is None and r.details["scored_on"] == 0 and r.val_score == r.details["trial_on_val"]
+    assert any(r.details["demos"] > 12 // 3 for r in trials)  # a batch-scored set is capped at a third
+    assert result.baseline.mean == 0.0 and result.final.mean > 0.5
+
+
 def never_customer_0(system: str, messages: list[dict]) -> str:
     """`needs_both`, but Customer 0 is never answered right: the run cannot stop at the threshold."""
     return "unsure" if "Customer 0:" in messages[-1]["content"] else needs_both(system, messages)

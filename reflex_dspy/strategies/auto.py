@@ -75,8 +75,10 @@ STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
 # Axis parameters auto sets unless `axis_params` says otherwise: its rewrites meet the control that
 # states only what the data shows, so a weak reasoning model's own words stay only when they score;
 # its demo phases draw labeled sets first, which need no bootstrap, so a probe's share buys a set.
+# Its joint phases score their trials on validation, which decides what is handed on anyway.
 AXIS_DEFAULTS: dict[str, dict[str, Any]] = {"iterative": {"grounded_control": True},
-                                            "fewshot": {"set_kinds": ["labeled", "rule", "random"]}}
+                                            "fewshot": {"set_kinds": ["labeled", "rule", "random"]},
+                                            "joint": {"trials_on_val": True}}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
 # Axes whose steps, where validation measures the phase, are scored there only (no batch pass).
 VAL_ONLY_AXES = ("fewshot",)

@@ -16,6 +16,11 @@ instruction per predictor and a demo set; the pair is scored against the best pa
 the batch minus the demos' source examples (no demo is scored on its own example) and kept
 only when strictly better. A fresh sampler seeded by the run seed and the trial number is built
 each step from the recorded trials, so a resumed run makes the same choices.
+
+With `trials_on_val` (auto sets it where validation decides what is handed on) each trial is
+scored on validation instead, as MIPROv2 scores its trials: validation never lends a demo, so the
+sets are not capped to leave part of the batch to score on, and a starting candidate whose demos
+came from every batch example (a fewshot set of all of train) can still be searched from.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.evaluation import EvalResult
 from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_failures
+from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.demo_selection import PoolEntry
 from reflex_dspy.strategies.fewshot import content_sources, labeled_entries, traced_entries
@@ -92,17 +98,18 @@ class Joint(Strategy):
 
     Parameters: `num_instructions` (4, the current one included) per predictor, `num_demo_sets`
     (8, the current demos included), `max_demos` (16) per set, `startup_trials` (4) random
-    trials before TPE models the scores.
+    trials before TPE models the scores, `trials_on_val` (False: each trial on the batch minus its
+    demos' sources; True: on validation).
     """
 
     name = "joint"
 
     def __init__(self, metric: Any = None, *, num_instructions: int = 4, num_demo_sets: int = 8,
-                 max_demos: int = 16, startup_trials: int = 4) -> None:
+                 max_demos: int = 16, startup_trials: int = 4, trials_on_val: bool = False) -> None:
         if num_instructions < 1 or num_demo_sets < 1 or max_demos < 1 or startup_trials < 1:
             raise ValueError("num_instructions, num_demo_sets, max_demos and startup_trials must be at least 1")
         super().__init__(metric, num_instructions=num_instructions, num_demo_sets=num_demo_sets,
-                         max_demos=max_demos, startup_trials=startup_trials)
+                         max_demos=max_demos, startup_trials=startup_trials, trials_on_val=trials_on_val)
         self.state = JointState()
 
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
@@ -133,7 +140,7 @@ class Joint(Strategy):
         traced = traced_entries(ctx, parent_eval, predictors)
         # At most a third of the batch per set: the best pair's and the trial's demo sources are both
         # left out of the scoring, and a third of the batch must remain.
-        size = min(self.max_demos, max(len(batch) // 3, 1))
+        size = self.max_demos if self._on_val(ctx) else min(self.max_demos, max(len(batch) // 3, 1))
         self.state.sets = demo_sets(ctx.rng, labeled, traced, self.num_demo_sets, size)
         notes.append(f"search space: {' x '.join(str(len(v)) for v in self.state.instructions.values())} instructions, "
                      f"{len(self.state.sets)} demo sets (labeled pool {len(labeled)}, bootstrapped pool {len(traced)})")
@@ -205,6 +212,8 @@ class Joint(Strategy):
                         "no change (search space exhausted)", predictor, {"no_change": self.state.finished})
         params, how = suggestion
         candidate, sources = self._candidate(params)
+        if self._on_val(ctx):
+            return self._trial_on_val(ctx, iteration, candidate, params, how, notes)
         left_out = sources | content_sources(self.state.best, batch) | content_sources(candidate, batch)
         scored_on = [ex for ex in batch if example_id(ex) not in left_out]
         if not scored_on:  # never score a demo on its own example: this pair cannot be measured here
@@ -219,10 +228,7 @@ class Joint(Strategy):
         kept = result.mean is not None and (best_eval.mean is None or result.mean > best_eval.mean)
         if kept:
             self.state.best = candidate
-        chosen = self.state.sets[params["demo_set"]]
-        summary = (f"joint trial {len(self.state.trials)}: instructions "
-                   f"{', '.join(str(params[f'instruction:{n}']) for n in self.state.instructions)}, demo set "
-                   f"{params['demo_set']} ({chosen['kind']}, {len(chosen['entries'])} demos)")
+        chosen, summary = self._summary(params)
         lines = [*notes, f"Picked by {how}: {summary}.",
                  f"Scored on {len(scored_on)} batch examples (demo sources left out): {value:.3f} vs "
                  f"{best_eval.mean if best_eval.mean is not None else float('nan'):.3f} for the best pair so far "
@@ -230,6 +236,35 @@ class Joint(Strategy):
         details = {"params": params, "demo_set_kind": chosen["kind"], "demos": len(chosen["entries"]),
                    "scored_on": len(scored_on), "kept": kept, "sampler": how}
         return Step(candidate, result, best_eval.mean, "\n".join(lines), summary, predictor, details)
+
+    def _on_val(self, ctx: SearchContext) -> bool:
+        return self.trials_on_val and bool(ctx.valset)
+
+    def _summary(self, params: dict[str, int]) -> tuple[dict[str, Any], str]:
+        """The trial's demo set and a one-line description of the pair."""
+        chosen = self.state.sets[params["demo_set"]]
+        return chosen, (f"joint trial {len(self.state.trials)}: instructions "
+                        f"{', '.join(str(params[f'instruction:{n}']) for n in self.state.instructions)}, demo set "
+                        f"{params['demo_set']} ({chosen['kind']}, {len(chosen['entries'])} demos)")
+
+    def _trial_on_val(self, ctx: SearchContext, iteration: int, candidate: Candidate, params: dict[str, int],
+                      how: str, notes: list[str]) -> Step:
+        """One trial scored on validation (the lifecycle's own score of the step's candidate, so it
+        costs nothing more); the step has no batch score."""
+        best_eval, result = ctx.evaluate_many([self.state.best, candidate], ctx.valset, label=f"iter {iteration}: val")
+        value = result.mean if result.mean is not None else 0.0
+        self.state.trials.append({"params": params, "value": value})
+        kept = result.mean is not None and (best_eval.mean is None or result.mean > best_eval.mean)
+        if kept:
+            self.state.best = candidate
+        chosen, summary = self._summary(params)
+        lines = [*notes, f"Picked by {how}: {summary}.",
+                 f"Scored on validation ({len(ctx.valset)} examples): {fmt_score(result.mean)} vs "
+                 f"{fmt_score(best_eval.mean)} for the best pair so far → {'kept' if kept else 'not kept'}."]
+        details = {"params": params, "demo_set_kind": chosen["kind"], "demos": len(chosen["entries"]),
+                   "scored_on": 0, "trial_on_val": value, "kept": kept, "sampler": how}
+        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
+        return Step(candidate, EvalResult(candidate.fingerprint, {}), None, "\n".join(lines), summary, predictor, details)
 
     def _score_best(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> EvalResult:
         """The best pair on the batch minus its own demos' sources (an honest no-change score)."""
