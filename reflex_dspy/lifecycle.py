@@ -414,7 +414,7 @@ class RunLifecycle:
         if pick is None:
             return 0, None, by
         if margin and pick != PickRule(self.initial).best([(self.candidates[i], s) for i, s in scored], 1):
-            by = f"val, the user's words kept: no rewrite won by more than {margin} example{'s' * (margin != 1)}"
+            by = f"val (the user's words kept: no rewrite won by more than {margin} example{'s' * (margin != 1)})"
         best_i, best = scored[pick]
         return best_i, best, by
 

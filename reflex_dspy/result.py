@@ -192,7 +192,9 @@ class RunResult:
         lines.append(f"Selected       : {chosen} (best on {self.selected_by}: {score})")
         lines.append(f"Iterations     : {len(self.iterations)}")
         if self.iterations:
-            lines.append(f"Train traj     : {_trajectory([r.score for r in self.iterations])}")
+            train = [r.score for r in self.iterations]
+            shown = _trajectory(train) if any(v is not None for v in train) else "none (scored on validation only)"
+            lines.append(f"Train traj     : {shown}")
             if sizes["val"]:
                 vals = [self.initial_val_score, *(r.val_score for r in self.iterations)]
                 lines.append(f"Val traj       : {_trajectory(vals)}  (first = the starting prompt)")

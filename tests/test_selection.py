@@ -88,4 +88,4 @@ def test_the_final_pick_keeps_the_user_s_words_unless_a_rewrite_wins_by_more(tmp
     assert [r.val_score for r in result.iterations] == [0.5 + i / 8 for i in range(1, iterations + 1)]
     assert result.selected_iteration == selected
     kept = margin and selected == 0
-    assert result.selected_by == ("val, the user's words kept: no rewrite won by more than 1 example" if kept else "val")
+    assert result.selected_by == ("val (the user's words kept: no rewrite won by more than 1 example)" if kept else "val")
