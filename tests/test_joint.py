@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakes import LABELS, routing_examples, truth
+from fakes import LABELS, fake_lm, routing_examples, truth
 from strategy_kit import comparable, demo_labels, interrupted_then_resumed, run_strategy
 
+from reflex_dspy import Reflex
+from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.strategies import get_strategy
 from reflex_dspy.strategies.joint import Joint
 
@@ -81,6 +83,25 @@ def test_trials_on_val_are_scored_there_and_use_whole_sets():
         assert r.score is None and r.details["scored_on"] == 0 and r.val_score == r.details["trial_on_val"]
     assert any(r.details["demos"] > 12 // 3 for r in trials)  # a batch-scored set is capped at a third
     assert result.baseline.mean == 0.0 and result.final.mean > 0.5
+
+
+def test_demo_sets_fit_the_task_models_stated_context():
+    """Uncapped by the batch (`trials_on_val`), a set is still capped by what fits 60% of a stated
+    context: on the bench 16 facility e-mails overflowed the embedded model and every answer failed."""
+    import dspy
+
+    padding = " It has been like this for weeks and nobody has answered my earlier letters." * 6
+    examples = [dspy.Example(input=ex.input + padding, output=ex.output).with_inputs("input")
+                for ex in routing_examples(8)]
+    task = fake_lm(needs_both)
+    task.fake_engine.n_ctx = 1200
+    opt = Reflex("exact", strategy=Joint(trials_on_val=True), task_lm=task, reasoning_lm=fake_lm(labels_listing_reasoner),
+                 max_iterations=6, train_ratio=0.75, val_ratio=0.25, early_stopping_patience=0, score_threshold=1.0)
+    result = opt.compile(program_from_prompt("Route it."), trainset=examples).result
+    demo_chars = len(json.dumps({"input": examples[0].input, "output": "shipping"}))
+    fit = int(1200 * 0.6 / (demo_chars / 3))
+    sizes = [r.details["demos"] for r in result.iterations if "demos" in r.details]
+    assert sizes and max(sizes) <= fit < 16, (sizes, fit)
 
 
 def never_customer_0(system: str, messages: list[dict]) -> str:

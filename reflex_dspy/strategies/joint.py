@@ -40,7 +40,7 @@ from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_fail
 from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.demo_selection import PoolEntry
-from reflex_dspy.strategies.fewshot import content_sources, labeled_entries, traced_entries
+from reflex_dspy.strategies.fewshot import content_sources, demos_that_fit, labeled_entries, traced_entries
 
 DEMO_SET_KINDS = ("labeled", "bootstrapped", "mixed")
 
@@ -141,6 +141,7 @@ class Joint(Strategy):
         # At most a third of the batch per set: the best pair's and the trial's demo sources are both
         # left out of the scoring, and a third of the batch must remain.
         size = self.max_demos if self._on_val(ctx) else min(self.max_demos, max(len(batch) // 3, 1))
+        size = min(size, demos_that_fit(ctx.context_window, [*labeled, *traced]) or size)  # long inputs: fewer
         self.state.sets = demo_sets(ctx.rng, labeled, traced, self.num_demo_sets, size)
         notes.append(f"search space: {' x '.join(str(len(v)) for v in self.state.instructions.values())} instructions, "
                      f"{len(self.state.sets)} demo sets (labeled pool {len(labeled)}, bootstrapped pool {len(traced)})")
