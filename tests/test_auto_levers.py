@@ -124,9 +124,24 @@ def test_a_demo_phase_measured_on_val_scores_its_sets_there_only(tmp_path):
     steps = [r for r in result.iterations if r.details.get("selected")]
     assert steps, [r.details for r in result.iterations]
     for r in steps:
-        assert r.details["auto"]["probe_batch"] == 0 and r.details["scored_on"] == 0 and r.score is None
+        assert r.details["auto"]["probe_batch"] is None and r.details["scored_on"] == 0 and r.score is None
         assert r.val_score is not None  # validation scored the set: that is what auto compares
         labeled = r.details["set_kind"] == "labeled"  # the other kinds pay for a bootstrap first
         assert not labeled or r.metric_calls <= n_val, (r.metric_calls, r.details)
     assert max(r.details["set_size"] for r in steps) == 16  # every train example can be a demo
     assert result.final.mean > result.baseline.mean + 0.3
+
+
+def test_with_a_tiny_validation_set_demo_sets_are_scored_on_the_batch(tmp_path):
+    """Below `MIN_PROBE_BATCH` validation examples auto measures its phases on the batch, so its demo
+    sets are scored there (a set scored on 2 validation examples alone could not show a gain)."""
+    from fakes import routing_examples
+
+    auto = Auto(axes=["fewshot", "joint"])
+    program = run_strategy(auto, unhelpful_reasoner, respond=demos_only, examples=routing_examples(4),
+                           run_dir=tmp_path, track=False, max_iterations=6, max_metric_calls=150,
+                           train_ratio=0.75, val_ratio=0.2, score_threshold=1.0, max_workers=1)
+    result = program.result
+    assert result.split_sizes["val"] < 4
+    demo_steps = [r for r in result.iterations if r.phase in ("fewshot", "joint")]
+    assert demo_steps and all(r.score is not None for r in demo_steps), [(r.phase, r.details) for r in demo_steps]

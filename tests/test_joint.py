@@ -71,10 +71,10 @@ def test_the_search_ends_when_every_pair_was_tried():
     assert result.stop_reason == "strategy finished: every instruction x demo-set pair was tried"
 
 
-def test_trials_on_val_are_scored_there_and_use_whole_sets():
-    """With `trials_on_val` each trial is scored on validation (the lifecycle's own score of it, so
+def test_score_on_val_are_scored_there_and_use_whole_sets():
+    """With `score_on_val` each trial is scored on validation (the lifecycle's own score of it, so
     no call on the batch), and the demo sets are not capped to leave batch examples to score on."""
-    result = run_strategy(Joint(trials_on_val=True), labels_listing_reasoner, respond=needs_both,
+    result = run_strategy(Joint(score_on_val=True), labels_listing_reasoner, respond=needs_both,
                           examples=routing_examples(8), track=False, max_iterations=8, train_ratio=0.75,
                           val_ratio=0.25, score_threshold=1.0, max_workers=1).result
     trials = [r for r in result.iterations if "trial_on_val" in r.details]
@@ -86,7 +86,7 @@ def test_trials_on_val_are_scored_there_and_use_whole_sets():
 
 
 def test_demo_sets_fit_the_task_models_stated_context():
-    """Uncapped by the batch (`trials_on_val`), a set is still capped by what fits 60% of a stated
+    """Uncapped by the batch (`score_on_val`), a set is still capped by what fits 60% of a stated
     context: on the bench 16 facility e-mails overflowed the embedded model and every answer failed."""
     import dspy
 
@@ -95,7 +95,7 @@ def test_demo_sets_fit_the_task_models_stated_context():
                 for ex in routing_examples(8)]
     task = fake_lm(needs_both)
     task.fake_engine.n_ctx = 1200
-    opt = Reflex("exact", strategy=Joint(trials_on_val=True), task_lm=task, reasoning_lm=fake_lm(labels_listing_reasoner),
+    opt = Reflex("exact", strategy=Joint(score_on_val=True), task_lm=task, reasoning_lm=fake_lm(labels_listing_reasoner),
                  max_iterations=6, train_ratio=0.75, val_ratio=0.25, early_stopping_patience=0, score_threshold=1.0)
     result = opt.compile(program_from_prompt("Route it."), trainset=examples).result
     demo_chars = len(json.dumps({"input": examples[0].input, "output": "shipping"}))

@@ -75,13 +75,12 @@ STEP_EVALS = {"iterative": 2, "fewshot": 2, "joint": 2, "pdo": 3}
 # Axis parameters auto sets unless `axis_params` says otherwise: its rewrites meet the control that
 # states only what the data shows, so a weak reasoning model's own words stay only when they score;
 # its demo phases draw labeled sets first, which need no bootstrap, so a probe's share buys a set.
-# Its joint phases score their trials on validation, which decides what is handed on anyway.
 AXIS_DEFAULTS: dict[str, dict[str, Any]] = {"iterative": {"grounded_control": True},
-                                            "fewshot": {"set_kinds": ["labeled", "rule", "random"]},
-                                            "joint": {"trials_on_val": True}}
+                                            "fewshot": {"set_kinds": ["labeled", "rule", "random"]}}
+# Where validation measures the phases, the demo axes score their candidates there only: it decides
+# what is handed on, so a batch score would decide nothing (and would keep demos' sources out of it).
+VAL_PARAMS: dict[str, dict[str, Any]] = {"fewshot": {"score_on_val": True}, "joint": {"score_on_val": True}}
 IDLE_STEPS = 2  # a phase whose last this many steps measured nothing new (all cached) has nothing left to try
-# Axes whose steps, where validation measures the phase, are scored there only (no batch pass).
-VAL_ONLY_AXES = ("fewshot",)
 
 
 FACTS = "facts"  # the opening step's phase name: not an axis, it runs once before the probes
@@ -118,6 +117,7 @@ class AutoState:
     finished: str | None = None
     facts_pending: bool = False  # the opening step (the data's facts) is still to run
     initial: dict[str, Any] | None = None  # the user's candidate: what `rewrite_margin` protects
+    on_val: bool = False  # phases are measured on validation (it has MIN_PROBE_BATCH examples or more)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,12 +198,13 @@ class Auto(Strategy):
         return order
 
     def _params(self, axis: str) -> dict[str, Any]:
-        """An axis's strategy parameters: auto's defaults (`AXIS_DEFAULTS`, those the axis's registered
-        strategy takes) under the user's."""
+        """An axis's strategy parameters: auto's defaults (`AXIS_DEFAULTS`, and `VAL_PARAMS` where
+        validation measures; those the axis's registered strategy takes) under the user's."""
         from reflex_dspy.strategies import strategy_class
 
         takes = inspect.signature(strategy_class(axis).__init__).parameters
-        defaults = {k: v for k, v in AXIS_DEFAULTS.get(axis, {}).items() if k in takes}
+        ours = {**AXIS_DEFAULTS.get(axis, {}), **(VAL_PARAMS.get(axis, {}) if self.s.on_val else {})}
+        defaults = {k: v for k, v in ours.items() if k in takes}
         return {**defaults, **self.axis_params.get(axis, {})}
 
     # -- lifecycle hooks --------------------------------------------------------------------
@@ -211,6 +212,7 @@ class Auto(Strategy):
         self._reset()
         self.s.best = {"candidate": initial.to_dict(), "score": None, "iteration": 0}
         self.s.initial = initial.to_dict()
+        self.s.on_val = len(ctx.valset) >= MIN_PROBE_BATCH
         self.s.step_end = ctx.spent
         self.s.alloc = Allocator(self.probe_order(), ctx.budget_left, ctx.config.max_iterations,
                                self.probe_fraction)
@@ -232,7 +234,7 @@ class Auto(Strategy):
             self._rescore(ctx, step, batch)
         step.phase = self.s.axis
         self.s.in_phase += 1
-        if step.score is not None or len(ctx.valset) >= MIN_PROBE_BATCH:  # on val the lifecycle scores it
+        if step.score is not None or self.s.on_val:  # on val the lifecycle scores it
             self.s.phase_entries.append({"candidate": step.candidate.to_dict(), "score": step.score,
                                        "iteration": iteration})
         prefix = f"[{self.s.axis} phase {len(self.s.phases) + 1}]"
@@ -280,7 +282,7 @@ class Auto(Strategy):
         candidate = start
         for name, fix in fixes.items():
             candidate = candidate.with_instructions(name, with_fact(start.predictors[name].instructions, fix))
-        on_val = len(ctx.valset) >= MIN_PROBE_BATCH
+        on_val = self.s.on_val
         screen = [] if on_val else list(batch[:MIN_PROBE_BATCH])
         parent_eval, result = (ctx.evaluate_many([start, candidate], screen, label=f"iter {iteration}: the data's facts")
                                if screen else (EvalResult(start.fingerprint, {}), EvalResult(candidate.fingerprint, {})))
@@ -334,11 +336,11 @@ class Auto(Strategy):
                 f"{calls}, starting from iteration {self.s.best['iteration']}'s candidate. Why: {plan.why}.{cap_note}")
 
     def _phase_batch(self, ctx: SearchContext, plan: Plan, batch_size: int) -> tuple[int | None, str]:
-        """How much of the batch a phase's steps run on: a demo phase measured on validation only
-        is scored there only (no batch example), else a phase runs on what its share affords."""
-        if plan.axis in VAL_ONLY_AXES and len(ctx.valset) >= MIN_PROBE_BATCH:
-            return 0, (" Each demo set is scored on validation only, where every candidate is scored anyway and "
-                       "what is handed on is decided: a batch score would decide nothing.")
+        """How much of the batch a phase's steps run on: what its share affords, unless its
+        candidates are scored on validation only (`VAL_PARAMS`)."""
+        if self._params(plan.axis).get("score_on_val") and self.s.on_val:
+            return None, (" Its candidates are scored on validation only, where every candidate is scored anyway "
+                          "and what is handed on is decided: a batch score would decide nothing.")
         return self._share_batch(plan, batch_size)
 
     def _share_batch(self, plan: Plan, batch_size: int) -> tuple[int | None, str]:
@@ -429,7 +431,7 @@ class Auto(Strategy):
     def _rule(self, ctx: SearchContext) -> PickRule:
         """The lifecycle's pick rule where phases are measured on validation (where it picks too);
         on the batch the plain best score (the lifecycle picks by train score there, with no margin)."""
-        on_val = len(ctx.valset) >= MIN_PROBE_BATCH and self.s.initial is not None
+        on_val = self.s.on_val and self.s.initial is not None
         initial = Candidate.from_dict(self.s.initial or self.s.best["candidate"])
         return PickRule(initial, ctx.facts, self.rewrite_margin if on_val else 0)
 

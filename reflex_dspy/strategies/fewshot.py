@@ -20,7 +20,10 @@ outside the batch when they make at least half a set, so every batch example is 
 otherwise from the batch too, and the set is capped so that half of the batch is left to score on.
 The candidate with the set is scored against the current one on the batch minus the source
 examples of either candidate's demos, so no demo is ever scored on its own example. It is kept
-only when strictly better.
+only when strictly better. With `score_on_val` (auto sets it where validation decides what is
+handed on) a set is not scored on the batch at all: the run scores every candidate on
+validation, which never lends a demo, so a set may use every train example and costs one
+validation pass, as in BootstrapFewShotWithRandomSearch.
 """
 
 from __future__ import annotations
@@ -194,14 +197,16 @@ class FewShot(Strategy):
 
     Parameters: `max_examples` (16) demos per predictor at most (the set size is searched up to
     it); `candidate_pool_size` (20) successful traces kept; `bootstrap_rounds` (3) iterations between re-bootstraps; `selection_strategy`
-    ("diverse", "top_k" or "agent_curated"); `set_kinds` (rule, labeled, random) the order of the kinds of set tried.
+    ("diverse", "top_k" or "agent_curated"); `set_kinds` (rule, labeled, random) the order of the kinds of set tried;
+    `score_on_val` (False) sets scored on validation only, with no batch score.
     """
 
     name = "fewshot"
 
     def __init__(self, metric: Any = None, *, max_examples: int = 16, candidate_pool_size: int = 20,
                  bootstrap_rounds: int = 3, selection_strategy: str = "diverse",
-                 set_kinds: Annotated[list[Literal["rule", "labeled", "random"]], Field(min_length=1)] = SET_KINDS):
+                 set_kinds: Annotated[list[Literal["rule", "labeled", "random"]], Field(min_length=1)] = SET_KINDS,
+                 score_on_val: bool = False):
         if selection_strategy not in SELECTION_RULES:
             raise ValueError(f"selection_strategy must be one of {', '.join(SELECTION_RULES)}")
         if max_examples < 1 or bootstrap_rounds < 1:
@@ -212,7 +217,7 @@ class FewShot(Strategy):
             raise ValueError(f"set_kinds must name each of {', '.join(SET_KINDS)} at most once")
         super().__init__(metric, max_examples=max_examples, candidate_pool_size=candidate_pool_size,
                          bootstrap_rounds=bootstrap_rounds, selection_strategy=selection_strategy,
-                         set_kinds=list(set_kinds))
+                         set_kinds=list(set_kinds), score_on_val=score_on_val)
         self.state = FewShotState()
 
     # -- lifecycle hooks ------------------------------------------------------------------
@@ -223,6 +228,8 @@ class FewShot(Strategy):
         return self.state.finished
 
     def step(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> Step:
+        if self.score_on_val and ctx.valset:
+            batch = []  # nothing is scored on the batch, so nothing there is kept from being a demo
         boot = None
         if (self.state.rounds_left <= 0 or not self.state.pool) and self._next_needs_pool(ctx):
             kind_at = self.state.variant % len(self.set_kinds)
@@ -395,8 +402,7 @@ class FewShot(Strategy):
 
     def _unscreened(self, ctx: SearchContext, candidate: Candidate, selection: Selection,
                     boot: dict[str, Any] | None) -> Step:
-        """A set proposed with no batch to score it on: its caller (auto, where validation decides)
-        scores every candidate on validation anyway, so the set is not scored here at all."""
+        """A set scored on validation only (`score_on_val`), where the run scores every candidate anyway."""
         n = len(selection.entries)
         lines = [self._boot_line(boot)] if boot else []
         lines.append(f"Selected {n} demos by {selection.rule} ({selection.note}): "

@@ -17,7 +17,7 @@ the batch minus the demos' source examples (no demo is scored on its own example
 only when strictly better. A fresh sampler seeded by the run seed and the trial number is built
 each step from the recorded trials, so a resumed run makes the same choices.
 
-With `trials_on_val` (auto sets it where validation decides what is handed on) each trial is
+With `score_on_val` (auto sets it where validation decides what is handed on) each trial is
 scored on validation instead, as MIPROv2 scores its trials: validation never lends a demo, so the
 sets are not capped to leave part of the batch to score on, and a starting candidate whose demos
 came from every batch example (a fewshot set of all of train) can still be searched from.
@@ -98,18 +98,18 @@ class Joint(Strategy):
 
     Parameters: `num_instructions` (4, the current one included) per predictor, `num_demo_sets`
     (8, the current demos included), `max_demos` (16) per set, `startup_trials` (4) random
-    trials before TPE models the scores, `trials_on_val` (False: each trial on the batch minus its
+    trials before TPE models the scores, `score_on_val` (False: each trial on the batch minus its
     demos' sources; True: on validation).
     """
 
     name = "joint"
 
     def __init__(self, metric: Any = None, *, num_instructions: int = 4, num_demo_sets: int = 8,
-                 max_demos: int = 16, startup_trials: int = 4, trials_on_val: bool = False) -> None:
+                 max_demos: int = 16, startup_trials: int = 4, score_on_val: bool = False) -> None:
         if num_instructions < 1 or num_demo_sets < 1 or max_demos < 1 or startup_trials < 1:
             raise ValueError("num_instructions, num_demo_sets, max_demos and startup_trials must be at least 1")
         super().__init__(metric, num_instructions=num_instructions, num_demo_sets=num_demo_sets,
-                         max_demos=max_demos, startup_trials=startup_trials, trials_on_val=trials_on_val)
+                         max_demos=max_demos, startup_trials=startup_trials, score_on_val=score_on_val)
         self.state = JointState()
 
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
@@ -239,7 +239,7 @@ class Joint(Strategy):
         return Step(candidate, result, best_eval.mean, "\n".join(lines), summary, predictor, details)
 
     def _on_val(self, ctx: SearchContext) -> bool:
-        return self.trials_on_val and bool(ctx.valset)
+        return self.score_on_val and bool(ctx.valset)
 
     def _summary(self, params: dict[str, int]) -> tuple[dict[str, Any], str]:
         """The trial's demo set and a one-line description of the pair."""
