@@ -228,14 +228,21 @@ def test_batching_settings_reach_every_phase(scripted_axes, tmp_path, monkeypatc
     assert {r.batch_size for r in records} == {6}
 
 
-def test_auto_state_survives_a_resume_mid_phase(tmp_path):
+def never_customer_0(system: str, messages: list[dict]) -> str:
+    return "unsure" if "Customer 0:" in messages[-1]["content"] else routing_with_demos(system, messages)
+
+
+@pytest.mark.parametrize(("axes", "split", "n", "at"), [
+    (["iterative", "fewshot"], (1.0, 0.0), 4, 2),
+    (["fewshot", "joint"], (0.75, 0.25), 6, 2),  # with validation: the demo phases score on it only
+])
+def test_auto_state_survives_a_resume_mid_phase(tmp_path, axes, split, n, at):
     reference, resumed = interrupted_then_resumed(
-        lambda: Auto(axes=["iterative", "fewshot"]), reasoner_choosing("fewshot"), tmp_path, at=2,
-        max_iterations=8, train_ratio=1.0, val_ratio=0.0, examples=routing_examples(4),
-        respond=lambda system, messages: ("unsure" if "Customer 0:" in messages[-1]["content"]
-                                          else routing_with_demos(system, messages)),
-    )
-    assert len(reference.iterations) > 2
+        lambda: Auto(axes=axes), reasoner_choosing("fewshot"), tmp_path, at=at, max_iterations=8,
+        train_ratio=split[0], val_ratio=split[1], examples=routing_examples(n), respond=never_customer_0)
+    assert len(reference.iterations) > at
+    if split[1]:
+        assert any(r.score is None and r.phase == "fewshot" for r in reference.iterations)
     assert comparable(reference) == comparable(resumed)
 
 

@@ -71,7 +71,7 @@ def test_the_search_ends_when_every_pair_was_tried():
     assert result.stop_reason == "strategy finished: every instruction x demo-set pair was tried"
 
 
-def test_score_on_val_are_scored_there_and_use_whole_sets():
+def test_with_score_on_val_trials_are_scored_there_and_use_whole_sets():
     """With `score_on_val` each trial is scored on validation (the lifecycle's own score of it, so
     no call on the batch), and the demo sets are not capped to leave batch examples to score on."""
     result = run_strategy(Joint(score_on_val=True), labels_listing_reasoner, respond=needs_both,
