@@ -218,6 +218,7 @@ class RunLifecycle:
                 selected_iteration=selected,
                 selected_by=selected_by,
                 selected_score=sel_score,
+                selection_note=self._selection_note(selected),
                 best_prompt=self.candidates[selected].render(),
                 candidate=self.candidates[selected].to_dict(),
                 iterations=self.records,
@@ -398,25 +399,31 @@ class RunLifecycle:
                      step.candidate.changed_from(self.candidates.get(i - 1, self.initial))},
         )
 
+    def _scored(self) -> tuple[list[tuple[int, float | None]], str, int]:
+        """(iteration, score) of every candidate where the pick is made, that split, and the margin."""
+        if self.splits.val:
+            on_val = [(0, self.initial_val)] + [(r.iteration, r.val_score) for r in self.records]
+            return on_val, "val", self.strategy.rewrite_margin
+        first = self.records[0] if self.records else None
+        parent = first.score - first.delta if first and first.delta is not None else None
+        return [(0, parent)] + [(r.iteration, r.score) for r in self.records], "train", 0
+
     def _select(self) -> tuple[int, float | None, str]:
         """Best on val when val exists, else best train score; ties go to the earlier candidate.
         On val, the strategy's `rewrite_margin` applies (selection.PickRule)."""
-        if self.splits.val:
-            scored = [(0, self.initial_val)] + [(r.iteration, r.val_score) for r in self.records]
-            by, margin = "val", self.strategy.rewrite_margin
-        else:
-            first = self.records[0] if self.records else None
-            parent = first.score - first.delta if first and first.delta is not None else None
-            scored = [(0, parent)] + [(r.iteration, r.score) for r in self.records]
-            by, margin = "train", 0
-        rule = PickRule(self.initial, self.ctx.facts, margin)
-        pick = rule.best([(self.candidates[i], score) for i, score in scored], len(self.splits.val))
-        if pick is None:
-            return 0, None, by
-        if margin and pick != PickRule(self.initial).best([(self.candidates[i], s) for i, s in scored], 1):
-            by = f"val (the user's words kept: no rewrite won by more than {margin} example{'s' * (margin != 1)})"
-        best_i, best = scored[pick]
-        return best_i, best, by
+        scored, by, margin = self._scored()
+        pick = PickRule(self.initial, self.ctx.facts, margin).best(
+            [(self.candidates[i], score) for i, score in scored], len(self.splits.val))
+        return (0, None, by) if pick is None else (*scored[pick], by)
+
+    def _selection_note(self, selected: int) -> str | None:
+        """Why the pick is not the highest score, when the rewrite margin decided it."""
+        scored, _, margin = self._scored()
+        top = PickRule(self.initial).best([(self.candidates[i], s) for i, s in scored], 1)
+        if not margin or top is None or scored[top][0] == selected:
+            return None
+        return (f"the user's words kept over iteration {scored[top][0]} ({scored[top][1]:.4f}): no rewrite won "
+                f"by more than {margin} validation example{'s' * (margin != 1)}")
 
     def _info(self) -> dict[str, Any]:
         return run_info(self.config, self.strategy, self.splits, self.initial, self.metric,

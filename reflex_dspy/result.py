@@ -154,6 +154,7 @@ class RunResult:
     target: dict[str, Any] | None = None  # {"model", "source", "threshold"} when a target set the threshold
     budget: int | None = None  # the search's metric-call budget, when one was set
     promotion: dict[str, Any] | None = None  # `promotion_report()`, when a minimum improvement was required
+    selection_note: str | None = None  # why the pick is not the top score (the rewrite margin), when it is not
 
     @property
     def improvement(self) -> float | None:
@@ -189,7 +190,8 @@ class RunResult:
             lines.append(f"Promotion      : {self.promotion['reason']}")
         chosen = "the initial prompt" if self.selected_iteration == 0 else f"iteration {self.selected_iteration}"
         score = "n/a" if self.selected_score is None else f"{self.selected_score:.4f}"
-        lines.append(f"Selected       : {chosen} (best on {self.selected_by}: {score})")
+        note = f"; {self.selection_note}" if self.selection_note else ""
+        lines.append(f"Selected       : {chosen} (best on {self.selected_by}: {score}{note})")
         lines.append(f"Iterations     : {len(self.iterations)}")
         if self.iterations:
             train = [r.score for r in self.iterations]

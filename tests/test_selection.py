@@ -87,5 +87,8 @@ def test_the_final_pick_keeps_the_user_s_words_unless_a_rewrite_wins_by_more(tmp
     result = run_bangs(tmp_path, margin, iterations)
     assert [r.val_score for r in result.iterations] == [0.5 + i / 8 for i in range(1, iterations + 1)]
     assert result.selected_iteration == selected
-    kept = margin and selected == 0
-    assert result.selected_by == ("val (the user's words kept: no rewrite won by more than 1 example)" if kept else "val")
+    assert result.selected_by == "val"  # what readers of result.json compare; the note says why
+    note = ("the user's words kept over iteration 1 (0.6250): no rewrite won by more than 1 validation example"
+            if margin and selected == 0 else None)
+    assert result.selection_note == note and result.to_dict()["selection_note"] == note
+    assert (note in result.summary()) if note else "user's words kept" not in result.summary()
