@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.proposals import TaskFacts, with_fact
@@ -44,9 +45,12 @@ class PickRule:
     facts: Mapping[str, TaskFacts] = field(default_factory=dict)
     margin: int = 0  # examples a rewrite must win by, beyond a tie
 
+    @cached_property
+    def _users(self) -> dict[str, set[str]]:
+        return users_instructions(self.initial, self.facts)
+
     def keeps_users_words(self, candidate: Candidate) -> bool:
-        users = users_instructions(self.initial, self.facts)
-        return all(state.instructions in users.get(name, {state.instructions})
+        return all(state.instructions in self._users.get(name, {state.instructions})
                    for name, state in candidate.predictors.items())
 
     def best(self, scored: Sequence[tuple[Candidate, float | None]], n: int) -> int | None:

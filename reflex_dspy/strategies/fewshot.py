@@ -366,9 +366,9 @@ class FewShot(Strategy):
 
     def _try(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], selection: Selection,
              boot: dict[str, Any] | None) -> Step:
+        """The set against the current one on the batch minus both sets' sources; with no batch
+        (`score_on_val`) not scored here: validation, where the run scores every candidate, decides."""
         candidate, sources = self._build(selection)
-        if not batch:
-            return self._unscreened(ctx, candidate, selection, boot)
         parent = self.state.current
         left_out = (set(self.state.current_sources) | sources | content_sources(parent, batch)
                     | content_sources(candidate, batch))
@@ -377,14 +377,7 @@ class FewShot(Strategy):
         details = {"selection_strategy": selection.rule, "selected": [e.example_id for e in selection.entries],
                    "answers": [e.answer for e in selection.entries], "selection_note": selection.note,
                    "fallback": selection.fallback, "left_out_of_batch": excluded, "scored_on": len(scored_on),
-                   "pool_size": len(self.state.pool), "bootstrap": boot, **selection.details}
-        if not scored_on:
-            return self._no_change(ctx, iteration, batch, "every batch example is a source of the demos", boot)
-        parent_eval, result = ctx.evaluate_many([parent, candidate], scored_on, label=f"iter {iteration}: demos")
-        kept = result.mean is not None and (parent_eval.mean is None or result.mean > parent_eval.mean)
-        if kept:
-            self.state.current, self.state.current_sources = candidate, sorted(sources)
-        details["kept"] = kept
+                   "pool_size": len(self.state.pool), "bootstrap": boot, "kept": False, **selection.details}
         n = len(selection.entries)
         summary = (f"{n} demo{'s' * (n != 1)} by {selection.rule} from a pool of {len(self.state.pool)} "
                    f"(answers: {', '.join(sorted(set(details['answers'])))[:120]})")
@@ -394,27 +387,22 @@ class FewShot(Strategy):
             lines.append(f"The reasoning model's choice was refused ({selection.fallback}); used the diverse rule.")
         if selection.reasoning:
             lines.append(f"Model's reasoning: {selection.reasoning}")
+        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
+        if not batch:
+            lines.append("Not scored on the batch: validation, where every candidate is scored, decides.")
+            return Step(candidate, EvalResult(candidate.fingerprint, {}), None, "\n".join(lines), summary, predictor,
+                        details)
+        if not scored_on:
+            return self._no_change(ctx, iteration, batch, "every batch example is a source of the demos", boot)
+        parent_eval, result = ctx.evaluate_many([parent, candidate], scored_on, label=f"iter {iteration}: demos")
+        kept = result.mean is not None and (parent_eval.mean is None or result.mean > parent_eval.mean)
+        if kept:
+            self.state.current, self.state.current_sources = candidate, sorted(sources)
+        details["kept"] = kept
         verdict = "kept" if kept else "not kept (not strictly better)"
         lines.append(f"Scored on {len(scored_on)} batch examples ({len(excluded)} demo sources left out): "
                      f"{fmt_score(result.mean)} vs {fmt_score(parent_eval.mean)} for the current demos → {verdict}.")
-        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
         return Step(candidate, result, parent_eval.mean, "\n".join(lines), summary, predictor, details)
-
-    def _unscreened(self, ctx: SearchContext, candidate: Candidate, selection: Selection,
-                    boot: dict[str, Any] | None) -> Step:
-        """A set scored on validation only (`score_on_val`), where the run scores every candidate anyway."""
-        n = len(selection.entries)
-        lines = [self._boot_line(boot)] if boot else []
-        lines.append(f"Selected {n} demos by {selection.rule} ({selection.note}): "
-                     f"{', '.join(e.example_id for e in selection.entries)}. Not scored on the batch: "
-                     "validation, where every candidate is scored, decides.")
-        predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
-        return Step(candidate, EvalResult(candidate.fingerprint, {}), None, "\n".join(lines),
-                    f"{n} demo{'s' * (n != 1)} by {selection.rule}, scored on validation only", predictor,
-                    {"selection_strategy": selection.rule, "selected": [e.example_id for e in selection.entries],
-                     "answers": [e.answer for e in selection.entries], "selection_note": selection.note,
-                     "scored_on": 0, "kept": False, "pool_size": len(self.state.pool), "bootstrap": boot,
-                     **selection.details})
 
     def _no_change(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], why: str,
                    boot: dict[str, Any] | None) -> Step:

@@ -214,7 +214,7 @@ class Joint(Strategy):
         params, how = suggestion
         candidate, sources = self._candidate(params)
         if self._on_val(ctx):
-            return self._trial_on_val(ctx, iteration, candidate, params, how, notes)
+            return self._trial(ctx, iteration, candidate, (params, how), notes, list(ctx.valset), on_val=True)
         left_out = sources | content_sources(self.state.best, batch) | content_sources(candidate, batch)
         scored_on = [ex for ex in batch if example_id(ex) not in left_out]
         if not scored_on:  # never score a demo on its own example: this pair cannot be measured here
@@ -223,20 +223,7 @@ class Joint(Strategy):
             why = "every batch example is a source of the demos"
             return Step(self.state.best, result, result.mean, f"Picked by {how}: {params}; not scored: {why}.",
                         f"no change ({why})", predictor, {"no_change": why, "params": params})
-        best_eval, result = ctx.evaluate_many([self.state.best, candidate], scored_on, label=f"iter {iteration}: joint trial")
-        value = result.mean if result.mean is not None else 0.0
-        self.state.trials.append({"params": params, "value": value})
-        kept = result.mean is not None and (best_eval.mean is None or result.mean > best_eval.mean)
-        if kept:
-            self.state.best = candidate
-        chosen, summary = self._summary(params)
-        lines = [*notes, f"Picked by {how}: {summary}.",
-                 f"Scored on {len(scored_on)} batch examples (demo sources left out): {value:.3f} vs "
-                 f"{best_eval.mean if best_eval.mean is not None else float('nan'):.3f} for the best pair so far "
-                 f"→ {'kept' if kept else 'not kept (not strictly better)'}."]
-        details = {"params": params, "demo_set_kind": chosen["kind"], "demos": len(chosen["entries"]),
-                   "scored_on": len(scored_on), "kept": kept, "sampler": how}
-        return Step(candidate, result, best_eval.mean, "\n".join(lines), summary, predictor, details)
+        return self._trial(ctx, iteration, candidate, (params, how), notes, scored_on, on_val=False)
 
     def _on_val(self, ctx: SearchContext) -> bool:
         return self.score_on_val and bool(ctx.valset)
@@ -248,24 +235,33 @@ class Joint(Strategy):
                         f"{', '.join(str(params[f'instruction:{n}']) for n in self.state.instructions)}, demo set "
                         f"{params['demo_set']} ({chosen['kind']}, {len(chosen['entries'])} demos)")
 
-    def _trial_on_val(self, ctx: SearchContext, iteration: int, candidate: Candidate, params: dict[str, int],
-                      how: str, notes: list[str]) -> Step:
-        """One trial scored on validation (the lifecycle's own score of the step's candidate, so it
-        costs nothing more); the step has no batch score."""
-        best_eval, result = ctx.evaluate_many([self.state.best, candidate], ctx.valset, label=f"iter {iteration}: val")
+    def _trial(self, ctx: SearchContext, iteration: int, candidate: Candidate, pick: tuple[dict[str, int], str],
+               notes: list[str], scored_on: list[dspy.Example], on_val: bool) -> Step:
+        """One trial: the pair against the best so far on `scored_on`, kept only when strictly better.
+        On validation that is the lifecycle's own score of the step's candidate (no call more), and
+        the step has no batch score."""
+        params, how = pick
+        label = f"iter {iteration}: {'val' if on_val else 'joint trial'}"
+        best_eval, result = ctx.evaluate_many([self.state.best, candidate], scored_on, label=label)
         value = result.mean if result.mean is not None else 0.0
         self.state.trials.append({"params": params, "value": value})
         kept = result.mean is not None and (best_eval.mean is None or result.mean > best_eval.mean)
         if kept:
             self.state.best = candidate
         chosen, summary = self._summary(params)
+        where = (f"validation ({len(scored_on)} examples)" if on_val
+                 else f"{len(scored_on)} batch examples (demo sources left out)")
         lines = [*notes, f"Picked by {how}: {summary}.",
-                 f"Scored on validation ({len(ctx.valset)} examples): {fmt_score(result.mean)} vs "
-                 f"{fmt_score(best_eval.mean)} for the best pair so far → {'kept' if kept else 'not kept'}."]
+                 f"Scored on {where}: {fmt_score(value)} vs {fmt_score(best_eval.mean)} for the best pair so far "
+                 f"→ {'kept' if kept else 'not kept (not strictly better)'}."]
         details = {"params": params, "demo_set_kind": chosen["kind"], "demos": len(chosen["entries"]),
-                   "scored_on": 0, "trial_on_val": value, "kept": kept, "sampler": how}
+                   "scored_on": 0 if on_val else len(scored_on), "kept": kept, "sampler": how,
+                   **({"trial_on_val": value} if on_val else {})}
         predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
-        return Step(candidate, EvalResult(candidate.fingerprint, {}), None, "\n".join(lines), summary, predictor, details)
+        if on_val:
+            return Step(candidate, EvalResult(candidate.fingerprint, {}), None, "\n".join(lines), summary, predictor,
+                        details)
+        return Step(candidate, result, best_eval.mean, "\n".join(lines), summary, predictor, details)
 
     def _score_best(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> EvalResult:
         """The best pair on the batch minus its own demos' sources (an honest no-change score)."""
