@@ -6,6 +6,7 @@ would say (it writes only unusable replies here)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fakes import LABELS, truth
@@ -145,3 +146,40 @@ def test_with_a_tiny_validation_set_demo_sets_are_scored_on_the_batch(tmp_path):
     assert result.split_sizes["val"] < 4
     demo_steps = [r for r in result.iterations if r.phase in ("fewshot", "joint")]
     assert demo_steps and all(r.score is not None for r in demo_steps), [(r.phase, r.details) for r in demo_steps]
+
+
+def never_right(system: str, messages: list[dict]) -> str:
+    return f"This is about {truth(messages[-1]['content'])}."
+
+
+def counting_reasoner(system: str, messages: list[dict]) -> str:
+    """A greedy proposer: its rewrite depends only on how many earlier rewrites the prompt shows."""
+    n = messages[-1]["content"].count("Iter ")
+    return json.dumps({"failure_patterns": "-", "change_summary": f"rewrite {n}",
+                       "revised_instructions": f"Say which team handles the message (attempt {n})."})
+
+
+def test_a_later_phase_of_an_axis_tries_what_the_earlier_ones_did_not(tmp_path):
+    """Nothing gains here, so the rungs run each axis again from the same handed-on candidate. Started
+    afresh, a greedy reasoning model wrote the probe's rewrite again and fewshot drew the probe's sets
+    again: the phase measured nothing new and its "no gain" counted towards convergence. Each later
+    phase takes up the axis's memory (the rewrite log, the sets tried) and tries new candidates."""
+    from fakes import routing_examples
+
+    auto = Auto(axes=["iterative", "fewshot"])
+    program = run_strategy(auto, counting_reasoner, respond=never_right, examples=routing_examples(16),
+                           run_dir=tmp_path, track=False, max_iterations=50, max_metric_calls=150,
+                           train_ratio=0.5, val_ratio=1 / 6, score_threshold=1.0, max_workers=1)
+    result = program.result
+    seen: dict[str, set[str]] = {"iterative": set(), "fewshot": set()}
+    later = 0
+    for number in sorted({r.details["phase_number"] for r in result.iterations if r.phase in seen}):
+        records = [r for r in result.iterations if r.details.get("phase_number") == number]
+        axis = records[0].phase
+        tried = ({f for r in records for f in re.findall(r"Change: (rewrite \d+)", r.reasoning)}
+                 if axis == "iterative" else {r.fingerprint for r in records if r.details.get("selected")})
+        assert tried, (number, axis, [r.reasoning for r in records])
+        assert not tried & seen[axis], (number, axis, [r.change_summary for r in records])
+        later += bool(seen[axis])
+        seen[axis] |= tried
+    assert later >= 2, [(p["axis"], p["kind"]) for p in auto.phases]  # both axes ran again

@@ -325,3 +325,31 @@ def test_demo_sets_fit_the_task_models_stated_context():
     assert demos_that_fit(None, []) is None  # a model that states no context: no cap
     shown = [m for _, m in task.fake_engine.requests if len(m) > 1]
     assert shown and max((len(m) - 1) // 2 for m in shown) <= fit  # the bootstrap's teacher too
+
+
+def test_memory_carries_the_pool_always_and_the_tried_sets_only_to_the_same_instructions():
+    """A later search of the same kind (auto's next fewshot phase) draws after the sets an earlier one
+    tried on these instructions; on other instructions those sets are new candidates, and only the
+    pool (sound demos whatever the instructions) is carried."""
+    from reflex_dspy.candidate import Candidate, PredictorState
+    from reflex_dspy.strategies.demo_selection import PoolEntry
+
+    def started(instructions: str) -> FewShot:
+        strategy = FewShot()
+        strategy.state.current = Candidate({"predict": PredictorState(instructions)})
+        return strategy
+
+    first = started("Route the message.")
+    first.state.pool = [PoolEntry("ex-1", 1.0, {"message": "m"}, "billing", {"predict": {"message": "m"}}, 1)]
+    first.state.tried, first.state.variant, first.state.round = ["ex-1", "ex-2|ex-3"], 5, 1
+    memory = json.loads(json.dumps(first.memory()))  # auto keeps it in a JSON checkpoint
+
+    same = started("Route the message.")
+    same.recall(memory)
+    assert (same.state.tried, same.state.variant, same.state.round) == (["ex-1", "ex-2|ex-3"], 5, 1)
+    assert [e.example_id for e in same.state.pool] == ["ex-1"]
+
+    other = started("Route the message to a team.")
+    other.recall(memory)
+    assert (other.state.tried, other.state.variant) == ([], 0)
+    assert [e.example_id for e in other.state.pool] == ["ex-1"] and other.state.round == 1

@@ -17,6 +17,10 @@ the score threshold stops it. Each phase's choice and the gains behind it are in
 iteration's reasoning of the phase, in every iteration's `details["auto"]`, and in `phases`.
 A phase also ends when its last `IDLE_STEPS` steps measured nothing new (every score came from
 the cache): its strategy has nothing left to try, and its iterations are better spent elsewhere.
+A later phase of an axis takes up what the earlier ones tried (`Strategy.memory`: the demo sets
+drawn, the rewrite log, the layouts' records), so it tries something new. Why: started afresh, a
+rung's search proposed exactly what the probe had (a greedy model, the same handed-on candidate),
+scored nothing new, and its "no gain" counted towards convergence.
 
 Before the probes, when the instructions lack what the data states plainly (the label set, the
 JSON keys, the date form: `TaskFacts.missing_from`), auto's opening step adds just those sentences
@@ -118,6 +122,7 @@ class AutoState:
     facts_pending: bool = False  # the opening step (the data's facts) is still to run
     initial: dict[str, Any] | None = None  # the user's candidate: what `rewrite_margin` protects
     on_val: bool = False  # phases are measured on validation (it has MIN_PROBE_BATCH examples or more)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # per axis: what its phases tried
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -331,6 +336,7 @@ class Auto(Strategy):
         handed_on = Candidate.from_dict(self.s.best["candidate"])
         self.s.phase_start = {"iteration": iteration}
         self.sub.start(ctx, handed_on)
+        self.sub.recall(self.s.memory.get(plan.axis, {}))
         calls = "" if plan.calls is None else f" and {plan.calls} metric calls"
         return (f"Phase {len(self.s.phases) + 1} ({plan.kind}): {plan.axis} for up to {self.s.phase_budget} iterations"
                 f"{calls}, starting from iteration {self.s.best['iteration']}'s candidate. Why: {plan.why}.{cap_note}")
@@ -419,6 +425,7 @@ class Auto(Strategy):
             "gain": None if start_score is None else round(score - start_score, 4),
             "handed_on_iteration": self.s.best["iteration"],
         })
+        self.s.memory[self.s.axis] = self.sub.memory()
         self.sub, self.s.axis, self.s.plan = None, None, None
         self.s.finished = self._finish_reason(ctx, iteration)
         if self.s.finished is None and iteration < ctx.config.max_iterations:

@@ -89,6 +89,19 @@ class Strategy(Teleprompter, abc.ABC):
         on to something else (auto's next phase) and the search continues; False: it stops."""
         return False
 
+    def memory(self) -> dict[str, Any]:
+        """What this search tried that a later search of the same kind should not try again, as JSON.
+
+        Why: a strategy that chains others (auto) runs one axis in several phases; each phase's
+        search starts afresh from the handed-on candidate, and with a greedy task and reasoning
+        model it would propose exactly what the earlier phase did, measure nothing new and count
+        that as "no gain". Default: nothing to carry.
+        """
+        return {}
+
+    def recall(self, memory: dict[str, Any]) -> None:
+        """Take up `memory()` of an earlier search of the same kind; called right after `start`."""
+
     def restarts_patience(self, previous: IterationRecord, record: IterationRecord) -> bool:
         """Whether early-stopping patience counts afresh from `record` (stop_rules.Patience).
 

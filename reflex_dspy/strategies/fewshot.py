@@ -431,6 +431,24 @@ class FewShot(Strategy):
                 f"{boot['successful']} successful traces ({bar}), {boot['added']} new; pool {boot['pool']}.")
 
     # -- persistence --------------------------------------------------------------------------
+    def memory(self) -> dict[str, Any]:
+        """The pool (its traces are sound demos whatever the instructions), and the sets tried with
+        which instructions: a later search on the same instructions draws the sets after them."""
+        return {"instructions": self._instructions(), "tried": list(self.state.tried),
+                "variant": self.state.variant, "pool": [e.to_dict() for e in self.state.pool],
+                "round": self.state.round, "rounds_left": self.state.rounds_left}
+
+    def recall(self, memory: dict[str, Any]) -> None:
+        if not memory:
+            return
+        self.state.pool = [PoolEntry.from_dict(e) for e in memory["pool"]]
+        self.state.round, self.state.rounds_left = memory["round"], memory["rounds_left"]
+        if memory["instructions"] == self._instructions():  # the same sets on other instructions are new
+            self.state.tried, self.state.variant = list(memory["tried"]), memory["variant"]
+
+    def _instructions(self) -> dict[str, str]:
+        return {name: p.instructions for name, p in self.state.current.predictors.items()}
+
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
 

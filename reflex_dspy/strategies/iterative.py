@@ -204,6 +204,16 @@ class Iterative(Strategy):
             parts.append(history)
         return "\n\n".join(parts)
 
+    def memory(self) -> dict[str, Any]:
+        """The rewrite log: a later search shows the reasoning model what was tried and how it scored,
+        so it writes something else instead of the same rewrite."""
+        return {"log": [asdict(e) for e in self.state.log], "turn": self.state.turn}
+
+    def recall(self, memory: dict[str, Any]) -> None:
+        if memory:
+            self.state.log = [LogEntry(**e) for e in memory["log"]]
+            self.state.turn = memory["turn"]
+
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
 

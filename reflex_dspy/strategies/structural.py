@@ -289,6 +289,14 @@ class Structural(Strategy):
         return "\n".join(lines)
 
     # -- persistence -----------------------------------------------------------------------
+    def memory(self) -> dict[str, Any]:
+        """Each transform's record: a later search draws the layouts that helped, not those that hurt."""
+        return {"stats": {n: asdict(s) for n, s in self.state.stats.items()}}
+
+    def recall(self, memory: dict[str, Any]) -> None:
+        if memory:
+            self.state.stats = {n: ArmStats(**s) for n, s in memory["stats"].items()}
+
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
 
