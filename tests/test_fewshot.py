@@ -353,3 +353,25 @@ def test_memory_carries_the_pool_always_and_the_tried_sets_only_to_the_same_inst
     other.recall(memory)
     assert (other.state.tried, other.state.variant) == ([], 0)
     assert [e.example_id for e in other.state.pool] == ["ex-1"] and other.state.round == 1
+
+
+def test_on_validation_a_start_whose_demos_came_from_all_of_train_still_gets_new_sets():
+    """With `score_on_val` a set replaces the current demos and validation never lends one, so the
+    current demos' sources stay drawable: started from a set of all of train (auto's rung after a
+    16-demo probe), fewshot had nothing left to draw and tried no set at all."""
+    from reflex_dspy.candidate import Candidate
+
+    examples = routing_examples(4)
+    train, val = examples[:6], examples[6:]
+    program = program_from_prompt("Route it.")
+    start = Candidate.from_program(program)
+    name = next(iter(start.predictors))
+    start = start.with_demos(name, [{"input": ex.input, "output": ex.output} for ex in train])
+    program = start.apply(program)
+    result = Reflex("exact", strategy=FewShot(score_on_val=True, set_kinds=["labeled"]),
+                    task_lm=fake_lm(lambda system, messages: "no idea", name="fake/task"),
+                    reasoning_lm=fake_lm(refuses, name="fake/reasoner"), train_ratio=1.0, val_ratio=0.0, score_threshold=1.0, max_iterations=3, early_stopping_patience=0, track=False,
+                    max_workers=1).compile(program, trainset=train, valset=val).result
+    tried = [r for r in result.iterations if r.details.get("selected")]
+    assert len(tried) == 3, [r.change_summary for r in result.iterations]
+    assert len({r.fingerprint for r in tried} | {start.fingerprint}) == 4  # each a new set

@@ -298,7 +298,7 @@ class FewShot(Strategy):
     def _untried(self, ctx: SearchContext, batch: Sequence[dspy.Example]) -> Selection | None:
         """The next selection whose demo set has not been scored yet, or None."""
         in_batch = {example_id(ex) for ex in batch}
-        taken = in_batch | set(self.state.current_sources)
+        taken = in_batch | self._reserved(ctx)
         outside = sum(example_id(ex) not in taken for ex in ctx.trainset)
         per_kind = AGENT_TRIES if self.selection_strategy == "agent_curated" else max(len(self.state.pool), 1)
         fit = ctx.context_window and demos_that_fit(ctx.context_window, [*self.state.pool, *labeled_entries(
@@ -334,7 +334,7 @@ class FewShot(Strategy):
             return select(self.selection_strategy, outside_first(self.state.pool, k, in_batch), k, variant,
                           proposer=ctx.proposer,
                           instructions=self.state.current.render(), facts=self._facts(ctx))
-        seen = set(self.state.current_sources)
+        seen = self._reserved(ctx)
         labeled = labeled_entries(ctx, list(self.state.current.predictors),
                                   [ex for ex in ctx.trainset if example_id(ex) not in seen])
         if kind == "labeled":
@@ -346,6 +346,13 @@ class FewShot(Strategy):
         chosen = ctx.rng.sample(union, min(k, len(union)))
         return Selection(chosen, "random", note=f"random restart: {len(chosen)} of {len(union)} bootstrapped and "
                                                 "labeled demos")
+
+    def _reserved(self, ctx: SearchContext) -> set[str]:
+        """Train examples a new set may not draw on: the current demos' sources, which a batch score
+        leaves out; none with `score_on_val`, where a set replaces the current demos and validation
+        never lends one. Why: started from a set of all of train (auto's rung after a 16-demo probe),
+        fewshot had nothing left to draw and tried no set at all."""
+        return set() if self.score_on_val and ctx.valset else set(self.state.current_sources)
 
     @staticmethod
     def _facts(ctx: SearchContext) -> str:
