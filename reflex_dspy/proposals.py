@@ -412,6 +412,8 @@ class Proposer:
             if facts is not None and (fix := facts.missing_from(text)):
                 proposal.instructions = f"{text}\n\n{fix}"
                 proposal.repaired = fix
+                if proposal.instructions.strip() == current.strip():  # it only dropped the data's sentence
+                    raise ProposalRejected("unchanged instructions once the dropped fact was restored")
             return proposal
 
         return self.ask(signature, check, **inputs)

@@ -110,3 +110,23 @@ def test_failure_report_wording_the_reasoning_model_copies_is_dropped():
     for kept in ("Rate the answer. A score of 0.50 means partly right; the score is 1.00 only when it is complete.",
                  "Given the Python code, predict the program output exactly as printed."):
         assert strip_analysis(kept) == (kept, 0)  # an instruction may speak of scores, or of a program's output
+
+
+def test_a_proposal_that_only_drops_the_data_s_sentence_is_unchanged_and_refused():
+    """Measured on the bench (routing, seed 0): the 0.5B model's "rewrite" was the current instructions
+    without the label-set sentence; restored, it was the current candidate again, scored from the
+    cache, and the iteration changed nothing. It is refused, so the retry (warmer) asks again."""
+    facts = FACTS["labels"]
+    base = "Say which team should handle the message."
+    current = f"{base}\n\n{facts.for_task_model()}"
+    replies = [base, "Name the team that handles the message."]
+
+    def dropping(system: str, messages: list[dict]) -> str:
+        return json.dumps({"failure_patterns": "-", "change_summary": "-", "revised_instructions": replies.pop(0)})
+
+    reasoner = fake_lm(dropping)
+    evaluator = Evaluator(program_from_prompt("x"), lambda ex, pred: 1.0, task_lm=reasoner)
+    proposal = Proposer(reasoner, evaluator).propose_instruction(
+        current=current, facts=facts, failures="", differences="", history="", step_name="predict")
+    assert proposal.instructions == f"Name the team that handles the message.\n\n{facts.for_task_model()}"
+    assert proposal.attempts == 2
