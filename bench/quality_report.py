@@ -9,7 +9,7 @@ from typing import Any
 
 from quality import DSPY, DSPY_LIGHT, OPTIMIZERS, REFLEX
 from quality_tasks import TASKS
-from report import _table, scatter_plot
+from report import _table, bar_plot, scatter_plot
 from scipy.stats import binomtest
 
 
@@ -49,7 +49,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
                 "task_calls": statistics.mean(r["task_calls"] for r in rs),
                 "tokens": statistics.mean(r["tokens"] for r in rs),
                 "wall": statistics.mean(r["wall_s"] for r in rs),
-                "failures": sum(r["test_failures"] for r in rs),
+                "failures": sum(r["test_failures"] for r in rs), "budget": rs[0].get("budget"),
             } if rs else {}),
         }
     return out
@@ -102,6 +102,25 @@ def headline(summary: dict[tuple[str, str], dict[str, Any]], tasks: list[str],
     return _table(["task", "test before", "auto: gain (calls)", *map(_short, DSPY),
                    "auto / best DSPy gain (goal ≥ 1.2x)", "test examples auto wins / loses against it",
                    "seeds both ran"], rows) if rows else []
+
+
+HEADLINE_COLORS = {"auto": "#1f77b4", "BFS-RS": "#d62728", "MIPROv2": "#ff7f0e", "GEPA": "#9467bd", "COPRO": "#8c564b"}
+
+
+def headline_plot(summary: dict[tuple[str, str], dict[str, Any]], tasks: list[str], plots: Path,
+                  prefix: str) -> list[str]:
+    """The headline as a picture: each task's mean test gain for auto and each DSPy optimizer sized to
+    the same calls (over the seeds each finished; the table pairs them on common seeds)."""
+    series = {_short(opt): {t: summary[(t, opt)]["gain"] for t in tasks if summary.get((t, opt), {}).get("n")}
+              for opt in ["auto", *DSPY]}
+    series = {name: gains for name, gains in series.items() if gains}
+    if "auto" not in series or len(series) < 2:
+        return []
+    name = f"{prefix}-headline.svg"
+    budget = next((s["budget"] for (t, o), s in summary.items() if o == "auto" and s.get("budget")), None)
+    title = "mean test gain" + (f" at {budget} metric calls" if budget else "")
+    (plots / name).write_text(bar_plot(tasks, series, title, "test gain", HEADLINE_COLORS))
+    return [f"![mean test gain per task: auto and each DSPy optimizer](benchmarks/{name})", ""]
 
 
 def _mean_gain(results: list[dict[str, Any]], task: str, optimizer: str, seeds: list[int]) -> float:
@@ -163,6 +182,7 @@ def section(results: list[dict[str, Any]], plots: Path, source: str, prefix: str
     summary = summarize(results)
     lines += ["### Headline: auto against each DSPy optimizer at equal metric calls", "",
               *(headline(summary, tasks, results) or ["Not measured yet: no task has both auto and a DSPy optimizer."]), "",
+              *headline_plot(summary, tasks, plots, prefix),
               "auto is what `Reflex()` runs by default. Each cell is the mean test gain over the seeds that "
               "finished (± sample sd when more than one) and, in brackets, the mean search metric calls the "
               "optimizer really made: DSPy's were sized to the same budget where their API allows it, and "

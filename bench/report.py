@@ -85,6 +85,40 @@ def scatter_plot(points: list[tuple[str, float, float, float, float, str]], titl
     return "\n".join(parts + ["</svg>"])
 
 
+def bar_plot(groups: list[str], series: dict[str, dict[str, float]], title: str, ylabel: str,
+             colors: dict[str, str]) -> str:
+    """Grouped bars: for each group (a task), one bar per series that has a value for it (a series
+    with no value there leaves a gap, so a missing run never reads as a zero)."""
+    values = [v for s in series.values() for v in s.values()]
+    lo, hi = min(0.0, *values), max(0.0, *values) or 1.0
+    span = hi - lo or 1.0
+
+    def y(v: float) -> float:
+        return T + 16 * ((len(series) + 1) // 2) + (H - B - T - 16 * ((len(series) + 1) // 2)) * (hi - v) / span
+
+    parts = _frame(title, "", ylabel, font_size=11)
+    for i in range(5):
+        v = lo + span * i / 4
+        parts.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:+.2f}</text>')
+    parts.append(f'<line x1="{L}" y1="{y(0):.1f}" x2="{W - R}" y2="{y(0):.1f}" stroke="#999"/>')
+    slot = (W - L - R) / len(groups)
+    width = slot * 0.8 / len(series)
+    for g, group in enumerate(groups):
+        parts.append(f'<text x="{L + slot * (g + 0.5):.1f}" y="{H - B + 16}" text-anchor="middle">{escape(group)}</text>')
+        for n, (name, by_group) in enumerate(series.items()):
+            if group in by_group:
+                v, bx = by_group[group], L + slot * (g + 0.1) + width * n
+                top, bottom = sorted((y(v), y(0)))
+                top = min(top, bottom - 2)  # a zero gain still shows: measured, not missing
+                parts.append(f'<rect x="{bx:.1f}" y="{top:.1f}" width="{width * 0.9:.1f}" height="{bottom - top:.1f}" '
+                             f'fill="{colors[name]}"/>')
+    for n, name in enumerate(series):
+        lx, ly = L + 10 + (W - L - R) / 2 * (n % 2), T + 14 * (n // 2) + 4
+        parts.append(f'<rect x="{lx:.1f}" y="{ly - 9:.1f}" width="10" height="10" fill="{colors[name]}"/>'
+                     f'<text x="{lx + 14:.1f}" y="{ly:.1f}">{escape(name)}</text>')
+    return "\n".join(parts + ["</svg>"])
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |" for r in rows)]
 

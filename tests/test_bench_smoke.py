@@ -27,5 +27,9 @@ def test_bench_smoke_writes_every_section_and_its_plots(tmp_path):
     run = json.loads((tmp_path / "quality-smoke" / "routing-auto-s0.json").read_text())
     assert run["phases"] == ["iterative"] and run["stop_reason"] == "score threshold 1.0 reached"
     assert run["auto_phases"] == [{"phase_number": 1, "axis": "iterative", "kind": "probe", "evidence": {}}]
-    for plot in ("scaling-evaluation.svg", "quality-routing.svg"):
+    for plot in ("scaling-evaluation.svg", "quality-routing.svg", "quality-headline.svg"):
         assert (tmp_path / "benchmarks" / plot).read_text().startswith("<svg")
+    bars = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="[\d.]+" fill="(#\w+)"/>',
+                      (tmp_path / "benchmarks" / "quality-headline.svg").read_text())
+    assert bars.count("#1f77b4") == bars.count("#d62728") == 2  # auto's and BFS-RS's bar, and their legend keys
+    assert "quality-headline.svg" in text
