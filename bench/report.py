@@ -92,9 +92,10 @@ def bar_plot(groups: list[str], series: dict[str, dict[str, float]], title: str,
     values = [v for s in series.values() for v in s.values()]
     lo, hi = min(0.0, *values), max(0.0, *values) or 1.0
     span = hi - lo or 1.0
+    plot_top = T + 16 * ((len(series) + 1) // 2)  # below the legend's rows of two
 
     def y(v: float) -> float:
-        return T + 16 * ((len(series) + 1) // 2) + (H - B - T - 16 * ((len(series) + 1) // 2)) * (hi - v) / span
+        return plot_top + (H - B - plot_top) * (hi - v) / span
 
     parts = _frame(title, "", ylabel, font_size=11)
     for i in range(5):
