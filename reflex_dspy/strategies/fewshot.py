@@ -439,22 +439,21 @@ class FewShot(Strategy):
 
     # -- persistence --------------------------------------------------------------------------
     def memory(self) -> dict[str, Any]:
-        """The pool (its traces are sound demos whatever the instructions), and the sets tried with
-        which instructions: a later search on the same instructions draws the sets after them."""
-        return {"instructions": self._instructions(), "tried": list(self.state.tried),
-                "variant": self.state.variant, "pool": [e.to_dict() for e in self.state.pool],
-                "round": self.state.round, "rounds_left": self.state.rounds_left}
+        """The whole state: a later search takes the pool (its traces are sound demos whatever the
+        instructions) and, on the same instructions, the sets tried, so it draws the sets after them."""
+        return self.state.to_dict()
 
     def recall(self, memory: dict[str, Any]) -> None:
         if not memory:
             return
-        self.state.pool = [PoolEntry.from_dict(e) for e in memory["pool"]]
-        self.state.round, self.state.rounds_left = memory["round"], memory["rounds_left"]
-        if memory["instructions"] == self._instructions():  # the same sets on other instructions are new
-            self.state.tried, self.state.variant = list(memory["tried"]), memory["variant"]
+        past = FewShotState.from_dict(memory)
+        self.state.pool, self.state.round, self.state.rounds_left = past.pool, past.round, past.rounds_left
+        if past.current is not None and self._instructions(past.current) == self._instructions(self.state.current):
+            self.state.tried, self.state.variant = past.tried, past.variant  # on other instructions they are new
 
-    def _instructions(self) -> dict[str, str]:
-        return {name: p.instructions for name, p in self.state.current.predictors.items()}
+    @staticmethod
+    def _instructions(candidate: Candidate) -> dict[str, str]:
+        return {name: p.instructions for name, p in candidate.predictors.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()

@@ -205,14 +205,14 @@ class Iterative(Strategy):
         return "\n\n".join(parts)
 
     def memory(self) -> dict[str, Any]:
-        """The rewrite log: a later search shows the reasoning model what was tried and how it scored,
-        so it writes something else instead of the same rewrite."""
-        return {"log": [asdict(e) for e in self.state.log], "turn": self.state.turn}
+        """The state, of which a later search takes the rewrite log: it shows the reasoning model what
+        was tried and how it scored, so it writes something else instead of the same rewrite."""
+        return self.state.to_dict()
 
     def recall(self, memory: dict[str, Any]) -> None:
         if memory:
-            self.state.log = [LogEntry(**e) for e in memory["log"]]
-            self.state.turn = memory["turn"]
+            past = IterativeState.from_dict(memory)
+            self.state.log, self.state.turn = past.log, past.turn
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()

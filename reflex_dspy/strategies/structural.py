@@ -290,12 +290,13 @@ class Structural(Strategy):
 
     # -- persistence -----------------------------------------------------------------------
     def memory(self) -> dict[str, Any]:
-        """Each transform's record: a later search draws the layouts that helped, not those that hurt."""
-        return {"stats": {n: asdict(s) for n, s in self.state.stats.items()}}
+        """The state, of which a later search takes each transform's record: it draws the layouts that
+        helped, not those that hurt."""
+        return self.state.to_dict()
 
     def recall(self, memory: dict[str, Any]) -> None:
         if memory:
-            self.state.stats = {n: ArmStats(**s) for n, s in memory["stats"].items()}
+            self.state.stats = StructuralState.from_dict(memory).stats
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
