@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 
+from reflex_dspy.data import ID_FIELD, example_id
 from reflex_dspy.errors import UsageError
 from reflex_dspy.plain import plain
 
@@ -107,3 +108,16 @@ class Candidate:
         if len(self.predictors) == 1:
             return next(iter(self.predictors.values())).render()
         return "\n\n".join(f"## {name}\n\n{s.render()}" for name, s in sorted(self.predictors.items()))
+
+
+def content_sources(candidate: Candidate, examples: Sequence[dspy.Example]) -> set[str]:
+    """Ids of `examples` whose inputs appear verbatim in one of the candidate's demos: the examples
+    a score of the candidate must leave out. This catches demos a user brought (their source is
+    unknown) as well as our own."""
+    demos = [d for state in candidate.predictors.values() for d in state.demos]
+    found = set()
+    for ex in examples:
+        inputs = {k: str(v) for k, v in ex.inputs().items() if k != ID_FIELD}
+        if inputs and any(all(k in d and str(d[k]) == v for k, v in inputs.items()) for d in demos):
+            found.add(example_id(ex))
+    return found

@@ -220,6 +220,10 @@ class Evaluator:
         return [answers(requests, {fp: plan for fp, (_, plan) in plans.items()})
                 for requests, plans, _ in planned]
 
+    def cost(self, requests: Sequence[tuple[Candidate, Sequence[dspy.Example]]]) -> int:
+        """Metric calls these (candidate, examples) requests would pay: the pairs not scored yet."""
+        return self._plan_group(Group(requests))[2]
+
     def _run_beside(self, label: str, jobs: list, beside: Callable[[], Any]) -> BaseException | None:
         """Run the jobs in a thread while `beside()` runs here; raise the jobs' error, return beside's."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflex-eval") as side:

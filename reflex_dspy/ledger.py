@@ -16,7 +16,8 @@ uninterrupted one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from reflex_dspy.errors import BudgetExhausted
@@ -33,6 +34,7 @@ class Ledger:
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = budget
+        self.held = 0  # calls the search may not spend: kept to confirm the pick (confirmation.py)
         self.usage = Usage()
         self.lock = threading.Lock()
         self.on_paid: PaidFn | None = None  # the journal writer
@@ -49,15 +51,30 @@ class Ledger:
 
     @property
     def budget_left(self) -> int | None:
-        return None if self.budget is None else max(self.budget - self.usage.search_calls, 0)
+        """Calls the search may still spend: the budget less what it spent and what is held back."""
+        return None if self.budget is None else max(self.budget - self.held - self.usage.search_calls, 0)
 
     def check(self, needed: int, label: str) -> None:
         """Raise `BudgetExhausted` before spending `needed` metric calls past the budget."""
         if self.budget is not None and needed > self.budget_left:
+            held = f" ({self.held} held back to confirm the pick)" if self.held else ""
             raise BudgetExhausted(
-                f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used, "
+                f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used{held}, "
                 f"{needed} more needed for {label}"
             )
+
+    def hold(self, calls: int) -> None:
+        """Keep `calls` of the budget from the search (the calls that confirm the pick)."""
+        self.held = max(calls, 0)
+
+    @contextmanager
+    def spending_held(self) -> Iterator[None]:
+        """Within: the held calls may be spent too (the confirmation that they were kept for)."""
+        held, self.held = self.held, 0
+        try:
+            yield
+        finally:
+            self.held = held
 
     def reserve(self, needed: int, label: str) -> None:
         """Check and commit `needed` search calls at once, before they are spent: evaluations that

@@ -22,6 +22,7 @@ import dspy
 
 from reflex_dspy import answer_budget, library_logs
 from reflex_dspy.candidate import Candidate
+from reflex_dspy.confirmation import Confirmation, held_back
 from reflex_dspy.data import assign_ids, example_id
 from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
 from reflex_dspy.eval_requests import Group
@@ -101,6 +102,8 @@ class RunLifecycle:
             budget=budget,
             seed=cfg.seed,
         )
+        self.held_back = held_back(budget, len(self.splits.train), len(self.splits.val))  # confirmation.py
+        self.evaluator.ledger.hold(self.held_back)
         self.evaluator.on_progress = self.trackers.on_progress
         self.evaluator.on_notice = self.trackers.on_notice
         self.evaluator.on_scored = self._trial
@@ -204,7 +207,7 @@ class RunLifecycle:
             if stop_reason is None:
                 stop_reason = self._search(start=len(self.records) + 1)
                 self._checkpoint(len(self.records), stop_reason)
-            selected, sel_score, selected_by = self._select()
+            selected, sel_score, selected_by, note, confirmation = self._final_pick()
             self._status("evaluating best", f"iteration {selected}")
             final, _ = measure(self.evaluator, self.candidates[selected], "final", "test", splits.test, cfg.eval_runs)
             self._status("finalizing")
@@ -218,7 +221,8 @@ class RunLifecycle:
                 selected_iteration=selected,
                 selected_by=selected_by,
                 selected_score=sel_score,
-                selection_note=self._selection_note(selected),
+                selection_note=note,
+                confirmation=confirmation,
                 best_prompt=self.candidates[selected].render(),
                 candidate=self.candidates[selected].to_dict(),
                 iterations=self.records,
@@ -350,7 +354,10 @@ class RunLifecycle:
             except BudgetExhausted:
                 return Budget.reason
             self.candidates[i] = step.candidate
+            check = self._threshold_check(i, step.candidate, val_score)
             record = self._record(i, step, val_score, before, is_full, len(batch))
+            if check is not None:
+                record.details["threshold_check"] = check
             if (earlier := self.later.get(i)) is not None:
                 # Written just before a crash, re-derived from the journal: the file is the record.
                 if earlier.fingerprint != record.fingerprint:
@@ -368,6 +375,26 @@ class RunLifecycle:
                 return stop
             self._checkpoint(i)
             i += 1
+
+    def _threshold_check(self, i: int, candidate: Candidate, val_score: float | None) -> dict[str, Any] | None:
+        """An iteration that reached the score threshold on validation, checked on validation and
+        unused train examples together (confirmation.py): the threshold stops the run only if it holds."""
+        threshold = self.config.score_threshold
+        if not self.held_back or val_score is None or val_score < threshold:
+            return None
+        check = self._confirmation().threshold_check(candidate, val_score, threshold)
+        if check is not None and not check["holds"]:
+            self.trackers.on_notice(
+                f"iteration {i} reached the score threshold {threshold:g} on validation ({val_score:.3f}) but not on "
+                f"validation and {check['train_examples']} unused train examples together "
+                f"({check['val_and_train']:.3f}): the search goes on")
+        return check
+
+    def _confirmation(self) -> Confirmation:
+        _, _, margin = self._scored()
+        rule = PickRule(self.initial, self.ctx.facts, margin)
+        return Confirmation.for_run(self.evaluator, self.splits.train, self.splits.val, rule, self.config.seed,
+                                     self.held_back)
 
     def _record(self, i: int, step, val_score, before: dict, is_full: bool, batch_size: int) -> IterationRecord:
         after = self.evaluator.usage.to_dict()
@@ -416,6 +443,24 @@ class RunLifecycle:
             [(self.candidates[i], score) for i, score in scored], len(self.splits.val))
         return (0, None, by) if pick is None else (*scored[pick], by)
 
+    def _final_pick(self) -> tuple[int, float | None, str, str | None, dict[str, Any] | None]:
+        """The run's pick: best on val (`_select`), a close call there settled on validation and
+        unused train examples together (confirmation.py); with its score, split, note and record."""
+        selected, score, by = self._select()
+        if by != "val" or not self.held_back:
+            return selected, score, by, self._selection_note(selected), None
+        scored, _, _ = self._scored()
+        settled = self._confirmation().settle([(i, self.candidates[i], s) for i, s in scored])
+        if settled is None:
+            return selected, score, by, self._selection_note(selected), None
+        picked, record = settled
+        rows = {r["iteration"]: r for r in record["contenders"]}
+        others = "; ".join(f"{_name(r['iteration'])} {_pair(r)}" for r in record["contenders"] if r["iteration"] != picked)
+        note = (f"{len(rows)} candidates within {record['within']} validation example of the best, scored on "
+                f"{record['train_examples']} train examples none of them took demos from: {_name(picked)} "
+                f"{_pair(rows[picked])}, over {others}")
+        return picked, rows[picked]["val_and_train"], "val + train", note, record
+
     def _selection_note(self, selected: int) -> str | None:
         """Why the pick is not the highest score, when the rewrite margin decided it."""
         scored, _, margin = self._scored()
@@ -445,3 +490,13 @@ class RunLifecycle:
         program.run_dir = str(self.record.run.path) if self.record else None
         return program
 
+
+
+def _name(iteration: int) -> str:
+    return "the initial prompt" if iteration == 0 else f"iteration {iteration}"
+
+
+def _pair(row: dict[str, Any]) -> str:
+    """`(val 0.750, val + train 0.850)` of one confirmed contender."""
+    both = "n/a" if row["val_and_train"] is None else f"{row['val_and_train']:.3f}"
+    return f"(val {row['val']:.3f}, val + train {both})"

@@ -59,9 +59,14 @@ class PickRule:
         for i, (candidate, score) in enumerate(scored):
             if score is None:
                 continue
-            written = self.margin > 0 and not self.keeps_users_words(candidate)
-            # In examples, rounded: 0.8 * 10 - 1 must tie 0.7 * 10 exactly.
-            key = (round(score * max(n, 1) - (self.margin if written else 0), 6), not written)
+            key = self.key(candidate, score, n)
             if best_key is None or key > best_key:
                 best_i, best_key = i, key
         return best_i
+
+    def key(self, candidate: Candidate, score: float, n: int) -> tuple[float, bool]:
+        """What the pick maximises: (the score in examples, less the margin for model-written
+        instructions; whether the instructions are the user's words)."""
+        written = self.margin > 0 and not self.keeps_users_words(candidate)
+        # In examples, rounded: 0.8 * 10 - 1 must tie 0.7 * 10 exactly.
+        return round(score * max(n, 1) - (self.margin if written else 0), 6), not written

@@ -69,7 +69,9 @@ class StrategyDone(StopRule):
 
 
 class ScoreThreshold(StopRule):
-    """Stop when the iteration reached `score_threshold`: on val when val exists, else on its batch."""
+    """Stop when the iteration reached `score_threshold`: on val when val exists, else on its batch;
+    where the lifecycle checked it on unused train examples too (`details["threshold_check"]`),
+    only when it holds there as well."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
@@ -77,9 +79,15 @@ class ScoreThreshold(StopRule):
     def after(self, view: SearchView) -> str | None:
         record = view.records[-1]
         reached = record.val_score if view.has_val else record.score
-        if reached is not None and reached >= self.threshold:
+        if reached is None or reached < self.threshold:
+            return None
+        check = record.details.get("threshold_check")  # on val and unused train together (confirmation.py)
+        if check is None:
             return f"score threshold {self.threshold} reached"
-        return None
+        if not check["holds"]:
+            return None
+        return (f"score threshold {self.threshold} reached (on validation, and on validation and "
+                f"{check['train_examples']} unused train examples together: {check['val_and_train']:.3f})")
 
 
 class Budget(StopRule):

@@ -168,7 +168,7 @@ def test_a_later_phase_of_an_axis_tries_what_the_earlier_ones_did_not(tmp_path):
 
     auto = Auto(axes=["iterative", "fewshot"])
     program = run_strategy(auto, counting_reasoner, respond=never_right, examples=routing_examples(16),
-                           run_dir=tmp_path, track=False, max_iterations=50, max_metric_calls=150,
+                           run_dir=tmp_path, track=False, max_iterations=50, max_metric_calls=170,  # the search gets 153 (confirmation.py holds 17 back)
                            train_ratio=0.5, val_ratio=1 / 6, score_threshold=1.0, max_workers=1)
     result = program.result
     seen: dict[str, set[str]] = {"iterative": set(), "fewshot": set()}

@@ -45,8 +45,8 @@ class Chained(Iterative):
         return self.moves_left >= 0
 
 
-def record(val: float | None, score: float | None = None, phase: str = "iterative"):
-    return SimpleNamespace(val_score=val, score=score, phase=phase)
+def record(val: float | None, score: float | None = None, phase: str = "iterative", details=None):
+    return SimpleNamespace(val_score=val, score=score, phase=phase, details=details or {})
 
 
 def view(i: int, strategy, records, has_val: bool = True) -> SearchView:
@@ -66,6 +66,15 @@ def test_the_threshold_reads_val_when_there_is_val_else_the_batch_score():
     assert rule.after(view(1, Chained(), [record(0.5, 1.0)])) is None
     assert rule.after(view(1, Chained(), [record(None, 0.95)], has_val=False)) == "score threshold 0.9 reached"
     assert rule.after(view(1, Chained(), [record(None, None)], has_val=False)) is None
+
+
+def test_a_threshold_checked_on_unused_train_too_stops_only_where_it_holds():
+    rule = ScoreThreshold(0.9)
+    check = {"holds": False, "train_examples": 12, "val_and_train": 0.8}
+    assert rule.after(view(1, Chained(), [record(1.0, details={"threshold_check": check})])) is None
+    check = {**check, "holds": True, "val_and_train": 0.95}
+    assert rule.after(view(1, Chained(), [record(1.0, details={"threshold_check": check})])) == (
+        "score threshold 0.9 reached (on validation, and on validation and 12 unused train examples together: 0.950)")
 
 
 def test_patience_counts_ties_lets_the_strategy_move_on_once_then_stops():

@@ -296,6 +296,7 @@ def _result(result: dict[str, Any] | None, baseline: dict[str, Any] | None) -> d
         "selected_iteration": result.get("selected_iteration"),
         "selected_by": result.get("selected_by"),
         "selected_score": result.get("best_score"),
+        "selection_note": result.get("selection_note"),  # the rewrite margin or a confirmation decided it
         "duration_seconds": result.get("duration_seconds"),
         "held_out": result.get("held_out"),
     }

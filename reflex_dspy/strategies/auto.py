@@ -59,7 +59,7 @@ from typing import Annotated, Any
 
 import dspy
 
-from reflex_dspy.candidate import Candidate
+from reflex_dspy.candidate import Candidate, content_sources
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import ReflexError
 from reflex_dspy.evaluation import EvalResult
@@ -68,7 +68,6 @@ from reflex_dspy.search import fmt_score
 from reflex_dspy.selection import PickRule
 from reflex_dspy.strategies.allocation import CONVERGE_LEFT, NO_GAIN, PROBE_FRACTION, Allocator, Plan
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
-from reflex_dspy.strategies.fewshot import content_sources
 from reflex_dspy.strategies.params import STRATEGY_PARAMS
 
 AXES = ("structural", "iterative", "fewshot", "joint", "pdo")

@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 import dspy
 from pydantic import Field
 
-from reflex_dspy.candidate import Candidate
+from reflex_dspy.candidate import Candidate, content_sources
 from reflex_dspy.data import ID_FIELD, example_id
 from reflex_dspy.evaluation import EvalResult
 from reflex_dspy.metrics import label_fields
@@ -107,20 +107,6 @@ def success_bar(scores: Sequence[float]) -> float | None:
 
 def _inputs(example: dspy.Example) -> dict[str, str]:
     return {k: str(v) for k, v in example.inputs().items() if k != ID_FIELD}
-
-
-def content_sources(candidate: Candidate, examples: Sequence[dspy.Example]) -> set[str]:
-    """Ids of `examples` whose inputs appear verbatim in one of the candidate's demos.
-
-    This catches demos a user brought (their source is unknown) as well as our own.
-    """
-    demos = [d for state in candidate.predictors.values() for d in state.demos]
-    found = set()
-    for ex in examples:
-        inputs = _inputs(ex)
-        if inputs and any(all(k in d and str(d[k]) == v for k, v in inputs.items()) for d in demos):
-            found.add(example_id(ex))
-    return found
 
 
 def fitting_fields(ctx: SearchContext, predictors: Sequence[str], example: dspy.Example) -> dict[str, list[str]]:

@@ -33,14 +33,14 @@ from typing import Any
 
 import dspy
 
-from reflex_dspy.candidate import Candidate
+from reflex_dspy.candidate import Candidate, content_sources
 from reflex_dspy.data import example_id
 from reflex_dspy.evaluation import EvalResult
 from reflex_dspy.proposals import ProposalRejected, compare_outputs, format_failures
 from reflex_dspy.search import fmt_score
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.demo_selection import PoolEntry
-from reflex_dspy.strategies.fewshot import content_sources, demos_that_fit, labeled_entries, traced_entries
+from reflex_dspy.strategies.fewshot import demos_that_fit, labeled_entries, traced_entries
 
 DEMO_SET_KINDS = ("labeled", "bootstrapped", "mixed")
 

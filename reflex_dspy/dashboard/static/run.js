@@ -89,6 +89,7 @@ function testResult(run) {
     r.improvement ? h("span", { class: r.improvement.delta >= 0 ? "up" : "down" }, ` (${r.improvement.text})`) : "",
     " · ", h("span", { class: sig }, r.significance || "no significance test"),
     ` · selected ${chosen} (best on ${r.selected_by}: ${score(r.selected_score, 4)})`,
+    r.selection_note ? h("span", { class: "muted", id: "selection-note" }, ` · ${r.selection_note}`) : "",
     r.duration_seconds != null ? ` · ${seconds(r.duration_seconds)}` : "");
 }
 

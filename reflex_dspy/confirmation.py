@@ -1,0 +1,162 @@
+"""Close calls on a small validation split, settled on train examples no contender learned from.
+
+Validation is small in prompt optimization and a run scores a dozen candidates on it: in the
+bench's auto runs (8 validation examples) three to six candidates tied the best validation
+score, and the tie went to the earliest; one run stopped at the score threshold on a 4-demo set
+that scored 8 of 8 on validation and 16 of 24 on test. Scoring the close contenders on more
+examples needs no judgement: the train examples that none of them holds as a demo (a demo's
+source would be a free answer). So the run holds back a small part of its call budget
+(`CONFIRM_SHARE`) from the search, and
+
+- the pick: the candidates within `CONFIRM_WITHIN` validation examples of the best (by the
+  run's `PickRule`, at most `CONFIRM_MAX`) are scored on the same of those train examples (in a
+  seeded order; at most as many as the held-back calls, and as many as the calls left afford:
+  the held-back ones and any the search left; scores already paid for are free), and the pick is
+  made by the same rule on validation and those examples together (the last contenders drop out
+  while their demos, or the calls, leave fewer than `MIN_CONFIRM` examples);
+- the score threshold: an iteration that reaches it on validation stops the run only when it
+  still reaches it on validation and those examples together (as many as the held-back calls,
+  paid from the search's own calls; when those are spent, validation alone decides, as before).
+
+Held-out test never chooses. Instructions the reasoning model wrote may have seen some of those
+train examples (a rewrite is written from a batch's failures), which flatters them there: the
+rule's `rewrite_margin` still applies to them, on the larger count.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+from reflex_dspy.candidate import Candidate, content_sources
+from reflex_dspy.data import example_id
+from reflex_dspy.eval_requests import Group
+from reflex_dspy.evaluation import EvalResult, Evaluator
+from reflex_dspy.selection import PickRule
+
+CONFIRM_SHARE = 0.1  # of the call budget, held back from the search to confirm the pick
+CONFIRM_WITHIN = 1  # validation examples: contenders this close to the best are confirmed
+CONFIRM_MAX = 3  # contenders confirmed at most (the best by the pick rule's order)
+MIN_CONFIRM = 4  # fewer train examples than this settle nothing
+
+
+def held_back(budget: int | None, n_train: int, n_val: int) -> int:
+    """Calls the search leaves for confirming the pick: a share of the budget, when it affords at
+    least two contenders on `MIN_CONFIRM` examples and there is validation to confirm."""
+    if budget is None or not n_val or n_train < MIN_CONFIRM:
+        return 0
+    share = int(budget * CONFIRM_SHARE)
+    return share if share >= 2 * MIN_CONFIRM else 0
+
+
+@dataclass
+class Contender:
+    """One candidate in a close call: where it was found and its score on validation."""
+
+    iteration: int
+    candidate: Candidate
+    val: float
+
+
+@dataclass
+class Confirmation:
+    """Scores close contenders on unused train examples with the held-back calls (module docstring)."""
+
+    evaluator: Evaluator
+    trainset: Sequence[dspy.Example]  # already in the run's seeded order
+    valset: Sequence[dspy.Example]
+    rule: PickRule
+    held: int  # the calls held back for the pick: also the most a threshold check scores
+
+    @classmethod
+    def for_run(cls, evaluator: Evaluator, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example],
+                rule: PickRule, seed: int, held: int) -> Confirmation:
+        order = list(trainset)
+        random.Random(f"confirm:{seed}").shuffle(order)
+        return cls(evaluator, order, list(valset), rule, held)
+
+    def contenders(self, scored: Sequence[tuple[int, Candidate, float | None]]) -> list[Contender]:
+        """The distinct candidates within `CONFIRM_WITHIN` validation examples of the best, best first."""
+        n = len(self.valset)
+        keyed = [(self.rule.key(c, s, n), i, c, s) for i, c, s in scored if s is not None]
+        if not keyed:
+            return []
+        top = max(k for k, *_ in keyed)[0]
+        seen: set[str] = set()
+        out = []
+        for _key, i, c, s in sorted(keyed, key=lambda e: e[0], reverse=True):  # stable: earlier first on ties
+            if _key[0] >= top - CONFIRM_WITHIN and c.fingerprint not in seen:
+                seen.add(c.fingerprint)
+                out.append(Contender(i, c, s))
+        return out[:CONFIRM_MAX]
+
+    def examples(self, candidates: Sequence[Candidate], held: bool, limit: int | None = None) -> list[dspy.Example]:
+        """The train examples none of `candidates` holds as a demo, at most `limit` and as many as
+        the calls left afford (the held-back calls too when `held`); none when fewer than `MIN_CONFIRM`."""
+        used = set().union(*(content_sources(c, self.trainset) for c in candidates))
+        pool = [ex for ex in self.trainset if example_id(ex) not in used][:limit]
+        with self._spending(held):
+            left = self.evaluator.budget_left
+        while pool and left is not None and self.evaluator.cost([(c, pool) for c in candidates]) > left:
+            pool.pop()
+        return pool if len(pool) >= MIN_CONFIRM else []
+
+    def _spending(self, held: bool) -> AbstractContextManager[None]:
+        return self.evaluator.ledger.spending_held() if held else nullcontext()
+
+    def _pooled(self, candidates: Sequence[Candidate], train: Sequence[dspy.Example], label: str,
+                held: bool) -> list[tuple[EvalResult, EvalResult]]:
+        """Each candidate's (validation, train) results: validation from the cache, train paid
+        (with the held-back calls when `held`)."""
+        requests = [(c, self.valset) for c in candidates] + [(c, train) for c in candidates]
+        with self._spending(held):
+            results = self.evaluator.evaluate_groups([Group(requests)], label=label)[0]
+        k = len(candidates)
+        return list(zip(results[:k], results[k:], strict=True))
+
+    def settle(self, scored: Sequence[tuple[int, Candidate, float | None]]) -> tuple[int, dict[str, Any]] | None:
+        """(the iteration picked on validation and train together, the record of it), or None when
+        there is no close call or nothing to settle it on."""
+        contenders = self.contenders(scored)
+        train: list[dspy.Example] = []
+        while len(contenders) >= 2 and not train:  # the last drops out when its demos or cost leave too few
+            train = self.examples([c.candidate for c in contenders], held=True, limit=self.held)
+            if not train:
+                contenders.pop()
+        if not train:
+            return None
+        calls = self.evaluator.usage.search_calls
+        pooled = self._pooled([c.candidate for c in contenders], train, "confirm the pick", held=True)
+        rows, ranked = [], []
+        for contender, (val, on_train) in zip(contenders, pooled, strict=True):
+            both = _mean(val, on_train)
+            rows.append({"iteration": contender.iteration, "val": contender.val, "train": on_train.mean,
+                         "val_and_train": both, "train_failed": on_train.n_failed})
+            ranked.append((contender.candidate, both))
+        pick = self.rule.best(ranked, len(self.valset) + len(train))
+        record = {"within": CONFIRM_WITHIN, "train_examples": len(train), "contenders": rows,
+                  "picked": contenders[pick].iteration, "metric_calls": self.evaluator.usage.search_calls - calls}
+        return contenders[pick].iteration, record
+
+    def threshold_check(self, candidate: Candidate, val: float, threshold: float) -> dict[str, Any] | None:
+        """Whether a candidate that reached the threshold on validation still reaches it on
+        validation and unused train examples together; None when there is nothing to check on. The
+        search's own calls pay for it: the held-back ones stay for the pick."""
+        train = self.examples([candidate], held=False, limit=self.held)
+        if not train:
+            return None
+        (val_result, on_train), = self._pooled([candidate], train, "confirm the score threshold", held=False)
+        both = _mean(val_result, on_train)
+        return {"threshold": threshold, "val": val, "train": on_train.mean, "train_examples": len(train),
+                "val_and_train": both, "holds": both is not None and both >= threshold}
+
+
+def _mean(*results: EvalResult) -> float | None:
+    """The mean over every scored example of `results` (failed answers are left out, never 0)."""
+    scores = [s for r in results for s in r.scores.values()]
+    return sum(scores) / len(scores) if scores else None

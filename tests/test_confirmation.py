@@ -1,0 +1,163 @@
+"""A close call on a small validation split is settled on train examples no contender learned from
+(confirmation.py): the pick among validation ties, and whether the score threshold really stops
+the run. The fake task model scores two rewrites alike on validation (the billing messages) and
+apart on train (the others), so only the train examples can tell them apart."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from fakes import bangs_splits, fake_lm, truth
+
+from reflex_dspy import Reflex
+from reflex_dspy.adapters import program_from_prompt
+from reflex_dspy.candidate import Candidate
+from reflex_dspy.confirmation import Confirmation, held_back
+from reflex_dspy.data import assign_ids
+from reflex_dspy.evaluation import EvalResult, Evaluator
+from reflex_dspy.metrics import resolve_metric
+from reflex_dspy.selection import PickRule
+from reflex_dspy.strategies import SearchContext, Step, Strategy
+from reflex_dspy.tracking import Tracker
+
+USER = "Say which team should handle the message."
+VARIANTS = ("variant a", "variant b", "variant c")
+
+
+def respond(system: str, messages: list[dict]) -> str:
+    """Right for customers numbered below a cut: on validation (billing) 6 for every variant and 4
+    for the user's words; on train 2 for variant a, 8 (all) for variant b, 4 otherwise."""
+    text = messages[-1]["content"]
+    number = int(re.search(r"Customer (\d+)", text).group(1))
+    if truth(text) == "billing":
+        cut = 6 if "variant" in system else 4
+    else:
+        cut = 2 if "variant a" in system else 8 if "variant b" in system else 4
+    return truth(text) if number < cut else "unsure"
+
+
+class Variants(Strategy):
+    """Proposes variant a, b, ... one per iteration, scored on validation only (as auto's demo phases)."""
+
+    name = "variants"
+
+    def __init__(self, metric: Any = None, *, spend_all: bool = False) -> None:
+        super().__init__(metric, spend_all=spend_all)
+
+    def start(self, ctx: SearchContext, initial: Candidate) -> None:
+        self.initial = initial
+
+    def step(self, ctx: SearchContext, iteration: int, batch) -> Step:
+        name = ctx.predictor_names[0]
+        candidate = self.initial.with_instructions(name, f"{USER} ({VARIANTS[(iteration - 1) % 3]} {iteration})")
+        if self.spend_all:  # a search that spends every call it is given: 16 calls a step beside val's 8
+            ctx.evaluate(candidate.with_instructions(name, f"{USER} (spent {iteration})"), batch)
+        return Step(candidate, EvalResult(candidate.fingerprint, {}), None, reasoning="a variant", change_summary="v")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Notices(Tracker):
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def on_notice(self, message: str) -> None:
+        self.said.append(message)
+
+
+def run(tmp_path, *, iterations: int = 2, threshold: float = 1.0, budget: int | None = 150, trackers=(),
+        track: bool = False, **kwargs):
+    train, val = bangs_splits()  # 16 train (shipping, technical), 8 val (billing)
+    opt = Reflex("exact", strategy=Variants(**kwargs), task_lm=fake_lm(respond, name="fake/task"), trackers=trackers,
+                 reasoning_lm=fake_lm(lambda s, m: "-", name="fake/reasoner"), run_dir=tmp_path, track=track, mlflow=False,
+                 max_iterations=iterations, train_ratio=1.0, early_stopping_patience=0, score_threshold=threshold,
+                 max_metric_calls=budget)
+    return opt.compile(program_from_prompt(USER), trainset=train, valset=val).result
+
+
+def test_a_tie_on_validation_goes_to_the_candidate_better_on_unused_train_examples(tmp_path):
+    result = run(tmp_path)
+    assert [r.val_score for r in result.iterations] == [0.75, 0.75]  # a tie: the earlier would win on val
+    assert result.selected_iteration == 2 and result.selected_by == "val + train"
+    record = result.confirmation
+    assert [r["iteration"] for r in record["contenders"]] == [1, 2]  # the user's words are 2 examples behind
+    # At most as many examples as the calls held back (15), here affordable: the search left calls too.
+    assert held_back(150, 16, 8) == 15 == record["train_examples"] and record["metric_calls"] == 2 * 15
+    a, b = record["contenders"]
+    assert b["train"] == 1.0 and a["train"] < 1.0
+    assert result.selected_score == b["val_and_train"] == (6 + 15) / (8 + 15)
+    assert "scored on 15 train examples none of them took demos from" in result.summary()
+    assert result.to_dict()["confirmation"] == record and result.to_dict()["selected_by"] == "val + train"
+
+
+def test_a_confirmed_pick_is_what_aevyra_reflex_s_run_store_and_our_dashboard_read(tmp_path):
+    from aevyra_reflex.run_store import RunStore as TheirStore
+
+    from reflex_dspy.dashboard.api import DashboardData
+
+    result = run(tmp_path, iterations=3, threshold=0.7, track=True)
+    [theirs] = TheirStore(tmp_path).list_runs()
+    assert theirs.best_score == result.selected_score and theirs.iterations_completed == 2
+    stored = TheirStore(tmp_path).get_run(theirs.run_id)
+    assert stored.load_result()["confirmation"] == result.confirmation
+    assert [it.iteration for it in stored.load_iterations()] == [1, 2]
+    shown = DashboardData(tmp_path).run_view(theirs.run_id)["result"]
+    assert (shown["selected_by"], shown["selected_score"]) == ("val + train", result.selected_score)
+    assert shown["selection_note"] == result.selection_note and "over iteration 1" in shown["selection_note"]
+
+
+def test_the_search_never_spends_the_held_back_calls(tmp_path):
+    result = run(tmp_path, iterations=20, spend_all=True)
+    assert result.stop_reason == "metric-call budget spent" and len(result.iterations) == 5  # 5 x 24 calls
+    spent, confirmed = result.usage["search_calls"], result.confirmation
+    assert spent - confirmed["metric_calls"] == 8 + 5 * 24 <= 150 - 15 < spent <= 150  # 8: the start on val
+    assert [r["iteration"] for r in confirmed["contenders"]] == [1, 2, 3]  # five tied: the first three
+    assert confirmed["train_examples"] == 7 and result.selected_iteration == 2  # 3 contenders on 22 calls left
+
+
+@pytest.mark.parametrize("budget", [None, 70])
+def test_without_calls_held_back_the_pick_is_made_on_validation_alone(tmp_path, budget):
+    """No budget (nothing to hold back from), or one too small to confirm two contenders on 4 examples."""
+    assert held_back(budget, 16, 8) == 0
+    result = run(tmp_path, budget=budget)
+    assert result.selected_iteration == 1 and result.selected_by == "val" and result.confirmation is None
+
+
+def test_the_threshold_stops_the_run_only_where_unused_train_examples_confirm_it(tmp_path):
+    notices = Notices()
+    result = run(tmp_path, iterations=3, threshold=0.7, trackers=[notices])
+    first, second = (r.details["threshold_check"] for r in result.iterations)
+    assert first["val"] == 0.75 and not first["holds"] and first["val_and_train"] < 0.7
+    assert second["holds"] and second["train"] == 1.0
+    assert first["train_examples"] == second["train_examples"] == 15  # at most the held-back calls' worth
+    assert len(result.iterations) == 2
+    assert result.stop_reason == ("score threshold 0.7 reached (on validation, and on validation and 15 unused "
+                                  f"train examples together: {(6 + 15) / 23:.3f})")
+    assert result.iterations[0].metric_calls == 8 + 15  # its validation pass and its check
+    assert notices.said == ["iteration 1 reached the score threshold 0.7 on validation (0.750) but not on validation "
+                            f"and 15 unused train examples together ({first['val_and_train']:.3f}): the search goes on"]
+    assert result.selected_iteration == 2  # the final pick reuses the checks' scores
+
+
+def test_contenders_whose_demos_leave_too_few_train_examples_drop_out_from_the_last(tmp_path):
+    """A contender whose demos are all of train can be confirmed on nothing: a lower one drops out
+    and the rest are settled; the best by validation that cannot be confirmed keeps the pick."""
+    train, val = (assign_ids(part) for part in bangs_splits())
+    program = program_from_prompt(USER)
+    user = Candidate.from_program(program)
+    name = next(iter(user.predictors))
+    a, b = (user.with_instructions(name, f"{USER} ({v})") for v in VARIANTS[:2])
+    all_train = a.with_demos(name, [{"input": ex.input, "output": ex.output} for ex in train])
+    evaluator = Evaluator(program, resolve_metric("exact"), task_lm=fake_lm(respond, name="fake/task"), budget=150)
+    evaluator.evaluate_many([a, b, all_train], val)
+    confirm = Confirmation.for_run(evaluator, train, val, PickRule(user), seed=0, held=15)
+    picked, record = confirm.settle([(1, a, 0.75), (2, b, 0.75), (3, all_train, 0.75)])
+    assert picked == 2 and [r["iteration"] for r in record["contenders"]] == [1, 2]
+    assert record["train_examples"] == 15
+    assert confirm.settle([(1, all_train, 0.75), (2, a, 0.75), (3, b, 0.75)]) is None
