@@ -156,6 +156,20 @@ class Confirmation:
                 "val_and_train": both, "holds": both is not None and both >= threshold}
 
 
+def describe(record: dict[str, Any]) -> str:
+    """The selection note of a settled close call: every contender's two scores, the pick first."""
+    def name(row: dict[str, Any]) -> str:
+        both = "n/a" if row["val_and_train"] is None else f"{row['val_and_train']:.3f}"
+        where = "the initial prompt" if row["iteration"] == 0 else f"iteration {row['iteration']}"
+        return f"{where} (val {row['val']:.3f}, val + train {both})"
+
+    rows = record["contenders"]
+    picked = next(r for r in rows if r["iteration"] == record["picked"])
+    others = "; ".join(name(r) for r in rows if r is not picked)
+    return (f"{len(rows)} candidates within {record['within']} validation example of the best, scored on "
+            f"{record['train_examples']} train examples none of them took demos from: {name(picked)}, over {others}")
+
+
 def _mean(*results: EvalResult) -> float | None:
     """The mean over every scored example of `results` (failed answers are left out, never 0)."""
     scores = [s for r in results for s in r.scores.values()]

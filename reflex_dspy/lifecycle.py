@@ -22,7 +22,7 @@ import dspy
 
 from reflex_dspy import answer_budget, library_logs
 from reflex_dspy.candidate import Candidate
-from reflex_dspy.confirmation import Confirmation, held_back
+from reflex_dspy.confirmation import Confirmation, describe, held_back
 from reflex_dspy.data import assign_ids, example_id
 from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
 from reflex_dspy.eval_requests import Group
@@ -454,12 +454,8 @@ class RunLifecycle:
         if settled is None:
             return selected, score, by, self._selection_note(selected), None
         picked, record = settled
-        rows = {r["iteration"]: r for r in record["contenders"]}
-        others = "; ".join(f"{_name(r['iteration'])} {_pair(r)}" for r in record["contenders"] if r["iteration"] != picked)
-        note = (f"{len(rows)} candidates within {record['within']} validation example of the best, scored on "
-                f"{record['train_examples']} train examples none of them took demos from: {_name(picked)} "
-                f"{_pair(rows[picked])}, over {others}")
-        return picked, rows[picked]["val_and_train"], "val + train", note, record
+        score = next(r["val_and_train"] for r in record["contenders"] if r["iteration"] == picked)
+        return picked, score, "val + train", describe(record), record
 
     def _selection_note(self, selected: int) -> str | None:
         """Why the pick is not the highest score, when the rewrite margin decided it."""
@@ -489,14 +485,3 @@ class RunLifecycle:
         program.run_id = result.run_id
         program.run_dir = str(self.record.run.path) if self.record else None
         return program
-
-
-
-def _name(iteration: int) -> str:
-    return "the initial prompt" if iteration == 0 else f"iteration {iteration}"
-
-
-def _pair(row: dict[str, Any]) -> str:
-    """`(val 0.750, val + train 0.850)` of one confirmed contender."""
-    both = "n/a" if row["val_and_train"] is None else f"{row['val_and_train']:.3f}"
-    return f"(val {row['val']:.3f}, val + train {both})"
