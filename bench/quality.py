@@ -172,8 +172,9 @@ def run_one(task: Task, optimizer: str, seed: int, budget: int, task_lm: dspy.LM
 
 def _search(result: Any) -> dict[str, Any]:
     """Why a reflex run stopped, the phase of each iteration, auto's phases (each axis, why it was
-    chosen: probe or rung, and the gains behind it) and each iteration's metric calls and scores
-    (batch, val). DSPy's optimizers report none of it."""
+    chosen: probe or rung, and the gains behind it), each iteration's metric calls and scores
+    (batch, val) and the pick (with its confirmation on train, when a close call had one). DSPy's
+    optimizers report none of it."""
     phases = []
     for r in result.iterations:
         info = r.details.get("auto")
@@ -183,7 +184,8 @@ def _search(result: Any) -> dict[str, Any]:
     steps = [{"iteration": r.iteration, "phase": r.phase, "metric_calls": r.metric_calls, "batch": r.score,
               "val": r.val_score} for r in result.iterations]
     return {"stop_reason": result.stop_reason, "phases": [r.phase for r in result.iterations],
-            "auto_phases": phases, "steps": steps}
+            "auto_phases": phases, "steps": steps, "selected_iteration": result.selected_iteration,
+            "selected_by": result.selected_by, "confirmation": result.confirmation}
 
 
 def run_baseline(task: Task, seed: int, task_lm: dspy.LM, sizes: tuple[int, int, int]) -> dict[str, Any]:
