@@ -9,18 +9,22 @@ source would be a free answer). So the run holds back a small part of its call b
 (`CONFIRM_SHARE`) from the search, and
 
 - the pick: the candidates within `CONFIRM_WITHIN` validation examples of the best (by the
-  run's `PickRule`, at most `CONFIRM_MAX`) are scored on the same of those train examples (in a
-  seeded order; at most as many as the held-back calls, and as many as the calls left afford:
-  the held-back ones and any the search left; scores already paid for are free), and the pick is
-  made by the same rule on validation and those examples together (the last contenders drop out
-  while their demos, or the calls, leave fewer than `MIN_CONFIRM` examples);
+  run's `PickRule`; at most `CONFIRM_MAX`, and only those that keep the user's words: below)
+  are scored on the same of those train examples (in a seeded order; at most as many as the
+  held-back calls, and as many as the calls left afford: the held-back ones and any the search
+  left; scores already paid for are free), and the pick is made by the same rule on validation
+  and those examples together (the last contenders drop out while their demos, or the calls,
+  leave fewer than `MIN_CONFIRM` examples);
 - the score threshold: an iteration that reaches it on validation stops the run only when it
   still reaches it on validation and those examples together (as many as the held-back calls,
   paid from the search's own calls; when those are spent, validation alone decides, as before).
 
-Held-out test never chooses. Instructions the reasoning model wrote may have seen some of those
-train examples (a rewrite is written from a batch's failures), which flatters them there: the
-rule's `rewrite_margin` still applies to them, on the larger count.
+Only candidates that keep the user's words (with demos, or with the sentence the data states:
+`PickRule.keeps_users_words`) are confirmed on train, and only when the pick on validation is one
+of them: instructions the reasoning model wrote were written from train examples' failures, so
+train flatters them (a first version confirmed them too: on web_of_lies, a rewrite level with
+the user's words on validation once the margin was counted won on train, was picked, and scored
+0.458 on test); the pick on validation alone stands for them. Held-out test never chooses.
 """
 
 from __future__ import annotations
@@ -81,16 +85,18 @@ class Confirmation:
         return cls(evaluator, order, list(valset), rule, held)
 
     def contenders(self, scored: Sequence[tuple[int, Candidate, float | None]]) -> list[Contender]:
-        """The distinct candidates within `CONFIRM_WITHIN` validation examples of the best, best first."""
+        """The distinct candidates that keep the user's words within `CONFIRM_WITHIN` validation
+        examples of the best, best first; none when the pick on validation is model-written."""
         n = len(self.valset)
-        keyed = [(self.rule.key(c, s, n), i, c, s) for i, c, s in scored if s is not None]
-        if not keyed:
+        ranked = sorted(((self.rule.key(c, s, n), i, c, s) for i, c, s in scored if s is not None),
+                        key=lambda e: e[0], reverse=True)  # stable: the earlier first on ties, as the pick
+        if not ranked or not self.rule.keeps_users_words(ranked[0][2]):
             return []
-        top = max(k for k, *_ in keyed)[0]
+        top = ranked[0][0][0]
         seen: set[str] = set()
         out = []
-        for _key, i, c, s in sorted(keyed, key=lambda e: e[0], reverse=True):  # stable: earlier first on ties
-            if _key[0] >= top - CONFIRM_WITHIN and c.fingerprint not in seen:
+        for key, i, c, s in ranked:
+            if key[0] >= top - CONFIRM_WITHIN and self.rule.keeps_users_words(c) and c.fingerprint not in seen:
                 seen.add(c.fingerprint)
                 out.append(Contender(i, c, s))
         return out[:CONFIRM_MAX]

@@ -27,19 +27,29 @@ VARIANTS = ("variant a", "variant b", "variant c")
 
 
 def respond(system: str, messages: list[dict]) -> str:
-    """Right for customers numbered below a cut: on validation (billing) 6 for every variant and 4
-    for the user's words; on train 2 for variant a, 8 (all) for variant b, 4 otherwise."""
+    """Right for customers numbered below a cut, by the variant named in the prompt (a demo, or a
+    rewrite): on validation (billing) 6 for every variant and 4 without one; on train 2 for
+    variant a, 8 (all) for variant b, 4 otherwise."""
     text = messages[-1]["content"]
+    prompt = system + " ".join(m["content"] for m in messages[:-1])
     number = int(re.search(r"Customer (\d+)", text).group(1))
     if truth(text) == "billing":
-        cut = 6 if "variant" in system else 4
+        cut = 6 if "variant" in prompt else 4
     else:
-        cut = 2 if "variant a" in system else 8 if "variant b" in system else 4
+        cut = 2 if "variant a" in prompt else 8 if "variant b" in prompt else 4
     return truth(text) if number < cut else "unsure"
 
 
+def variant(candidate: Candidate, name: str, which: str, rewrite: bool = False) -> Candidate:
+    """The user's words with one demo naming the variant (no train example's), or a rewrite naming it."""
+    if rewrite:
+        return candidate.with_instructions(name, f"{USER} ({which})")
+    return candidate.with_demos(name, [{"input": f"Customer 99: my card, {which}.", "output": "billing"}])
+
+
 class Variants(Strategy):
-    """Proposes variant a, b, ... one per iteration, scored on validation only (as auto's demo phases)."""
+    """Proposes variant a, b, c, a, ... one per iteration (a demo each: the user's words are kept),
+    scored on validation only, as auto's demo phases are."""
 
     name = "variants"
 
@@ -51,9 +61,9 @@ class Variants(Strategy):
 
     def step(self, ctx: SearchContext, iteration: int, batch) -> Step:
         name = ctx.predictor_names[0]
-        candidate = self.initial.with_instructions(name, f"{USER} ({VARIANTS[(iteration - 1) % 3]} {iteration})")
+        candidate = variant(self.initial, name, f"{VARIANTS[(iteration - 1) % 3]} {iteration}")
         if self.spend_all:  # a search that spends every call it is given: 16 calls a step beside val's 8
-            ctx.evaluate(candidate.with_instructions(name, f"{USER} (spent {iteration})"), batch)
+            ctx.evaluate(variant(self.initial, name, f"spent {iteration}"), batch)
         return Step(candidate, EvalResult(candidate.fingerprint, {}), None, reasoning="a variant", change_summary="v")
 
     def state_dict(self) -> dict[str, Any]:
@@ -152,8 +162,9 @@ def test_contenders_whose_demos_leave_too_few_train_examples_drop_out_from_the_l
     program = program_from_prompt(USER)
     user = Candidate.from_program(program)
     name = next(iter(user.predictors))
-    a, b = (user.with_instructions(name, f"{USER} ({v})") for v in VARIANTS[:2])
-    all_train = a.with_demos(name, [{"input": ex.input, "output": ex.output} for ex in train])
+    a, b = (variant(user, name, v) for v in VARIANTS[:2])
+    all_train = a.with_demos(name, [{"input": ex.input, "output": ex.output} for ex in train] + list(
+        a.predictors[name].demos))
     evaluator = Evaluator(program, resolve_metric("exact"), task_lm=fake_lm(respond, name="fake/task"), budget=150)
     evaluator.evaluate_many([a, b, all_train], val)
     confirm = Confirmation.for_run(evaluator, train, val, PickRule(user), seed=0, held=15)
@@ -161,3 +172,20 @@ def test_contenders_whose_demos_leave_too_few_train_examples_drop_out_from_the_l
     assert picked == 2 and [r["iteration"] for r in record["contenders"]] == [1, 2]
     assert record["train_examples"] == 15
     assert confirm.settle([(1, all_train, 0.75), (2, a, 0.75), (3, b, 0.75)]) is None
+
+
+def test_instructions_the_reasoning_model_wrote_are_never_confirmed_on_train(tmp_path):
+    """A rewrite was written from train examples' failures, so train flatters it: it is no contender,
+    and when it is the pick on validation, validation alone decides."""
+    train, val = (assign_ids(part) for part in bangs_splits())
+    program = program_from_prompt(USER)
+    user = Candidate.from_program(program)
+    name = next(iter(user.predictors))
+    a, b_rewrite = variant(user, name, "variant a"), variant(user, name, "variant b", rewrite=True)
+    c = variant(user, name, "variant c")
+    evaluator = Evaluator(program, resolve_metric("exact"), task_lm=fake_lm(respond, name="fake/task"), budget=150)
+    evaluator.evaluate_many([a, b_rewrite, c], val)
+    confirm = Confirmation.for_run(evaluator, train, val, PickRule(user, margin=1), seed=0, held=15)
+    picked, record = confirm.settle([(1, a, 0.75), (2, b_rewrite, 0.875), (3, c, 0.75)])
+    assert [r["iteration"] for r in record["contenders"]] == [1, 3] and picked == 3  # c: 4 on train, a: 2
+    assert confirm.settle([(1, a, 0.75), (2, b_rewrite, 1.0)]) is None  # the rewrite won val by the margin
