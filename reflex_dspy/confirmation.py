@@ -145,6 +145,8 @@ class Confirmation:
                          "val_and_train": both, "train_failed": on_train.n_failed})
             ranked.append((contender.candidate, both))
         pick = self.rule.best(ranked, len(self.valset) + len(train))
+        if pick is None:  # every answer failed: nothing was measured, the pick on validation stands
+            return None
         record = {"within": CONFIRM_WITHIN, "train_examples": len(train), "contenders": rows,
                   "picked": contenders[pick].iteration, "metric_calls": self.evaluator.usage.search_calls - calls}
         return contenders[pick].iteration, record
