@@ -9,22 +9,20 @@ source would be a free answer). So the run holds back a small part of its call b
 (`CONFIRM_SHARE`) from the search, and
 
 - the pick: the candidates within `CONFIRM_WITHIN` validation examples of the best (by the
-  run's `PickRule`; at most `CONFIRM_MAX`, and only those that keep the user's words: below)
-  are scored on the same of those train examples (in a seeded order; at most as many as the
-  held-back calls, and as many as the calls left afford: the held-back ones and any the search
-  left; scores already paid for are free), and the pick is made by the same rule on validation
-  and those examples together (the last contenders drop out while their demos, or the calls,
-  leave fewer than `MIN_CONFIRM` examples);
+  run's `PickRule`; at most `CONFIRM_MAX`) are scored on the same of those train examples (in a
+  seeded order; at most as many as the held-back calls, and as many as the calls left afford:
+  the held-back ones and any the search left; scores already paid for are free), and the pick
+  is made by the same rule, its margin scaled (below), on validation and those examples
+  together (the last contenders drop out while their demos, or the calls, leave fewer than
+  `MIN_CONFIRM` examples);
 - the score threshold: an iteration that reaches it on validation stops the run only when it
   still reaches it on validation and those examples together (as many as the held-back calls,
   paid from the search's own calls; when those are spent, validation alone decides, as before).
 
-Only candidates that keep the user's words (with demos, or with the sentence the data states:
-`PickRule.keeps_users_words`) are confirmed on train, and only when the pick on validation is one
-of them: instructions the reasoning model wrote were written from train examples' failures, so
-train flatters them (a first version confirmed them too: on web_of_lies, a rewrite level with
-the user's words on validation once the margin was counted won on train, was picked, and scored
-0.458 on test); the pick on validation alone stands for them. Held-out test never chooses.
+Instructions the reasoning model wrote were written from train examples' failures, so train
+flatters them; the rule's `rewrite_margin` therefore keeps its size as a score on the pooled
+examples (1 of 8 validation examples is 2.5 of 20 pooled ones), where counted in examples it
+would shrink to 1 of 20. Held-out test never chooses.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dspy
@@ -85,21 +83,25 @@ class Confirmation:
         return cls(evaluator, order, list(valset), rule, held)
 
     def contenders(self, scored: Sequence[tuple[int, Candidate, float | None]]) -> list[Contender]:
-        """The distinct candidates that keep the user's words within `CONFIRM_WITHIN` validation
-        examples of the best, best first; none when the pick on validation is model-written."""
+        """The distinct candidates within `CONFIRM_WITHIN` validation examples of the best (by the
+        rule's keys, the margin counted), best first."""
         n = len(self.valset)
         ranked = sorted(((self.rule.key(c, s, n), i, c, s) for i, c, s in scored if s is not None),
                         key=lambda e: e[0], reverse=True)  # stable: the earlier first on ties, as the pick
-        if not ranked or not self.rule.keeps_users_words(ranked[0][2]):
-            return []
-        top = ranked[0][0][0]
         seen: set[str] = set()
         out = []
         for key, i, c, s in ranked:
-            if key[0] >= top - CONFIRM_WITHIN and self.rule.keeps_users_words(c) and c.fingerprint not in seen:
+            if key[0] >= ranked[0][0][0] - CONFIRM_WITHIN and c.fingerprint not in seen:
                 seen.add(c.fingerprint)
                 out.append(Contender(i, c, s))
         return out[:CONFIRM_MAX]
+
+    def pooled_rule(self, n_train: int) -> PickRule:
+        """The pick rule on validation and `n_train` train examples together: the margin keeps its
+        size as a score (`margin` of the validation examples), so pooling more examples never
+        shrinks the user's words' protection, while train flatters model-written instructions."""
+        n_val = len(self.valset)
+        return replace(self.rule, margin=self.rule.margin * (n_val + n_train) / n_val)
 
     def examples(self, candidates: Sequence[Candidate], held: bool, limit: int | None = None) -> list[dspy.Example]:
         """The train examples none of `candidates` holds as a demo, at most `limit` and as many as
@@ -144,7 +146,7 @@ class Confirmation:
             rows.append({"iteration": contender.iteration, "val": contender.val, "train": on_train.mean,
                          "val_and_train": both, "train_failed": on_train.n_failed})
             ranked.append((contender.candidate, both))
-        pick = self.rule.best(ranked, len(self.valset) + len(train))
+        pick = self.pooled_rule(len(train)).best(ranked, len(self.valset) + len(train))
         if pick is None:  # every answer failed: nothing was measured, the pick on validation stands
             return None
         record = {"within": CONFIRM_WITHIN, "train_examples": len(train), "contenders": rows,

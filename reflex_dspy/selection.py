@@ -43,7 +43,7 @@ class PickRule:
 
     initial: Candidate
     facts: Mapping[str, TaskFacts] = field(default_factory=dict)
-    margin: int = 0  # examples a rewrite must win by, beyond a tie
+    margin: float = 0  # examples a rewrite must win by, beyond a tie
 
     @cached_property
     def _users(self) -> dict[str, set[str]]:

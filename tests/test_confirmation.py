@@ -174,18 +174,23 @@ def test_contenders_whose_demos_leave_too_few_train_examples_drop_out_from_the_l
     assert confirm.settle([(1, all_train, 0.75), (2, a, 0.75), (3, b, 0.75)]) is None
 
 
-def test_instructions_the_reasoning_model_wrote_are_never_confirmed_on_train(tmp_path):
-    """A rewrite was written from train examples' failures, so train flatters it: it is no contender,
-    and when it is the pick on validation, validation alone decides."""
+def test_on_validation_and_train_together_a_rewrite_s_margin_keeps_its_size_as_a_score(tmp_path):
+    """Train flatters a rewrite (it was written from train's failures): its one-example margin on 8
+    validation examples counts as 2.875 on the 23 pooled ones, not as one."""
     train, val = (assign_ids(part) for part in bangs_splits())
     program = program_from_prompt(USER)
     user = Candidate.from_program(program)
     name = next(iter(user.predictors))
-    a, b_rewrite = variant(user, name, "variant a"), variant(user, name, "variant b", rewrite=True)
-    c = variant(user, name, "variant c")
+    c, b_rewrite = variant(user, name, "variant c"), variant(user, name, "variant b", rewrite=True)
     evaluator = Evaluator(program, resolve_metric("exact"), task_lm=fake_lm(respond, name="fake/task"), budget=150)
-    evaluator.evaluate_many([a, b_rewrite, c], val)
+    evaluator.evaluate_many([c, b_rewrite], val)  # both 6 of 8
     confirm = Confirmation.for_run(evaluator, train, val, PickRule(user, margin=1), seed=0, held=15)
-    picked, record = confirm.settle([(1, a, 0.75), (2, b_rewrite, 0.875), (3, c, 0.75)])
-    assert [r["iteration"] for r in record["contenders"]] == [1, 3] and picked == 3  # c: 4 on train, a: 2
-    assert confirm.settle([(1, a, 0.75), (2, b_rewrite, 1.0)]) is None  # the rewrite won val by the margin
+    assert confirm.pooled_rule(15).margin == 23 / 8
+    # On validation c (5 of 8) and the rewrite (6 of 8, less its margin of 1) tie; c comes first.
+    picked, record = confirm.settle([(1, c, 0.625), (2, b_rewrite, 0.75)])
+    c_row, b_row = record["contenders"]
+    train_c, train_b = c_row["train"] * 15, b_row["train"] * 15  # c right below customer 4, b on all
+    assert train_b == 15 and 5 + train_c < 6 + train_b - 23 / 8 and picked == 2  # ahead by more than 2.875
+    # A margin of 4 validation examples is 11.5 of the 23 pooled: 8 + 15 - 11.5 < 5 + c's 7 or more.
+    confirm_far = Confirmation.for_run(evaluator, train, val, PickRule(user, margin=4), seed=0, held=15)
+    assert confirm_far.settle([(1, c, 0.625), (2, b_rewrite, 1.0)])[0] == 1
