@@ -165,9 +165,19 @@ def axis_choices(results: list[dict[str, Any]]) -> list[str]:
         path = " → ".join(f"{p['axis']} ({p['kind']})" for p in r["auto_phases"])
         last = r["auto_phases"][-1]["evidence"] if r["auto_phases"] else {}
         gains = ", ".join(f"{a} {g:+.2f}" for a, g in last.items() if g is not None) or "—"
-        rows.append([r["task"], str(r["seed"]), path, gains, f"{r['test']:.3f}", r["stop_reason"][:90]])
-    return _table(["task", "seed", "phases in order", "gains measured before the last phase", "test",
+        rows.append([r["task"], str(r["seed"]), path, gains, _pick(r), f"{r['test']:.3f}", r["stop_reason"][:90]])
+    return _table(["task", "seed", "phases in order", "gains measured before the last phase", "pick", "test",
                    "stop reason"], rows) if rows else []
+
+
+def _pick(r: dict[str, Any]) -> str:
+    """`iteration 3 on val + train (3 contenders, 11 train examples)`, or `—` for older run files."""
+    if "selected_iteration" not in r:
+        return "—"
+    confirmed = r.get("confirmation")
+    extra = (f" ({len(confirmed['contenders'])} contenders, {confirmed['train_examples']} train examples)"
+             if confirmed else "")
+    return f"iteration {r['selected_iteration']} on {r['selected_by']}{extra}"
 
 
 def _short(name: str) -> str:
