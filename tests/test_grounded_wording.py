@@ -16,7 +16,8 @@ from fakes import fake_lm
 
 from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.evaluation import Evaluator
-from reflex_dspy.proposals import ProposalRejected, Proposer, TaskFacts, strip_analysis
+from reflex_dspy.proposals import ProposalRejected, Proposer, TaskFacts, strip_analysis, strip_echo
+from reflex_dspy.signatures import ProposeInstruction
 from reflex_dspy.strategies.pdo.variants import TIPS, fallback_text, tip_for
 
 ANALYSIS = re.compile(r"median|length of|training data|how often|expected `|values have|always exactly one of",
@@ -130,3 +131,23 @@ def test_a_proposal_that_only_drops_the_data_s_sentence_is_unchanged_and_refused
         current=current, facts=facts, failures="", differences="", history="", step_name="predict")
     assert proposal.instructions == f"Name the team that handles the message.\n\n{facts.for_task_model()}"
     assert proposal.attempts == 2
+
+
+def test_sentences_echoing_our_request_to_the_reasoning_model_are_dropped():
+    """Measured on the bench (amounts, seed 0): the picked prompt ended with `ProposeInstruction`'s own
+    guidance ("Keep what works, do not repeat changes that the history shows had no effect or hurt,
+    and do not copy specific examples verbatim. Write the instructions to the model that performs the
+    task, in the second person."), written for the reasoning model, meaningless to the task model."""
+    echo = ("Find the amount paid in the message. Keep what works, do not repeat changes that the history shows "
+            "had no effect or hurt, and do not copy specific examples verbatim. Write the instructions to the "
+            "model that performs the task, in the second person.\nAnswer with the number only.")
+    echoing = fake_lm(lambda system, messages: json.dumps(
+        {"failure_patterns": "-", "change_summary": "kept what works", "revised_instructions": echo}))
+    evaluator = Evaluator(program_from_prompt("x"), lambda ex, pred: 1.0, task_lm=echoing)
+    proposal = Proposer(echoing, evaluator).propose_instruction(
+        current="Find the amount.", facts=None, failures="", differences="", history="", step_name="predict")
+    assert proposal.instructions == "Find the amount paid in the message.\nAnswer with the number only."
+    assert "dropped 2 sentences echoing our request" in proposal.salvaged
+    # The user's own words stay even where they happen to read like our request.
+    kept = "Keep what works, do not repeat changes that the history shows had no effect or hurt."
+    assert strip_echo(f"{kept} Be brief.", ProposeInstruction.instructions, current=kept) == (f"{kept} Be brief.", 0)
