@@ -15,7 +15,7 @@ from typing import Any
 
 import dspy
 
-from reflex_dspy.data import ID_FIELD, example_id
+from reflex_dspy.data import example_id, input_text
 from reflex_dspy.errors import UsageError
 from reflex_dspy.plain import plain
 
@@ -117,7 +117,7 @@ def content_sources(candidate: Candidate, examples: Sequence[dspy.Example]) -> s
     demos = [d for state in candidate.predictors.values() for d in state.demos]
     found = set()
     for ex in examples:
-        inputs = {k: str(v) for k, v in ex.inputs().items() if k != ID_FIELD}
+        inputs = input_text(ex)
         if inputs and any(all(k in d and str(d[k]) == v for k, v in inputs.items()) for d in demos):
             found.add(example_id(ex))
     return found

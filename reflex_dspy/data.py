@@ -65,6 +65,11 @@ def example_id(example: Mapping[str, Any] | dspy.Example) -> str:
     return _content_hash(example)
 
 
+def input_text(example: dspy.Example) -> dict[str, str]:
+    """The example's inputs as text, its id left out: what a demo drawn from it shows."""
+    return {k: str(v) for k, v in example.inputs().items() if k != ID_FIELD}
+
+
 def assign_ids(examples: Iterable[dspy.Example]) -> list[dspy.Example]:
     """Copies of `examples` with a unique, stable `reflex_id` each (input keys kept).
 

@@ -38,7 +38,7 @@ import dspy
 from pydantic import Field
 
 from reflex_dspy.candidate import Candidate, content_sources
-from reflex_dspy.data import ID_FIELD, example_id
+from reflex_dspy.data import ID_FIELD, example_id, input_text
 from reflex_dspy.evaluation import EvalResult
 from reflex_dspy.metrics import label_fields
 from reflex_dspy.search import fmt_score
@@ -105,10 +105,6 @@ def success_bar(scores: Sequence[float]) -> float | None:
     return bar if bar > floor or (bar > 0 and len(scores) == 1) else None
 
 
-def _inputs(example: dspy.Example) -> dict[str, str]:
-    return {k: str(v) for k, v in example.inputs().items() if k != ID_FIELD}
-
-
 def fitting_fields(ctx: SearchContext, predictors: Sequence[str], example: dspy.Example) -> dict[str, list[str]]:
     """Each of `predictors` whose input and output fields the (gold) example fills: those can take it
     as a labeled demo (DSPy's LabeledFewShot), the others cannot."""
@@ -128,7 +124,7 @@ def labeled_entries(ctx: SearchContext, predictors: Sequence[str], examples: Seq
     fits = fitting_fields(ctx, predictors, examples[0])
     if not fits:
         return []
-    return [PoolEntry(example_id(ex), 1.0, _inputs(ex), answer_text(label_fields(ex)),
+    return [PoolEntry(example_id(ex), 1.0, input_text(ex), answer_text(label_fields(ex)),
                       {name: {k: ex[k] for k in fields} for name, fields in fits.items()}, round_) for ex in examples]
 
 
@@ -146,7 +142,7 @@ def traced_entries(ctx: SearchContext, result: EvalResult, predictors: Sequence[
                 demos[step["predictor"]] = {**step["inputs"], **step["outputs"]}
         if demos:
             ex = ctx.examples_by_id[r.example_id]
-            fresh.append(PoolEntry(r.example_id, r.score, _inputs(ex), answer_text(r.output), demos, round_))
+            fresh.append(PoolEntry(r.example_id, r.score, input_text(ex), answer_text(r.output), demos, round_))
     return fresh
 
 
