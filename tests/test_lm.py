@@ -536,6 +536,7 @@ def test_real_model_usage_is_tracked(qwen: dspy.LM) -> None:
 
 _CTRL_C_AFTER_LOAD = """
 import os, signal, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job inherits SIGINT ignored
 from reflex_dspy.lm import embedded_lm, probe_lm
 lm = embedded_lm(cache=False)
 probe_lm(lm)
