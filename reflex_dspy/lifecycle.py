@@ -391,10 +391,12 @@ class RunLifecycle:
         return check
 
     def _confirmation(self) -> Confirmation:
-        _, _, margin = self._scored()
-        rule = PickRule(self.initial, self.ctx.facts, margin)
-        return Confirmation.for_run(self.evaluator, self.splits.train, self.splits.val, rule, self.config.seed,
-                                     self.held_back)
+        return Confirmation.for_run(self.evaluator, self.splits.train, self.splits.val, self._rule(),
+                                     self.config.seed, self.held_back)
+
+    def _rule(self) -> PickRule:
+        """The pick rule: on val with the strategy's `rewrite_margin`, on train without one."""
+        return PickRule(self.initial, self.ctx.facts, self._scored()[2])
 
     def _record(self, i: int, step, val_score, before: dict, is_full: bool, batch_size: int) -> IterationRecord:
         after = self.evaluator.usage.to_dict()
@@ -438,8 +440,8 @@ class RunLifecycle:
     def _select(self) -> tuple[int, float | None, str]:
         """Best on val when val exists, else best train score; ties go to the earlier candidate.
         On val, the strategy's `rewrite_margin` applies (selection.PickRule)."""
-        scored, by, margin = self._scored()
-        pick = PickRule(self.initial, self.ctx.facts, margin).best(
+        scored, by, _ = self._scored()
+        pick = self._rule().best(
             [(self.candidates[i], score) for i, score in scored], len(self.splits.val))
         return (0, None, by) if pick is None else (*scored[pick], by)
 
@@ -447,10 +449,9 @@ class RunLifecycle:
         """The run's pick: best on val (`_select`), a close call there settled on validation and
         unused train examples together (confirmation.py); with its score, split, note and record."""
         selected, score, by = self._select()
-        if by != "val" or not self.held_back:
-            return selected, score, by, self._selection_note(selected), None
         scored, _, _ = self._scored()
-        settled = self._confirmation().settle([(i, self.candidates[i], s) for i, s in scored])
+        settled = (self._confirmation().settle([(i, self.candidates[i], s) for i, s in scored])
+                   if by == "val" and self.held_back else None)
         if settled is None:
             return selected, score, by, self._selection_note(selected), None
         picked, record = settled
