@@ -82,6 +82,16 @@ class SearchContext:
         return self.evaluator.ledger.budget_left
 
     @property
+    def budget(self) -> int | None:
+        """The run's whole metric-call budget (the search's and the held-back calls); None: no budget."""
+        return self.evaluator.ledger.budget
+
+    @property
+    def held(self) -> int:
+        """Calls of the budget held back from the search to confirm the pick (`confirmation.py`)."""
+        return self.evaluator.ledger.held
+
+    @property
     def spent(self) -> int:
         """Search metric calls spent so far (replayed ones included once counted)."""
         return self.evaluator.ledger.spent

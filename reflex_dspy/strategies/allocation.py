@@ -58,6 +58,15 @@ def _fmt(gain: float | None) -> str:
     return "n/a" if gain is None else f"{gain:+.3f}"
 
 
+def converge_calls(budget: int | None, held: int) -> int | None:
+    """Search calls auto may leave when it converges: CONVERGE_LEFT of the run's whole budget less
+    the calls held back to confirm the pick, which go unspent when no close call needs them.
+
+    Measured on the bench: counted on the search's own budget (135 of 150, less the baseline),
+    routing seed 0 converged after 118 of 150 calls, under the 80% a run owes its budget."""
+    return None if budget is None else max(int(CONVERGE_LEFT * budget) - held, 0)
+
+
 @dataclass
 class Allocator:
     """The schedule's state (JSON-serialisable for checkpoints); `next_plan` decides each phase."""
@@ -71,6 +80,9 @@ class Allocator:
     queue: list[str] = field(default_factory=list)  # this rung's arms still to run
     share_calls: int | None = None
     share_iterations: int = 1
+    # Search calls that may be left when auto converges (None: CONVERGE_LEFT of `total_calls`);
+    # `converge_calls` sets it from the run's whole budget.
+    converge_left: int | None = None
 
     def probe_share(self) -> tuple[int | None, int]:
         n = max(len(self.order), 1)
@@ -80,7 +92,8 @@ class Allocator:
     def spent_enough(self, calls_left: int | None, iterations_left: int) -> bool:
         """At most CONVERGE_LEFT of the budget is left (calls when there is a call budget)."""
         if self.total_calls is not None and calls_left is not None:
-            return calls_left <= CONVERGE_LEFT * self.total_calls
+            limit = CONVERGE_LEFT * self.total_calls if self.converge_left is None else self.converge_left
+            return calls_left <= limit
         return iterations_left <= CONVERGE_LEFT * self.total_iterations
 
     def untried(self, phases: Sequence[dict[str, Any]]) -> list[str]:

@@ -12,7 +12,8 @@ Why: with a weak reasoning model, the model's own opinion of which axis to try n
 wrong (on an unseen date task auto stopped after 96 of 150 calls, having never tried demos,
 which alone reached 0.71). Measured gains find the lever the data shows. A run ends as
 "converged" only when every axis has been probed, the last phase gained nothing and at most
-`CONVERGE_LEFT` of the budget is left; otherwise it runs until the budget, `max_iterations` or
+`CONVERGE_LEFT` of the run's whole budget is left, the calls held back to confirm the pick counted
+as unspent (`allocation.converge_calls`); otherwise it runs until the budget, `max_iterations` or
 the score threshold stops it. Each phase's choice and the gains behind it are in the first
 iteration's reasoning of the phase, in every iteration's `details["auto"]`, and in `phases`.
 A phase also ends when its last `IDLE_STEPS` steps measured nothing new (every score came from
@@ -66,7 +67,14 @@ from reflex_dspy.evaluation import EvalResult
 from reflex_dspy.proposals import with_fact
 from reflex_dspy.search import fmt_score
 from reflex_dspy.selection import PickRule
-from reflex_dspy.strategies.allocation import CONVERGE_LEFT, NO_GAIN, PROBE_FRACTION, Allocator, Plan
+from reflex_dspy.strategies.allocation import (
+    CONVERGE_LEFT,
+    NO_GAIN,
+    PROBE_FRACTION,
+    Allocator,
+    Plan,
+    converge_calls,
+)
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 from reflex_dspy.strategies.params import STRATEGY_PARAMS
 
@@ -219,7 +227,7 @@ class Auto(Strategy):
         self.s.on_val = len(ctx.valset) >= MIN_PROBE_BATCH
         self.s.step_end = ctx.spent
         self.s.alloc = Allocator(self.probe_order(), ctx.budget_left, ctx.config.max_iterations,
-                               self.probe_fraction)
+                                 self.probe_fraction, converge_left=converge_calls(ctx.budget, ctx.held))
         self.s.plan = self.s.alloc.next_plan(self.s.phases, ctx.budget_left, ctx.config.max_iterations)
         self.s.facts_pending = self.state_facts and bool(stated_facts(ctx, initial))
 
