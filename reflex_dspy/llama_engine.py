@@ -43,6 +43,7 @@ DEFAULT_SEED = 1234
 MIN_CPUS_PER_SLOT = 2
 MAX_SLOTS = 4
 SLOTS_ENV = "REFLEX_DSPY_SLOTS"  # overrides the default slot count (the CLI has no flag for it)
+PROMPT_CACHE_ENV = "REFLEX_DSPY_PROMPT_CACHE"  # "0": every prompt computed afresh (see prompt_cache)
 
 
 @dataclass
@@ -154,6 +155,22 @@ def default_slots(threads: int | None = None) -> int:
     return max(1, min(MAX_SLOTS, cpus // MIN_CPUS_PER_SLOT))
 
 
+def prompt_cache() -> bool:
+    """Whether llama.cpp may reuse the prompt prefix a request shares with the one before it.
+
+    On (the default), a request computes only the tokens after the shared prefix: the same calls
+    took half the time or less (docs/benchmarks.md, "Prompt cache"). But the reused tokens were
+    computed in another batch than a whole prompt's, and a near-tie answer can then flip with the
+    request before it: on the bench's routing task one of 16 answers of the same prompt did
+    (llama.cpp's server documents this for `cache_prompt`). `$REFLEX_DSPY_PROMPT_CACHE=0` computes every prompt
+    afresh, so an answer depends on its own request only, whatever the order of the calls.
+    """
+    value = os.environ.get(PROMPT_CACHE_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise UsageError(f"{PROMPT_CACHE_ENV} must be 0 (compute every prompt afresh) or 1, got {value!r}")
+    return value != "0"
+
+
 def _server_params(xllamacpp: Any, engine: LlamaCppEngine, slots: int, socket_dir: str) -> Any:
     """llama.cpp's server settings for this engine.
 
@@ -247,6 +264,7 @@ class LlamaCppEngine:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra_buffers = extra_buffers
+        self.prompt_cache = prompt_cache()  # the process's setting, checked now; not saved with the program
 
     def load(self) -> _LoadedModel:
         """The shared loaded model, loading it now if this process has not yet."""
@@ -290,6 +308,7 @@ class LlamaCppEngine:
             "temperature": temperature,
             "max_tokens": config.max_tokens or self.max_tokens,
             "seed": seed,
+            "cache_prompt": self.prompt_cache,
         }
         if config.stop:
             payload["stop"] = list(config.stop)
@@ -324,6 +343,7 @@ class LlamaCppEngine:
                 input_tokens=usage.get("prompt_tokens"),
                 output_tokens=usage.get("completion_tokens"),
                 total_tokens=usage.get("total_tokens"),
+                cache_read_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
             ),
         )
 

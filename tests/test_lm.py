@@ -420,6 +420,22 @@ def test_slots_env_overrides_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> 
         eng.default_slots(2)
 
 
+def test_prompt_cache_setting_reaches_llama_cpp_and_is_checked(
+    fake_server: tuple[dspy.LM, _RecordingServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lm, fake = fake_server
+    request = dspy.lm15.Request(model=lm.model, messages=(dspy.lm15.Message.user("x"),))
+    monkeypatch.delenv(eng.PROMPT_CACHE_ENV, raising=False)
+    rlm.embedded_lm(cache=False).engine.complete(request)
+    assert fake.calls[-1]["cache_prompt"] is True  # the default: llama.cpp reuses a shared prefix
+    monkeypatch.setenv(eng.PROMPT_CACHE_ENV, "0")
+    rlm.embedded_lm(cache=False).engine.complete(request)
+    assert fake.calls[-1]["cache_prompt"] is False
+    monkeypatch.setenv(eng.PROMPT_CACHE_ENV, "off")
+    with pytest.raises(UsageError, match="REFLEX_DSPY_PROMPT_CACHE must be 0 .* or 1, got 'off'"):
+        rlm.embedded_lm(cache=False)  # checked when the model is named, before any call
+
+
 def test_engine_streams_one_complete_answer(fake_server: tuple[dspy.LM, _RecordingServer]) -> None:
     lm, fake = fake_server
     request = dspy.lm15.Request(model=lm.model, messages=(dspy.lm15.Message.user("x"),))
@@ -547,6 +563,28 @@ try:
 except KeyboardInterrupt:
     print("interrupted", lm("Reply with one word: hello", max_tokens=5)[0].strip().lower())
 """
+
+
+@pytest.mark.slow
+def test_real_model_prompt_cache_off_computes_every_prompt_afresh(
+    qwen: dspy.LM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the cache on, a repeated prompt reuses its prefix (an answer may then depend on the
+    request before it); with REFLEX_DSPY_PROMPT_CACHE=0 llama.cpp computes every token again."""
+    request = dspy.lm15.Request(
+        model=qwen.model,
+        system="Answer with one word.",
+        messages=(dspy.lm15.Message.user("Is the sky blue on a clear day?"),),
+        config=dspy.lm15.Config(max_tokens=3),
+    )
+    monkeypatch.delenv(eng.PROMPT_CACHE_ENV, raising=False)
+    engine = rlm.embedded_lm(cache=False).engine
+    engine.complete(request)
+    assert engine.complete(request).usage.cache_read_tokens > 0
+    monkeypatch.setenv(eng.PROMPT_CACHE_ENV, "0")
+    engine = rlm.embedded_lm(cache=False).engine
+    engine.complete(request)
+    assert engine.complete(request).usage.cache_read_tokens == 0
 
 
 @pytest.mark.slow
