@@ -162,8 +162,8 @@ def prompt_cache() -> bool:
     took half the time or less (docs/benchmarks.md, "Prompt cache"). But the reused tokens were
     computed in another batch than a whole prompt's, and a near-tie answer can then flip with the
     request before it: on the bench's routing task one of 16 answers of the same prompt did
-    (llama.cpp's server documents this for `cache_prompt`). `$REFLEX_DSPY_PROMPT_CACHE=0` computes every prompt
-    afresh, so an answer depends on its own request only, whatever the order of the calls.
+    (llama.cpp's server documents this for `cache_prompt`). `$REFLEX_DSPY_PROMPT_CACHE=0` computes
+    every prompt afresh, so an answer depends on its own request only, whatever the call order.
     """
     value = os.environ.get(PROMPT_CACHE_ENV, "").strip()
     if value not in ("", "0", "1"):

@@ -90,7 +90,8 @@ class Allocator:
         return calls, max(int(self.total_iterations * self.probe_fraction / n), 1)
 
     def spent_enough(self, calls_left: int | None, iterations_left: int) -> bool:
-        """At most CONVERGE_LEFT of the budget is left (calls when there is a call budget)."""
+        """At most `converge_left` calls (else CONVERGE_LEFT of the budget) are left; iterations
+        when there is no call budget."""
         if self.total_calls is not None and calls_left is not None:
             limit = CONVERGE_LEFT * self.total_calls if self.converge_left is None else self.converge_left
             return calls_left <= limit
