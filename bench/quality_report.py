@@ -126,17 +126,22 @@ def headline_plot(summary: dict[tuple[str, str], dict[str, Any]], tasks: list[st
     return [f"![mean test gain per task: auto and each DSPy optimizer](benchmarks/{name})", ""]
 
 
+def _runs(results: list[dict[str, Any]], task: str, optimizer: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """The finished runs of `optimizer` on `task` at `seeds`."""
+    return [r for r in results
+            if r["task"] == task and r["optimizer"] == optimizer and r["seed"] in seeds and "test" in r]
+
+
 def _mean_gain(results: list[dict[str, Any]], task: str, optimizer: str, seeds: list[int]) -> float:
     """Mean test gain of `optimizer` over `seeds` only: a ratio compares two optimizers on the same splits."""
     baseline = {r["seed"]: r["test"] for r in results if r["task"] == task and r["optimizer"] == "baseline"}
-    gains = [r["test"] - baseline[r["seed"]] for r in results
-             if r["task"] == task and r["optimizer"] == optimizer and r["seed"] in seeds and "test" in r]
+    gains = [r["test"] - baseline[r["seed"]] for r in _runs(results, task, optimizer, seeds)]
     return statistics.mean(gains) if gains else 0.0
 
 
 def _headroom(results: list[dict[str, Any]], task: str, seeds: list[int]) -> float:
     """The mean gain a perfect test score would bring over `seeds` (1 - the baseline's test score)."""
-    before = [r["test"] for r in results if r["task"] == task and r["optimizer"] == "baseline" and r["seed"] in seeds]
+    before = [r["test"] for r in _runs(results, task, "baseline", seeds)]
     return statistics.mean(1.0 - b for b in before) if before else 0.0
 
 
@@ -153,9 +158,7 @@ def light_table(summary: dict[tuple[str, str], dict[str, Any]], tasks: list[str]
                 continue
             seeds = sorted(set(auto["seeds"]) & set(light["seeds"]))
             auto_gain, light_gain = (_mean_gain(results, task, o, seeds) for o in ("auto", opt))
-            calls = [statistics.mean(r["metric_calls"] for r in results if r["task"] == task
-                                     and r["optimizer"] == o and r["seed"] in seeds and "test" in r)
-                     for o in ("auto", opt)]
+            calls = [statistics.mean(r["metric_calls"] for r in _runs(results, task, o, seeds)) for o in ("auto", opt)]
             rows.append([task, opt, ", ".join(map(str, seeds)), f"{auto_gain:+.3f}", f"{light_gain:+.3f}",
                          " / ".join(f"{c:.0f}" for c in calls), _ratio(auto_gain, light_gain),
                          paired(results, task, "auto", opt)])
