@@ -308,7 +308,7 @@ class LlamaCppEngine:
             "temperature": temperature,
             "max_tokens": config.max_tokens or self.max_tokens,
             "seed": seed,
-            "cache_prompt": self.prompt_cache,
+            "cache_prompt": getattr(self, "prompt_cache", True),  # an engine pickled before the setting existed
         }
         if config.stop:
             payload["stop"] = list(config.stop)

@@ -429,8 +429,12 @@ def test_prompt_cache_setting_reaches_llama_cpp_and_is_checked(
     rlm.embedded_lm(cache=False).engine.complete(request)
     assert fake.calls[-1]["cache_prompt"] is True  # the default: llama.cpp reuses a shared prefix
     monkeypatch.setenv(eng.PROMPT_CACHE_ENV, "0")
-    rlm.embedded_lm(cache=False).engine.complete(request)
+    engine = rlm.embedded_lm(cache=False).engine
+    engine.complete(request)
     assert fake.calls[-1]["cache_prompt"] is False
+    del engine.prompt_cache  # an engine pickled before the setting existed keeps llama.cpp's default
+    engine.complete(request)
+    assert fake.calls[-1]["cache_prompt"] is True
     monkeypatch.setenv(eng.PROMPT_CACHE_ENV, "off")
     with pytest.raises(UsageError, match="REFLEX_DSPY_PROMPT_CACHE must be 0 .* or 1, got 'off'"):
         rlm.embedded_lm(cache=False)  # checked when the model is named, before any call
