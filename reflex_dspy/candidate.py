@@ -118,6 +118,23 @@ def content_sources(candidate: Candidate, examples: Sequence[dspy.Example]) -> s
     found = set()
     for ex in examples:
         inputs = input_text(ex)
-        if inputs and any(all(k in d and str(d[k]) == v for k, v in inputs.items()) for d in demos):
+        if inputs and any(_shows(d, inputs) for d in demos):
             found.add(example_id(ex))
     return found
+
+
+def leaving_out(candidate: Candidate, example: dspy.Example) -> Candidate:
+    """`candidate` without the demos that show `example`'s inputs: the program that scores it
+    honestly on `example` (leave-one-out), where the candidate itself would answer from its demo."""
+    inputs = input_text(example)
+    out = candidate
+    for name, state in candidate.predictors.items():
+        kept = [d for d in state.demos if not (inputs and _shows(d, inputs))]
+        if len(kept) < len(state.demos):
+            out = out.with_demos(name, kept)
+    return out
+
+
+def _shows(demo: Mapping[str, Any], inputs: Mapping[str, str]) -> bool:
+    """Whether a demo holds these inputs verbatim."""
+    return all(k in demo and str(demo[k]) == v for k, v in inputs.items())

@@ -4,17 +4,17 @@ Validation is small in prompt optimization and a run scores a dozen candidates o
 bench's auto runs (8 validation examples) three to six candidates tied the best validation
 score, and the tie went to the earliest; one run stopped at the score threshold on a 4-demo set
 that scored 8 of 8 on validation and 16 of 24 on test. Scoring the close contenders on more
-examples needs no judgement: the train examples that none of them holds as a demo (a demo's
-source would be a free answer). So the run holds back a small part of its call budget
-(`CONFIRM_SHARE`) from the search, and
+examples needs no judgement: the train examples, each scored on a contender without any demo
+that shows it (leave-one-out: a demo's source would be a free answer, and a demo set drawn from
+all of train, the common case with 16 train examples, could otherwise be confirmed on nothing).
+So the run holds back a small part of its call budget (`CONFIRM_SHARE`) from the search, and
 
 - the pick: the candidates within `CONFIRM_WITHIN` validation examples of the best (by the
-  run's `PickRule`; at most `CONFIRM_MAX`) are scored on the same of those train examples (in a
-  seeded order; at most as many as the held-back calls, and as many as the calls left afford:
-  the held-back ones and any the search left; scores already paid for are free), and the pick
-  is made by the same rule, its margin scaled (below), on validation and those examples
-  together (the last contenders drop out while their demos, or the calls, leave fewer than
-  `MIN_CONFIRM` examples);
+  run's `PickRule`; at most `CONFIRM_MAX`) are scored on the same train examples (in a seeded
+  order; at most as many as the held-back calls, and as many as the calls left afford: the
+  held-back ones and any the search left; scores already paid for are free), and the pick is
+  made by the same rule, its margin scaled (below), on validation and those examples together
+  (the last contenders drop out while the calls leave fewer than `MIN_CONFIRM` examples);
 - the score threshold: an iteration that reaches it on validation stops the run only when it
   still reaches it on validation and those examples together (as many as the held-back calls,
   paid from the search's own calls; when those are spent, validation alone decides, as before).
@@ -35,7 +35,7 @@ from typing import Any
 
 import dspy
 
-from reflex_dspy.candidate import Candidate, content_sources
+from reflex_dspy.candidate import Candidate, content_sources, leaving_out
 from reflex_dspy.data import example_id
 from reflex_dspy.eval_requests import Group
 from reflex_dspy.evaluation import EvalResult, Evaluator
@@ -104,13 +104,13 @@ class Confirmation:
         return replace(self.rule, margin=self.rule.margin * (n_val + n_train) / n_val)
 
     def examples(self, candidates: Sequence[Candidate], held: bool, limit: int | None = None) -> list[dspy.Example]:
-        """The train examples none of `candidates` holds as a demo, at most `limit` and as many as
-        the calls left afford (the held-back calls too when `held`); none when fewer than `MIN_CONFIRM`."""
-        used = set().union(*(content_sources(c, self.trainset) for c in candidates))
-        pool = [ex for ex in self.trainset if example_id(ex) not in used][:limit]
+        """The first train examples, at most `limit` and as many as the calls left afford for
+        every candidate (the held-back calls too when `held`); none when fewer than `MIN_CONFIRM`."""
+        pool = list(self.trainset[:limit])
         with self._spending(held):
             left = self.evaluator.budget_left
-        while pool and left is not None and self.evaluator.cost([(c, pool) for c in candidates]) > left:
+        while pool and left is not None and self.evaluator.cost(
+                [r for c in candidates for r in on_train(c, pool)]) > left:
             pool.pop()
         return pool if len(pool) >= MIN_CONFIRM else []
 
@@ -120,19 +120,21 @@ class Confirmation:
     def _pooled(self, candidates: Sequence[Candidate], train: Sequence[dspy.Example], label: str,
                 held: bool) -> list[tuple[EvalResult, EvalResult]]:
         """Each candidate's (validation, train) results: validation from the cache, train paid
-        (with the held-back calls when `held`)."""
-        requests = [(c, self.valset) for c in candidates] + [(c, train) for c in candidates]
+        (with the held-back calls when `held`), each example left out of the demos (`on_train`)."""
+        per_candidate = [on_train(c, train) for c in candidates]
+        requests = [(c, self.valset) for c in candidates] + [r for rs in per_candidate for r in rs]
         with self._spending(held):
-            results = self.evaluator.evaluate_groups([Group(requests)], label=label)[0]
-        k = len(candidates)
-        return list(zip(results[:k], results[k:], strict=True))
+            results = iter(self.evaluator.evaluate_groups([Group(requests)], label=label)[0])
+        on_val = [next(results) for _ in candidates]
+        return [(val, _joined(c, [next(results) for _ in rs])) for c, val, rs in zip(candidates, on_val, per_candidate,
+                                                                                    strict=True)]
 
     def settle(self, scored: Sequence[tuple[int, Candidate, float | None]]) -> tuple[int, dict[str, Any]] | None:
         """(the iteration picked on validation and train together, the record of it), or None when
         there is no close call or nothing to settle it on."""
         contenders = self.contenders(scored)
         train: list[dspy.Example] = []
-        while len(contenders) >= 2 and not train:  # the last drops out when its demos or cost leave too few
+        while len(contenders) >= 2 and not train:  # the last drops out when the calls leave too few
             train = self.examples([c.candidate for c in contenders], held=True, limit=self.held)
             if not train:
                 contenders.pop()
@@ -144,7 +146,8 @@ class Confirmation:
         for contender, (val, on_train) in zip(contenders, pooled, strict=True):
             both = _mean(val, on_train)
             rows.append({"iteration": contender.iteration, "val": contender.val, "train": on_train.mean,
-                         "val_and_train": both, "train_failed": on_train.n_failed})
+                         "val_and_train": both, "train_failed": on_train.n_failed,
+                         "train_left_one_out": len(content_sources(contender.candidate, train))})
             ranked.append((contender.candidate, both))
         pick = self.pooled_rule(len(train)).best(ranked, len(self.valset) + len(train))
         if pick is None:  # every answer failed: nothing was measured, the pick on validation stands
@@ -176,8 +179,26 @@ def describe(record: dict[str, Any]) -> str:
     rows = record["contenders"]
     picked = next(r for r in rows if r["iteration"] == record["picked"])
     others = "; ".join(name(r) for r in rows if r is not picked)
+    left_out = sum(r.get("train_left_one_out", 0) for r in rows)
+    how = (f" ({left_out} of those scores without the example's own demo)" if left_out
+           else " none of them took demos from")
     return (f"{len(rows)} candidates within {record['within']} validation example of the best, scored on "
-            f"{record['train_examples']} train examples none of them took demos from: {name(picked)}, over {others}")
+            f"{record['train_examples']} train examples{how}: {name(picked)}, over {others}")
+
+
+def on_train(candidate: Candidate, train: Sequence[dspy.Example]) -> list[tuple[Candidate, list[dspy.Example]]]:
+    """The requests that score `candidate` honestly on `train`: itself on the examples no demo of
+    it shows, and on each one a demo shows, itself without that demo (leave-one-out)."""
+    shown = content_sources(candidate, train)
+    own = [ex for ex in train if example_id(ex) not in shown]
+    return ([(candidate, own)] if own else []) + [
+        (leaving_out(candidate, ex), [ex]) for ex in train if example_id(ex) in shown]
+
+
+def _joined(candidate: Candidate, results: Sequence[EvalResult]) -> EvalResult:
+    """One result of `candidate` on the examples its leave-one-out requests scored."""
+    return EvalResult(candidate.fingerprint, {k: v for r in results for k, v in r.results.items()},
+                      new_calls=sum(r.new_calls for r in results), cache_hits=sum(r.cache_hits for r in results))
 
 
 def _mean(*results: EvalResult) -> float | None:

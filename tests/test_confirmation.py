@@ -13,8 +13,8 @@ from fakes import bangs_splits, fake_lm, truth
 
 from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
-from reflex_dspy.candidate import Candidate
-from reflex_dspy.confirmation import Confirmation, held_back
+from reflex_dspy.candidate import Candidate, leaving_out
+from reflex_dspy.confirmation import Confirmation, describe, held_back
 from reflex_dspy.data import assign_ids
 from reflex_dspy.evaluation import EvalResult, Evaluator
 from reflex_dspy.metrics import resolve_metric
@@ -155,9 +155,19 @@ def test_the_threshold_stops_the_run_only_where_unused_train_examples_confirm_it
     assert result.selected_iteration == 2  # the final pick reuses the checks' scores
 
 
-def test_contenders_whose_demos_leave_too_few_train_examples_drop_out_from_the_last(tmp_path):
-    """A contender whose demos are all of train can be confirmed on nothing: a lower one drops out
-    and the rest are settled; the best by validation that cannot be confirmed keeps the pick."""
+def copying(system: str, messages: list[dict]) -> str:
+    """`respond`, but right wherever the message itself is among the prompt's demos: a demo's
+    source is a free answer."""
+    text = messages[-1]["content"]
+    message = re.search(r"Customer \d+:[^\n\"]*", text).group(0)
+    prompt = system + " ".join(m["content"] for m in messages[:-1])
+    return truth(text) if message in prompt else respond(system, messages)
+
+
+def test_a_contender_whose_demos_are_all_of_train_is_scored_there_leaving_each_example_s_own_demo_out(tmp_path):
+    """Demos drawn from all of train left nothing to confirm a contender on, and it dropped out of
+    the close call; scored on each train example without that example's demo, it takes part, and
+    its demos' sources do not answer for it (with them, it would be right on all of train)."""
     train, val = (assign_ids(part) for part in bangs_splits())
     program = program_from_prompt(USER)
     user = Candidate.from_program(program)
@@ -165,13 +175,19 @@ def test_contenders_whose_demos_leave_too_few_train_examples_drop_out_from_the_l
     a, b = (variant(user, name, v) for v in VARIANTS[:2])
     all_train = a.with_demos(name, [{"input": ex.input, "output": ex.output} for ex in train] + list(
         a.predictors[name].demos))
-    evaluator = Evaluator(program, resolve_metric("exact"), task_lm=fake_lm(respond, name="fake/task"), budget=150)
+    evaluator = Evaluator(program, resolve_metric("exact"), task_lm=fake_lm(copying, name="fake/task"), budget=150)
+    assert evaluator.evaluate(all_train, train).mean == 1.0  # its demos' sources, scored with their demos
     evaluator.evaluate_many([a, b, all_train], val)
     confirm = Confirmation.for_run(evaluator, train, val, PickRule(user), seed=0, held=15)
-    picked, record = confirm.settle([(1, a, 0.75), (2, b, 0.75), (3, all_train, 0.75)])
-    assert picked == 2 and [r["iteration"] for r in record["contenders"]] == [1, 2]
-    assert record["train_examples"] == 15
-    assert confirm.settle([(1, all_train, 0.75), (2, a, 0.75), (3, b, 0.75)]) is None
+    picked, record = confirm.settle([(1, all_train, 0.75), (2, a, 0.75), (3, b, 0.75)])
+    rows = {r["iteration"]: r for r in record["contenders"]}
+    assert sorted(rows) == [1, 2, 3] and record["train_examples"] == 15 and picked == 3
+    assert rows[1]["train_left_one_out"] == 15 and rows[2]["train_left_one_out"] == rows[3]["train_left_one_out"] == 0
+    assert rows[1]["train"] == rows[2]["train"] < 1.0  # variant a's own score: no demo answered for its source
+    assert "(15 of those scores without the example's own demo)" in describe(record)
+    left = leaving_out(all_train, train[0])
+    assert len(left.predictors[name].demos) == len(train) and left.predictors[name].demos[-1]["input"].endswith("a.")
+    assert leaving_out(a, train[0]) == a
 
 
 def test_on_validation_and_train_together_a_rewrite_s_margin_keeps_its_size_as_a_score(tmp_path):
