@@ -67,7 +67,7 @@ class Contender:
 
 @dataclass
 class Confirmation:
-    """Scores close contenders on unused train examples with the held-back calls (module docstring)."""
+    """Scores close contenders on train examples, none with its own demo, with the held-back calls (module docstring)."""
 
     evaluator: Evaluator
     trainset: Sequence[dspy.Example]  # already in the run's seeded order
@@ -158,7 +158,7 @@ class Confirmation:
 
     def threshold_check(self, candidate: Candidate, val: float, threshold: float) -> dict[str, Any] | None:
         """Whether a candidate that reached the threshold on validation still reaches it on
-        validation and unused train examples together; None when there is nothing to check on. The
+        validation and train examples together; None when there is nothing to check on. The
         search's own calls pay for it: the held-back ones stay for the pick."""
         train = self.examples([candidate], held=False, limit=self.held)
         if not train:

@@ -378,7 +378,7 @@ class RunLifecycle:
 
     def _threshold_check(self, i: int, candidate: Candidate, val_score: float | None) -> dict[str, Any] | None:
         """An iteration that reached the score threshold on validation, checked on validation and
-        unused train examples together (confirmation.py): the threshold stops the run only if it holds."""
+        train examples together (confirmation.py): the threshold stops the run only if it holds."""
         threshold = self.config.score_threshold
         if not self.held_back or val_score is None or val_score < threshold:
             return None
@@ -386,7 +386,7 @@ class RunLifecycle:
         if check is not None and not check["holds"]:
             self.trackers.on_notice(
                 f"iteration {i} reached the score threshold {threshold:g} on validation ({val_score:.3f}) but not on "
-                f"validation and {check['train_examples']} unused train examples together "
+                f"validation and {check['train_examples']} train examples together, none scored with its own demo "
                 f"({check['val_and_train']:.3f}): the search goes on")
         return check
 
@@ -447,7 +447,7 @@ class RunLifecycle:
 
     def _final_pick(self) -> tuple[int, float | None, str, str | None, dict[str, Any] | None]:
         """The run's pick: best on val (`_select`), a close call there settled on validation and
-        unused train examples together (confirmation.py); with its score, split, note and record."""
+        train examples together (confirmation.py); with its score, split, note and record."""
         selected, score, by = self._select()
         scored, _, _ = self._scored()
         settled = (self._confirmation().settle([(i, self.candidates[i], s) for i, s in scored])

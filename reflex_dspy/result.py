@@ -155,7 +155,7 @@ class RunResult:
     budget: int | None = None  # the search's metric-call budget, when one was set
     promotion: dict[str, Any] | None = None  # `promotion_report()`, when a minimum improvement was required
     selection_note: str | None = None  # why the pick is not the top score (the rewrite margin), when it is not
-    confirmation: dict[str, Any] | None = None  # a close call on val settled on unused train too (confirmation.py)
+    confirmation: dict[str, Any] | None = None  # a close call on val settled on train too (confirmation.py)
 
     @property
     def improvement(self) -> float | None:

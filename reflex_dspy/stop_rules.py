@@ -70,7 +70,7 @@ class StrategyDone(StopRule):
 
 class ScoreThreshold(StopRule):
     """Stop when the iteration reached `score_threshold`: on val when val exists, else on its batch;
-    where the lifecycle checked it on unused train examples too (`details["threshold_check"]`),
+    where the lifecycle checked it on train examples too (`details["threshold_check"]`),
     only when it holds there as well."""
 
     def __init__(self, threshold: float) -> None:
@@ -81,13 +81,14 @@ class ScoreThreshold(StopRule):
         reached = record.val_score if view.has_val else record.score
         if reached is None or reached < self.threshold:
             return None
-        check = record.details.get("threshold_check")  # on val and unused train together (confirmation.py)
+        check = record.details.get("threshold_check")  # on val and train together (confirmation.py)
         if check is None:
             return f"score threshold {self.threshold} reached"
         if not check["holds"]:
             return None
         return (f"score threshold {self.threshold} reached (on validation, and on validation and "
-                f"{check['train_examples']} unused train examples together: {check['val_and_train']:.3f})")
+                f"{check['train_examples']} train examples together, none scored with its own demo: "
+                f"{check['val_and_train']:.3f})")
 
 
 class Budget(StopRule):

@@ -147,11 +147,12 @@ def test_the_threshold_stops_the_run_only_where_unused_train_examples_confirm_it
     assert second["holds"] and second["train"] == 1.0
     assert first["train_examples"] == second["train_examples"] == 15  # at most the held-back calls' worth
     assert len(result.iterations) == 2
-    assert result.stop_reason == ("score threshold 0.7 reached (on validation, and on validation and 15 unused "
-                                  f"train examples together: {(6 + 15) / 23:.3f})")
+    assert result.stop_reason == ("score threshold 0.7 reached (on validation, and on validation and 15 train "
+                                  f"examples together, none scored with its own demo: {(6 + 15) / 23:.3f})")
     assert result.iterations[0].metric_calls == 8 + 15  # its validation pass and its check
     assert notices.said == ["iteration 1 reached the score threshold 0.7 on validation (0.750) but not on validation "
-                            f"and 15 unused train examples together ({first['val_and_train']:.3f}): the search goes on"]
+                            f"and 15 train examples together, none scored with its own demo ({first['val_and_train']:.3f}): "
+                            "the search goes on"]
     assert result.selected_iteration == 2  # the final pick reuses the checks' scores
 
 

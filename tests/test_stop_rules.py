@@ -74,7 +74,8 @@ def test_a_threshold_checked_on_unused_train_too_stops_only_where_it_holds():
     assert rule.after(view(1, Chained(), [record(1.0, details={"threshold_check": check})])) is None
     check = {**check, "holds": True, "val_and_train": 0.95}
     assert rule.after(view(1, Chained(), [record(1.0, details={"threshold_check": check})])) == (
-        "score threshold 0.9 reached (on validation, and on validation and 12 unused train examples together: 0.950)")
+        "score threshold 0.9 reached (on validation, and on validation and 12 train examples together, none scored "
+        "with its own demo: 0.950)")
 
 
 def test_patience_counts_ties_lets_the_strategy_move_on_once_then_stops():
