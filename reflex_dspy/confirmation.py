@@ -4,14 +4,15 @@ Validation is small in prompt optimization and a run scores a dozen candidates o
 bench's auto runs (8 validation examples) three to six candidates tied the best validation
 score, and the tie went to the earliest; one run stopped at the score threshold on a 4-demo set
 that scored 8 of 8 on validation and 16 of 24 on test. Scoring the close contenders on more
-examples needs no judgement: the train examples, each scored on a contender without any demo
-that shows it (leave-one-out: a demo's source would be a free answer, and a demo set drawn from
-all of train, the common case with 16 train examples, could otherwise be confirmed on nothing).
+examples needs no judgement: the train examples, those no contender shows as a demo first, and
+where those run out, each scored on a contender without the demo that shows it (leave-one-out: a
+demo's source would be a free answer, and a demo set drawn from all of train, the common case
+with 16 train examples, could otherwise be confirmed on nothing).
 So the run holds back a small part of its call budget (`CONFIRM_SHARE`) from the search, and
 
 - the pick: the candidates within `CONFIRM_WITHIN` validation examples of the best (by the
   run's `PickRule`; at most `CONFIRM_MAX`) are scored on the same train examples (in a seeded
-  order; at most as many as the held-back calls, and as many as the calls left afford: the
+  order, those fewest contenders show first; at most as many as the held-back calls, and as many as the calls left afford: the
   held-back ones and any the search left; scores already paid for are free), and the pick is
   made by the same rule, its margin scaled (below), on validation and those examples together
   (the last contenders drop out while the calls leave fewer than `MIN_CONFIRM` examples);
@@ -104,9 +105,12 @@ class Confirmation:
         return replace(self.rule, margin=self.rule.margin * (n_val + n_train) / n_val)
 
     def examples(self, candidates: Sequence[Candidate], held: bool, limit: int | None = None) -> list[dspy.Example]:
-        """The first train examples, at most `limit` and as many as the calls left afford for
-        every candidate (the held-back calls too when `held`); none when fewer than `MIN_CONFIRM`."""
-        pool = list(self.trainset[:limit])
+        """Train examples, at most `limit` and as many as the calls left afford for every candidate
+        (the held-back calls too when `held`); none when fewer than `MIN_CONFIRM`. The examples
+        fewest candidates show as a demo come first: a score there is of the candidate itself, a
+        leave-one-out score of a neighbour (one demo fewer) fills in where those run out."""
+        shown = [content_sources(c, self.trainset) for c in candidates]
+        pool = sorted(self.trainset, key=lambda ex: sum(example_id(ex) in s for s in shown))[:limit]  # stable
         with self._spending(held):
             left = self.evaluator.budget_left
         while pool and left is not None and self.evaluator.cost(

@@ -186,6 +186,10 @@ def test_a_contender_whose_demos_are_all_of_train_is_scored_there_leaving_each_e
     assert rows[1]["train_left_one_out"] == 15 and rows[2]["train_left_one_out"] == rows[3]["train_left_one_out"] == 0
     assert rows[1]["train"] == rows[2]["train"] < 1.0  # variant a's own score: no demo answered for its source
     assert "(15 of those scores without the example's own demo)" in describe(record)
+    half = a.with_demos(name, [{"input": ex.input, "output": ex.output} for ex in train[:8]])
+    ids = [e.reflex_id for e in confirm.examples([a, half], held=True, limit=12)]
+    unshown = {e.reflex_id for e in train[8:]}
+    assert set(ids[:8]) == unshown and not unshown & set(ids[8:])  # a score of the candidate itself first
     left = leaving_out(all_train, train[0])
     assert len(left.predictors[name].demos) == len(train) and left.predictors[name].demos[-1]["input"].endswith("a.")
     assert leaving_out(a, train[0]) == a
