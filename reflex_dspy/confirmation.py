@@ -12,10 +12,11 @@ So the run holds back a small part of its call budget (`CONFIRM_SHARE`) from the
 
 - the pick: the candidates within `CONFIRM_WITHIN` validation examples of the best (by the
   run's `PickRule`; at most `CONFIRM_MAX`) are scored on the same train examples (in a seeded
-  order, those fewest contenders show first; at most as many as the held-back calls, and as many as the calls left afford: the
-  held-back ones and any the search left; scores already paid for are free), and the pick is
-  made by the same rule, its margin scaled (below), on validation and those examples together
-  (the last contenders drop out while the calls leave fewer than `MIN_CONFIRM` examples);
+  order, those fewest contenders show first; at most as many as the held-back calls, and as
+  many as the calls left afford: the held-back ones and any the search left; scores already
+  paid for are free), and the pick is made by the same rule, its margin scaled (below), on
+  validation and those examples together (the last contenders drop out while the calls leave
+  fewer than `MIN_CONFIRM` examples);
 - the score threshold: an iteration that reaches it on validation stops the run only when it
   still reaches it on validation and those examples together (as many as the held-back calls,
   paid from the search's own calls; when those are spent, validation alone decides, as before).
@@ -68,7 +69,8 @@ class Contender:
 
 @dataclass
 class Confirmation:
-    """Scores close contenders on train examples, none with its own demo, with the held-back calls (module docstring)."""
+    """Scores close contenders on train examples (none with its own demo) with the held-back calls
+    (module docstring)."""
 
     evaluator: Evaluator
     trainset: Sequence[dspy.Example]  # already in the run's seeded order
@@ -130,8 +132,8 @@ class Confirmation:
         with self._spending(held):
             results = iter(self.evaluator.evaluate_groups([Group(requests)], label=label)[0])
         on_val = [next(results) for _ in candidates]
-        return [(val, _joined(c, [next(results) for _ in rs])) for c, val, rs in zip(candidates, on_val, per_candidate,
-                                                                                    strict=True)]
+        return [(val, _joined(c, [next(results) for _ in rs]))
+                for c, val, rs in zip(candidates, on_val, per_candidate, strict=True)]
 
     def settle(self, scored: Sequence[tuple[int, Candidate, float | None]]) -> tuple[int, dict[str, Any]] | None:
         """(the iteration picked on validation and train together, the record of it), or None when
