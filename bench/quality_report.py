@@ -173,7 +173,7 @@ def best_single(summary: dict[tuple[str, str], dict[str, Any]], tasks: list[str]
     claim), other than auto, with auto's gain on the same seeds (the single strategies ran fewer)."""
     rows = []
     for task in tasks:
-        done = [(summary[(task, o)]["gain"], o) for o in REFLEX[1:] if summary.get((task, o), {}).get("n")]
+        done = [(summary[(task, o)]["gain"], o) for o in REFLEX if o != "auto" and summary.get((task, o), {}).get("n")]
         if done:
             gain, name = max(done)
             seeds = summary[(task, name)]["seeds"]
