@@ -15,7 +15,8 @@ match); and a random restart (a random draw from both pools, as BootstrapFewShot
 does), so the search does not only refine the rule's own order. `set_kinds` sets the cycle's
 order; a bootstrap runs only when a set needs the pool, so a run that starts with labeled demos
 (auto's probe: the cheapest informative draw, DSPy's own second candidate) pays for none first.
-Sizes follow `SIZE_SCHEDULE` (the first set has `max_examples`). Demos come from train examples
+The set size is searched from measurements (`set_sizes`): the largest that fits, then a quarter
+of it, then the sizes nearest the best-scoring one so far. Demos come from train examples
 outside the batch when they make at least half a set, so every batch example is scored;
 otherwise from the batch too, and the set is capped so that half of the batch is left to score on.
 The candidate with the set is scored against the current one on the batch minus the source
@@ -52,6 +53,7 @@ from reflex_dspy.strategies.demo_selection import (
     diverse,
     select,
 )
+from reflex_dspy.strategies.set_sizes import best_scores, size_order, sizes_within
 
 AGENT_TRIES = 2  # reasoning-model selections per iteration before giving up on finding an untried set
 # Labeled demos the teacher gets (at least max_examples). Like DSPy's labeled teacher (16 by default),
@@ -59,7 +61,6 @@ AGENT_TRIES = 2  # reasoning-model selections per iteration before giving up on 
 # prompt tokens in bootstrap evaluations only.
 TEACHER_DEMOS = 8
 SET_KINDS = ("rule", "labeled", "random")  # the kinds of demo set successive iterations try (default order)
-SIZE_SCHEDULE = (4, 8, 2, 16, 1, 12, 6, 3)  # set sizes tried after `max_examples`, each capped by it
 # Demos may fill this share of a task model's stated context (the instructions, the input and the
 # answer need the rest); a token is taken as 3 characters of the demo's JSON (English runs about 4).
 CONTEXT_SHARE, CHARS_PER_TOKEN = 0.6, 3
@@ -157,13 +158,14 @@ class FewShotState:
     round: int = 0  # bootstraps so far
     variant: int = 0  # selections since the last bootstrap: each tries another set
     tried: list[str] = field(default_factory=list)  # demo sets already scored (entry keys, sorted and joined)
+    sized: list[list[float]] = field(default_factory=list)  # [set size, score] of each set scored
     finished: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"current": self.current.to_dict() if self.current else None,
                 "current_sources": list(self.current_sources), "pool": [e.to_dict() for e in self.pool],
                 "rounds_left": self.rounds_left, "round": self.round, "variant": self.variant,
-                "tried": list(self.tried), "finished": self.finished}
+                "tried": list(self.tried), "sized": [list(p) for p in self.sized], "finished": self.finished}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FewShotState:
@@ -171,7 +173,8 @@ class FewShotState:
                    current_sources=list(data.get("current_sources", [])),
                    pool=[PoolEntry.from_dict(e) for e in data.get("pool", [])],
                    rounds_left=data.get("rounds_left", 0), round=data.get("round", 0),
-                   variant=data.get("variant", 0), tried=list(data.get("tried", [])), finished=data.get("finished"))
+                   variant=data.get("variant", 0), tried=list(data.get("tried", [])),
+                   sized=[list(p) for p in data.get("sized", [])], finished=data.get("finished"))
 
 
 class FewShot(Strategy):
@@ -278,7 +281,8 @@ class FewShot(Strategy):
 
     # -- selection ----------------------------------------------------------------------------
     def _untried(self, ctx: SearchContext, batch: Sequence[dspy.Example]) -> Selection | None:
-        """The next selection whose demo set has not been scored yet, or None."""
+        """The next selection whose demo set has not been scored yet, or None. Sizes are tried in
+        `set_sizes.size_order`: the first with every kind and variant, the rest once per kind."""
         in_batch = {example_id(ex) for ex in batch}
         taken = in_batch | self._reserved(ctx)
         outside = sum(example_id(ex) not in taken for ex in ctx.trainset)
@@ -286,28 +290,28 @@ class FewShot(Strategy):
         fit = ctx.context_window and demos_that_fit(ctx.context_window, [*self.state.pool, *labeled_entries(
             ctx, list(self.state.current.predictors), ctx.trainset)])
         kinds = self.set_kinds
-        for _ in range(per_kind * len(kinds)):
-            variant = self.state.variant
-            self.state.variant += 1
-            kind, k = kinds[variant % len(kinds)], self._size(len(batch), outside, fit)
-            selection = self._select(ctx, kind, k, variant // len(kinds), in_batch)
-            selection.details.update(variant=variant, set_kind=kind, set_size=k)
-            key = "|".join(sorted(e.key for e in selection.entries))
-            if selection.entries and key not in self.state.tried:
-                self.state.tried.append(key)
-                return selection
+        sizes = size_order(self._sizes(len(batch), outside, fit), best_scores(self.state.sized))
+        for n, k in enumerate(sizes):
+            for _ in range(per_kind * len(kinds) if n == 0 else len(kinds)):
+                variant = self.state.variant
+                self.state.variant += 1
+                kind = kinds[variant % len(kinds)]
+                selection = self._select(ctx, kind, k, variant // len(kinds), in_batch)
+                selection.details.update(variant=variant, set_kind=kind, set_size=k)
+                key = "|".join(sorted(e.key for e in selection.entries))
+                if selection.entries and key not in self.state.tried:
+                    self.state.tried.append(key)
+                    return selection
         return None
 
-    def _size(self, batch_size: int, outside: int, fit: int | None = None) -> int:
-        """This selection's set size: `max_examples` first, then `SIZE_SCHEDULE`, all capped by
-        `max_examples` and by the `outside` train examples not in the batch: plus half the batch
-        when outside is fewer than the batch (demos taken from the batch are left out of its
-        scoring, so half of it stays scored); a small batch (auto's screen) stays wholly scored; and by
-        the demos that `fit` the task model's context (`demos_that_fit`)."""
+    def _sizes(self, batch_size: int, outside: int, fit: int | None = None) -> list[int]:
+        """The sizes a set may have (`set_sizes.sizes_within`), capped by `max_examples` and by the
+        `outside` train examples not in the batch: plus half the batch when outside is fewer than
+        the batch (demos taken from the batch are left out of its scoring, so half of it stays
+        scored); a small batch (auto's screen) stays wholly scored; and by the demos that `fit`
+        the task model's context (`demos_that_fit`)."""
         cap = min(self.max_examples, outside if outside >= batch_size else max(outside + batch_size // 2, 1))
-        cap = min(cap, fit) if fit else cap
-        sizes = list(dict.fromkeys(min(k, cap) for k in (self.max_examples, *SIZE_SCHEDULE)))
-        return sizes[len(self.state.tried) % len(sizes)]
+        return sizes_within(self.max_examples, min(cap, fit) if fit else cap)
 
     def _select(self, ctx: SearchContext, kind: str, k: int, variant: int, in_batch: set[str]) -> Selection:
         """A set of `kind`: the rule's pick from the bootstrapped pool, labeled demos, or a random
@@ -377,13 +381,17 @@ class FewShot(Strategy):
         if selection.reasoning:
             lines.append(f"Model's reasoning: {selection.reasoning}")
         predictor = ctx.predictor_names[0] if len(ctx.predictor_names) == 1 else None
-        if not batch:
-            lines.append("Not scored on the batch: validation, where every candidate is scored, decides.")
+        if not batch:  # validation decides; its score (the run's own, no call more) also guides the size
+            on_val = ctx.evaluate(candidate, ctx.valset, label=f"iter {iteration}: val") if ctx.valset else None
+            self._measured(n, on_val.mean if on_val else None)
+            lines.append("Not scored on the batch: validation, where every candidate is scored, decides"
+                         + (f" ({fmt_score(on_val.mean)} there)." if on_val else "."))
             return Step(candidate, EvalResult(candidate.fingerprint, {}), None, "\n".join(lines), summary, predictor,
                         details)
         if not scored_on:
             return self._no_change(ctx, iteration, batch, "every batch example is a source of the demos", boot)
         parent_eval, result = ctx.evaluate_many([parent, candidate], scored_on, label=f"iter {iteration}: demos")
+        self._measured(n, result.mean)
         kept = result.mean is not None and (parent_eval.mean is None or result.mean > parent_eval.mean)
         if kept:
             self.state.current, self.state.current_sources = candidate, sorted(sources)
@@ -392,6 +400,11 @@ class FewShot(Strategy):
         lines.append(f"Scored on {len(scored_on)} batch examples ({len(excluded)} demo sources left out): "
                      f"{fmt_score(result.mean)} vs {fmt_score(parent_eval.mean)} for the current demos → {verdict}.")
         return Step(candidate, result, parent_eval.mean, "\n".join(lines), summary, predictor, details)
+
+    def _measured(self, size: int, score: float | None) -> None:
+        """Record a scored set's size and score, which choose the next sets' sizes."""
+        if score is not None:
+            self.state.sized.append([size, score])
 
     def _no_change(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example], why: str,
                    boot: dict[str, Any] | None) -> Step:
@@ -431,7 +444,8 @@ class FewShot(Strategy):
         past = FewShotState.from_dict(memory)
         self.state.pool, self.state.round, self.state.rounds_left = past.pool, past.round, past.rounds_left
         if past.current is not None and self._instructions(past.current) == self._instructions(self.state.current):
-            self.state.tried, self.state.variant = past.tried, past.variant  # on other instructions they are new
+            # on other instructions the sets are new, and their sizes' scores are not these instructions'
+            self.state.tried, self.state.variant, self.state.sized = past.tried, past.variant, past.sized
 
     @staticmethod
     def _instructions(candidate: Candidate) -> dict[str, str]:
