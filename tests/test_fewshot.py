@@ -375,3 +375,42 @@ def test_on_validation_a_start_whose_demos_came_from_all_of_train_still_gets_new
     tried = [r for r in result.iterations if r.details.get("selected")]
     assert len(tried) == 3, [r.change_summary for r in result.iterations]
     assert len({r.fingerprint for r in tried} | {start.fingerprint}) == 4  # each a new set
+
+
+def test_set_size_order_follows_the_measured_scores():
+    """The largest size, then a quarter of it; then the untried size nearest the best-scoring one,
+    never beyond a size that scored lower (one peak), and a new set of the best size when none is left."""
+    from reflex_dspy.strategies.set_sizes import best_scores, size_order, sizes_within
+
+    sizes = sizes_within(16, 16)
+    assert size_order(sizes, {})[:2] == [16, 4]
+    assert size_order(sizes, {16: 0.75})[0] == 4
+    assert size_order(sizes, {16: 0.75, 4: 0.25})[0] == 12  # the old schedule's next was 8, then 2 and 1
+    assert size_order(sizes, {16: 0.75, 4: 0.25, 12: 0.5})[0] == 16  # 12 < 16 cuts off 8 and 6: redraw 16
+    assert size_order(sizes, {16: 0.5, 4: 0.875})[0] == 3  # the peak is small: its neighbours next
+    assert size_order(sizes, {16: 0.75, 4: 0.75})[0] == 12  # a tie cuts nothing off; the larger is the best
+    assert sizes_within(16, 6) == [6, 4, 2, 1, 3]  # capped sizes collapse onto the cap
+    assert best_scores([[4, 0.5], [4, 0.75], [16, 0.25]]) == {4: 0.75, 16: 0.25}
+
+
+def test_fewshot_searches_set_sizes_near_the_best_measured_on_validation():
+    """A task model that answers right only when shown at least 10 demos: after 16 demos scored and 4
+    did not, the sets stay at 10 or more once a smaller one (8) has scored lower, where the fixed
+    schedule (16, 4, 8, 2, 16, 1, ...) went on to 2 and 1. The sizes come from the validation scores
+    the strategy reads back (the run's own, no call more)."""
+
+    def needs_ten(system: str, messages: list[dict]) -> str:
+        text = messages[-1]["content"]
+        label = truth(text)  # never right on one label, so no set reaches the score threshold
+        return label if (len(messages) - 1) // 2 >= 10 and label != "technical" else "no idea"
+
+    opt = Reflex("exact", strategy=FewShot(set_kinds=["labeled", "random"], score_on_val=True),
+                 task_lm=fake_lm(needs_ten), reasoning_lm=fake_lm(refuses), max_iterations=7,
+                 train_ratio=0.8, val_ratio=8 / 30, early_stopping_patience=0, score_threshold=1.0)
+    result = opt.compile(program_from_prompt("Route it."), trainset=routing_examples(10)).result  # 16 / 8 / 6
+    tried = [r for r in result.iterations if r.details.get("selected")]
+    sizes = [r.details["set_size"] for r in tried]
+    scores = {r.details["set_size"]: r.val_score for r in tried}
+    assert sizes[:4] == [16, 4, 12, 8], sizes
+    assert scores[16] > 0 and scores[4] == 0 and scores[8] == 0, scores
+    assert all(k >= 10 for k in sizes[4:]) and len(sizes) == 7, sizes

@@ -1,6 +1,6 @@
 """A demo set's size, chosen from the scores the sizes tried so far measured.
 
-The first two sets spread out (the largest size that fits, then a quarter of it: `SIZE_SCHEDULE`),
+The first two sets spread out (the largest size that fits, then 4: `SIZE_SCHEDULE`'s first),
 so the two ends of the range are measured before anything is inferred. From then on the next size
 is the untried one nearest (on a log scale, the larger on ties) to the best-scoring size so far,
 among the sizes not cut off by a worse-scoring size on the far side: a size beyond one that scored
