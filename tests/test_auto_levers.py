@@ -168,7 +168,7 @@ def test_a_later_phase_of_an_axis_tries_what_the_earlier_ones_did_not(tmp_path):
     phase takes up the axis's memory (the rewrite log, the sets tried) and tries new candidates."""
     from fakes import routing_examples
 
-    # Phases of two iterations at most: a lone arm's rung (here iterative's, 25 calls an iteration) that
+    # Phases of two iterations at most: a lone arm's rung (here iterative's, 25-50 calls an iteration) that
     # ran until 20% of the budget is left would end the run converged before the axes are reopened.
     auto = Auto(axes=["iterative", "fewshot"], phase_iterations={"iterative": 2, "fewshot": 2})
     program = run_strategy(auto, counting_reasoner, respond=never_right, examples=routing_examples(16),

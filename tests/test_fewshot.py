@@ -378,7 +378,7 @@ def test_on_validation_a_start_whose_demos_came_from_all_of_train_still_gets_new
 
 
 def test_set_size_order_follows_the_measured_scores():
-    """The largest size, then a quarter of it; then the untried size nearest the best-scoring one,
+    """The largest size, then 4; then the untried size nearest the best-scoring one,
     never beyond a size that scored lower (one peak), and a new set of the best size when none is left."""
     from reflex_dspy.strategies.set_sizes import best_scores, size_order, sizes_within
 
@@ -414,3 +414,5 @@ def test_fewshot_searches_set_sizes_near_the_best_measured_on_validation():
     assert sizes[:4] == [16, 4, 12, 8], sizes
     assert scores[16] > 0 and scores[4] == 0 and scores[8] == 0, scores
     assert all(k >= 10 for k in sizes[4:]) and len(sizes) == 7, sizes
+    # A labeled set needs no bootstrap: its step costs one validation pass, read by the step and the run alike.
+    assert {r.metric_calls for r in tried if r.details["set_kind"] == "labeled"} == {8}

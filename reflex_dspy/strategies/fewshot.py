@@ -22,9 +22,10 @@ otherwise from the batch too, and the set is capped so that half of the batch is
 The candidate with the set is scored against the current one on the batch minus the source
 examples of either candidate's demos, so no demo is ever scored on its own example. It is kept
 only when strictly better. With `score_on_val` (auto sets it where validation decides what is
-handed on) a set is not scored on the batch at all: the run scores every candidate on
-validation, which never lends a demo, so a set may use every train example and costs one
-validation pass, as in BootstrapFewShotWithRandomSearch.
+handed on) a set is not scored on the batch at all: it is scored on validation, which never
+lends a demo, inside the step (the run's own validation score, so the lifecycle's is then free,
+and the step's cost shows it, as auto's phase shares need), so a set may use every train example
+and costs one validation pass, as in BootstrapFewShotWithRandomSearch.
 """
 
 from __future__ import annotations
