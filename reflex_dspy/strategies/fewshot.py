@@ -15,9 +15,9 @@ match); and a random restart (a random draw from both pools, as BootstrapFewShot
 does), so the search does not only refine the rule's own order. `set_kinds` sets the cycle's
 order; a bootstrap runs only when a set needs the pool, so a run that starts with labeled demos
 (auto's probe: the cheapest informative draw, DSPy's own second candidate) pays for none first.
-The set size is searched from measurements (`set_sizes`): the largest that fits, then 4, then
-the sizes nearest the best-scoring one so far. Demos come from train examples
-outside the batch when they make at least half a set, so every batch example is scored;
+The set size is searched from measurements (`set_sizes`): the largest that fits, then 4, then the
+sizes nearest the best-scoring one so far. Demos come from train examples outside the batch when
+they make at least half a set, so every batch example is scored;
 otherwise from the batch too, and the set is capped so that half of the batch is left to score on.
 The candidate with the set is scored against the current one on the batch minus the source
 examples of either candidate's demos, so no demo is ever scored on its own example. It is kept

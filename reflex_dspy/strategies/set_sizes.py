@@ -9,9 +9,9 @@ new set of the best size is drawn (another composition, as BootstrapFewShotWithR
 draws its sets at one size).
 
 Why: a fixed schedule spent the rungs of auto's demo axis on ever smaller sets whatever had been
-measured (on a 4-label routing task, after 16 demos scored 6 of 8 on validation and 4 demos 2 of 8, the
-next sets had 8, 2 and 1 demos: 5, 1 and 2 of 8), while the sizes near the best went untried. The
-choice is a function of the measured scores only; nothing asks a model.
+measured (on a 4-label routing task, after 16 demos scored 6 of 8 on validation and 4 demos 2 of
+8, the next sets had 8, 2 and 1 demos: 5, 1 and 2 of 8), while the sizes near the best went
+untried. The choice is a function of the measured scores only; nothing asks a model.
 """
 
 from __future__ import annotations
