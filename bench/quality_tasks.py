@@ -12,6 +12,9 @@ on the prompt, and every initial instruction leaves out what the metric checks.
   "1234.5 USD", "EUR 980"); the metric wants the number alone with two decimals ("1234.50"),
   the instruction only says "find the amount paid".
 
+Held out (`HELD_OUT`), not in the headline: `facility_sentiment`, a balanced 48-email slice of the
+same file (16 each of negative / neutral / positive sentiment); the instruction never names the labels.
+
 Outputs are plain `str` fields (a `Literal` would state the label set in the JSON schema).
 """
 
@@ -125,6 +128,13 @@ class FacilityUrgency(dspy.Signature):
     urgency: str = dspy.OutputField()
 
 
+class FacilitySentiment(dspy.Signature):
+    """Read the email sent to a facility services company and say what its sentiment is."""
+
+    email: str = dspy.InputField()
+    sentiment: str = dspy.OutputField()
+
+
 class Amounts(dspy.Signature):
     """Find the amount paid in the message."""
 
@@ -132,16 +142,25 @@ class Amounts(dspy.Signature):
     amount: str = dspy.OutputField()
 
 
-def _facility() -> list[dspy.Example]:
+def _facility_slice(key: str, levels: tuple[str, ...], prefix: str) -> list[dspy.Example]:
+    """A balanced slice of facility_support.json: the first SIZE / len(levels) emails of each level of `key`."""
     rows = json.loads(FACILITY.read_text())
-    by_level: dict[str, list[dict]] = {"low": [], "medium": [], "high": []}
+    by_level: dict[str, list[dict]] = {level: [] for level in levels}
     for r in rows:
-        level = json.loads(r["answer"])["urgency"]
-        if len(by_level[level]) < SIZE // 3:
+        level = json.loads(r["answer"])[key]
+        if len(by_level[level]) < SIZE // len(levels):
             by_level[level].append(r)
     picked = [r for level in by_level.values() for r in level]
-    return [dspy.Example(id=f"f{i}", email=r["fields"]["input"], urgency=json.loads(r["answer"])["urgency"])
+    return [dspy.Example(id=f"{prefix}{i}", email=r["fields"]["input"], **{key: json.loads(r["answer"])[key]})
             .with_inputs("email") for i, r in enumerate(picked)]
+
+
+def _facility() -> list[dspy.Example]:
+    return _facility_slice("urgency", ("low", "medium", "high"), "f")
+
+
+def _facility_sentiment() -> list[dspy.Example]:
+    return _facility_slice("sentiment", ("negative", "neutral", "positive"), "s")
 
 
 PAYERS = ["Anna", "The Lopez family", "Our school", "Mr. Chen", "The bakery", "A neighbour", "Dr. Okafor", "The club"]
@@ -174,7 +193,12 @@ TASKS = {
     "facility_urgency": Task("facility_urgency", FacilityUrgency, _facility, "urgency"),
     "amounts": Task("amounts", Amounts, _amounts, "amount"),
 }
-SHARED_DATA = {"web_of_lies": WEB_OF_LIES, "facility_urgency": FACILITY}
+# Held out: never looked at while auto was changed; measured once, after, to see whether what
+# auto does carries over to a task it was not adjusted on (results in bench/results/held-out).
+HELD_OUT = {
+    "facility_sentiment": Task("facility_sentiment", FacilitySentiment, _facility_sentiment, "sentiment"),
+}
+SHARED_DATA = {"web_of_lies": WEB_OF_LIES, "facility_urgency": FACILITY, "facility_sentiment": FACILITY}
 
 
 def available() -> list[str]:
