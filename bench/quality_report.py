@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quality import DSPY, DSPY_LIGHT, OPTIMIZERS, REFLEX
-from quality_tasks import TASKS
+from quality_tasks import HELD_OUT, TASKS
 from report import _table, bar_plot, scatter_plot
 from scipy.stats import binomtest
 
@@ -230,33 +230,53 @@ def section(results: list[dict[str, Any]], plots: Path, source: str, prefix: str
               *(best_single(summary, tasks, results) or ["Not measured yet."]), "",
               "### auto's axis choices", "", *(axis_choices(results) or ["No auto run recorded its phases yet."]), ""]
     for task in tasks:
-        lines += [f"### {task}", ""]
-        if not any((task, opt) in summary for opt in OPTIMIZERS):
-            lines += ["Only the baseline has been measured so far.", ""]
+        lines += task_block(summary, task, plots, prefix)
+    return lines
+
+
+
+def held_out_section(results: list[dict[str, Any]], plots: Path, source: str, prefix: str = "held-out") -> list[str]:
+    """The held-out tasks (`quality_tasks.HELD_OUT`), measured once after auto's changes: the same
+    headline row and per-task table as the bench's tasks, apart from them."""
+    tasks = [t for t in HELD_OUT if any(r["task"] == t for r in results)]
+    if not tasks:
+        return []
+    summary = summarize(results)
+    lines = ["### Held-out task: measured once, never tuned on", "", source, "",
+             *(headline(summary, tasks, results) or ["No held-out task has both auto and a DSPy optimizer yet."]), "",
+             *(axis_choices(results) or []), ""]
+    for task in tasks:
+        lines += task_block(summary, task, plots, prefix)
+    return lines
+
+def task_block(summary: dict[tuple[str, str], dict[str, Any]], task: str, plots: Path, prefix: str) -> list[str]:
+    """One task's table (every optimizer that ran it) and its score-versus-calls plot."""
+    lines = [f"### {task}", ""]
+    if not any((task, opt) in summary for opt in OPTIMIZERS):
+        return lines + ["Only the baseline has been measured so far.", ""]
+    rows, points = [], []
+    base = None
+    for opt in OPTIMIZERS:
+        s = summary.get((task, opt))
+        if s is None:
             continue
-        rows, points = [], []
-        base = None
-        for opt in OPTIMIZERS:
-            s = summary.get((task, opt))
-            if s is None:
-                continue
-            if not s["n"]:
-                rows.append([opt, "—", "—", "—", "—", "—", "—", "—", f"0 (failed: {s['errors'][0][:80]})"])
-                continue
-            base = s["before"]
-            rows.append([opt, f"{s['before']:.3f}", _pm(s["after"], s["after_sd"]), _pm(s["gain"], s["gain_sd"], "{:+.3f}"),
-                         f"{s['calls']:.0f}", f"{s['task_calls']:.0f}", f"{s['tokens'] / 1000:.1f}k",
-                         f"{s['wall']:.0f} s", f"{s['n']}" + (f" ({len(s['errors'])} failed)" if s["errors"] else "")
-                         + (f", {s['failures']} unparsed test answers" if s["failures"] else "")])
-            color = "#1f77b4" if opt in REFLEX else "#d62728"
-            label = opt if opt in REFLEX else {"BootstrapFewShotWithRandomSearch": "BFS-RS"}.get(opt, opt)
-            points.append((label, s["calls"], s["after"], s["after_lo"], s["after_hi"], color))
-        lines += _table(["optimizer", "test before", "test after (mean ± sd)", "gain", "metric calls",
-                         "task-model calls", "LM tokens", "wall", "seeds"], rows)
-        if points:
-            (plots / f"{prefix}-{task}.svg").write_text(scatter_plot(
-                points, f"{task}: test score vs metric calls (blue: reflex, red: DSPy)", "search metric calls",
-                "test score (bar: min–max over seeds)", hline=base))
-            lines += ["", f"![{task}: score vs metric calls](benchmarks/{prefix}-{task}.svg)"]
-        lines.append("")
+        if not s["n"]:
+            rows.append([opt, "—", "—", "—", "—", "—", "—", "—", f"0 (failed: {s['errors'][0][:80]})"])
+            continue
+        base = s["before"]
+        rows.append([opt, f"{s['before']:.3f}", _pm(s["after"], s["after_sd"]), _pm(s["gain"], s["gain_sd"], "{:+.3f}"),
+                     f"{s['calls']:.0f}", f"{s['task_calls']:.0f}", f"{s['tokens'] / 1000:.1f}k",
+                     f"{s['wall']:.0f} s", f"{s['n']}" + (f" ({len(s['errors'])} failed)" if s["errors"] else "")
+                     + (f", {s['failures']} unparsed test answers" if s["failures"] else "")])
+        color = "#1f77b4" if opt in REFLEX else "#d62728"
+        label = opt if opt in REFLEX else {"BootstrapFewShotWithRandomSearch": "BFS-RS"}.get(opt, opt)
+        points.append((label, s["calls"], s["after"], s["after_lo"], s["after_hi"], color))
+    lines += _table(["optimizer", "test before", "test after (mean ± sd)", "gain", "metric calls",
+                     "task-model calls", "LM tokens", "wall", "seeds"], rows)
+    if points:
+        (plots / f"{prefix}-{task}.svg").write_text(scatter_plot(
+            points, f"{task}: test score vs metric calls (blue: reflex, red: DSPy)", "search metric calls",
+            "test score (bar: min–max over seeds)", hline=base))
+        lines += ["", f"![{task}: score vs metric calls](benchmarks/{prefix}-{task}.svg)"]
+    lines.append("")
     return lines

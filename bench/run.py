@@ -28,6 +28,7 @@ import report  # noqa: E402
 from workloads import ROOT, quality_models  # noqa: E402
 
 QUALITY_RESULTS = ROOT / "bench" / "results" / "quality-150"  # 16/8/24 splits, 150 calls (issue 16)
+HELD_OUT_RESULTS = ROOT / "bench" / "results" / "held-out"  # quality_tasks.HELD_OUT, same settings
 DOC = ROOT / "docs" / "benchmarks.md"
 
 MODES = {
@@ -130,7 +131,11 @@ def quality_section(mode: str, args: argparse.Namespace, step) -> list[str]:
     results = quality.load(args.quality_results)
     if args.out.resolve() == DOC:
         _update_readme(quality_report.headline(quality_report.summarize(results), tasks, results))
-    return quality_report.section(results, plots, source)
+    held_out = quality_report.held_out_section(
+        quality.load(HELD_OUT_RESULTS), plots,
+        f"Run with `python bench/quality_one.py TASK OPTIMIZER SEED --results {HELD_OUT_RESULTS.relative_to(ROOT)}` "
+        "on the settings above, after the changes to auto the tables above measured, and not used to make any.")
+    return quality_report.section(results, plots, source) + held_out
 
 
 def _update_readme(table: list[str]) -> None:
