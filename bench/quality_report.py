@@ -234,7 +234,6 @@ def section(results: list[dict[str, Any]], plots: Path, source: str, prefix: str
     return lines
 
 
-
 def held_out_section(results: list[dict[str, Any]], plots: Path, source: str, prefix: str = "held-out") -> list[str]:
     """The held-out tasks (`quality_tasks.HELD_OUT`), measured once after auto's changes: the same
     headline row and per-task table as the bench's tasks, apart from them."""
@@ -248,6 +247,7 @@ def held_out_section(results: list[dict[str, Any]], plots: Path, source: str, pr
     for task in tasks:
         lines += task_block(summary, task, plots, prefix)
     return lines
+
 
 def task_block(summary: dict[tuple[str, str], dict[str, Any]], task: str, plots: Path, prefix: str) -> list[str]:
     """One task's table (every optimizer that ran it) and its score-versus-calls plot."""
@@ -269,8 +269,7 @@ def task_block(summary: dict[tuple[str, str], dict[str, Any]], task: str, plots:
                      f"{s['wall']:.0f} s", f"{s['n']}" + (f" ({len(s['errors'])} failed)" if s["errors"] else "")
                      + (f", {s['failures']} unparsed test answers" if s["failures"] else "")])
         color = "#1f77b4" if opt in REFLEX else "#d62728"
-        label = opt if opt in REFLEX else {"BootstrapFewShotWithRandomSearch": "BFS-RS"}.get(opt, opt)
-        points.append((label, s["calls"], s["after"], s["after_lo"], s["after_hi"], color))
+        points.append((_short(opt), s["calls"], s["after"], s["after_lo"], s["after_hi"], color))
     lines += _table(["optimizer", "test before", "test after (mean ± sd)", "gain", "metric calls",
                      "task-model calls", "LM tokens", "wall", "seeds"], rows)
     if points:
