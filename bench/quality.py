@@ -30,7 +30,7 @@ from typing import Any
 
 import dspy
 import quality_tasks
-from quality_tasks import HELD_OUT, TASKS, Task
+from quality_tasks import ALL_TASKS, Task
 
 REFLEX = ["auto", "fewshot", "joint", "pdo", "iterative", "structural", "gepa"]
 DSPY = ["BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA", "COPRO"]  # sized to the budget
@@ -223,7 +223,7 @@ def run(out: Path, *, tasks: Iterable[str], optimizers: Iterable[str], seeds: It
     meters: dict[str, Meter] = {}
     for seed in seeds:
         for name in tasks:
-            task = TASKS[name] if name in TASKS else HELD_OUT[name]
+            task = ALL_TASKS[name]
             for optimizer in ["baseline", *optimizers]:
                 path = out / f"{name}-{optimizer}-s{seed}.json"
                 if path.exists():

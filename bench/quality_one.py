@@ -17,7 +17,7 @@ from run import QUALITY_RESULTS  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=[*quality_tasks.TASKS, *quality_tasks.HELD_OUT])
+    parser.add_argument("task", choices=list(quality_tasks.ALL_TASKS))
     parser.add_argument("optimizer", choices=quality.OPTIMIZERS)
     parser.add_argument("seeds", type=int, nargs="+")
     parser.add_argument("--results", type=Path, default=QUALITY_RESULTS)

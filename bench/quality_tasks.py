@@ -198,6 +198,7 @@ TASKS = {
 HELD_OUT = {
     "facility_sentiment": Task("facility_sentiment", FacilitySentiment, _facility_sentiment, "sentiment"),
 }
+ALL_TASKS = {**TASKS, **HELD_OUT}  # what a single run may name
 SHARED_DATA = {"web_of_lies": WEB_OF_LIES, "facility_urgency": FACILITY, "facility_sentiment": FACILITY}
 
 
