@@ -82,6 +82,20 @@ class OptimizerConfig(BaseModel):
             return AUTO_BUDGET_FACTORS[self.auto_budget] * max(n_search_examples, 1)
         return None
 
+    def for_budget(self, budget: int | None) -> OptimizerConfig:
+        """This config with `max_iterations` raised to `budget` when the user gave a metric-call
+        budget and left `max_iterations` at its default.
+
+        A budget is the limit a user asked for: under the default cap of 10 iterations, auto (whose
+        phases are iterations) could end a run with a third of its budget unspent. An iteration
+        that scores anything new costs at least one call, so `budget` iterations never end a run
+        before its calls do; iterations that only hit the cache end by patience or by the strategy.
+        A `max_iterations` the user set is kept as is.
+        """
+        if budget is None or "max_iterations" in self.model_fields_set or budget <= self.max_iterations:
+            return self
+        return self.model_copy(update={"max_iterations": budget})
+
     def public_dict(self) -> dict[str, Any]:
         """Everything safe to persist: the API key is excluded by the field definition."""
         return self.model_dump(mode="json")

@@ -93,6 +93,7 @@ class RunLifecycle:
         self.task_lm, self.answer_max_tokens = answer_budget.capped(
             self.task_lm, answer_budget.label_answer_budget(student, self.initial.predictors, facts))
         budget = cfg.metric_call_budget(len(self.splits.train) + len(self.splits.val))
+        self.config = cfg = cfg.for_budget(budget)  # a budget the user gave is the limit, not 10 iterations
         self.evaluator = Evaluator(
             student,
             self.metric,

@@ -107,6 +107,20 @@ def test_dry_run_calls_no_model_and_writes_nothing(capsys, task, models, tmp_pat
     assert not task.run_dir.exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize(("flags", "limit", "reasoning"), [
+    ("--max-metric-calls 40", "auto, as many iterations as the budget allows", 9),
+    ("--max-metric-calls 40 --max-iterations 3", "auto, up to 3 iterations", 9),
+    ("", "auto, up to 10 iterations", 30),
+])
+def test_dry_run_says_what_limits_the_iterations(capsys, task, models, flags, limit, reasoning):
+    """With a budget and no --max-iterations the budget is the limit; reasoning calls are estimated
+    for the iterations the calls afford (train 9 / val 1: 19 calls an iteration, 3 fit in 40)."""
+    code, out, _ = cli(capsys, "optimize", task.data, task.prompt, "-m fake/task --metric exact --dry-run",
+                       flags, *task.flags)
+    assert code == 0 and "train 9 / val 1" in out and limit in out, out
+    assert f"about {reasoning} reasoning calls" in out
+
+
 def test_optimize_hands_reflex_the_run_layout_tracking_and_metadata(
     capsys, task, models, recorder, tmp_path, monkeypatch
 ):

@@ -78,7 +78,8 @@ def _search_flags(g: _Group, *, strategy_required: bool = False) -> None:
         "-p", "--strategy-param", action=_ParamAction, metavar="KEY=VALUE",
         help="a strategy parameter (repeatable; VALUE is JSON or text), e.g. -p duels_per_round=2",
     )
-    g.add_argument("--max-iterations", type=int, help="iterations of the search (default 10)")
+    g.add_argument("--max-iterations", type=int,
+                   help="iterations of the search (default 10; with a metric-call budget, as many as it allows)")
     g.add_argument("--early-stopping-patience", type=int, help="stop after N iterations without val gain (3)")
     g.add_argument("--batch-size", type=int, help="examples per iteration (0 = all of train)")
     g.add_argument("--full-eval-steps", type=int, help="full train evaluation every N iterations")

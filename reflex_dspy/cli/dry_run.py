@@ -36,18 +36,25 @@ def check_keys(models: dict[str, dspy.BaseLM]) -> None:
 
 
 def estimate(config: OptimizerConfig, splits: Splits, n_task_models: int, n_targets: int) -> dict[str, Any]:
-    """Upper-bound LM calls: reporting evaluations, target benchmark, and the search (capped by the budget)."""
+    """Upper-bound LM calls: reporting evaluations, target benchmark, and the search (capped by the budget).
+
+    `iterations` is the run's iteration limit (`OptimizerConfig.for_budget`); the reasoning calls
+    are counted for the iterations the search calls afford, three each at most.
+    """
     train, val, test = len(splits.train), len(splits.val), len(splits.test)
+    budget = config.metric_call_budget(train + val)
+    limit = config.for_budget(budget).max_iterations
     batch = min(config.batch_size or train, train)
     reporting = 2 * config.eval_runs * test * n_task_models
     benchmark = (n_task_models + n_targets) * (train + val) if n_targets else 0
     # Per iteration: the proposal scored on the batch (its parent is usually cached), plus val.
-    search = (val + config.max_iterations * (2 * batch + val)) * n_task_models
-    budget = config.metric_call_budget(train + val)
+    per_iteration = (2 * batch + val) * n_task_models
+    search = val * n_task_models + limit * per_iteration
     if budget is not None:
         search = min(search, budget)
+    afforded = min(limit, max(1, -(-(search - val * n_task_models) // max(per_iteration, 1))))
     return {"reporting": reporting, "benchmark": benchmark, "search": search, "budget": budget,
-            "reasoning": 3 * config.max_iterations}
+            "iterations": limit, "reasoning": 3 * afforded}
 
 
 def report(
@@ -78,8 +85,11 @@ def report(
     _line("reasoning model", describe_lm(models["reasoning"]))
     judge = models["judge"]
     _line("metric", f"judge {describe_lm(judge)}" if judge else ", ".join(spec.metric_spec))
-    n = config.max_iterations
-    _line("strategy", f"{config.strategy}, up to {n} iteration{'' if n == 1 else 's'}")
+    cost = estimate(config, splits, len(task), len(targets))
+    n = cost["iterations"]
+    limit = "as many iterations as the budget allows" if n > config.max_iterations else \
+        f"up to {n} iteration{'' if n == 1 else 's'}"
+    _line("strategy", f"{config.strategy}, {limit}")
     if targets:
         _line("target", f"the best of {', '.join([*task, *targets])} on train+val (benchmarked first)")
     else:
@@ -88,7 +98,6 @@ def report(
     if config.min_holdout_improvement is not None:
         gate = "" if getattr(args, "force_output", False) else "; -o is written only when promoted"
         _line("promotion", f"held-out improvement ≥ {config.min_holdout_improvement:+.4f}, significant{gate}")
-    cost = estimate(config, splits, len(task), len(targets))
     budget = f"budget {cost['budget']}" if cost["budget"] is not None else "no budget"
     _line("estimated calls", f"at most {cost['search']} search metric calls ({budget}), "
           f"{cost['reporting']} for baseline and final on test"
