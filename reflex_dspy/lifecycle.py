@@ -94,6 +94,8 @@ class RunLifecycle:
             self.task_lm, answer_budget.label_answer_budget(student, self.initial.predictors, facts))
         budget = cfg.metric_call_budget(len(self.splits.train) + len(self.splits.val))
         self.config = cfg = cfg.for_budget(budget)  # a budget the user gave is the limit, not 10 iterations
+        # An iteration cap of at least the budget never binds first: progress then shows no cap.
+        self.budget_limits_iterations = budget is not None and cfg.max_iterations >= budget
         self.evaluator = Evaluator(
             student,
             self.metric,
@@ -167,7 +169,7 @@ class RunLifecycle:
         return {
             "phase": self.phase,
             "iteration": len(self.records),
-            "max_iterations": self.config.max_iterations,
+            "max_iterations": None if self.budget_limits_iterations else self.config.max_iterations,
             "search_calls": self.evaluator.usage.search_calls,
             "metric_calls": self.evaluator.usage.metric_calls,
             "budget": self.evaluator.budget,

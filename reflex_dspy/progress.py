@@ -25,10 +25,12 @@ QUIET_SECONDS = 30.0
 
 
 def status_text(state: dict[str, Any]) -> str:
-    """`iter 3/10 · calls 40/100 · best 0.800 · reasoning model thinking 12s`, from a heartbeat."""
+    """`iter 3/10 · calls 40/100 · best 0.800 · reasoning model thinking 12s`, from a heartbeat
+    (`iter 3` alone when the budget, not an iteration count, limits the run)."""
     parts = []
     if state.get("iteration"):
-        parts.append(f"iter {state['iteration']}/{state['max_iterations']}")
+        cap = state.get("max_iterations")
+        parts.append(f"iter {state['iteration']}" + (f"/{cap}" if cap else ""))
     if state.get("budget"):
         parts.append(f"calls {state['search_calls']}/{state['budget']}")
     elif state.get("metric_calls"):

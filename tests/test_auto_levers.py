@@ -215,26 +215,43 @@ def test_a_run_that_converges_has_spent_four_fifths_of_its_whole_budget(tmp_path
     assert "converged" in auto._finish_reason(SimpleNamespace(budget_left=15, **vars(ctx)), iteration=20)
 
 
-def test_a_budget_is_the_limit_when_max_iterations_is_left_at_its_default(tmp_path):
+def test_a_budget_is_the_limit_when_max_iterations_is_left_at_its_default(tmp_path, monkeypatch):
     """auto's phases are iterations: with the default cap of 10 a run ended after its probes and
     three more phases, a third of its budget unspent. Left at its default, `max_iterations`
-    rises to the budget (and says so in the run's config); a cap the user sets is kept."""
+    rises to the budget (the run's config says so; progress shows no iteration cap); a cap the
+    user sets is kept."""
     from fakes import routing_examples
+
+    import reflex_dspy.lifecycle
+    from reflex_dspy.progress import status_text
+    from reflex_dspy.tracking import Tracker
+
+    class Beats(Tracker):
+        def __init__(self):
+            self.beats = []
+
+        def on_heartbeat(self, state):
+            self.beats.append(state)
 
     def demos_help_most(system: str, messages: list[dict]) -> str:  # every fourth customer: never right
         number = int(re.search(r"Customer (\d+)", messages[-1]["content"]).group(1))
         return "unsure" if number % 4 == 0 else demos_only(system, messages)
 
     def run(**cap):
+        beats = Beats()
         result = run_strategy(Auto(), unhelpful_reasoner, respond=demos_help_most, examples=routing_examples(16),
                               run_dir=tmp_path, mlflow=False, max_metric_calls=400, train_ratio=0.5,
-                              val_ratio=1 / 6, max_workers=1, **cap).result
-        return result, RunStore(tmp_path).get_run(result.run_id).load_config()["optimizer_config"]
+                              val_ratio=1 / 6, max_workers=1, trackers=(beats,), **cap).result
+        shown = [status_text(b) for b in beats.beats if b["iteration"]]
+        return result, RunStore(tmp_path).get_run(result.run_id).load_config()["optimizer_config"], shown
 
-    free, recorded = run()
+    monkeypatch.setattr(reflex_dspy.lifecycle, "HEARTBEAT_SECONDS", 0.02)
+    free, recorded, shown = run()
     assert free.stop_reason != "max iterations" and len(free.iterations) > 10, free.stop_reason
     assert free.usage["search_calls"] >= 0.8 * 400, free.usage
     assert recorded["max_iterations"] == 400
-    capped, recorded = run(max_iterations=10)
+    assert shown and all(re.match(r"iter \d+ · calls \d+/400", line) for line in shown), shown[:3]
+    capped, recorded, shown = run(max_iterations=10)
     assert capped.stop_reason == "max iterations" and len(capped.iterations) == 10
     assert recorded["max_iterations"] == 10
+    assert shown and all(re.match(r"iter \d+/10 · calls", line) for line in shown), shown[:3]
