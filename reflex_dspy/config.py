@@ -96,6 +96,11 @@ class OptimizerConfig(BaseModel):
             return self
         return self.model_copy(update={"max_iterations": budget})
 
+    def budget_binds(self, budget: int | None) -> bool:
+        """Whether the budget, not an iteration count, limits the run: a cap of at least the budget
+        never binds first, so progress and dry runs show none."""
+        return budget is not None and self.for_budget(budget).max_iterations >= budget
+
     def public_dict(self) -> dict[str, Any]:
         """Everything safe to persist: the API key is excluded by the field definition."""
         return self.model_dump(mode="json")

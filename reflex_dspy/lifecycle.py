@@ -94,8 +94,7 @@ class RunLifecycle:
             self.task_lm, answer_budget.label_answer_budget(student, self.initial.predictors, facts))
         budget = cfg.metric_call_budget(len(self.splits.train) + len(self.splits.val))
         self.config = cfg = cfg.for_budget(budget)  # a budget the user gave is the limit, not 10 iterations
-        # An iteration cap of at least the budget never binds first: progress then shows no cap.
-        self.budget_limits_iterations = budget is not None and cfg.max_iterations >= budget
+        self.budget_limits_iterations = cfg.budget_binds(budget)  # then progress shows no iteration cap
         self.evaluator = Evaluator(
             student,
             self.metric,

@@ -87,7 +87,7 @@ def report(
     _line("metric", f"judge {describe_lm(judge)}" if judge else ", ".join(spec.metric_spec))
     cost = estimate(config, splits, len(task), len(targets))
     n = cost["iterations"]
-    limit = "as many iterations as the budget allows" if n > config.max_iterations else \
+    limit = "as many iterations as the budget allows" if config.budget_binds(cost["budget"]) else \
         f"up to {n} iteration{'' if n == 1 else 's'}"
     _line("strategy", f"{config.strategy}, {limit}")
     if targets:
