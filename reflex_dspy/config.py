@@ -87,7 +87,7 @@ class OptimizerConfig(BaseModel):
         budget and left `max_iterations` at its default.
 
         A budget is the limit a user asked for: under the default cap of 10 iterations, auto (whose
-        phases are iterations) could end a run with a third of its budget unspent. An iteration
+        phases are iterations) could end a run with over a third of its budget unspent. An iteration
         that scores anything new costs at least one call, so `budget` iterations never end a run
         before its calls do; iterations that only hit the cache end by patience or by the strategy.
         A `max_iterations` the user set is kept as is.
