@@ -31,6 +31,7 @@ from reflex_dspy.heartbeat import Heartbeat
 from reflex_dspy.marking import select_predictors
 from reflex_dspy.measurement import measure
 from reflex_dspy.metrics import label_fields
+from reflex_dspy.program_inputs import check_inputs
 from reflex_dspy.proposals import Proposer, TaskFacts
 from reflex_dspy.result import IterationRecord, RunResult, promotion_report
 from reflex_dspy.run_info import describe_lm, run_info, trial_line
@@ -75,10 +76,13 @@ class RunLifecycle:
         self.task_lm, self.reasoning_lm = owner.task_lm, owner.reasoning_lm
         self.metric, self.strategy = owner.metric, owner.strategy
 
-        examples = assign_ids(list(trainset))
-        if not examples:
+        trainset, valset = list(trainset), list(valset) if valset is not None else None
+        if not trainset:
             raise UsageError("the trainset is empty")
-        val_override = assign_ids(list(valset)) if valset is not None else None
+        check_inputs(student, trainset, "trainset")  # before any model call (program_inputs.py)
+        check_inputs(student, valset or [], "valset")
+        examples = assign_ids(trainset)
+        val_override = assign_ids(valset) if valset is not None else None
         self.splits = split_dataset(
             examples, train_ratio=cfg.train_ratio, val_ratio=cfg.val_ratio, seed=cfg.seed, valset=val_override,
             pinned=splits,

@@ -1,0 +1,75 @@
+"""Do the examples fit the program's inputs? Checked before any model call.
+
+DSPy calls a program as `program(**example.inputs())`. An example with no inputs marked fails
+only when it is first run, and one whose input names differ from the program's (`input` where
+the signature says `message`) is run anyway: DSPy logs a warning, drops the unknown field and
+asks the model with the real one missing, so every answer is paid for and scored on nothing.
+A user would rather hear it at once, in one line, naming the example and the field.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import dspy
+from dspy.adapters.utils import annotation_allows_none
+from pydantic_core import PydanticUndefined
+
+from reflex_dspy.errors import UsageError
+
+__all__ = ["check_inputs", "program_inputs"]
+
+
+def _signature_inputs(signature: type[dspy.Signature]) -> tuple[set[str], set[str]]:
+    """(required, accepted) by DSPy's own rule: a field with a default or that allows None may be left out."""
+    fields = signature.input_fields
+    required = {name for name, info in fields.items()
+                if info.default is PydanticUndefined and not annotation_allows_none(info.annotation)}
+    return required, set(fields)
+
+
+def program_inputs(program: dspy.Module) -> tuple[set[str], set[str] | None] | None:
+    """(required, accepted) input names of `program`; accepted is None when any name is taken.
+
+    None when they cannot be known without running it (a `forward(**kwargs)` that is neither a
+    DSPy predictor nor a module that keeps its signature), so a program we cannot read is never refused.
+    """
+    if isinstance(program, dspy.Predict):
+        return _signature_inputs(program.signature)
+    if isinstance(program, dspy.ChainOfThought):
+        return _signature_inputs(program.predict.signature)
+    # The class's function, not `program.forward`: DSPy warns when a module's forward is fetched.
+    params = [p for p in list(inspect.signature(type(program).forward).parameters.values())[1:]
+              if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    named = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if named:
+        required = {p.name for p in named if p.default is inspect.Parameter.empty}
+        takes_any = len(named) < len(params)
+        return required, None if takes_any else {p.name for p in named}
+    signature = getattr(program, "signature", None)  # ReAct, ProgramOfThought and the like keep theirs
+    if isinstance(signature, type) and issubclass(signature, dspy.Signature):
+        return _signature_inputs(signature)
+    return None
+
+
+def check_inputs(program: dspy.Module, examples: Sequence[dspy.Example], where: str) -> None:
+    """Raise a one-line `UsageError` naming the first of `examples` (in `where`, e.g. "trainset")
+    that has no inputs marked or whose inputs do not fit `program`'s."""
+    expected = program_inputs(program)
+    for index, example in enumerate(examples):
+        if getattr(example, "_input_keys", None) is None:
+            names = ", ".join(repr(k) for k in example.keys())  # noqa: SIM118 - keys() leaves out dspy_* fields
+            raise UsageError(f"{where} example {index}: no input fields marked: call .with_inputs(...) "
+                             f"naming the program's inputs among its fields ({names})")
+        if expected is None:
+            continue
+        required, accepted = expected
+        given = set(example.inputs().keys())
+        missing = sorted(required - given)
+        unknown = sorted(given - accepted) if accepted is not None else []
+        if missing or unknown:
+            problems = [f"the program's input {name!r} is missing" for name in missing]
+            problems += [f"{name!r} is not an input of the program" for name in unknown]
+            takes = ", ".join(sorted(accepted if accepted is not None else required))
+            raise UsageError(f"{where} example {index}: {'; '.join(problems)} (it takes: {takes})")
