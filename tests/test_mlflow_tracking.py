@@ -357,6 +357,23 @@ def test_program_is_logged_as_a_model_without_any_key(tracker, tmp_path, monkeyp
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////nowhere/users-own.db"
 
 
+def test_an_lm_in_dspy_settings_that_cannot_be_pickled_does_not_stop_the_model(tracker, tmp_path):
+    """MLflow's DSPy flavor pickles all of `dspy.settings`; a user's `dspy.configure(lm=...)` with a
+    custom engine holding a lock made it fail ("cannot pickle '_thread.lock'") and the model was lost."""
+    import threading
+
+    from fakes import fake_lm
+
+    lm = fake_lm(lambda system, messages: "answer")
+    lm.fake_engine.guard = threading.Lock()  # FakeEngine has one already; this keeps the test honest if it goes
+    program = dspy.Predict("question -> answer", instructions=PROMPTS[2])
+    with dspy.context(lm=lm):
+        full_run(tracker, tmp_path / "runs" / "008_x", "008", program=program)
+        assert dspy.settings.lm is lm  # the settings are the user's again afterwards
+    tags = client_for(tracker).get_run(tracker.run_id).data.tags
+    assert tags["reflex.dspy_model"] == "logged", tags["reflex.dspy_model"]
+
+
 def test_without_mlflow_model_flavors_the_program_is_not_logged_and_nothing_warns(tracker, tmp_path, monkeypatch,
                                                                                  caplog):
     """mlflow-skinny (the README's first line) has no model flavors: `mlflow.models` lacks

@@ -95,7 +95,14 @@ def _flavor(secrets: set[str]) -> types.SimpleNamespace:
     import mlflow.dspy
 
     def save_model(path: str, mlflow_model: Any = None, validate_serving_input: bool = False, **kwargs: Any):
-        mlflow.dspy.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        # The flavor pickles all of `dspy.settings`: an LM configured with `dspy.configure` that
+        # cannot be pickled (a custom engine holding a lock) would make it fail; only the portable
+        # part is in the settings while it saves (a thread-local override, gone afterwards).
+        import dspy
+
+        portable = {key: None for key in dspy.settings.config} | portable_settings()
+        with dspy.context(**portable):
+            mlflow.dspy.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
         settings_file = Path(path) / "data" / SETTINGS_FILE
         with open(settings_file, "wb") as f:
             cloudpickle.dump(portable_settings(), f)
