@@ -17,10 +17,12 @@ from typing import Any
 
 import dspy
 
-from reflex_dspy.errors import ProviderAuthError
+from reflex_dspy.data import example_id
+from reflex_dspy.errors import MetricError, ProviderAuthError
 from reflex_dspy.eval_results import plain_output, usage_totals
 from reflex_dspy.ledger import Ledger
 from reflex_dspy.metrics import MetricFailure, call_metric
+from reflex_dspy.metrics.base import clip
 from reflex_dspy.retries import EmptyReply, RetryPolicy, classify_error, is_rate_limit, short_error
 from reflex_dspy.throttle import AdaptiveLimit
 from reflex_dspy.trace import AgentTrace, using_trace
@@ -105,8 +107,9 @@ class Attempts:
                     kind = classify_error(exc)
                     if kind == "auth":
                         raise ProviderAuthError(f"the provider refused the credentials: {short_error(exc)}") from exc
-                    if kind != "transient":
-                        raise
+                    if kind != "transient":  # the metric's own bug: stop, saying on which example
+                        raise MetricError(f"the metric raised {short_error(exc)} on example "
+                                          f"{example_id(example)} ({_inputs_text(example)})") from exc
                     error, scored = exc, None
             c, t = usage_totals(tracker)
             calls, tokens = calls + c, tokens + t
@@ -164,3 +167,8 @@ def _has_answer(prediction: Any) -> bool:
     if not output:
         return True  # a program without declared outputs: nothing to judge here
     return any(v is not None and (not isinstance(v, str) or v.strip()) for v in output.values())
+
+
+def _inputs_text(example: dspy.Example) -> str:
+    """The example's inputs, short, so a user can find it in the data: `input="Customer 3: …"`."""
+    return ", ".join(f"{name}={clip(str(value), 60)}" for name, value in example.inputs().items())

@@ -9,6 +9,11 @@ class UsageError(ReflexError, ValueError):
     """Bad input: a file, line, field or value the user must fix. One line, names the culprit."""
 
 
+class MetricError(ReflexError):
+    """The metric raised (not a `MetricFailure`, not a provider's transient error): a bug in the
+    metric or the data it reads. The run stops, naming the example; the metric's error is the cause."""
+
+
 class ProviderAuthError(ReflexError):
     """The provider refused our credentials (401/403): retrying cannot help, the run stops."""
 

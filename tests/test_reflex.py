@@ -226,3 +226,26 @@ def test_the_control_is_not_scored_against_itself():
     _, record = run_controlled(["", parrot, "RAW:{"])
     assert "proposals were rejected" in record.change_summary and record.score == 1.0
     assert record.details["grounded_control"] is None and "Control:" not in record.reasoning
+
+
+def test_a_metric_that_raises_stops_the_run_naming_the_example(tmp_path):
+    """Not scored 0 and not skipped: a metric's own bug stops the run with a `MetricError` that
+    names the example and its input (the metric's error is its cause), and the run record says so."""
+    import json
+
+    from reflex_dspy.errors import MetricError
+
+    def picky(gold, pred, trace=None):
+        if "number 3 " in gold.input:
+            raise KeyError("unit")
+        return float(gold.output == pred.output)
+
+    opt = Reflex(picky, task_lm=fake_lm(routing_respond), reasoning_lm=fake_lm(ScriptedReasoner([GOOD])),
+                 run_dir=tmp_path / "runs")
+    with pytest.raises(MetricError) as caught:
+        opt.compile(program_from_prompt(INITIAL), trainset=routing_examples())
+    message = str(caught.value)
+    assert message.startswith("the metric raised KeyError: 'unit' on example ")
+    assert 'input="Customer 3: my ' in message and isinstance(caught.value.__cause__, KeyError)
+    (failure,) = (tmp_path / "runs").glob("*/failure.json")
+    assert json.loads(failure.read_text())["reason"] == message
