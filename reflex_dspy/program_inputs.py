@@ -40,8 +40,9 @@ def program_inputs(program: dspy.Module) -> tuple[set[str], set[str] | None] | N
     if isinstance(program, dspy.ChainOfThought):
         return _signature_inputs(program.predict.signature)
     # The class's function, not `program.forward`: DSPy warns when a module's forward is fetched.
+    # Positional-only and *args cannot come from `**example.inputs()`.
     params = [p for p in list(inspect.signature(type(program).forward).parameters.values())[1:]
-              if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+              if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
     named = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
     if named:
         required = {p.name for p in named if p.default is inspect.Parameter.empty}

@@ -92,6 +92,12 @@ def test_what_each_kind_of_program_takes():
     assert program_inputs(Named()) == ({"input"}, {"input", "hint"})
     assert program_inputs(Renaming()) is None
 
+    def lookup(term: str) -> str:
+        """Look a term up."""
+        return term
+
+    assert program_inputs(dspy.ReAct("question -> answer", tools=[lookup])) == ({"question"}, {"question"})
+
 
 def test_programs_that_fit_or_cannot_be_read_run(tmp_path):
     examples = routing_examples()
