@@ -114,6 +114,8 @@ class ConsoleTracker(Tracker):
             self.console.print(f"[dim]… {phase}{' ' + detail if detail else ''}[/]")
 
     def on_progress(self, label: str, done: int, total: int) -> None:
+        if self.progress.disable:  # no terminal: no bar to move (this runs once per metric call)
+            return
         if done == 0:
             if self._task is not None:
                 self.progress.remove_task(self._task)

@@ -40,7 +40,8 @@ class Reflex(Teleprompter):
     it. `register_prompt="name"` registers the selected prompt in MLflow's prompt registry
     (alias `prompt_alias`, moved only when promoted). `mlflow=False` turns MLflow off;
     `track=False` records nothing. `metadata` is stored with the run (the CLI puts the dataset
-    and prompt paths there).
+    and prompt paths there). Progress (a line per iteration, a bar per evaluation on a terminal)
+    goes to stderr unless `progress=False`, as DSPy's own optimizers report theirs.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class Reflex(Teleprompter):
         experiment: str | None = None,
         mlflow: bool = True,
         metadata: dict[str, Any] | None = None,
+        progress: bool = True,
         **config_fields: Any,
     ) -> None:
         super().__init__()
@@ -83,6 +85,7 @@ class Reflex(Teleprompter):
         self.experiment = experiment
         self.mlflow = mlflow
         self.metadata = dict(metadata or {})
+        self.progress = progress
 
     def compile(
         self,
@@ -110,12 +113,19 @@ class Reflex(Teleprompter):
             splits = load_splits_file(splits)
         inputs = RunInputs.resolve(
             metric=self.metric, config=self.config, make_strategy=self._make_strategy, task_lm=self.task_lm,
-            reasoning_lm=self.reasoning_lm, optimize=self.optimize, trackers=self.trackers, track=self.track,
+            reasoning_lm=self.reasoning_lm, optimize=self.optimize, trackers=self._run_trackers(), track=self.track,
             run_dir=self.run_dir, tracking_uri=self.tracking_uri, experiment=self.experiment, mlflow=self.mlflow,
             metadata=self.metadata,
         )
         lifecycle = RunLifecycle(inputs, student, trainset, valset, splits=splits)
         return lifecycle.execute(resume=resume, branch_from=branch_from)
+
+    def _run_trackers(self) -> list[Tracker]:
+        """The user's trackers, and a fresh console one (it holds one run's state) when progress is on."""
+        from reflex_dspy.progress import ConsoleTracker
+
+        shown = any(isinstance(t, ConsoleTracker) for t in self.trackers)
+        return [*self.trackers, *([ConsoleTracker()] if self.progress and not shown else [])]
 
     def get_params(self) -> dict[str, Any]:
         """What `mlflow.dspy.autolog` and other tools read about this optimizer: JSON-safe values

@@ -249,3 +249,22 @@ def test_a_metric_that_raises_stops_the_run_naming_the_example(tmp_path):
     assert 'input="Customer 3: my ' in message and isinstance(caught.value.__cause__, KeyError)
     (failure,) = (tmp_path / "runs").glob("*/failure.json")
     assert json.loads(failure.read_text())["reason"] == message
+
+
+def test_the_python_api_shows_progress_on_stderr_unless_told_not_to(capfd):
+    """Like DSPy's own optimizers: a compile is not silent for minutes. stdout stays clean; a
+    console tracker the user passes is not doubled; `progress=False` prints nothing."""
+    from reflex_dspy.progress import ConsoleTracker
+
+    def compile_once(**kwargs) -> str:
+        opt = Reflex("exact", strategy="iterative", task_lm=fake_lm(routing_respond),
+                     reasoning_lm=fake_lm(ScriptedReasoner([GOOD])), max_iterations=1, track=False, **kwargs)
+        opt.compile(program_from_prompt(INITIAL), trainset=routing_examples())
+        out, err = capfd.readouterr()
+        assert out == ""
+        return err
+
+    err = compile_once()
+    assert "Baseline on test: " in err and err.count("Iter 1 [") == 1 and "reflex iterative · task" in err
+    assert compile_once(trackers=[ConsoleTracker()]).count("Iter 1 [") == 1
+    assert compile_once(progress=False) == ""

@@ -243,7 +243,6 @@ def _run(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, task
          resume: Run | None, branch_from: tuple[str, int] | None) -> Any:
     """Probe every model, then `Reflex` does the rest: the target benchmark first when asked."""
     from reflex_dspy.lm import probe_lm
-    from reflex_dspy.progress import ConsoleTracker
     from reflex_dspy.reflex import Reflex
 
     for lm in task.to_probe():
@@ -253,7 +252,7 @@ def _run(args: argparse.Namespace, spec: TaskSpec, config: OptimizerConfig, task
         task_lm=task.task_lm,
         reasoning_lm=task.reasoning_lm,
         optimize=task.optimize,
-        trackers=[ConsoleTracker()],
+        progress=True,  # the console tracker: progress on stderr, stdout keeps only the summary
         config=config,
         run_dir=args.run_dir,
         tracking_uri=args.mlflow_tracking_uri,
