@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import dspy
 from dspy.adapters.utils import annotation_allows_none
@@ -18,19 +19,27 @@ from pydantic_core import PydanticUndefined
 
 from reflex_dspy.errors import UsageError
 
-__all__ = ["check_inputs", "program_inputs"]
+__all__ = ["ProgramInputs", "check_inputs", "program_inputs"]
 
 
-def _signature_inputs(signature: type[dspy.Signature]) -> tuple[set[str], set[str]]:
-    """(required, accepted) by DSPy's own rule: a field with a default or that allows None may be left out."""
+class ProgramInputs(NamedTuple):
+    """The input names a program takes, in declaration order."""
+
+    required: tuple[str, ...]
+    accepted: tuple[str, ...]  # every named input, the required ones included
+    open_ended: bool = False  # `forward(x, **kwargs)`: any other name is taken too
+
+
+def _signature_inputs(signature: type[dspy.Signature]) -> ProgramInputs:
+    """By DSPy's own rule: a field with a default or that allows None may be left out."""
     fields = signature.input_fields
-    required = {name for name, info in fields.items()
-                if info.default is PydanticUndefined and not annotation_allows_none(info.annotation)}
-    return required, set(fields)
+    required = tuple(name for name, info in fields.items()
+                     if info.default is PydanticUndefined and not annotation_allows_none(info.annotation))
+    return ProgramInputs(required, tuple(fields))
 
 
-def program_inputs(program: dspy.Module) -> tuple[set[str], set[str] | None] | None:
-    """(required, accepted) input names of `program`; accepted is None when any name is taken.
+def program_inputs(program: dspy.Module) -> ProgramInputs | None:
+    """The inputs `program` takes as `program(**inputs)`.
 
     None when they cannot be known without running it (a `forward(**kwargs)` that is neither a
     DSPy predictor nor a module that keeps its signature), so a program we cannot read is never refused.
@@ -41,13 +50,16 @@ def program_inputs(program: dspy.Module) -> tuple[set[str], set[str] | None] | N
         return _signature_inputs(program.predict.signature)
     # The class's function, not `program.forward`: DSPy warns when a module's forward is fetched.
     # Positional-only and *args cannot come from `**example.inputs()`.
-    params = [p for p in list(inspect.signature(type(program).forward).parameters.values())[1:]
+    try:
+        declared = list(inspect.signature(type(program).forward).parameters.values())[1:]
+    except (TypeError, ValueError, AttributeError):  # no forward, or one inspect cannot read
+        return None
+    params = [p for p in declared
               if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
     named = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
     if named:
-        required = {p.name for p in named if p.default is inspect.Parameter.empty}
-        takes_any = len(named) < len(params)
-        return required, None if takes_any else {p.name for p in named}
+        required = tuple(p.name for p in named if p.default is inspect.Parameter.empty)
+        return ProgramInputs(required, tuple(p.name for p in named), open_ended=len(named) < len(params))
     signature = getattr(program, "signature", None)  # ReAct, ProgramOfThought and the like keep theirs
     if isinstance(signature, type) and issubclass(signature, dspy.Signature):
         return _signature_inputs(signature)
@@ -65,12 +77,11 @@ def check_inputs(program: dspy.Module, examples: Sequence[dspy.Example], where: 
                              f"naming the program's inputs among its fields ({names})")
         if expected is None:
             continue
-        required, accepted = expected
         given = set(example.inputs().keys())
-        missing = sorted(required - given)
-        unknown = sorted(given - accepted) if accepted is not None else []
+        missing = [name for name in expected.required if name not in given]
+        unknown = [] if expected.open_ended else sorted(given - set(expected.accepted))
         if missing or unknown:
             problems = [f"the program's input {name!r} is missing" for name in missing]
             problems += [f"{name!r} is not an input of the program" for name in unknown]
-            takes = ", ".join(sorted(accepted if accepted is not None else required))
+            takes = ", ".join(expected.accepted)
             raise UsageError(f"{where} example {index}: {'; '.join(problems)} (it takes: {takes})")

@@ -350,3 +350,18 @@ def test_an_interrupted_pipeline_run_resumes_and_branches_from_its_record(capsys
     store = RunStore(files.run_dir)
     branch = store.get_run(store.list_runs()[-1].run_id)
     assert branch.load_config()["initial_candidate"]["predictors"]["prompt"]["instructions"] == WEAK
+
+
+@pytest.mark.parametrize("given", ["text", "object"])
+def test_a_bare_dspy_predictor_as_the_program_takes_its_signatures_inputs(capsys, models, files, given):
+    """`program = dspy.ChainOfThought("question -> answer")` has `forward(**kwargs)`: its inputs are
+    the signature's (every input was refused as "not an argument of the program's forward (none)")."""
+    files.program.write_text('import dspy\nprogram = dspy.ChainOfThought("question -> answer")\n')
+    records = [{"input": {"question": question(item)} if given == "object" else question(item),
+                "ideal": f"{price} dollars"} for item, price in PRICES.items()]
+    files.inputs.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, out, err = cli(capsys, "optimize", "--pipeline-file", files.program, "--inputs-file", files.inputs,
+                         "-m", "fake/task", "--metric", "exact", "--dry-run", *files.flags)
+    assert code == 0, err
+    assert f"dataset        : {files.inputs} ({len(PRICES)} examples)" in out
+    assert "predictors     : predict [optimize]" in out and models.task.fake_engine.calls == 0

@@ -87,16 +87,22 @@ def test_what_each_kind_of_program_takes():
         tone: str = dspy.InputField(default="plain")
         output: str = dspy.OutputField()
 
-    assert program_inputs(dspy.Predict(Optional)) == ({"input"}, {"input", "context", "tone"})
-    assert program_inputs(dspy.ChainOfThought("input -> output")) == ({"input"}, {"input"})
-    assert program_inputs(Named()) == ({"input"}, {"input", "hint"})
+    assert program_inputs(dspy.Predict(Optional)) == (("input",), ("input", "context", "tone"), False)
+    assert program_inputs(dspy.ChainOfThought("input -> output")) == (("input",), ("input",), False)
+    assert program_inputs(Named()) == (("input",), ("input", "hint"), False)
     assert program_inputs(Renaming()) is None
 
     def lookup(term: str) -> str:
         """Look a term up."""
         return term
 
-    assert program_inputs(dspy.ReAct("question -> answer", tools=[lookup])) == ({"question"}, {"question"})
+    assert program_inputs(dspy.ReAct("question -> answer", tools=[lookup])) == (("question",), ("question",), False)
+
+    class Open(dspy.Module):
+        def forward(self, input, /, extra=None, **rest):  # noqa: A002
+            return dspy.Prediction(output=input)
+
+    assert program_inputs(Open()) == ((), ("extra",), True)
 
 
 def test_programs_that_fit_or_cannot_be_read_run(tmp_path):
@@ -108,4 +114,4 @@ def test_programs_that_fit_or_cannot_be_read_run(tmp_path):
 def test_an_input_a_custom_forward_does_not_take_is_refused(tmp_path):
     examples = [e.copy(source="mail").with_inputs("input", "source") for e in routing_examples()]
     assert refused(Named(), examples, tmp_path) == (
-        "trainset example 0: 'source' is not an input of the program (it takes: hint, input)")
+        "trainset example 0: 'source' is not an input of the program (it takes: input, hint)")

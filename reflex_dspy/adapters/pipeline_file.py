@@ -115,12 +115,12 @@ def load_pipeline_file(path: str | Path) -> PipelineFile:
 
 
 def forward_params(program: dspy.Module) -> list[str]:
-    """The names `program.forward` takes (what an `input` object's keys must be)."""
-    try:  # read from the class: DSPy warns when `program.forward` is touched directly
-        params = list(inspect.signature(type(program).forward).parameters.values())[1:]
-    except (TypeError, ValueError, AttributeError):
-        return []
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    """The names the program takes (what an `input` object's keys must be): its `forward`'s
+    arguments, or a DSPy predictor's input fields (`program = dspy.ChainOfThought("question -> answer")`)."""
+    from reflex_dspy.program_inputs import program_inputs
+
+    known = program_inputs(program)
+    return list(known.accepted) if known is not None else []
 
 
 @dataclass
