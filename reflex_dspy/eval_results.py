@@ -26,6 +26,9 @@ class ExampleResult:
     error: str | None = None
     by_model: dict[str, float] = field(default_factory=dict)  # with several task models
     agent_trace: dict[str, Any] | None = None  # the whole execution trace (trace.AgentTrace), pipeline mode
+    # The request (the candidate's prompt and demos with this input) was over the task model's
+    # context window: no answer can exist, so it scores 0 with the error kept (see evaluation.py).
+    too_long: bool = False
 
     @property
     def failed(self) -> bool:
@@ -88,12 +91,21 @@ class EvalResult:
         """Mean score per task model (empty with a single task model)."""
         return self._means("by_model")
 
+    @property
+    def n_too_long(self) -> int:
+        """Examples scored 0 because the request was over the task model's context window."""
+        return sum(r.too_long for r in self.results.values())
+
     def _means(self, part: str) -> dict[str, float]:
-        """The mean of each name in the examples' `part` mapping, over the examples that have it."""
+        """The mean of each name in the examples' `part` mapping, over the examples that have it;
+        an example with no answer (too long) counts 0 for every name, as it does in `mean`."""
         totals: dict[str, list[float]] = {}
         for r in self.results.values():
             for name, value in getattr(r, part).items():
                 totals.setdefault(name, []).append(value)
+        unanswered = [r for r in self.results.values() if r.too_long and not getattr(r, part)]
+        for values in totals.values():
+            values.extend(0.0 for _ in unanswered)
         return {name: sum(v) / len(v) for name, v in totals.items()}
 
     def worst(self, k: int) -> list[ExampleResult]:
@@ -118,6 +130,7 @@ class Usage:
     reasoning_calls: int = 0
     reasoning_tokens: int = 0
     failed: int = 0
+    too_long: int = 0  # answers scored 0: the request was over the task model's context window
     retries: int = 0
     rate_limits: int = 0  # 429 answers seen: each one slowed the run down, and was retried unless last
     reasoning_failed: int = 0  # reasoning requests that got no usable reply (after retries)
@@ -125,6 +138,13 @@ class Usage:
 
     def to_dict(self) -> dict[str, int | str | None]:
         return asdict(self)
+
+    def warnings(self) -> list[str]:
+        """What the run's summary must say about these totals (the other counts have their own line)."""
+        if not self.too_long:
+            return []
+        return [f"{self.too_long} requests were longer than the task model's context window and scored 0 "
+                "(no answer can exist: shorter instructions or fewer demos fit)"]
 
 
 def usage_totals(tracker: Any) -> tuple[int, int]:

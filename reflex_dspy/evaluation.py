@@ -32,11 +32,20 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
 )
 from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
 from reflex_dspy.reply_cache import install_empty_reply_guard
-from reflex_dspy.retries import RetryPolicy, short_error
+from reflex_dspy.retries import RetryPolicy, exceeds_context, short_error
 from reflex_dspy.throttle import AdaptiveLimit
 from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder
 
 ProgressFn = Callable[[str, int, int], None]
+# What the reasoning model reads for an example whose request was over the task model's context.
+TOO_LONG_FEEDBACK = ("no answer: the prompt (instructions and demos) with this input is longer than the task "
+                     "model's context window")
+
+
+def _add_feedback(result: ExampleResult, text: str, label: str | None) -> None:
+    """Append one model's feedback line (prefixed with its label when the run has several)."""
+    line = f"[{label}] {text}" if label else text
+    result.feedback = "\n".join(filter(None, [result.feedback, line]))
 
 
 class Evaluator:
@@ -353,14 +362,22 @@ class Evaluator:
         result = ExampleResult(eid, None)
         calls = tokens = 0
         scores: dict[str, float] = {}
+        failure: str | None = None
         for label, lm in lms.items():
             tools = tool_recorder(program)  # dspy.Tool calls, for the whole execution trace (trace.py)
             callbacks = [*dspy.settings.get("callbacks", []), *([tools] if self._tools.get(id(program), True) else [])]
             prediction, trace, error, c, t = self.attempts.task(program, lm, self.adapter, example, callbacks)
             calls, tokens = calls + c, tokens + t
             if error is not None:
-                result.error = short_error(error) if len(lms) == 1 else f"{label}: {short_error(error)}"
-                break
+                text = short_error(error) if len(lms) == 1 else f"{label}: {short_error(error)}"
+                if not exceeds_context(error):
+                    failure = text
+                    break
+                # Not a provider failure: this prompt with this input can never be answered on
+                # this model, so the candidate has no answer here and scores 0 (kept, and cached).
+                result.too_long, result.error, scores[label] = True, text, 0.0
+                _add_feedback(result, TOO_LONG_FEEDBACK, label if len(lms) > 1 else None)
+                continue
             output, steps = plain_output(prediction), self._plain_trace(trace or [])
             agent = self._agent_trace(program, prediction, output, steps, tools.calls, eid)
             if not scores:  # the first model's output and trace are the ones shown to the reasoning model
@@ -368,21 +385,20 @@ class Evaluator:
             scored, error, c, t = self.attempts.metric(self.metric, example, prediction, agent)
             calls, tokens = calls + c, tokens + t
             if error is not None:
-                result.error = short_error(error)
+                failure = short_error(error)
                 break
             scores[label] = scored.score
             for name, value in scored.by_metric.items():  # summed here, averaged below
                 result.by_metric[name] = result.by_metric.get(name, 0.0) + value
             if scored.feedback:
-                prefix = f"[{label}] " if len(lms) > 1 else ""
-                result.feedback = "\n".join(filter(None, [result.feedback, prefix + scored.feedback]))
-        if result.error is None:
+                _add_feedback(result, scored.feedback, label if len(lms) > 1 else None)
+        if failure is None:
             result.score = sum(scores.values()) / len(scores)
             result.by_metric = {k: v / len(scores) for k, v in result.by_metric.items()}
             if len(lms) > 1:
                 result.by_model = scores
         else:
-            result.by_metric, result.feedback = {}, None
+            result.error, result.too_long, result.by_metric, result.feedback = failure, False, {}, None
         with self._lock:
             if result.failed:
                 # Not cached: a failure is retried when the pair is needed again.
@@ -391,7 +407,8 @@ class Evaluator:
                 self.usage.eval_tokens += tokens
                 self.usage.failed += 1
             else:
-                entry = {"kind": "eval", "key": list(key), "calls": calls, "tokens": tokens, "metric_calls": len(lms)}
+                entry = {"kind": "eval", "key": list(key), "calls": calls, "tokens": tokens, "metric_calls": len(lms),
+                         **({"too_long": 1} if result.too_long else {})}
                 self.ledger.account(entry)
                 self._cache[key] = result
                 if self.ledger.on_paid is not None:  # a journal line only where a journal is kept

@@ -153,6 +153,7 @@ class Ledger:
                 self.reasoning_failed(entry["error"])
         else:
             self.usage.metric_calls += entry.get("metric_calls", 1)
+            self.usage.too_long += entry.get("too_long", 0)
             self.usage.lm_calls += entry["calls"]
             self.usage.eval_tokens += entry["tokens"]
 

@@ -238,7 +238,7 @@ class RunLifecycle:
                 duration_seconds=time.monotonic() - self.started,
                 score_threshold=cfg.score_threshold,
                 models={"task": describe_lm(self.task_lm), "reasoning": describe_lm(self.reasoning_lm)},
-                warnings=[*self.warnings, *self.library_logs.summary()],
+                warnings=[*self.warnings, *self.evaluator.usage.warnings(), *self.library_logs.summary()],
                 run_id=record.run.run_id if record else None,
                 target=({"model": cfg.target_model, "source": cfg.target_source, "threshold": cfg.score_threshold,
                          "metric": cfg.target_metric} if cfg.target_source else None),

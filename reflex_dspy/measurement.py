@@ -70,4 +70,4 @@ def _fold(passes: Sequence[EvalResult], split: str, examples: list[dspy.Example]
         "error": r.error,
     } for eid, r in first.results.items()]
     return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples,
-                       scores_by_model={k: sum(v) / len(v) for k, v in per_model.items()})
+                       scores_by_model={k: sum(v) / len(v) for k, v in per_model.items()}, n_too_long=first.n_too_long)

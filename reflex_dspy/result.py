@@ -27,6 +27,7 @@ class Measurement:
     scores_by_metric: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     scores_by_model: dict[str, float] = field(default_factory=dict)  # with several task models
+    n_too_long: int = 0  # scored 0: the request was over the task model's context window (no answer)
 
     def describe(self) -> str:
         if self.mean is None:
@@ -37,6 +38,8 @@ class Measurement:
         text += f" (on {self.n}-sample {self.split} set"
         if self.n_failed:
             text += f", {self.n_failed} failed and excluded"
+        if self.n_too_long:
+            text += f", {self.n_too_long} over the model's context window and scored 0"
         return text + ")"
 
     def to_dict(self) -> dict[str, Any]:

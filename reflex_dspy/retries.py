@@ -56,6 +56,8 @@ def classify_error(exc: BaseException) -> str:
     """
     from dspy.utils.exceptions import LMAuthError, LMBillingError, is_retryable_lm_error
 
+    if exceeds_context(exc):  # the same request can never fit: asking again cannot help
+        return "fatal"
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -77,6 +79,19 @@ def classify_error(exc: BaseException) -> str:
             return "transient"
         exc = exc.__cause__ or exc.__context__
     return "fatal"
+
+
+def exceeds_context(exc: BaseException) -> bool:
+    """Whether the request was over the model's context window (DSPy's `ContextWindowExceededError`,
+    llama.cpp's and litellm's own), anywhere in the cause chain: no attempt can ever answer it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = type(exc).__name__
+        if name in ("ContextWindowExceededError", "ContextLengthError"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
