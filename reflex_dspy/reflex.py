@@ -105,6 +105,9 @@ class Reflex(Teleprompter):
         test (a splits JSON file or `{"train": [...], "val": [...], "test": [...]}`)."""
         if kwargs:
             raise UsageError(f"unexpected compile() arguments: {', '.join(sorted(kwargs))}")
+        if teacher is not None:  # refused, as DSPy's GEPA does, rather than silently ignored
+            raise UsageError("teacher= is not supported: demos are bootstrapped from the run's own best "
+                             "candidate on the task model")
         if (resume is not None or branch_from is not None) and not self.track:
             raise UsageError("resume and branch_from need a run record: leave track=True")
         if isinstance(splits, str | os.PathLike):

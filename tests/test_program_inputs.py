@@ -1,5 +1,6 @@
-"""Examples that do not fit the program's inputs are refused in one line before any model call,
-with nothing written; programs whose inputs cannot be read without running them are never refused."""
+"""Examples that do not fit the program's inputs (and a `teacher=`, which nothing would use) are
+refused in one line before any model call, with nothing written; programs whose inputs cannot be
+read without running them are never refused."""
 
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ def compile_with(program, trainset, tmp_path, valset=None):
     return task.fake_engine
 
 
-def refused(program, trainset, tmp_path, valset=None) -> str:
+def refused(program, trainset, tmp_path, valset=None, teacher=None) -> str:
     task = fake_lm(routing_respond)
     opt = Reflex("exact", task_lm=task, reasoning_lm=fake_lm(lambda s, m: "x"), run_dir=tmp_path / "runs")
     with pytest.raises(UsageError) as caught:
-        opt.compile(program, trainset=trainset, valset=valset)
+        opt.compile(program, trainset=trainset, valset=valset, teacher=teacher)
     assert task.fake_engine.calls == 0
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     message = str(caught.value)
@@ -115,3 +116,10 @@ def test_an_input_a_custom_forward_does_not_take_is_refused(tmp_path):
     examples = [e.copy(source="mail").with_inputs("input", "source") for e in routing_examples()]
     assert refused(Named(), examples, tmp_path) == (
         "trainset example 0: 'source' is not an input of the program (it takes: input, hint)")
+
+
+def test_a_teacher_is_refused_not_ignored(tmp_path):
+    """DSPy's GEPA refuses `teacher=` too; before, it was accepted and silently unused."""
+    message = refused(dspy.Predict("input -> output"), routing_examples(), tmp_path,
+                      teacher=dspy.Predict("input -> output"))
+    assert message.startswith("teacher= is not supported")
