@@ -6,11 +6,29 @@ strategies, proposals and the journal can read results without the machinery tha
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import dspy
+
+
+class NoAnswer(NamedTuple):
+    """How the reports say why a candidate has no answer for an example (`retries.no_answer`)."""
+
+    counted: str  # after a count in a measurement: "3 over the model's context window"
+    reason: str  # in the reasoning model's feedback and the summary's warning
+    hint: str  # what the user can do about it
+
+
+NO_ANSWER = {
+    "too_long": NoAnswer("over the model's context window",
+                         "the request was longer than the task model's context window",
+                         "shorter instructions or fewer demos fit"),
+    "unreadable": NoAnswer("unreadable replies", "the model's reply could not be read as the program's output fields",
+                           "the examples' errors quote the replies"),
+}
 
 
 @dataclass
@@ -26,9 +44,9 @@ class ExampleResult:
     error: str | None = None
     by_model: dict[str, float] = field(default_factory=dict)  # with several task models
     agent_trace: dict[str, Any] | None = None  # the whole execution trace (trace.AgentTrace), pipeline mode
-    # The request (the candidate's prompt and demos with this input) was over the task model's
-    # context window: no answer can exist, so it scores 0 with the error kept (see evaluation.py).
-    too_long: bool = False
+    # Why the candidate has no answer here ("too_long", "unreadable": `retries.no_answer`): the
+    # example scores 0 with its error kept, unlike a failure (see evaluation.py).
+    no_answer: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -92,18 +110,18 @@ class EvalResult:
         return self._means("by_model")
 
     @property
-    def n_too_long(self) -> int:
-        """Examples scored 0 because the request was over the task model's context window."""
-        return sum(r.too_long for r in self.results.values())
+    def no_answers(self) -> dict[str, int]:
+        """How many examples scored 0 for want of an answer, by reason (`NO_ANSWER`)."""
+        return dict(Counter(r.no_answer for r in self.results.values() if r.no_answer))
 
     def _means(self, part: str) -> dict[str, float]:
         """The mean of each name in the examples' `part` mapping, over the examples that have it;
-        an example with no answer (too long) counts 0 for every name, as it does in `mean`."""
+        an example with no answer counts 0 for every name, as it does in `mean`."""
         totals: dict[str, list[float]] = {}
         for r in self.results.values():
             for name, value in getattr(r, part).items():
                 totals.setdefault(name, []).append(value)
-        unanswered = [r for r in self.results.values() if r.too_long and not getattr(r, part)]
+        unanswered = [r for r in self.results.values() if r.no_answer and not getattr(r, part)]
         for values in totals.values():
             values.extend(0.0 for _ in unanswered)
         return {name: sum(v) / len(v) for name, v in totals.items()}
@@ -130,7 +148,8 @@ class Usage:
     reasoning_calls: int = 0
     reasoning_tokens: int = 0
     failed: int = 0
-    too_long: int = 0  # answers scored 0: the request was over the task model's context window
+    too_long: int = 0  # examples scored 0: the request was over the task model's context window
+    unreadable: int = 0  # examples scored 0: the adapter could not read the model's reply
     retries: int = 0
     rate_limits: int = 0  # 429 answers seen: each one slowed the run down, and was retried unless last
     reasoning_failed: int = 0  # reasoning requests that got no usable reply (after retries)
@@ -141,10 +160,8 @@ class Usage:
 
     def warnings(self) -> list[str]:
         """What the run's summary must say about these totals (the other counts have their own line)."""
-        if not self.too_long:
-            return []
-        return [f"{self.too_long} requests were longer than the task model's context window and scored 0 "
-                "(no answer can exist: shorter instructions or fewer demos fit)"]
+        return [f"{n} answers scored 0: {NO_ANSWER[kind].reason} ({NO_ANSWER[kind].hint})"
+                for kind, n in (("too_long", self.too_long), ("unreadable", self.unreadable)) if n]
 
 
 def usage_totals(tracker: Any) -> tuple[int, int]:

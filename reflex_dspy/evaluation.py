@@ -24,6 +24,7 @@ from reflex_dspy.data import example_id
 from reflex_dspy.errors import ProviderAuthError, ReflexError
 from reflex_dspy.eval_requests import Group, answers
 from reflex_dspy.eval_results import (  # re-exported: callers import results from here
+    NO_ANSWER,
     EvalResult,
     ExampleResult,
     ReplayedFailure,
@@ -32,14 +33,11 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
 )
 from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
 from reflex_dspy.reply_cache import install_empty_reply_guard
-from reflex_dspy.retries import RetryPolicy, exceeds_context, short_error
+from reflex_dspy.retries import RetryPolicy, no_answer, short_error
 from reflex_dspy.throttle import AdaptiveLimit
 from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder
 
 ProgressFn = Callable[[str, int, int], None]
-# What the reasoning model reads for an example whose request was over the task model's context.
-TOO_LONG_FEEDBACK = ("no answer: the prompt (instructions and demos) with this input is longer than the task "
-                     "model's context window")
 
 
 def _add_feedback(result: ExampleResult, text: str, label: str | None) -> None:
@@ -370,13 +368,13 @@ class Evaluator:
             calls, tokens = calls + c, tokens + t
             if error is not None:
                 text = short_error(error) if len(lms) == 1 else f"{label}: {short_error(error)}"
-                if not exceeds_context(error):
+                if (kind := no_answer(error)) is None:
                     failure = text
                     break
-                # Not a provider failure: this prompt with this input can never be answered on
-                # this model, so the candidate has no answer here and scores 0 (kept, and cached).
-                result.too_long, result.error, scores[label] = True, text, 0.0
-                _add_feedback(result, TOO_LONG_FEEDBACK, label if len(lms) > 1 else None)
+                # Not a provider failure: with this prompt the model has no usable answer for this
+                # input (and would have none if asked again), so the candidate scores 0 here.
+                result.no_answer, result.error, scores[label] = kind, text, 0.0
+                _add_feedback(result, f"no answer: {NO_ANSWER[kind].reason}", label if len(lms) > 1 else None)
                 continue
             output, steps = plain_output(prediction), self._plain_trace(trace or [])
             agent = self._agent_trace(program, prediction, output, steps, tools.calls, eid)
@@ -398,7 +396,7 @@ class Evaluator:
             if len(lms) > 1:
                 result.by_model = scores
         else:
-            result.error, result.too_long, result.by_metric, result.feedback = failure, False, {}, None
+            result.error, result.no_answer, result.by_metric, result.feedback = failure, None, {}, None
         with self._lock:
             if result.failed:
                 # Not cached: a failure is retried when the pair is needed again.
@@ -408,7 +406,7 @@ class Evaluator:
                 self.usage.failed += 1
             else:
                 entry = {"kind": "eval", "key": list(key), "calls": calls, "tokens": tokens, "metric_calls": len(lms),
-                         **({"too_long": 1} if result.too_long else {})}
+                         **({"no_answer": result.no_answer} if result.no_answer else {})}
                 self.ledger.account(entry)
                 self._cache[key] = result
                 if self.ledger.on_paid is not None:  # a journal line only where a journal is kept

@@ -153,7 +153,8 @@ class Ledger:
                 self.reasoning_failed(entry["error"])
         else:
             self.usage.metric_calls += entry.get("metric_calls", 1)
-            self.usage.too_long += entry.get("too_long", 0)
+            if kind := entry.get("no_answer"):  # "too_long" or "unreadable": a Usage counter each
+                setattr(self.usage, kind, getattr(self.usage, kind) + 1)
             self.usage.lm_calls += entry["calls"]
             self.usage.eval_tokens += entry["tokens"]
 

@@ -60,6 +60,10 @@ def _fold(passes: Sequence[EvalResult], split: str, examples: list[dspy.Example]
     first = passes[0]
     if first.n_failed == first.n:
         raise ReflexError(f"every {split} example failed; first error: {first.results[first.failed_ids[0]].error}")
+    if all(r.failed or r.no_answer for r in first.results.values()):  # a setup problem, not a prompt to improve
+        error = next(r.error for r in first.results.values() if r.no_answer)
+        raise ReflexError(f"no {split} example got a usable answer (the adapter, the model or its context "
+                          f"window do not fit the program); first error: {error}")
     by_id = {example_id(ex): ex for ex in examples}
     samples = [{
         "id": eid,
@@ -70,4 +74,4 @@ def _fold(passes: Sequence[EvalResult], split: str, examples: list[dspy.Example]
         "error": r.error,
     } for eid, r in first.results.items()]
     return Measurement(split, mean, std, len(passes), first.n, first.n_failed, scores, first.by_metric, samples,
-                       scores_by_model={k: sum(v) / len(v) for k, v in per_model.items()}, n_too_long=first.n_too_long)
+                       scores_by_model={k: sum(v) / len(v) for k, v in per_model.items()}, no_answers=first.no_answers)

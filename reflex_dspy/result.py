@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reflex_dspy.eval_results import NO_ANSWER
 from reflex_dspy.stats import Significance
 from reflex_dspy.tracking.schema import measurement_document, render_prompts
 
@@ -27,7 +28,7 @@ class Measurement:
     scores_by_metric: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     scores_by_model: dict[str, float] = field(default_factory=dict)  # with several task models
-    n_too_long: int = 0  # scored 0: the request was over the task model's context window (no answer)
+    no_answers: dict[str, int] = field(default_factory=dict)  # scored 0 for want of an answer, by reason
 
     def describe(self) -> str:
         if self.mean is None:
@@ -38,8 +39,8 @@ class Measurement:
         text += f" (on {self.n}-sample {self.split} set"
         if self.n_failed:
             text += f", {self.n_failed} failed and excluded"
-        if self.n_too_long:
-            text += f", {self.n_too_long} over the model's context window and scored 0"
+        for kind, n in sorted(self.no_answers.items()):
+            text += f", {n} {NO_ANSWER[kind].counted if kind in NO_ANSWER else kind} and scored 0"
         return text + ")"
 
     def to_dict(self) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def classify_error(exc: BaseException) -> str:
     """
     from dspy.utils.exceptions import LMAuthError, LMBillingError, is_retryable_lm_error
 
-    if exceeds_context(exc):  # the same request can never fit: asking again cannot help
+    if no_answer(exc):  # the prompt's outcome, not the provider's: asking again cannot help
         return "fatal"
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -81,17 +81,24 @@ def classify_error(exc: BaseException) -> str:
     return "fatal"
 
 
-def exceeds_context(exc: BaseException) -> bool:
-    """Whether the request was over the model's context window (DSPy's `ContextWindowExceededError`,
-    llama.cpp's and litellm's own), anywhere in the cause chain: no attempt can ever answer it."""
+def no_answer(exc: BaseException) -> str | None:
+    """Why this error means the candidate has no answer for this input, else None.
+
+    "too_long": the request was over the model's context window (DSPy's
+    `ContextWindowExceededError`, llama.cpp's and litellm's own); "unreadable": the model replied
+    but DSPy's adapter could not read the program's output fields from it (`AdapterParseError`).
+    Neither is the provider's doing: the same prompt gets the same outcome, so asking again cannot help.
+    """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         name = type(exc).__name__
         if name in ("ContextWindowExceededError", "ContextLengthError"):
-            return True
+            return "too_long"
+        if name == "AdapterParseError":
+            return "unreadable"
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:

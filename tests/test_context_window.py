@@ -1,6 +1,7 @@
-"""A request over the task model's context window has no answer: scored 0 (not "failed" and left
-out), said so, never retried and never paid twice; so a candidate whose demos overflow the
-context on long inputs cannot win on the short inputs it does answer."""
+"""Where a candidate has no answer (its request is over the task model's context window, or the
+adapter cannot read the model's reply) the example scores 0, not "failed" and left out: said so,
+never retried, never paid twice. So a candidate whose demos overflow the context on long inputs,
+or whose instructions make half the replies unreadable, cannot win on the inputs it does answer."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from fakes import fake_lm
 
 from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
-from reflex_dspy.retries import classify_error, exceeds_context
+from reflex_dspy.errors import ReflexError
+from reflex_dspy.retries import classify_error, no_answer
 
 
 def number(messages: list[dict]) -> int:
@@ -42,8 +44,9 @@ def test_a_demo_set_over_the_context_window_is_not_picked_for_the_inputs_it_answ
         program_from_prompt("Say which team."), trainset=routing_examples(12)).result
     assert result.usage["too_long"] > 0 and result.usage["failed"] == 0
     assert result.selected_iteration == 0 and not result.candidate["predictors"]["predict"]["demos"]
-    assert result.final.n_failed == 0 and result.final.n_too_long == 0
-    assert any("longer than the task model's context window and scored 0" in w for w in result.warnings)
+    assert result.final.n_failed == 0 and result.final.no_answers == {}
+    assert any(w.startswith(f"{result.usage['too_long']} answers scored 0: the request was longer than the task "
+                            "model's context window") for w in result.warnings)
 
 
 def test_the_users_prompt_over_the_context_scores_zero_once_and_says_so():
@@ -58,7 +61,7 @@ def test_the_users_prompt_over_the_context_scores_zero_once_and_says_so():
     result = opt.compile(program_from_prompt("Say which team."), trainset=routing_examples(8)).result
     base = result.baseline
     too_long = [s for s in base.samples if s["error"]]
-    assert too_long and base.n_too_long == len(too_long) and base.n_failed == 0
+    assert too_long and base.no_answers == {"too_long": len(too_long)} and base.n_failed == 0
     assert all(s["score"] == 0.0 and "ContextWindowExceededError" in s["error"] for s in too_long)
     assert base.mean == pytest.approx(sum(s["score"] for s in base.samples) / base.n)
     assert f"{len(too_long)} over the model's context window and scored 0" in base.describe()
@@ -68,14 +71,56 @@ def test_the_users_prompt_over_the_context_scores_zero_once_and_says_so():
     assert result.selected_iteration == 0 and len(asked) == len(set(asked))
 
 
-@pytest.mark.parametrize("error", [
-    ContextLengthError("too long", provider="llama.cpp"),
-    dspy.ContextWindowExceededError(model="m", message="too long"),
-    type("ContextWindowExceededError", (Exception,), {})("litellm's own"),
+def test_a_rewrite_that_makes_replies_unreadable_is_scored_on_all_of_them():
+    """Before: "Final score : 1.0000 (on 18-sample test set, 8 failed and excluded)", "Improvement
+    +0.7222 (+260.0%)", "significant": the rewrite's replies for odd customers had no field markers.
+    It is still picked (5 of 9 on validation against 3), but its numbers are now what it scores."""
+    from conftest import ScriptedReasoner
+
+    def respond(system: str, messages: list[dict]) -> str:
+        label = truth(messages[-1]["content"])
+        if "tersely" in system:
+            return f"[[ ## output ## ]]\n{label}\n\n[[ ## completed ## ]]" if number(messages) % 2 == 0 else "I cannot say"
+        return f"[[ ## output ## ]]\n{label if label == 'billing' else 'unsure'}\n\n[[ ## completed ## ]]"
+
+    result = Reflex("exact", strategy="iterative", task_lm=fake_lm(respond),
+                    reasoning_lm=fake_lm(ScriptedReasoner(["Answer tersely."])), track=False, progress=False,
+                    max_iterations=1, train_ratio=0.5, val_ratio=0.25).compile(
+        dspy.Predict("input -> output"), trainset=routing_examples(12)).result
+    (record,) = result.iterations
+    assert record.val_score == pytest.approx(5 / 9)  # the unreadable odd ones count 0 now: 5 of 9
+    final, samples = result.final, result.final.samples
+    unreadable = [s for s in samples if s["error"]]
+    assert unreadable and all("AdapterParseError" in s["error"] and s["score"] == 0.0 for s in unreadable)
+    assert final.n_failed == 0 and final.no_answers == {"unreadable": len(unreadable)}
+    assert final.mean == pytest.approx(sum(s["score"] for s in samples) / final.n) and final.mean < 1.0
+    assert f"{len(unreadable)} unreadable replies and scored 0" in final.describe()
+    assert result.improvement < 0.5 and not result.significance.significant
+    assert result.usage["unreadable"] > 0 and result.usage["failed"] == 0
+    assert any("could not be read as the program's output fields" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (ContextLengthError("too long", provider="llama.cpp"), "too_long"),
+    (dspy.ContextWindowExceededError(model="m", message="too long"), "too_long"),
+    (type("ContextWindowExceededError", (Exception,), {})("litellm's own"), "too_long"),
+    (dspy.utils.exceptions.AdapterParseError("ChatAdapter", dspy.Signature, "I cannot say"), "unreadable"),
 ])
-def test_every_kind_of_context_overflow_is_recognised_and_never_retried(error):
+def test_every_kind_of_no_answer_is_recognised_and_never_retried(error, kind):
     wrapped = RuntimeError("the adapter failed")
     wrapped.__cause__ = error
-    assert exceeds_context(error) and exceeds_context(wrapped)
+    assert no_answer(error) == kind and no_answer(wrapped) == kind
     assert classify_error(wrapped) == "fatal"
-    assert not exceeds_context(RuntimeError("context"))
+    assert no_answer(RuntimeError("context")) is None
+
+
+def test_a_program_with_no_usable_answer_at_all_stops_at_the_baseline():
+    """Every reply unreadable (a model that ignores the adapter's field markers) is a setup problem,
+    as every example failing is: the run stops at the baseline, before any reasoning call."""
+    reasoner = fake_lm(lambda system, messages: "x")
+    opt = Reflex("exact", strategy="iterative", task_lm=fake_lm(lambda system, messages: "billing"),
+                 reasoning_lm=reasoner, track=False, progress=False, max_iterations=1)
+    with pytest.raises(ReflexError, match=r"^no test example got a usable answer \(.*\); first error: "
+                                          r"AdapterParseError"):
+        opt.compile(dspy.Predict("input -> output"), trainset=routing_examples(4))
+    assert reasoner.fake_engine.calls == 0
