@@ -9,26 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any
 
 import dspy
 
-
-class NoAnswer(NamedTuple):
-    """How the reports say why a candidate has no answer for an example (`retries.no_answer`)."""
-
-    counted: str  # after a count in a measurement: "3 over the model's context window"
-    reason: str  # in the reasoning model's feedback and the summary's warning
-    hint: str  # what the user can do about it
-
-
-NO_ANSWER = {
-    "too_long": NoAnswer("over the model's context window",
-                         "the request was longer than the task model's context window",
-                         "shorter instructions or fewer demos fit"),
-    "unreadable": NoAnswer("unreadable replies", "the model's reply could not be read as the program's output fields",
-                           "the examples' errors quote the replies"),
-}
+from reflex_dspy.retries import NO_ANSWER
 
 
 @dataclass
@@ -111,7 +96,7 @@ class EvalResult:
 
     @property
     def no_answers(self) -> dict[str, int]:
-        """How many examples scored 0 for want of an answer, by reason (`NO_ANSWER`)."""
+        """How many examples scored 0 for want of an answer, by reason (`retries.NO_ANSWER`)."""
         return dict(Counter(r.no_answer for r in self.results.values() if r.no_answer))
 
     def _means(self, part: str) -> dict[str, float]:

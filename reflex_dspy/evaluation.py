@@ -24,7 +24,6 @@ from reflex_dspy.data import example_id
 from reflex_dspy.errors import ProviderAuthError, ReflexError
 from reflex_dspy.eval_requests import Group, answers
 from reflex_dspy.eval_results import (  # re-exported: callers import results from here
-    NO_ANSWER,
     EvalResult,
     ExampleResult,
     ReplayedFailure,
@@ -33,7 +32,7 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
 )
 from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
 from reflex_dspy.reply_cache import install_empty_reply_guard
-from reflex_dspy.retries import RetryPolicy, no_answer, short_error
+from reflex_dspy.retries import NO_ANSWER, RetryPolicy, no_answer, short_error
 from reflex_dspy.throttle import AdaptiveLimit
 from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder
 

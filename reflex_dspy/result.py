@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reflex_dspy.eval_results import NO_ANSWER
+from reflex_dspy.retries import NO_ANSWER
 from reflex_dspy.stats import Significance
 from reflex_dspy.tracking.schema import measurement_document, render_prompts
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class EmptyReply(Exception):  # noqa: N818 (reads as what happened, like DSPy's own errors)
@@ -79,6 +80,23 @@ def classify_error(exc: BaseException) -> str:
             return "transient"
         exc = exc.__cause__ or exc.__context__
     return "fatal"
+
+
+class NoAnswer(NamedTuple):
+    """How the reports say why a candidate has no answer for an example (`no_answer`)."""
+
+    counted: str  # after a count in a measurement: "3 over the model's context window"
+    reason: str  # in the reasoning model's feedback and the summary's warning
+    hint: str  # what the user can do about it
+
+
+NO_ANSWER = {
+    "too_long": NoAnswer("over the model's context window",
+                         "the request was longer than the task model's context window",
+                         "shorter instructions or fewer demos fit"),
+    "unreadable": NoAnswer("unreadable replies", "the model's reply could not be read as the program's output fields",
+                           "the examples' errors quote the replies"),
+}
 
 
 def no_answer(exc: BaseException) -> str | None:
