@@ -106,9 +106,9 @@ class EvalResult:
         for r in self.results.values():
             for name, value in getattr(r, part).items():
                 totals.setdefault(name, []).append(value)
-        unanswered = [r for r in self.results.values() if r.no_answer and not getattr(r, part)]
+        unanswered = sum(1 for r in self.results.values() if r.no_answer and not getattr(r, part))
         for values in totals.values():
-            values.extend(0.0 for _ in unanswered)
+            values.extend([0.0] * unanswered)
         return {name: sum(v) / len(v) for name, v in totals.items()}
 
     def worst(self, k: int) -> list[ExampleResult]:
@@ -133,8 +133,9 @@ class Usage:
     reasoning_calls: int = 0
     reasoning_tokens: int = 0
     failed: int = 0
-    too_long: int = 0  # examples scored 0: the request was over the task model's context window
-    unreadable: int = 0  # examples scored 0: the adapter could not read the model's reply
+    # Examples scored 0 for want of an answer, one counter per `retries.NO_ANSWER` kind (same names):
+    too_long: int = 0  # the request was over the task model's context window
+    unreadable: int = 0  # the adapter could not read the model's reply
     retries: int = 0
     rate_limits: int = 0  # 429 answers seen: each one slowed the run down, and was retried unless last
     reasoning_failed: int = 0  # reasoning requests that got no usable reply (after retries)
@@ -145,8 +146,8 @@ class Usage:
 
     def warnings(self) -> list[str]:
         """What the run's summary must say about these totals (the other counts have their own line)."""
-        return [f"{n} answers scored 0: {NO_ANSWER[kind].reason} ({NO_ANSWER[kind].hint})"
-                for kind, n in (("too_long", self.too_long), ("unreadable", self.unreadable)) if n]
+        return [f"{n} answers scored 0: {why.reason} ({why.hint})"
+                for kind, why in NO_ANSWER.items() if (n := getattr(self, kind))]
 
 
 def usage_totals(tracker: Any) -> tuple[int, int]:

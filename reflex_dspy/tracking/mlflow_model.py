@@ -100,12 +100,12 @@ def _flavor(secrets: set[str]) -> types.SimpleNamespace:
         # part is in the settings while it saves (a thread-local override, gone afterwards).
         import dspy
 
-        portable = {key: None for key in dspy.settings.config} | portable_settings()
-        with dspy.context(**portable):
+        portable = portable_settings()
+        with dspy.context(**({key: None for key in dspy.settings.config} | portable)):
             mlflow.dspy.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
         settings_file = Path(path) / "data" / SETTINGS_FILE
-        with open(settings_file, "wb") as f:
-            cloudpickle.dump(portable_settings(), f)
+        with open(settings_file, "wb") as f:  # only the portable keys: the others' None would be configured
+            cloudpickle.dump(portable, f)
         if hits := find_secrets(Path(path), secrets):
             raise SecretInModel(f"an API key would be saved in {', '.join(hits)}; the model is not logged")
 
