@@ -36,12 +36,14 @@ class Measurement:
         text = f"{self.mean:.4f}"
         if self.n_runs > 1:
             text += f" ± {self.std:.4f} ({self.n_runs} runs)"
-        text += f" (on {self.n}-sample {self.split} set"
-        if self.n_failed:
-            text += f", {self.n_failed} failed and excluded"
+        return text + f" (on {self.n}-sample {self.split} set" + "".join(f", {c}" for c in self.caveats()) + ")"
+
+    def caveats(self) -> list[str]:
+        """What the mean leaves out or scored 0 without an answer: said wherever the mean is shown."""
+        said = [f"{self.n_failed} failed and excluded"] if self.n_failed else []
         for kind, n in sorted(self.no_answers.items()):
-            text += f", {n} {NO_ANSWER[kind].counted if kind in NO_ANSWER else kind} and scored 0"
-        return text + ")"
+            said.append(f"{n} {NO_ANSWER[kind].counted if kind in NO_ANSWER else kind} and scored 0")
+        return said
 
     def to_dict(self) -> dict[str, Any]:
         """The file form: `mean_score` / `std_score`, aevyra-reflex's names (tracking/schema.py)."""

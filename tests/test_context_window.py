@@ -71,11 +71,14 @@ def test_the_users_prompt_over_the_context_scores_zero_once_and_says_so():
     assert result.selected_iteration == 0 and len(asked) == len(set(asked))
 
 
-def test_a_rewrite_that_makes_replies_unreadable_is_scored_on_all_of_them():
+def test_a_rewrite_that_makes_replies_unreadable_is_scored_on_all_of_them(tmp_path):
     """Before: "Final score : 1.0000 (on 18-sample test set, 8 failed and excluded)", "Improvement
     +0.7222 (+260.0%)", "significant": the rewrite's replies for odd customers had no field markers.
-    It is still picked (5 of 9 on validation against 3), but its numbers are now what it scores."""
+    It is still picked (5 of 9 on validation against 3), but its numbers are now what it scores,
+    and the dashboard says so beside them as the summary does."""
     from conftest import ScriptedReasoner
+
+    from reflex_dspy.dashboard.api import DashboardData
 
     def respond(system: str, messages: list[dict]) -> str:
         label = truth(messages[-1]["content"])
@@ -84,8 +87,8 @@ def test_a_rewrite_that_makes_replies_unreadable_is_scored_on_all_of_them():
         return f"[[ ## output ## ]]\n{label if label == 'billing' else 'unsure'}\n\n[[ ## completed ## ]]"
 
     result = Reflex("exact", strategy="iterative", task_lm=fake_lm(respond),
-                    reasoning_lm=fake_lm(ScriptedReasoner(["Answer tersely."])), track=False, progress=False,
-                    max_iterations=1, train_ratio=0.5, val_ratio=0.25).compile(
+                    reasoning_lm=fake_lm(ScriptedReasoner(["Answer tersely."])), run_dir=tmp_path, mlflow=False,
+                    progress=False, max_iterations=1, train_ratio=0.5, val_ratio=0.25).compile(
         dspy.Predict("input -> output"), trainset=routing_examples(12)).result
     (record,) = result.iterations
     assert record.val_score == pytest.approx(5 / 9)  # the unreadable odd ones count 0 now: 5 of 9
@@ -98,6 +101,9 @@ def test_a_rewrite_that_makes_replies_unreadable_is_scored_on_all_of_them():
     assert result.improvement < 0.5 and not result.significance.significant
     assert result.usage["unreadable"] > 0 and result.usage["failed"] == 0
     assert any("could not be read as the program's output fields" in w for w in result.warnings)
+    shown = DashboardData(tmp_path).run_view("001")["result"]["final"]
+    assert shown["mean"] == pytest.approx(final.mean) and shown["n"] == final.n
+    assert shown["caveats"] == [f"{len(unreadable)} unreadable replies and scored 0"]
 
 
 @pytest.mark.parametrize(("error", "kind"), [

@@ -16,7 +16,7 @@ from typing import Any
 from reflex_dspy.cli.runs import nested, prompts_by_iteration
 from reflex_dspy.dashboard.safety import contained
 from reflex_dspy.errors import UsageError
-from reflex_dspy.result import format_tokens
+from reflex_dspy.result import Measurement, format_tokens
 from reflex_dspy.run_status import silence
 from reflex_dspy.tracking.store import CorruptRunError, Run, RunStore, RunSummary
 
@@ -267,15 +267,19 @@ def _initial_train(records: list) -> float | None:
 def _measurement(data: dict[str, Any] | None) -> dict[str, Any] | None:
     if not data:
         return None
-    keep = ("split", "n_runs", "n", "n_failed", "scores_by_metric")
-    return {"mean": data.get("mean_score"), "std": data.get("std_score"), **{k: data.get(k) for k in keep}}
+    keep = ("split", "n_runs", "n", "n_failed", "no_answers", "scores_by_metric")
+    try:
+        caveats = Measurement.from_dict(data).caveats()
+    except (TypeError, AttributeError, KeyError):
+        caveats = []
+    return {"mean": data.get("mean_score"), "std": data.get("std_score"), "caveats": caveats,
+            **{k: data.get(k) for k in keep}}
 
 
 def _result(result: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, Any] | None:
     """The held-out test outcome of a completed run, in the summary's own words."""
     if not result:
         return None
-    from reflex_dspy.result import Measurement
     from reflex_dspy.stats import Significance
 
     final = result.get("final") or {}

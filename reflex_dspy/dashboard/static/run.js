@@ -58,10 +58,16 @@ function tile(label, value, sub, cls = "") {
     h("div", { class: "tile-sub" }, sub || " "));
 }
 
+// What a mean leaves out (failed examples) or scored 0 without an answer, as the summary says it.
+function caveats(m) {
+  return m && m.caveats && m.caveats.length ? `, ${m.caveats.join(", ")}` : "";
+}
+
 function tiles(run) {
   const b = run.baseline_detail;
   const best = run.best_detail;
-  const baseSub = b ? `on ${b.n}-sample ${b.split}` + (b.n_runs > 1 ? ` · ±${score(b.std, 4)} (${b.n_runs} runs)` : "") : "not measured yet";
+  const baseSub = b ? `on ${b.n}-sample ${b.split}` + caveats(b) + (b.n_runs > 1 ? ` · ±${score(b.std, 4)} (${b.n_runs} runs)` : "")
+    : "not measured yet";
   const where = best.iteration === 0 ? "the initial prompt" : best.iteration != null ? `iteration ${best.iteration}` : "";
   const bestSub = best.improvement
     ? `${best.improvement.text} vs initial on ${best.by}` : best.score != null ? `on ${best.by}, ${where}` : "";
@@ -86,6 +92,8 @@ function testResult(run) {
   return h("div", { class: "test-result", id: "test-result" },
     h("strong", {}, "Held-out test: "),
     `${score(run.baseline_detail && run.baseline_detail.mean, 4)} → ${score(r.final && r.final.mean, 4)}`,
+    r.final && r.final.caveats && r.final.caveats.length
+      ? h("span", { class: "caveats", id: "final-caveats" }, ` (on ${r.final.n}-sample ${r.final.split}${caveats(r.final)})`) : "",
     r.improvement ? h("span", { class: r.improvement.delta >= 0 ? "up" : "down" }, ` (${r.improvement.text})`) : "",
     " · ", h("span", { class: sig }, r.significance || "no significance test"),
     ` · selected ${chosen} (best on ${r.selected_by}: ${score(r.selected_score, 4)})`,
