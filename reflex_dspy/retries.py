@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class EmptyReply(Exception):  # noqa: N818 (reads as what happened, like DSPy's own errors)
@@ -64,6 +64,8 @@ def classify_error(exc: BaseException) -> str:
         seen.add(id(exc))
         if isinstance(exc, EmptyReply):
             return "transient"
+        if (reported := getattr(exc, "reported", None)) and reported["kind"] != "fatal":  # see `report`
+            return reported["kind"]
         if isinstance(exc, LMAuthError | LMBillingError):
             return "auth"
         if is_retryable_lm_error(exc):
@@ -110,6 +112,8 @@ def no_answer(exc: BaseException) -> str | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if (reported := getattr(exc, "reported", None)) and reported["no_answer"]:  # see `report`
+            return reported["no_answer"]
         name = type(exc).__name__
         if name in ("ContextWindowExceededError", "ContextLengthError"):
             return "too_long"
@@ -133,7 +137,15 @@ def is_rate_limit(exc: BaseException) -> bool:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
-        if status == 429 or "RateLimit" in type(exc).__name__:
+        if status == 429 or "RateLimit" in type(exc).__name__ or (getattr(exc, "reported", None) or {}).get("rate_limit"):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def report(exc: BaseException) -> dict[str, Any]:
+    """What this module makes of an error, for one raised in another process (a pipeline worker),
+    where only its text crosses: the error raised here in its place carries this as `reported`,
+    and `classify_error`, `no_answer` and `is_rate_limit` read it, so the call is treated as the
+    same call in a thread would be."""
+    return {"kind": classify_error(exc), "no_answer": no_answer(exc), "rate_limit": is_rate_limit(exc)}

@@ -17,8 +17,9 @@ from test_pipeline_cli import cli, fake_models, pipeline_files
 from reflex_dspy.adapters import PipelineFnProgram, load_pipeline_file
 from reflex_dspy.adapters.pipeline_fn import SampleTimedOut
 from reflex_dspy.candidate import Candidate
+from reflex_dspy.data import assign_ids
 from reflex_dspy.evaluation import Evaluator
-from reflex_dspy.retries import classify_error
+from reflex_dspy.retries import RetryPolicy, classify_error
 
 
 @pytest.fixture
@@ -180,3 +181,50 @@ def test_callers_waiting_for_a_worker_are_not_stranded_when_workers_are_stopped(
         program.close()
     assert [type(o).__name__ for o in outcomes[:2]] == ["SampleTimedOut", "SampleTimedOut"]
     assert outcomes[2] == "41 dollars" and program.runner.killed == 2
+
+
+FAULTY_AGENT = '''
+import dspy
+import litellm
+from reflex_dspy import AgentTrace
+
+asked = {}
+
+def pipeline_fn(prompt, input):
+    """An agent whose own model call overflows its context on long inputs and is rate-limited once."""
+    asked[input] = asked.get(input, 0) + 1
+    if input.startswith("long"):
+        raise dspy.ContextWindowExceededError(model="agent-model", message="over 4096 tokens")
+    if input == "flaky" and asked[input] == 1:
+        raise litellm.RateLimitError("slow down", llm_provider="openai", model="agent-model")
+    trace = AgentTrace()
+    trace.final_answer = "ok"
+    return trace
+'''
+
+
+def test_an_error_in_a_worker_process_is_treated_as_the_same_error_in_a_thread(tmp_path):
+    """Before: every error of a worker process (a per-sample timeout) came back as a plain
+    PipelineFnError, so a context overflow failed its example (left out of the mean, asked again
+    at each evaluation) and a rate limit was never retried."""
+    agent = tmp_path / "faulty_agent.py"
+    agent.write_text(FAULTY_AGENT)
+    pipeline = load_pipeline_file(agent)
+    examples = assign_ids([dspy.Example(input=q, output="ok").with_inputs("input") for q in ("long one", "flaky", "short")])
+    means = []
+    for timeout in (None, 30.0):  # in the evaluator's threads, then in a worker process
+        program = PipelineFnProgram(pipeline.module.pipeline_fn, "Answer.", timeout=timeout, workers=1,
+                                    ref=("file", str(agent), "pipeline_fn"))
+        evaluator = Evaluator(program, lambda ex, pred, trace=None: float(pred.output == ex.output),
+                              task_lm=fake_lm(shop_respond), max_workers=1, retry=RetryPolicy(base_delay=0.01))
+        pipeline.module.asked.clear()
+        try:
+            result = evaluator.evaluate(Candidate.from_program(program), examples)
+        finally:
+            program.close()
+        by_input = {ex.input: result.results[ex.reflex_id] for ex in examples}
+        assert by_input["long one"].no_answer == "too_long" and by_input["long one"].score == 0.0
+        assert not by_input["long one"].failed and not by_input["flaky"].failed
+        assert evaluator.usage.retries == 1 and evaluator.usage.too_long == 1 and result.n_failed == 0
+        means.append(result.mean)
+    assert means == [2 / 3, 2 / 3]

@@ -32,6 +32,7 @@ import dspy
 
 from reflex_dspy.candidate import PredictorState
 from reflex_dspy.errors import ReflexError
+from reflex_dspy.retries import report
 from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, plain
 
 PIPELINE_SIGNATURE = "input -> output"
@@ -45,7 +46,15 @@ FunctionRef = tuple[Any, ...]
 
 
 class PipelineFnError(ReflexError):
-    """pipeline_fn failed, returned something other than an AgentTrace, or its worker died."""
+    """pipeline_fn failed, returned something other than an AgentTrace, or its worker died.
+
+    An error in a worker process reaches here as text; `reported` carries what `retries.report`
+    made of the original there (a provider's rate limit is retried, a context overflow is no answer).
+    """
+
+    def __init__(self, message: str, reported: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.reported = reported
 
 
 class SampleTimedOut(ReflexError):
@@ -117,7 +126,8 @@ def worker_main(read_fd: int, write_fd: int) -> None:
         except BaseException as exc:
             where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
             line = f" (line {where[0].lineno} of {Path(where[0].filename).name})" if where else ""
-            replies.send(("error", f"{type(exc).__name__}: {' '.join(str(exc).split())}{line}"))
+            replies.send(("error", f"{type(exc).__name__}: {' '.join(str(exc).split())}{line}",
+                          report(exc)))
 
 
 class _Worker:
@@ -238,7 +248,7 @@ class WorkerPool:
         self._release(worker)
         if reply[0] == "ok":
             return AgentTrace.from_dict(reply[1]), reply[2]
-        raise PipelineFnError(reply[1])
+        raise PipelineFnError(*reply[1:])
 
     def close(self) -> None:
         """Stop every idle worker (a worker busy in another thread is stopped when it comes back)."""
