@@ -155,11 +155,13 @@ class Confirmation:
                          "val_and_train": both, "train_failed": on_train.n_failed,
                          "train_left_one_out": len(content_sources(contender.candidate, train))})
             ranked.append((contender.candidate, both))
-        pick = self.pooled_rule(len(train)).best(ranked, len(self.valset) + len(train))
+        rule = self.pooled_rule(len(train))
+        pick = rule.best(ranked, len(self.valset) + len(train))
         if pick is None:  # every answer failed: nothing was measured, the pick on validation stands
             return None
         record = {"within": CONFIRM_WITHIN, "train_examples": len(train), "contenders": rows,
-                  "picked": contenders[pick].iteration, "metric_calls": self.evaluator.usage.search_calls - calls}
+                  "picked": contenders[pick].iteration, "metric_calls": self.evaluator.usage.search_calls - calls,
+                  "margin": rule.margin, "val_examples": len(self.valset)}
         return contenders[pick].iteration, record
 
     def threshold_check(self, candidate: Candidate, val: float, threshold: float) -> dict[str, Any] | None:
@@ -188,8 +190,15 @@ def describe(record: dict[str, Any]) -> str:
     left_out = sum(r.get("train_left_one_out", 0) for r in rows)
     how = (f" ({left_out} of those scores without the example's own demo)" if left_out
            else " none of them took demos from")
-    return (f"{len(rows)} candidates within {record['within']} validation example of the best, scored on "
+    text = (f"{len(rows)} candidates within {record['within']} validation example of the best, scored on "
             f"{record['train_examples']} train examples{how}: {name(picked)}, over {others}")
+    top = max((r["val_and_train"] for r in rows if r["val_and_train"] is not None), default=None)
+    if record.get("margin") and picked["val_and_train"] != top:  # the rewrite margin decided it
+        n_val = record["val_examples"]
+        n, margin = n_val + record["train_examples"], record["margin"]
+        text += (f"; instructions the reasoning model wrote must win by {margin:g} of these {n} examples (the "
+                 f"rewrite margin, {margin * n_val / n:g} of the {n_val} validation examples, at the same share)")
+    return text
 
 
 def on_train(candidate: Candidate, train: Sequence[dspy.Example]) -> list[tuple[Candidate, list[dspy.Example]]]:

@@ -344,6 +344,8 @@ class RunLifecycle:
     def _search(self, start: int) -> str:
         """Run strategy iterations until a stop rule fires (stop_rules.py); returns why it stopped."""
         cfg, train, val = self.config, self.splits.train, self.splits.val
+        if start == 1 and (stop := self._initial_at_threshold()) is not None:
+            return stop
         i = start
         while True:
             view = SearchView(i, self.strategy, self.ctx, self.records, has_val=bool(val))
@@ -382,6 +384,19 @@ class RunLifecycle:
             self._checkpoint(i)
             i += 1
 
+    def _initial_at_threshold(self) -> str | None:
+        """The starting prompt already reaches the score threshold on validation (and, where calls
+        are held back, on validation and train examples together): nothing is left to improve, so
+        no step is paid for (as aevyra-reflex stops when its first evaluation meets the target)."""
+        threshold = self.config.score_threshold
+        if self.initial_val is None or self.initial_val < threshold:
+            return None
+        check = self._threshold_check(0, self.initial, self.initial_val)
+        if check is not None and not check["holds"]:
+            return None
+        return (f"the starting prompt already reaches the score threshold {threshold:g} on validation "
+                f"({self.initial_val:.3f})")
+
     def _threshold_check(self, i: int, candidate: Candidate, val_score: float | None) -> dict[str, Any] | None:
         """An iteration that reached the score threshold on validation, checked on validation and
         train examples together (confirmation.py): the threshold stops the run only if it holds."""
@@ -390,8 +405,9 @@ class RunLifecycle:
             return None
         check = self._confirmation().threshold_check(candidate, val_score, threshold)
         if check is not None and not check["holds"]:
+            who = f"iteration {i}" if i else "the starting prompt"
             self.trackers.on_notice(
-                f"iteration {i} reached the score threshold {threshold:g} on validation ({val_score:.3f}) but not on "
+                f"{who} reached the score threshold {threshold:g} on validation ({val_score:.3f}) but not on "
                 f"validation and {check['train_examples']} train examples together, none scored with its own demo "
                 f"({check['val_and_train']:.3f}): the search goes on")
         return check

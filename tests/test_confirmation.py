@@ -82,9 +82,9 @@ class Notices(Tracker):
 
 
 def run(tmp_path, *, iterations: int = 2, threshold: float = 1.0, budget: int | None = 150, trackers=(),
-        track: bool = False, **kwargs):
+        track: bool = False, task=respond, **kwargs):
     train, val = bangs_splits()  # 16 train (shipping, technical), 8 val (billing)
-    opt = Reflex("exact", strategy=Variants(**kwargs), task_lm=fake_lm(respond, name="fake/task"), trackers=trackers,
+    opt = Reflex("exact", strategy=Variants(**kwargs), task_lm=fake_lm(task, name="fake/task"), trackers=trackers,
                  reasoning_lm=fake_lm(lambda s, m: "-", name="fake/reasoner"), run_dir=tmp_path, track=track, mlflow=False,
                  max_iterations=iterations, train_ratio=1.0, early_stopping_patience=0, score_threshold=threshold,
                  max_metric_calls=budget)
@@ -156,6 +156,24 @@ def test_the_threshold_stops_the_run_only_where_unused_train_examples_confirm_it
     assert result.selected_iteration == 2  # the final pick reuses the checks' scores
 
 
+def test_a_starting_prompt_at_the_threshold_runs_no_step_where_train_examples_confirm_it(tmp_path):
+    """Before: the opening step ran (and was paid for) although nothing was left to improve."""
+    result = run(tmp_path, iterations=3, threshold=0.9, task=lambda s, m: truth(m[-1]["content"]))
+    assert result.stop_reason == "the starting prompt already reaches the score threshold 0.9 on validation (1.000)"
+    assert result.iterations == [] and result.selected_iteration == 0 and result.usage["reasoning_calls"] == 0
+
+
+def test_a_starting_prompt_at_the_threshold_on_validation_alone_is_still_optimized(tmp_path):
+    """Right on validation's billing messages only: the threshold on validation does not hold on
+    validation and train together, so the search goes on, and says why."""
+    notices = Notices()
+    billing_only = lambda s, m: truth(m[-1]["content"]) if truth(m[-1]["content"]) == "billing" else "unsure"  # noqa: E731
+    result = run(tmp_path, iterations=2, threshold=0.9, task=billing_only, trackers=[notices])
+    assert len(result.iterations) == 2 and result.stop_reason == "max iterations"
+    assert notices.said[0].startswith("the starting prompt reached the score threshold 0.9 on validation (1.000) but "
+                                      "not on validation and 15 train examples together")
+
+
 def copying(system: str, messages: list[dict]) -> str:
     """`respond`, but right wherever the message itself is among the prompt's demos: a demo's
     source is a free answer."""
@@ -215,3 +233,15 @@ def test_on_validation_and_train_together_a_rewrite_s_margin_keeps_its_size_as_a
     # A margin of 4 validation examples is 11.5 of the 23 pooled: 8 + 15 - 11.5 < 5 + c's 7 or more.
     confirm_far = Confirmation.for_run(evaluator, train, val, PickRule(user, margin=4), seed=0, held=15)
     assert confirm_far.settle([(1, c, 0.625), (2, b_rewrite, 1.0)])[0] == 1
+
+
+def test_a_pick_below_the_best_pooled_score_says_the_rewrite_margin_decided_it():
+    """Before: "iteration 1 (val 0.600, val + train 0.700), over ...; iteration 2 (val 0.600, val +
+    train 0.800)", with nothing saying why the higher score lost."""
+    rows = [{"iteration": 1, "val": 0.6, "val_and_train": 0.7}, {"iteration": 2, "val": 0.6, "val_and_train": 0.8}]
+    record = {"within": 1, "train_examples": 9, "contenders": rows, "picked": 1, "margin": 4.0, "val_examples": 3}
+    assert describe(record).endswith("iteration 2 (val 0.600, val + train 0.800); instructions the reasoning model "
+                                     "wrote must win by 4 of these 12 examples (the rewrite margin, 1 of the 3 "
+                                     "validation examples, at the same share)")
+    assert "margin" not in describe({**record, "picked": 2})  # the best pooled score won: nothing to explain
+    assert "margin" not in describe({k: v for k, v in record.items() if k != "margin"})  # a record of before
