@@ -7,6 +7,7 @@ running an optimization.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -326,3 +327,12 @@ def test_help_imports_no_heavy_library_and_module_entry_point_works():
         [sys.executable, "-m", "reflex_dspy.cli", "--version"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.startswith("reflex-dspy ")
+
+
+def test_show_says_the_budget_limits_a_run_whose_iteration_cap_rose_to_it(capsys, store):
+    """A budgeted run records the cap it ran with (its budget): before, `show` said "up to 40 iterations"."""
+    run = make_run(store, config={"max_iterations": 40, "max_metric_calls": 40})
+    config = json.loads(run.file("config.json").read_text())
+    write_json(run.file("config.json"), {**config, "budget": 40})
+    code, out, _ = cli(capsys, "show", "1", "--run-dir", str(store.root))
+    assert code == 0 and "Strategy       : iterative, as many iterations as the budget allows (40 metric calls)" in out

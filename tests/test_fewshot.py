@@ -287,9 +287,13 @@ def test_labeled_first_pays_for_no_bootstrap_before_its_first_set():
 
     result = run_strategy(FewShot(max_examples=3, set_kinds=["labeled", "rule", "random"]), refuses,
                           respond=never_perfect, max_iterations=3, train_ratio=1.0, val_ratio=0.0).result
-    first, second = result.iterations[:2]
+    first, second, third = result.iterations[:3]
     assert (first.details["set_kind"], first.details["bootstrap"]) == ("labeled", None)
     assert second.details["set_kind"] == "rule" and second.details["bootstrap"]["round"] == 1
+    # Each summary names what its set was drawn from (before: "3 demos by labeled from a pool of 0").
+    assert first.change_summary.startswith("3 labeled demos from 24 train examples (answers: ")
+    assert re.match(rf"\d demos by diverse from a pool of {second.details['pool_size']} \(answers: ", second.change_summary)
+    assert re.match(r"3 demos at random from \d+ bootstrapped and labeled \(answers: ", third.change_summary)
     default = run_strategy(FewShot(max_examples=3), refuses, max_iterations=1, train_ratio=1.0,
                            val_ratio=0.0).result.iterations[0]
     assert default.details["set_kind"] == "rule" and default.details["bootstrap"]["round"] == 1

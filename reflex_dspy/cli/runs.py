@@ -177,8 +177,11 @@ def _header(run: Run, s: RunSummary, config: dict[str, Any]) -> list[str]:
     if s.status == "failed":
         add("Failed", (load_failure(run.path) or {}).get("reason"))
     add("Created", _created(s.created))
-    n = cfg.get("max_iterations", "?")
-    add("Strategy", f"{s.strategy or '-'}, up to {n} iteration{'' if n == 1 else 's'}")
+    n, budget = cfg.get("max_iterations", "?"), config.get("budget")
+    limit = (f"as many iterations as the budget allows ({budget} metric calls)"
+             if isinstance(n, int) and isinstance(budget, int) and n >= budget  # OptimizerConfig.budget_binds
+             else f"up to {n} iteration{'' if n == 1 else 's'}")
+    add("Strategy", f"{s.strategy or '-'}, {limit}")
     add("Task model", s.models.get("task"))
     add("Reasoning", s.models.get("reasoning"))
     add("Dataset", s.dataset)

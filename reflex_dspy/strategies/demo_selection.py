@@ -145,6 +145,7 @@ class Selection:
     fallback: str | None = None
     reasoning: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    drawn_from: int | None = None  # entries the set was chosen from, where not the bootstrapped pool
 
 
 def _clip(text: Any, limit: int = 300) -> str:

@@ -326,13 +326,13 @@ class FewShot(Strategy):
                                   [ex for ex in ctx.trainset if example_id(ex) not in seen])
         if kind == "labeled":
             return Selection(diverse(outside_first(labeled, k, in_batch), k, variant), "labeled",
-                             note="labeled demos: gold train examples, greedy coverage")
+                             note="labeled demos: gold train examples, greedy coverage", drawn_from=len(labeled))
         pooled = {e.example_id for e in self.state.pool}
         union = [*self.state.pool, *(e for e in labeled if e.example_id not in pooled)]
         union = outside_first(union, k, in_batch)
         chosen = ctx.rng.sample(union, min(k, len(union)))
         return Selection(chosen, "random", note=f"random restart: {len(chosen)} of {len(union)} bootstrapped and "
-                                                "labeled demos")
+                                                "labeled demos", drawn_from=len(union))
 
     def _reserved(self, ctx: SearchContext) -> set[str]:
         """Train examples a new set may not draw on: the current demos' sources, which a batch score
@@ -372,11 +372,13 @@ class FewShot(Strategy):
                    "answers": [e.answer for e in selection.entries], "selection_note": selection.note,
                    "fallback": selection.fallback, "left_out_of_batch": excluded, "scored_on": len(scored_on),
                    "pool_size": len(self.state.pool), "bootstrap": boot, "kept": False, **selection.details}
-        n = len(selection.entries)
-        summary = (f"{n} demo{'s' * (n != 1)} by {selection.rule} from a pool of {len(self.state.pool)} "
-                   f"(answers: {', '.join(sorted(set(details['answers'])))[:120]})")
+        n, demos = len(selection.entries), "demo" + "s" * (len(selection.entries) != 1)
+        drawn = {"labeled": f"labeled {demos} from {selection.drawn_from} train examples",
+                 "random": f"{demos} at random from {selection.drawn_from} bootstrapped and labeled"}
+        summary = (f"{n} {drawn.get(selection.rule, f'{demos} by {selection.rule} from a pool of {len(self.state.pool)}')}"
+                   f" (answers: {', '.join(sorted(set(details['answers'])))[:120]})")
         lines = [self._boot_line(boot)] if boot else []
-        lines.append(f"Selected {n} demos by {selection.rule} ({selection.note}): {', '.join(details['selected'])}.")
+        lines.append(f"Selected {n} {demos} by {selection.rule} ({selection.note}): {', '.join(details['selected'])}.")
         if selection.fallback:
             lines.append(f"The reasoning model's choice was refused ({selection.fallback}); used the diverse rule.")
         if selection.reasoning:

@@ -231,9 +231,10 @@ class Joint(Strategy):
     def _summary(self, params: dict[str, int]) -> tuple[dict[str, Any], str]:
         """The trial's demo set and a one-line description of the pair."""
         chosen = self.state.sets[params["demo_set"]]
+        size = len(chosen["entries"])
         return chosen, (f"joint trial {len(self.state.trials)}: instructions "
                         f"{', '.join(str(params[f'instruction:{n}']) for n in self.state.instructions)}, demo set "
-                        f"{params['demo_set']} ({chosen['kind']}, {len(chosen['entries'])} demos)")
+                        f"{params['demo_set']} ({chosen['kind']}, {size} demo{'s' * (size != 1)})")
 
     def _trial(self, ctx: SearchContext, iteration: int, candidate: Candidate, pick: tuple[dict[str, int], str],
                notes: list[str], scored_on: list[dspy.Example], on_val: bool) -> Step:

@@ -152,11 +152,12 @@ class PDO(Strategy):
         pruned = self._prune(iteration, order, matrix, records)
         label = self._label(records[self.champion])
         verb = "champion" if previous == self.champion else "new champion"
+        rivals = len(self.store.pool()) - 1
         top = [{"name": records[f]["name"], "fingerprint": f, "win_rate": self._rate(f, matrix)} for f in order[:3]]
         return Step(
             champion, result, parent.mean,
             reasoning=self._reasoning(order, records, matrix, weights, duels, mutants, pruned),
-            change_summary=f"{verb}: {label} over {len(self.store.pool()) - 1} rivals",
+            change_summary=f"{verb}: {label} over {rivals} rival{'s' * (rivals != 1)}",
             predictor=records[self.champion].get("predictor"),
             details={"duels": duels, "pool_size": len(self.store.pool()), "ranking_method": self.ranking_method,
                      "weights": weights, "rewards": rewards, "top": top, "mutants": mutants, "pruned": pruned,
