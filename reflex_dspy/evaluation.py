@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dspy
@@ -31,6 +30,7 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
     plain_output,
 )
 from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
+from reflex_dspy.library_logs import worker_pool
 from reflex_dspy.reply_cache import install_empty_reply_guard
 from reflex_dspy.retries import NO_ANSWER, RetryPolicy, no_answer, short_error
 from reflex_dspy.throttle import AdaptiveLimit
@@ -232,7 +232,7 @@ class Evaluator:
 
     def _run_beside(self, label: str, jobs: list, beside: Callable[[], Any]) -> BaseException | None:
         """Run the jobs in a thread while `beside()` runs here; raise the jobs' error, return beside's."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflex-eval") as side:
+        with worker_pool(1, "reflex-eval") as side:
             running = side.submit(self._run_jobs, label, jobs)
             try:
                 beside()
@@ -262,8 +262,7 @@ class Evaluator:
             # after every blocking call (measured in bench/: overhead).
             self._collect(label, len(jobs), ((job[0], self._run_one(*job[1:])) for job in jobs))
         elif jobs:
-            with ThreadPoolExecutor(max_workers=min(self.max_workers, len(jobs)),
-                                    thread_name_prefix="reflex-eval") as pool:
+            with worker_pool(min(self.max_workers, len(jobs)), "reflex-eval") as pool:
                 futures = [(job[0], pool.submit(self._run_one, *job[1:])) for job in jobs]
                 try:
                     self._collect(label, len(jobs), ((results, future.result()) for results, future in futures))

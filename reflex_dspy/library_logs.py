@@ -17,7 +17,9 @@ import sys
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any
 
 # DSPy's root logger: its handler writes to stderr and it does not propagate, so its handlers are
@@ -30,11 +32,10 @@ _LIBRARY_DIRS = (f"{os.sep}dspy{os.sep}", f"{os.sep}litellm{os.sep}")
 _MESSAGE_CHARS = 160
 
 
-class LibraryLogs(logging.Filter):
+class LibraryLogs:
     """Counts of the warnings DSPy and LiteLLM raised during a run (thread-safe)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._lock = threading.Lock()
         self.truncated = 0
         self.messages: Counter[tuple[str, str]] = Counter()  # (source, first line) → count
@@ -47,11 +48,10 @@ class LibraryLogs(logging.Filter):
             else:
                 self.messages[(source, first[:_MESSAGE_CHARS])] += 1
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        """A logger filter: count warnings and errors, let nothing through to the console."""
+    def take(self, record: logging.LogRecord) -> None:
+        """Count a warning or error record (the informational chatter is dropped)."""
         if record.levelno >= logging.WARNING:
             self.count("LiteLLM" if record.name.startswith("LiteLLM") else "DSPy", record.getMessage())
-        return False
 
     def summary(self) -> list[str]:
         """One line per kind of message, most frequent first: what the run summary shows."""
@@ -65,42 +65,94 @@ class LibraryLogs(logging.Filter):
 
 
 class _CountingHandler(logging.Handler):
-    def __init__(self, logs: LibraryLogs) -> None:
+    """DSPy's logger's one handler while runs go on: each record goes to the runs it belongs to."""
+
+    def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
-        self.logs = logs
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.logs.filter(record)
+        for logs in _owners():
+            logs.take(record)
+
+
+class _CountingFilter(logging.Filter):
+    """LiteLLM's loggers' filter while runs go on: counted by the runs it belongs to, never printed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for logs in _owners():
+            logs.take(record)
+        return False
 
 
 def _from_library(filename: str) -> bool:
     return any(part in filename for part in _LIBRARY_DIRS)
 
 
+# Runs can overlap (a user's threads): the loggers and `warnings.showwarning` are taken over once,
+# by the first run, and put back by the last, so no run can restore another's state (which left
+# DSPy's log lines swallowed for the rest of the process). A record belongs to the run whose
+# threads made it (`_current`, carried into the run's pools by `worker_pool`); one from a thread
+# no run started is counted by every run going on.
+_lock = threading.Lock()
+_active: list[LibraryLogs] = []
+_restore: list[Callable[[], None]] = []
+_current: ContextVar[LibraryLogs | None] = ContextVar("reflex_library_logs", default=None)
+
+
+def _owners() -> list[LibraryLogs]:
+    mine = _current.get()
+    with _lock:
+        return [mine] if mine is not None and mine in _active else list(_active)
+
+
+def _take_over() -> None:
+    """Put DSPy's and LiteLLM's output in our hands (the first run); `_restore` undoes it."""
+    dspy_logger = logging.getLogger(DSPY_LOGGER)
+    saved_handlers, saved_propagate = dspy_logger.handlers[:], dspy_logger.propagate
+    dspy_logger.handlers, dspy_logger.propagate = [_CountingHandler()], False
+    counting = _CountingFilter()
+    litellm_loggers = [logging.getLogger(name) for name in LITELLM_LOGGERS]
+    for logger in litellm_loggers:
+        logger.addFilter(counting)
+    show = warnings.showwarning
+
+    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+        if not _from_library(filename):
+            show(message, category, filename, lineno, *rest)
+            return
+        for logs in _owners():
+            logs.count("DSPy" if f"{os.sep}dspy{os.sep}" in filename else "LiteLLM", str(message))
+
+    warnings.showwarning = showwarning
+
+    def restore() -> None:
+        warnings.showwarning = show
+        for logger in litellm_loggers:
+            logger.removeFilter(counting)
+        dspy_logger.handlers, dspy_logger.propagate = saved_handlers, saved_propagate
+
+    _restore.append(restore)
+
+
+def worker_pool(max_workers: int, thread_name_prefix: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads' DSPy and LiteLLM records count toward the run that made it."""
+    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix,
+                              initializer=_current.set, initargs=(_current.get(),))
+
+
 @contextlib.contextmanager
 def captured() -> Iterator[LibraryLogs]:
     """Within the block, DSPy's and LiteLLM's log records and warnings are counted, not printed.
 
-    Everything is put back on exit. Warnings from other code still reach the console.
+    Everything is put back when the last run going on leaves. Warnings from other code still reach
+    the console.
     """
     logs = LibraryLogs()
-    dspy_logger = logging.getLogger(DSPY_LOGGER)
-    saved_handlers = dspy_logger.handlers[:]
-    saved_propagate = dspy_logger.propagate
-    dspy_logger.handlers = [_CountingHandler(logs)]
-    dspy_logger.propagate = False
-    litellm_loggers = [logging.getLogger(name) for name in LITELLM_LOGGERS]
-    for logger in litellm_loggers:
-        logger.addFilter(logs)
-    show = warnings.showwarning
-
-    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
-        if _from_library(filename):
-            logs.count("DSPy" if f"{os.sep}dspy{os.sep}" in filename else "LiteLLM", str(message))
-        else:
-            show(message, category, filename, lineno, *rest)
-
-    warnings.showwarning = showwarning
+    with _lock:
+        if not _active:
+            _take_over()
+        _active.append(logs)
+    token = _current.set(logs)
     try:
         yield logs
     except BaseException:
@@ -108,8 +160,8 @@ def captured() -> Iterator[LibraryLogs]:
             print(f"note: {line}", file=sys.stderr)
         raise
     finally:
-        warnings.showwarning = show
-        for logger in litellm_loggers:
-            logger.removeFilter(logs)
-        dspy_logger.handlers = saved_handlers
-        dspy_logger.propagate = saved_propagate
+        _current.reset(token)
+        with _lock:
+            _active.remove(logs)
+            if not _active:
+                _restore.pop()()

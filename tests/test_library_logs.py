@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 
 import dspy
@@ -44,6 +45,7 @@ def test_dspy_truncation_warnings_are_counted_not_printed(capfd: pytest.CaptureF
 
 
 def test_litellm_and_other_dspy_warnings_are_grouped_by_message(capfd: pytest.CaptureFixture[str]) -> None:
+    before = logging.getLogger("LiteLLM").filters[:]
     with library_logs.captured() as logs:
         for _ in range(2):
             logging.getLogger("LiteLLM").warning("Provider List: https://docs.litellm.ai/docs/providers")
@@ -54,7 +56,7 @@ def test_litellm_and_other_dspy_warnings_are_grouped_by_message(capfd: pytest.Ca
         "DSPy warned: Failed to build structured output schema",
     ]
     assert capfd.readouterr().err == ""
-    assert logs not in logging.getLogger("LiteLLM").filters  # LiteLLM prints again after the run
+    assert logging.getLogger("LiteLLM").filters == before  # LiteLLM prints again after the run
 
 
 def test_python_warnings_from_dspy_are_counted_others_still_shown() -> None:
@@ -83,3 +85,40 @@ def test_a_run_reports_truncated_answers_once_in_its_summary(capfd: pytest.Captu
     assert f"{answers} model replies hit the token limit (max_tokens)" in result.warnings
     assert "Warning        : " + f"{answers} model replies hit the token limit" in result.summary()
     assert "LM response was truncated" not in capfd.readouterr().err
+
+
+def test_overlapping_runs_count_their_own_warnings_and_the_last_one_puts_everything_back(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Two runs in a user's threads, each inside the other's capture. Before: the first to finish
+    restored the state it found, the second restored the first's counting handler, and DSPy's log
+    lines were swallowed for the rest of the process (and each run could count the other's)."""
+    dspy_logger, show = logging.getLogger("dspy"), warnings.showwarning
+    before = (dspy_logger.handlers[:], dspy_logger.propagate)
+    started, both_running, results = set(), threading.Event(), {}
+
+    def run(name: str) -> None:
+        def respond(system: str, messages: list[dict]) -> str:
+            started.add(name)
+            if started == {"a", "b"}:
+                both_running.set()
+            both_running.wait(timeout=30)  # each run's first answer waits until the other's run began
+            logging.getLogger("dspy.adapters").warning(f"warning of run {name}")
+            return routing_respond(system, messages)
+
+        opt = Reflex("exact", strategy="iterative", task_lm=fake_lm(respond, name=f"fake/{name}"),
+                     reasoning_lm=fake_lm(ScriptedReasoner(["Route it."])), max_iterations=1, max_workers=2,
+                     track=False, progress=False)
+        results[name] = opt.compile(program_from_prompt("Say which team."), trainset=routing_examples()).result
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert both_running.is_set()  # the two runs really overlapped
+    for name in ("a", "b"):
+        said = [w for w in results[name].warnings if w.startswith("DSPy warned")]
+        assert said == [f"DSPy warned {results[name].usage['lm_calls']}×: warning of run {name}"], said
+    assert (dspy_logger.handlers, dspy_logger.propagate) == before and warnings.showwarning is show
+    logging.getLogger("dspy.adapters").warning("after both runs")
+    assert "after both runs" in capfd.readouterr().err

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import dspy
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
+from reflex_dspy.library_logs import worker_pool
 from reflex_dspy.metrics import as_data, input_fields, render_fields
 from reflex_dspy.proposals import ProposalRejected
 from reflex_dspy.signatures import CompareResponses
@@ -126,7 +126,7 @@ def _judge_all(ctx: SearchContext, asks: Sequence[tuple[dspy.Example, Any, Any, 
     workers = min(ctx.config.max_workers, len(asks))
     if workers <= 1:
         return [one(ask) for ask in asks]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reflex-judge") as pool:
+    with worker_pool(workers, "reflex-judge") as pool:
         return list(pool.map(one, asks))
 
 

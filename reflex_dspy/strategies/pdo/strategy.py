@@ -16,7 +16,6 @@ import os
 import random
 import socket
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ import dspy
 import reflex_dspy.strategies.pdo.ranking as ranking
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.errors import UsageError
+from reflex_dspy.library_logs import worker_pool
 from reflex_dspy.proposals import ProposalRejected
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy, restore_rng, rng_state
 
@@ -141,7 +141,7 @@ class PDO(Strategy):
         if self.mutation_frequency and iteration % self.mutation_frequency == 0:
             plans = self._mutation_plans(ctx, iteration, order, matrix, records)
         # The reasoning model writes the mutants while the champion is scored: neither needs the other.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflex-pdo") as pool:
+        with worker_pool(1, "reflex-pdo") as pool:
             proposals = pool.submit(self._propose_all, ctx, plans)
             # One evaluation after the duels (the champion depends on them): the champion and the
             # previous one (its parent score) on the batch, and the champion on the val examples the

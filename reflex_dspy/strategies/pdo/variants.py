@@ -10,7 +10,6 @@ the run never stops on a bad reply.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import dspy
 
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.evaluation import ExampleResult
+from reflex_dspy.library_logs import worker_pool
 from reflex_dspy.metrics import label_fields
 from reflex_dspy.proposals import Proposal, ProposalRejected, TaskFacts, clip, example_blocks
 from reflex_dspy.signatures import GenerateVariant, MutateWinner
@@ -101,7 +101,7 @@ def initial_variants(ctx: SearchContext, initial: Candidate, size: int) -> list[
     if workers <= 1:
         written = [_variant_text(ctx, initial, tip, predictor) for tip, predictor in jobs]
     else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reflex-variants") as pool:
+        with worker_pool(workers, "reflex-variants") as pool:
             written = list(pool.map(lambda job: _variant_text(ctx, initial, *job), jobs))
     variants = [Variant(initial, "initial", "the starting prompt")]
     seen = {initial.fingerprint}
