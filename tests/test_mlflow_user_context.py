@@ -120,3 +120,63 @@ def test_an_experiment_id_exported_for_another_store_is_not_a_choice_for_ours(mo
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     target = resolve_target(f"sqlite:///{tmp_path / 'fresh.db'}", None)
     assert target.experiment == "reflex"
+
+
+def test_runs_in_threads_take_turns_with_mlflows_process_wide_tracking_uri(user_mlflow, tmp_path):
+    """Before: run b pointed the fluent URI at its store while run a was using it, and a, leaving
+    first, put the user's URI back under b, whose model then went to the user's store."""
+    import threading
+
+    from reflex_dspy.tracking.mlflow_store import fluent_store
+
+    a_in, b_in, a_out, seen = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def a() -> None:
+        with fluent_store(f"sqlite:///{tmp_path / 'a'}.db"):
+            a_in.set()
+            b_in.wait(0.5)  # before: b came in here; now it waits for a to leave
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(10)
+        with fluent_store(f"sqlite:///{tmp_path / 'b'}.db"):
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = mlflow.get_tracking_uri()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"b": f"sqlite:///{tmp_path / 'b'}.db"}
+    assert mlflow.get_tracking_uri() == user_mlflow  # the user's again
+
+
+def test_two_runs_in_threads_on_one_store_each_log_their_model(task_lm, examples, tmp_path):
+    import threading
+
+    uri, results = f"sqlite:///{tmp_path / 'shared.db'}", {}
+
+    def run(strategy: str) -> None:
+        reasoner = fake_lm(ScriptedReasoner([f"Answer with one word: {', '.join(LABELS)}."]), name="fake/reasoner")
+        opt = Reflex("exact", strategy=strategy, task_lm=task_lm, reasoning_lm=reasoner, run_dir=tmp_path / "reflex",
+                     max_iterations=1, max_workers=2, tracking_uri=uri, progress=False)
+        results[strategy] = opt.compile(program_from_prompt("Route it."), trainset=examples).result
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in ("iterative", "structural")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+               if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(results) == ["iterative", "structural"] and len(parents) == 2
+    assert [r.data.tags.get("reflex.dspy_model") for r in parents] == ["logged", "logged"]
+    for parent in parents:  # in this store (before, one could land in the default store instead)
+        model = client.get_logged_model(parent.data.tags["reflex.model_uri"].removeprefix("models:/"))
+        assert model.source_run_id == parent.info.run_id and parent.info.status == "FINISHED"
+    # Both inserted the one dataset: before, the slower hit MLflow's unique key and its record stopped there.
+    first, second = ([d.dataset.digest for d in p.inputs.dataset_inputs] for p in parents)
+    assert first == second and len(first) == 1

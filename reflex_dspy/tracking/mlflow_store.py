@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,19 +39,26 @@ MODEL_LOGGERS = ("mlflow.dspy.save", "dspy.primitives.base_module", "dspy.dsp.ut
                   "dspy.utils.saving")  # "pickle!" warnings and version notes
 
 
+# MLflow's fluent tracking URI and logger levels are process-wide: runs in a user's threads take
+# turns changing them, or one run puts back what it found while another still uses its change (a
+# model logged to the default store: "Logged model ... not found"; MLflow left quiet for good).
+_PROCESS_STATE = threading.RLock()
+
+
 @contextlib.contextmanager
 def quiet_store_setup(
     names: tuple[str, ...] = QUIET_LOGGERS, level: int = logging.WARNING
 ) -> Iterator[None]:
     """Silence the INFO lines MLflow prints while it creates or migrates a SQLite database."""
-    saved = [(log, log.level) for log in map(logging.getLogger, names)]
-    for log, _ in saved:
-        log.setLevel(level)
-    try:
-        yield
-    finally:
-        for log, level in saved:
+    with _PROCESS_STATE:
+        saved = [(log, log.level) for log in map(logging.getLogger, names)]
+        for log, _ in saved:
             log.setLevel(level)
+        try:
+            yield
+        finally:
+            for log, level in saved:
+                log.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -59,15 +67,16 @@ def fluent_store(tracking_uri: str) -> Iterator[None]:
     linking a prompt to a run), then put the user's URI and `$MLFLOW_TRACKING_URI` back."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    user_env = os.environ.get("MLFLOW_TRACKING_URI")  # _use_tracking_uri would unset it on exit
-    try:
-        with _use_tracking_uri(tracking_uri):
-            yield
-    finally:
-        if user_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = user_env
-        else:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with _PROCESS_STATE:
+        user_env = os.environ.get("MLFLOW_TRACKING_URI")  # _use_tracking_uri would unset it on exit
+        try:
+            with _use_tracking_uri(tracking_uri):
+                yield
+        finally:
+            if user_env is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = user_env
+            else:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def open_experiment(client: MlflowClient, name: str, artifact_root: Path | None, create: bool) -> str | None:

@@ -222,8 +222,21 @@ class MlflowTracker(Tracker):
         self._log(run.info.run_id, params=params)
         self.client.log_text(run.info.run_id, redact_text(dumps(config_document(info))), "config.json")
         if (dataset := dataset_input(info, tags["mlflow.source.name"])) is not None:
-            self.client.log_inputs(run.info.run_id, datasets=[dataset])
+            self._log_dataset(run.info.run_id, dataset)
         return run.info.run_id
+
+    def _log_dataset(self, run_id: str, dataset: Any) -> None:
+        """Link the dataset to the run. Two runs of one dataset starting together (a user's threads,
+        processes on one store) both insert it; the slower fails MLflow's unique key, and then the
+        dataset exists, so linking again succeeds (once: anything else is a real failure)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_inputs(run_id, datasets=[dataset])
+        except MlflowException as exc:
+            if "UNIQUE constraint failed" not in str(exc) and "IntegrityError" not in str(exc):
+                raise
+            self.client.log_inputs(run_id, datasets=[dataset])
 
     def _find_parent(self, info: dict[str, Any]) -> str | None:
         """The parent of this run directory (tag `reflex.run_path`), the latest started if several."""
