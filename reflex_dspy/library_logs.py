@@ -165,3 +165,51 @@ def captured() -> Iterator[LibraryLogs]:
             _active.remove(logs)
             if not _active:
                 _restore.pop()()
+
+
+class _QuietStream:
+    """sys.stdout or sys.stderr while a `quiet_output` block runs: what its DSPy context prints (in
+    any thread DSPy starts for it) is dropped, everyone else's passes. Rich consoles (the run's
+    progress) write past it, as past Rich's own proxy."""
+
+    def __init__(self, stream: Any) -> None:
+        self.rich_proxied_file = stream
+
+    def write(self, text: str) -> int:
+        import dspy
+
+        if dspy.settings.get(QUIET_KEY):
+            return len(text)
+        return self.rich_proxied_file.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich_proxied_file, name)
+
+
+QUIET_KEY = "reflex_quiet_output"  # a DSPy context key: DSPy's thread pools carry it to their threads
+_quiet_blocks = 0
+
+
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """What DSPy prints within the block is dropped. DSPy's GEPA draws tqdm bars (its engine's and
+    `bootstrap_trace_data`'s Evaluate, both hard-wired on, the latter on stdout, from DSPy's worker
+    threads) that would land between the run's progress lines and in the user's stdout."""
+    import dspy
+
+    global _quiet_blocks
+    with _lock:
+        if not _quiet_blocks:
+            sys.stdout, sys.stderr = _QuietStream(sys.stdout), _QuietStream(sys.stderr)
+        _quiet_blocks += 1
+    try:
+        with dspy.context(**{QUIET_KEY: True}):
+            yield
+    finally:
+        with _lock:
+            _quiet_blocks -= 1
+            if not _quiet_blocks:
+                for name in ("stdout", "stderr"):
+                    stream = getattr(sys, name)
+                    if isinstance(stream, _QuietStream):  # not if someone replaced it meanwhile
+                        setattr(sys, name, stream.rich_proxied_file)

@@ -104,6 +104,21 @@ def test_finds_the_better_instruction_and_records_gepa_iterations():
     assert first["gepa"]["pareto_examples"] + first["gepa"]["reflection_examples"] == 12  # the train split
 
 
+def test_gepa_and_dspy_progress_bars_stay_off_the_console(capfd):
+    """DSPy's GEPA hard-wires two tqdm bars ("GEPA Optimization", and `bootstrap_trace_data`'s
+    "Average Metric" on stdout, drawn from DSPy's worker threads): before, every reflective step
+    printed them between the run's progress lines and into the user's stdout."""
+    import sys
+
+    stdout, stderr = sys.stdout, sys.stderr
+    result = gepa_run(GEPA(max_metric_calls=60), max_workers=2)
+    assert result.iterations and sys.stdout is stdout and sys.stderr is stderr
+    out, err = capfd.readouterr()
+    assert "Average Metric" not in out + err and "GEPA Optimization" not in out + err
+    print("the user's own line")  # printing works as before after the run
+    assert capfd.readouterr().out == "the user's own line\n"
+
+
 def test_candidates_are_emitted_best_first_then_the_search_stops():
     result = gepa_run(GEPA(max_metric_calls=80), examples=with_unreachable(), max_iterations=10)
 

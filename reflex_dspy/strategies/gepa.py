@@ -29,6 +29,7 @@ from dspy.utils.usage_tracker import UsageTracker
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
 from reflex_dspy.errors import BudgetExhausted, UsageError
+from reflex_dspy.library_logs import quiet_output
 from reflex_dspy.metrics import MetricFailure, call_metric
 from reflex_dspy.strategies.base import SearchContext, Step, Strategy
 
@@ -340,7 +341,7 @@ class GEPA(Strategy):
                          "callbacks": [_Progress(ctx, limit or self.max_metric_calls, save)]},
         )
         student = self.state.initial.apply(ctx.student)
-        with dspy.context(lm=ctx.task_lm, adapter=ctx.adapter, usage_tracker=task):
+        with dspy.context(lm=ctx.task_lm, adapter=ctx.adapter, usage_tracker=task), quiet_output():
             program = optimizer.compile(student, trainset=train, valset=pareto)
         save()
         results = program.detailed_results
