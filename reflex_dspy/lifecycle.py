@@ -31,7 +31,7 @@ from reflex_dspy.heartbeat import Heartbeat
 from reflex_dspy.marking import select_predictors
 from reflex_dspy.measurement import measure
 from reflex_dspy.metrics import label_fields
-from reflex_dspy.program_inputs import check_inputs
+from reflex_dspy.program_inputs import check_inputs, check_labels
 from reflex_dspy.proposals import Proposer, TaskFacts
 from reflex_dspy.result import IterationRecord, RunResult, promotion_report
 from reflex_dspy.run_info import describe_lm, run_info, trial_line
@@ -79,8 +79,9 @@ class RunLifecycle:
         trainset, valset = list(trainset), list(valset) if valset is not None else None
         if not trainset:
             raise UsageError("the trainset is empty")
-        check_inputs(student, trainset, "trainset")  # before any model call (program_inputs.py)
-        check_inputs(student, valset or [], "valset")
+        for where, examples in (("trainset", trainset), ("valset", valset or [])):  # before any model call
+            check_inputs(student, examples, where)  # (program_inputs.py)
+            check_labels(student, self.metric, examples, where)
         examples = assign_ids(trainset)
         val_override = assign_ids(valset) if valset is not None else None
         self.splits = split_dataset(

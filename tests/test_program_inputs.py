@@ -81,6 +81,13 @@ class Renaming(dspy.Module):
         return self.route(text=kwargs["input"])
 
 
+class Noting(Named):
+    """Answers a `source` field besides the route's output."""
+
+    def forward(self, input, hint=None):  # noqa: A002 - the dataset's field name
+        return dspy.Prediction(output=super().forward(input, hint).output, source="mail")
+
+
 def test_what_each_kind_of_program_takes():
     class Optional(dspy.Signature):
         input: str = dspy.InputField()
@@ -116,6 +123,31 @@ def test_an_input_a_custom_forward_does_not_take_is_refused(tmp_path):
     examples = [e.copy(source="mail").with_inputs("input", "source") for e in routing_examples()]
     assert refused(Named(), examples, tmp_path) == (
         "trainset example 0: 'source' is not an input of the program (it takes: input, hint)")
+
+
+def test_records_that_are_not_examples_are_refused(tmp_path):
+    records = [{"input": e.input, "output": e.output} for e in routing_examples()]
+    assert refused(dspy.Predict("input -> output"), records, tmp_path) == (
+        "trainset example 0 is a dict, not a dspy.Example: make it dspy.Example(**record).with_inputs('input')")
+    assert refused(dspy.Predict("input -> output"), ["a message"] * 12, tmp_path) == (
+        "trainset example 0 is a str, not a dspy.Example")  # before: AttributeError 'str' object has no attribute 'keys'
+
+
+def test_examples_a_built_in_metric_cannot_compare_are_refused(tmp_path):
+    """Before: the baseline paid for every answer, then stopped ("every test example failed:
+    example has no gold label fields"), or with a field the program never answers every example
+    failed on every run ("prediction has no field 'source'")."""
+    bare = [dspy.Example(input=e.input).with_inputs("input") for e in routing_examples()]
+    assert refused(dspy.Predict("input -> output"), bare, tmp_path) == (
+        "trainset example 0 has no field besides its inputs for metric 'exact' to compare the program's answer with")
+    noted = [e.copy(source="mail") for e in routing_examples()]
+    assert refused(dspy.ChainOfThought("input -> output"), noted, tmp_path) == (
+        "trainset example 0: 'source' is not a field the program answers (it answers: reasoning, output), yet "
+        "metric 'exact' would compare it: leave it out of the examples, or pass a metric that reads only the "
+        "fields you mean")
+    # A custom forward's answer fields are not known before it runs (this one answers `source` too).
+    assert compile_with(Noting(), [e.copy(source="mail") for e in routing_examples()], tmp_path / "custom").calls > 0
+
 
 
 def test_a_teacher_is_refused_not_ignored(tmp_path):

@@ -32,7 +32,7 @@ from reflex_dspy.metrics.judge import DEFAULT_JUDGE_CRITERIA, JudgeMetric, as_da
 __all__ = [
     "DEFAULT_JUDGE_CRITERIA", "KNOWN_METRICS", "RESERVED_ID_FIELD", "Bleu", "CombinedMetric", "Contains",
     "ExactMatch", "FieldMetric", "JsonMatch", "JudgeMetric", "Metric", "MetricFailure", "MetricResult", "Rouge",
-    "as_data", "as_text", "call_metric", "input_fields", "label_fields", "load_rubric", "metric_names",
+    "as_data", "as_text", "call_metric", "compares_labels", "input_fields", "label_fields", "load_rubric", "metric_names",
     "normalize_exact", "render_fields", "resolve_metric",
 ]
 
@@ -65,6 +65,14 @@ class CombinedMetric(Metric):
             if result.feedback:
                 feedback.append(f"[{name} {result.score:.2f}] {result.feedback}")
         return MetricResult(sum(scores) / len(scores), "\n".join(feedback) or None, by_metric)
+
+
+def compares_labels(metric: object) -> bool:
+    """Whether `metric` compares each of an example's non-input fields with the prediction's (the
+    built-ins do; a user's function or a judge decide for themselves what they read)."""
+    if isinstance(metric, CombinedMetric):
+        return any(compares_labels(part) for part in metric.metrics)
+    return isinstance(metric, FieldMetric)
 
 
 def _unique(names: list[str]) -> list[str]:
