@@ -48,6 +48,11 @@ def pred(**fields) -> dspy.Prediction:
         ("Billing", "“billing”", 1.0),
         ("billing", "Billing issue", 0.0),
         ("billing", "shipping", 0.0),
+        ("3", 3.0, 1.0),  # a signature's `output: float` answering a dataset's "3" (before: 0)
+        (3, "3.0", 1.0),
+        (42, 42, 1.0),
+        ("007", "7", 0.0),  # two strings stay strings
+        (True, 1, 0.0),
     ],
 )
 def test_exact(gold, output, score):

@@ -40,6 +40,17 @@ def _loose(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def _same_number(gold: Any, predicted: Any) -> bool:
+    """Equal as numbers where either side is one (a signature's `answer: float` gives 3.0 for a
+    dataset's "3"); two strings stay strings ("007" is not "7")."""
+    if not any(isinstance(v, int | float) and not isinstance(v, bool) for v in (gold, predicted)):
+        return False
+    try:
+        return float(normalize_exact(as_text(gold))) == float(normalize_exact(as_text(predicted)))
+    except ValueError:
+        return False
+
+
 class ExactMatch(FieldMetric):
     """1 if the output equals the gold after `normalize_exact`, else 0."""
 
@@ -47,7 +58,7 @@ class ExactMatch(FieldMetric):
 
     def compare(self, gold: Any, predicted: Any) -> tuple[float, str]:
         gold_text, pred_text = as_text(gold), as_text(predicted)
-        if normalize_exact(gold_text) == normalize_exact(pred_text):
+        if normalize_exact(gold_text) == normalize_exact(pred_text) or _same_number(gold, predicted):
             return 1.0, f"correct: {clip(pred_text)}"
         feedback = f"expected {clip(gold_text)}, got {clip(pred_text)}"
         if not pred_text.strip():
