@@ -45,6 +45,21 @@ def test_the_section_keeps_the_overhead_and_labels_the_plain_dspy_view_apart(ben
     assert "**Goal met on this machine:** 0.95 ms per metric call at 50 ms, 1.9% of the call." in met
 
 
+def test_the_cold_code_explanation_is_given_only_where_the_run_measured_it(bench):
+    """Before: "the same code runs slower right after its thread slept" was printed whatever the
+    run measured (2026-12-07: the piece took 1.01, 0.97 and 1.04 ms, 1.0x)."""
+    report, _ = bench
+    slowed = "\n".join(report.overhead_section(_measurements(1.2)))  # the piece 3.0x, the CPU per call 2.4x
+    assert ("took 0.40 ms after 0 ms, 1.20 ms after 50 ms of sleep (3.0x), and the process CPU time per metric "
+            "call was 0.50 ms at 0 ms, 1.20 ms at 50 ms (2.4x): the same code runs slower right after") in slowed
+    flat = _measurements(1.2)
+    flat["cold_code"] = [{"latency_ms": 0, "work_ms": 1.01}, {"latency_ms": 50, "work_ms": 1.04}]
+    text = "\n".join(report.overhead_section(flat))
+    assert "runs slower right after" not in text
+    assert "(1.0x), and the process CPU time per metric call was 0.50 ms at 0 ms, 1.20 ms at 50 ms (2.4x): the " \
+           "fixed piece slowed less than the CPU time per call grew" in text
+
+
 def test_only_the_overhead_section_is_rewritten(bench, tmp_path):
     report, _ = bench
     before = ("# Benchmarks\n\nintro\n\n## Quality per budget\n\nkept | as is\n\n"
