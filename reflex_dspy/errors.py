@@ -19,4 +19,12 @@ class ProviderAuthError(ReflexError):
 
 
 class BudgetExhausted(ReflexError):
-    """The metric-call budget is spent; the search stops and the run finishes with what it has."""
+    """The metric-call budget is spent; the search stops and the run finishes with what it has.
+
+    `stop_reason`, where given, is what the run reports instead of "metric-call budget spent":
+    a strategy that stops with calls left (too few for its next step) says so.
+    """
+
+    def __init__(self, message: str, stop_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.stop_reason = stop_reason

@@ -360,8 +360,8 @@ class RunLifecycle:
             try:
                 step = self.strategy.step(self.ctx, i, batch)
                 val_score = self.evaluator.evaluate(step.candidate, val, label=f"iter {i}: val").mean if val else None
-            except BudgetExhausted:
-                return Budget.reason
+            except BudgetExhausted as exc:
+                return exc.stop_reason or Budget.reason
             self.candidates[i] = step.candidate
             check = self._threshold_check(i, step.candidate, val_score)
             record = self._record(i, step, val_score, before, is_full, len(batch))
@@ -378,8 +378,8 @@ class RunLifecycle:
             view.batch = batch
             try:
                 stop = self.stop_rules.after(view)
-            except BudgetExhausted:  # the strategy's move on after patience ran out of calls
-                return Budget.reason
+            except BudgetExhausted as exc:  # the strategy's move on after patience ran out of calls
+                return exc.stop_reason or Budget.reason
             if stop:
                 return stop
             self._checkpoint(i)

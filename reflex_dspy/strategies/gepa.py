@@ -294,8 +294,9 @@ class GEPA(Strategy):
             emits -= 1
         spare = left - emits * 2 * batch_n
         if spare < minimum:
-            raise BudgetExhausted(f"{left} metric calls left: too few for one GEPA step ({minimum}) while "
-                                  f"keeping {emits * 2 * batch_n} to score its candidate")
+            why = (f"{left} metric calls left: too few for one GEPA step ({minimum}) while keeping "
+                   f"{emits * 2 * batch_n} to score its candidate")
+            raise BudgetExhausted(why, stop_reason=f"metric-call budget too small for GEPA: {why}")
         return spare if self.max_metric_calls is None else min(spare, self.max_metric_calls)
 
     def _run_gepa(self, ctx: SearchContext, iteration: int, batch_n: int) -> None:
