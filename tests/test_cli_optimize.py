@@ -346,7 +346,7 @@ def test_an_interrupted_run_resumes_without_paying_again(capsys, task, models):
         *task.flags,
     ]
     code, _, err = cli(capsys, "optimize", task.data, task.prompt, *argv)
-    assert code == 1 and "interrupted" in err
+    assert code == 130 and "interrupted (the same command with --resume continues a run it started)" in err
     assert task.store.get_run("1").status == "interrupted"
     paid = models.task_lm.fake_engine.calls
 

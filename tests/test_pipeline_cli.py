@@ -311,7 +311,7 @@ def test_an_interrupted_pipeline_run_resumes_and_branches_from_its_record(capsys
     with monkeypatch.context() as patch:
         patch.setattr(reflex_dspy.progress, "ConsoleTracker", StopAtFirstIteration)
         code, _, err = cli(capsys, *args)
-    assert code == 1 and "interrupted" in err
+    assert code == 130 and "interrupted" in err
     run = only_run(files.run_dir)
     assert run.status == "interrupted"
     files.prompt.write_text("An edited prompt the resume must not use.")

@@ -22,6 +22,7 @@ from reflex_dspy.errors import ProviderAuthError, ReflexError, UsageError
 from reflex_dspy.tracking.store import default_run_dir
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -327,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reflex-dspy: run failed: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("reflex-dspy: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+        resumable = args.command == "optimize"
+        print("reflex-dspy: interrupted" + (" (the same command with --resume continues a run it started)"
+                                           if resumable else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _check_run_dir(run_dir: str | None) -> None:
