@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import dspy
 
 from reflex_dspy import answer_budget, library_logs
+from reflex_dspy.budget_fit import check_first_step
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.confirmation import Confirmation, describe, held_back
 from reflex_dspy.data import assign_ids, example_id
@@ -111,6 +112,7 @@ class RunLifecycle:
         )
         self.held_back = held_back(budget, len(self.splits.train), len(self.splits.val))  # confirmation.py
         self.evaluator.ledger.hold(self.held_back)
+        check_first_step(self.strategy, budget, len(self.splits.train), len(self.splits.val), cfg.batch_size)
         self.evaluator.on_progress = self.trackers.on_progress
         self.evaluator.on_notice = self.trackers.on_notice
         self.evaluator.on_scored = self._trial

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import types
 
 import dspy
 import pytest
@@ -20,7 +21,7 @@ from strategy_kit import INITIAL, InterruptAt, comparable, run_strategy
 
 from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
-from reflex_dspy.errors import UsageError
+from reflex_dspy.errors import BudgetExhausted, UsageError
 from reflex_dspy.strategies.gepa import GEPA
 from reflex_dspy.tracking.store import RunStore
 
@@ -161,11 +162,18 @@ def test_a_small_budget_reserves_room_for_one_candidate_not_three():
 def test_a_budget_too_small_for_one_gepa_step():
     with pytest.raises(UsageError, match="too small for one GEPA step"):
         gepa_run(GEPA(max_metric_calls=5))
-    result = gepa_run(GEPA(), max_metric_calls=20)
-    assert result.iterations == [] and result.usage["search_calls"] < 20
-    # Before: "metric-call budget spent", with calls left; now why they do not suffice.
-    assert re.fullmatch(r"metric-call budget too small for GEPA: \d+ metric calls left: too few for one GEPA step "
-                        r"\(\d+\) while keeping \d+ to score its candidate", result.stop_reason), result.stop_reason
+    # Before: the baseline was paid for, then "stopped: metric-call budget spent" with calls left.
+    with pytest.raises(UsageError) as caught:
+        gepa_run(GEPA(), max_metric_calls=20)
+    assert str(caught.value) == ("a budget of 20 metric calls is too small for strategy 'gepa' here: its first "
+                                 "step needs 54 search calls after the starting prompt's 0 on validation; raise "
+                                 "the budget (max_metric_calls) or lower batch_size")
+    # Where the calls left run short all the same, the stop says why, not "budget spent".
+    ctx = types.SimpleNamespace(budget_left=48, config=types.SimpleNamespace(max_iterations=10))
+    with pytest.raises(BudgetExhausted) as short:
+        GEPA()._limit(ctx, 1, 21, 10)
+    assert short.value.stop_reason == ("metric-call budget too small for GEPA: 48 metric calls left: too few for "
+                                       "one GEPA step (26) while keeping 42 to score its candidate")
 
 
 def test_metric_feedback_reaches_the_reflection_prompt():

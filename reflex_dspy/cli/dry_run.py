@@ -71,12 +71,17 @@ def report(
     branch_from: tuple[str, int] | None,
 ) -> None:
     """Print what the run would do; raise `UsageError` for anything that would make it fail."""
+    from reflex_dspy.budget_fit import check_first_step
     from reflex_dspy.lm import describe_lm
     from reflex_dspy.result import target_label
+    from reflex_dspy.strategies import get_strategy
 
     task, targets = models["task"], models["targets"]
     check_keys({**task, "reasoning": models["reasoning"], **({"judge": models["judge"]} if models["judge"] else {}),
                 **targets})
+    cost = estimate(config, splits, len(task), len(targets))
+    check_first_step(get_strategy(config.strategy, **config.extra_kwargs), cost["budget"], len(splits.train),
+                     len(splits.val), config.batch_size)  # as the run itself checks it (budget_fit.py)
     _line("dataset", f"{spec.dataset} ({len(examples)} examples)")
     pinned = f" (pinned by {spec.splits_file})" if spec.splits_file else ""
     _line("splits", f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{pinned}")
@@ -85,7 +90,6 @@ def report(
     _line("reasoning model", describe_lm(models["reasoning"]))
     judge = models["judge"]
     _line("metric", f"judge {describe_lm(judge)}" if judge else ", ".join(spec.metric_spec))
-    cost = estimate(config, splits, len(task), len(targets))
     n = cost["iterations"]
     limit = "as many iterations as the budget allows" if config.budget_binds(cost["budget"]) else \
         f"up to {n} iteration{'' if n == 1 else 's'}"

@@ -84,6 +84,12 @@ class Strategy(Teleprompter, abc.ABC):
         """Why the strategy has nothing more to propose (the search then stops), or None."""
         return None
 
+    def first_step_calls(self, train_n: int, batch_n: int) -> int | None:
+        """Search metric calls the first step cannot do with fewer of (after the starting prompt
+        on validation), for a strategy that needs a minimum (GEPA): a smaller budget is refused
+        before any model call (`budget_fit.py`). None: any budget does."""
+        return None
+
     def patience_spent(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> bool:
         """Val has not improved for `early_stopping_patience` iterations. True: the strategy moves
         on to something else (auto's next phase) and the search continues; False: it stops."""

@@ -268,11 +268,27 @@ class GEPA(Strategy):
     def _split(self, ctx: SearchContext) -> tuple[list[dspy.Example], list[dspy.Example]]:
         """(reflection examples, Pareto examples), both from train, seeded and order-independent."""
         train = sorted(ctx.trainset, key=example_id)
-        if self.pareto_fraction is None or len(train) < MIN_SPLIT:
+        k = self._pareto_n(len(train))
+        if k == len(train):
             return train, train
         random.Random(ctx.config.seed).shuffle(train)
-        k = min(max(round(len(train) * self.pareto_fraction), 1), len(train) - 1)
         return train[k:], train[:k]
+
+    def _pareto_n(self, train_n: int) -> int:
+        """How many train examples GEPA tracks its Pareto scores on (all of them when few)."""
+        if self.pareto_fraction is None or train_n < MIN_SPLIT:
+            return train_n
+        return min(max(round(train_n * self.pareto_fraction), 1), train_n - 1)
+
+    def _minimum(self, pareto_n: int) -> int:
+        """GEPA's calls for one step: the seed on the Pareto set, a reflective minibatch (or a
+        merge's subsample), and the new candidate on the Pareto set."""
+        return 2 * pareto_n + max(2 * self.reflection_minibatch_size, MERGE_SUBSAMPLE)
+
+    def first_step_calls(self, train_n: int, batch_n: int) -> int | None:
+        """The seed on the batch, one GEPA step, and its candidate scored on a batch and on val
+        (val taken no larger than a batch), as `_limit` reserves them."""
+        return batch_n + self._minimum(self._pareto_n(train_n)) + 2 * batch_n
 
     def _limit(self, ctx: SearchContext, iteration: int, batch_n: int, pareto_n: int) -> int | None:
         """GEPA's metric-call limit: its own budget, capped by what the run can spare, or None.
@@ -280,7 +296,7 @@ class GEPA(Strategy):
         The run's share leaves room to score up to `RESERVED_EMITS` candidates (each on a batch,
         and on val, assumed no larger than a batch). Raises when not even one GEPA step fits.
         """
-        minimum = 2 * pareto_n + max(2 * self.reflection_minibatch_size, MERGE_SUBSAMPLE)
+        minimum = self._minimum(pareto_n)
         if self.max_metric_calls is not None and self.max_metric_calls < minimum:
             raise UsageError(f"max_metric_calls={self.max_metric_calls} is too small for one GEPA step here: "
                              f"it needs at least {minimum} (the seed on {pareto_n} Pareto examples, then a step)")

@@ -1,0 +1,29 @@
+"""Does the run's metric-call budget afford the strategy's first step? Checked before any model call.
+
+GEPA cannot run a step on fewer calls than its seed on the Pareto set, a reflective minibatch and
+the new candidate take, and the run keeps calls to score what it emits. A budget below that paid
+for the baseline, then stopped with nothing tried; a user would rather hear it at once.
+"""
+
+from __future__ import annotations
+
+from reflex_dspy.confirmation import held_back
+from reflex_dspy.errors import UsageError
+from reflex_dspy.strategies.base import Strategy
+
+
+def check_first_step(strategy: Strategy, budget: int | None, train_n: int, val_n: int,
+                     batch_size: int | None) -> None:
+    """Raise a one-line `UsageError` when `budget` cannot pay for the starting prompt on
+    validation and the strategy's first step (`Strategy.first_step_calls`) after the calls held
+    back to confirm the pick."""
+    need = strategy.first_step_calls(train_n, min(batch_size or train_n, train_n))
+    if budget is None or need is None:
+        return
+    held = held_back(budget, train_n, val_n)
+    if val_n + need > budget - held:
+        name = strategy.name or type(strategy).__name__
+        kept = f", {held} of the {budget} held back to confirm the pick" if held else ""
+        raise UsageError(f"a budget of {budget} metric calls is too small for strategy {name!r} here: its first "
+                         f"step needs {need} search calls after the starting prompt's {val_n} on validation"
+                         f"{kept}; raise the budget (max_metric_calls) or lower batch_size")
