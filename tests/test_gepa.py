@@ -160,11 +160,13 @@ def test_a_small_budget_reserves_room_for_one_candidate_not_three():
 
 
 def test_a_budget_too_small_for_one_gepa_step():
+    task = CountingTask()
     with pytest.raises(UsageError, match="too small for one GEPA step"):
-        gepa_run(GEPA(max_metric_calls=5))
+        gepa_run(GEPA(max_metric_calls=5), respond=task)
     # Before: the baseline was paid for, then "stopped: metric-call budget spent" with calls left.
     with pytest.raises(UsageError) as caught:
-        gepa_run(GEPA(), max_metric_calls=20)
+        gepa_run(GEPA(), max_metric_calls=20, respond=task)
+    assert task.calls == 0  # both before any model call
     assert str(caught.value) == ("a budget of 20 metric calls is too small for strategy 'gepa' here: its first "
                                  "step needs 54 search calls after the starting prompt's 0 on validation; raise "
                                  "the budget (max_metric_calls) or lower batch_size")

@@ -287,8 +287,17 @@ class GEPA(Strategy):
 
     def first_step_calls(self, train_n: int, batch_n: int) -> int | None:
         """The seed on the batch, one GEPA step, and its candidate scored on a batch and on val
-        (val taken no larger than a batch), as `_limit` reserves them."""
-        return batch_n + self._minimum(self._pareto_n(train_n)) + 2 * batch_n
+        (val taken no larger than a batch), as `_limit` reserves them; GEPA's own
+        `max_metric_calls` below one step is refused here too, before any model call."""
+        pareto_n = self._pareto_n(train_n)
+        self._check_own_budget(pareto_n)
+        return batch_n + self._minimum(pareto_n) + 2 * batch_n
+
+    def _check_own_budget(self, pareto_n: int) -> None:
+        minimum = self._minimum(pareto_n)
+        if self.max_metric_calls is not None and self.max_metric_calls < minimum:
+            raise UsageError(f"max_metric_calls={self.max_metric_calls} is too small for one GEPA step here: "
+                             f"it needs at least {minimum} (the seed on {pareto_n} Pareto examples, then a step)")
 
     def _limit(self, ctx: SearchContext, iteration: int, batch_n: int, pareto_n: int) -> int | None:
         """GEPA's metric-call limit: its own budget, capped by what the run can spare, or None.
@@ -297,9 +306,7 @@ class GEPA(Strategy):
         and on val, assumed no larger than a batch). Raises when not even one GEPA step fits.
         """
         minimum = self._minimum(pareto_n)
-        if self.max_metric_calls is not None and self.max_metric_calls < minimum:
-            raise UsageError(f"max_metric_calls={self.max_metric_calls} is too small for one GEPA step here: "
-                             f"it needs at least {minimum} (the seed on {pareto_n} Pareto examples, then a step)")
+        self._check_own_budget(pareto_n)
         left = ctx.budget_left
         if left is None:
             return self.max_metric_calls
