@@ -1,8 +1,9 @@
-"""Does the run's metric-call budget afford the strategy's first step? Checked before any model call.
+"""Does the run's metric-call budget afford its start? Checked before any model call.
 
-GEPA cannot run a step on fewer calls than its seed on the Pareto set, a reflective minibatch and
-the new candidate take, and the run keeps calls to score what it emits. A budget below that paid
-for the baseline, then stopped with nothing tried; a user would rather hear it at once.
+The search first scores the starting prompt on validation; and GEPA cannot run a step on fewer
+calls than its seed on the Pareto set, a reflective minibatch and the new candidate take, while
+the run keeps calls to score what it emits. A budget below either paid for the baseline, then
+raised or stopped with nothing tried; a user would rather hear it at once.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ def check_first_step(strategy: Strategy, budget: int | None, train_n: int, val_n
     validation and the strategy's first step (`Strategy.first_step_calls`) after the calls held
     back to confirm the pick."""
     need = strategy.first_step_calls(train_n, min(batch_size or train_n, train_n))
-    if budget is None or need is None:
+    if budget is None:
         return
     held = held_back(budget, train_n, val_n)
-    if val_n + need > budget - held:
+    if val_n > budget - held:  # before: BudgetExhausted out of compile, the baseline paid for
+        raise UsageError(f"a budget of {budget} metric call{'s' * (budget != 1)} cannot score the starting "
+                         f"prompt on the {val_n} validation examples; raise the budget (max_metric_calls)")
+    if need is not None and val_n + need > budget - held:
         name = strategy.name or type(strategy).__name__
         kept = f", {held} of the {budget} held back to confirm the pick" if held else ""
         raise UsageError(f"a budget of {budget} metric calls is too small for strategy {name!r} here: its first "

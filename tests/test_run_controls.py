@@ -280,3 +280,14 @@ def test_optimize_help_documents_every_flag_grouped_by_purpose(capsys):
 def test_config_rejects_a_negative_promotion_bar():
     with pytest.raises(UsageError, match="min_holdout_improvement"):
         Reflex("exact", min_holdout_improvement=-0.1)
+
+
+def test_a_budget_that_cannot_score_the_starting_prompt_on_validation_is_refused_before_any_call():
+    """Before: the baseline was paid for, then `BudgetExhausted` came out of compile."""
+    task = fake_lm(routing_respond)
+    opt = Reflex("exact", task_lm=task, reasoning_lm=fake_lm(lambda s, m: "x"), track=False, progress=False,
+                 max_metric_calls=1, val_ratio=0.25)
+    with pytest.raises(UsageError) as caught:
+        opt.compile(program_from_prompt("Route it."), trainset=routing_examples())
+    assert str(caught.value).startswith("a budget of 1 metric call cannot score the starting prompt on the ")
+    assert task.fake_engine.calls == 0
