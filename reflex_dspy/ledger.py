@@ -58,9 +58,12 @@ class Ledger:
         """Raise `BudgetExhausted` before spending `needed` metric calls past the budget."""
         if self.budget is not None and needed > self.budget_left:
             held = f" ({self.held} held back to confirm the pick)" if self.held else ""
+            left = self.budget_left  # calls left but too few: the stop says so, not "spent"
             raise BudgetExhausted(
                 f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used{held}, "
-                f"{needed} more needed for {label}"
+                f"{needed} more needed for {label}",
+                stop_reason=f"metric-call budget: {left} call{'s' * (left != 1)} left, too few for the next step "
+                            f"({needed} needed)" if left else None,
             )
 
     def hold(self, calls: int) -> None:
