@@ -62,7 +62,7 @@ class Ledger:
             raise BudgetExhausted(
                 f"metric-call budget spent: {self.usage.search_calls}/{self.budget} used{held}, "
                 f"{needed} more needed for {label}",
-                stop_reason=f"metric-call budget: {left} call{'s' * (left != 1)} left, too few for the next step "
+                stop_reason=f"metric-call budget: {left} call{'s' * (left != 1)} left, too few for the next evaluation "
                             f"({needed} needed)" if left else None,
             )
 

@@ -125,7 +125,7 @@ def test_a_confirmed_pick_is_what_aevyra_reflex_s_run_store_and_our_dashboard_re
 def test_the_search_never_spends_the_held_back_calls(tmp_path):
     result = run(tmp_path, iterations=20, spend_all=True)
     assert len(result.iterations) == 5  # 5 x 24 calls; 7 of the search's 135 left, fewer than the step's 16 spent
-    assert result.stop_reason == "metric-call budget: 7 calls left, too few for the next step (16 needed)"
+    assert result.stop_reason == "metric-call budget: 7 calls left, too few for the next evaluation (16 needed)"
     spent, confirmed = result.usage["search_calls"], result.confirmation
     assert spent - confirmed["metric_calls"] == 8 + 5 * 24 <= 150 - 15 < spent <= 150  # 8: the start on val
     assert [r["iteration"] for r in confirmed["contenders"]] == [1, 2, 3]  # five tied: the first three

@@ -58,7 +58,7 @@ def test_the_search_stops_at_exactly_the_metric_call_budget():
         if budget == after_two:
             assert run.stop_reason == "metric-call budget spent"
         else:  # one call too few for the third step: said, not "spent"
-            assert re.fullmatch(r"metric-call budget: 1 call left, too few for the next step \(\d+ needed\)",
+            assert re.fullmatch(r"metric-call budget: 1 call left, too few for the next evaluation \(\d+ needed\)",
                                 run.stop_reason), run.stop_reason
         assert run.usage["search_calls"] == after_two <= budget == run.budget
         assert f"Budget         : {after_two} / {budget} search metric calls spent" in run.summary()
