@@ -21,7 +21,7 @@ def test_bench_smoke_writes_every_section_and_its_plots(tmp_path):
                     "Start-up"):
         assert f"## {heading}" in text
     assert "Interrupted at iteration 2 and resumed: 0 calls more" in text
-    assert re.search(r"chat prompt three times\) takes [\d.]+ ms after 0 ms, [\d.]+ ms after 5 ms of sleep", text)
+    assert re.search(r"chat prompt three times\) took [\d.]+ ms after 0 ms, [\d.]+ ms after 5 ms of sleep", text)
     assert "| routing | 0.000 | +1.000 (16) | +1.000 (24) |" in text  # headline row: auto, then BFS-RS
     assert "| 1.00x vs BFS-RS | 1.00x |" in text  # the ratio, and the largest a perfect test score gives
     assert "| BootstrapFewShotWithRandomSearch | 0.000 | 1.000 |" in text
