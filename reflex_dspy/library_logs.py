@@ -5,7 +5,8 @@ every answer that hits its token limit (11 times in one README run), in the midd
 progress lines, and LiteLLM prints its own warnings the same way. During a run, `captured()`
 takes their records instead: warnings and errors are counted by message and become summary
 lines ("3 model replies hit the token limit"), the informational chatter is dropped. Python
-`warnings.warn` calls made from DSPy or LiteLLM code are counted the same way.
+`warnings.warn` calls made from DSPy or LiteLLM code are counted the same way. What DSPy prints
+itself (GEPA's progress bars) is dropped within `quiet_output()`.
 """
 
 from __future__ import annotations
