@@ -23,7 +23,7 @@ import dspy
 from reflex_dspy import answer_budget, library_logs
 from reflex_dspy.budget_fit import check_first_step
 from reflex_dspy.candidate import Candidate
-from reflex_dspy.confirmation import Confirmation, describe, held_back
+from reflex_dspy.confirmation import held_back
 from reflex_dspy.data import assign_ids, example_id
 from reflex_dspy.errors import BudgetExhausted, ReflexError, UsageError
 from reflex_dspy.eval_requests import Group
@@ -36,10 +36,10 @@ from reflex_dspy.program_inputs import check_inputs, check_labels
 from reflex_dspy.proposals import Proposer, TaskFacts
 from reflex_dspy.result import IterationRecord, RunResult, promotion_report
 from reflex_dspy.run_info import describe_lm, run_info, trial_line
+from reflex_dspy.run_pick import RunPick
 from reflex_dspy.run_record import Record, open_record
 from reflex_dspy.run_status import heartbeat_seconds
 from reflex_dspy.search import SearchContext, restore_rng, rng_state
-from reflex_dspy.selection import PickRule
 from reflex_dspy.splits import sample_batch, split_dataset
 from reflex_dspy.stats import paired_significance
 from reflex_dspy.stop_rules import (
@@ -171,7 +171,7 @@ class RunLifecycle:
         """The live status line: phase, iteration, metric calls against the budget, best so far."""
         oldest = self.evaluator.waiting  # (start, "task model" / "reasoning model") of the oldest call
         waiting = oldest[0] if oldest else None
-        best = self._select()[1] if self.records else None
+        best = self._pick().best()[1] if self.records else None
         return {
             "phase": self.phase,
             "iteration": len(self.records),
@@ -216,7 +216,7 @@ class RunLifecycle:
             if stop_reason is None:
                 stop_reason = self._search(start=len(self.records) + 1)
                 self._checkpoint(len(self.records), stop_reason)
-            selected, sel_score, selected_by, note, confirmation = self._final_pick()
+            selected, sel_score, selected_by, note, confirmation = self._pick().final()
             self._status("evaluating best", f"iteration {selected}")
             final, _ = measure(self.evaluator, self.candidates[selected], "final", "test", splits.test, cfg.eval_runs)
             self._status("finalizing")
@@ -312,7 +312,7 @@ class RunLifecycle:
     def _checkpoint(self, iteration: int, stop_reason: str | None = None) -> None:
         """Everything a resume needs, after the start, each iteration and the end of the search."""
         self.evaluator.settle()
-        best, score, by = self._select()
+        best, score, by = self._pick().best()
         try:  # a copy the strategy cannot change under the trackers, and proof a resume can read it
             strategy_state = json.loads(json.dumps(self.strategy.state_dict()))
         except (TypeError, ValueError) as exc:  # a resume could not restore it: fail now, not then
@@ -347,7 +347,7 @@ class RunLifecycle:
     def _search(self, start: int) -> str:
         """Run strategy iterations until a stop rule fires (stop_rules.py); returns why it stopped."""
         cfg, train, val = self.config, self.splits.train, self.splits.val
-        if start == 1 and (stop := self._initial_at_threshold()) is not None:
+        if start == 1 and (stop := self._pick().initial_at_threshold()) is not None:
             return stop
         i = start
         while True:
@@ -365,7 +365,7 @@ class RunLifecycle:
             except BudgetExhausted as exc:
                 return exc.stop_reason or Budget.reason
             self.candidates[i] = step.candidate
-            check = self._threshold_check(i, step.candidate, val_score)
+            check = self._pick().threshold_check(i, step.candidate, val_score)
             record = self._record(i, step, val_score, before, is_full, len(batch))
             if check is not None:
                 record.details["threshold_check"] = check
@@ -387,41 +387,11 @@ class RunLifecycle:
             self._checkpoint(i)
             i += 1
 
-    def _initial_at_threshold(self) -> str | None:
-        """The starting prompt already reaches the score threshold on validation (and, where calls
-        are held back, on validation and train examples together): nothing is left to improve, so
-        no step is paid for (as aevyra-reflex stops when its first evaluation meets the target)."""
-        threshold = self.config.score_threshold
-        if self.initial_val is None or self.initial_val < threshold:
-            return None
-        check = self._threshold_check(0, self.initial, self.initial_val)
-        if check is not None and not check["holds"]:
-            return None
-        return (f"the starting prompt already reaches the score threshold {threshold:g} on validation "
-                f"({self.initial_val:.3f})")
-
-    def _threshold_check(self, i: int, candidate: Candidate, val_score: float | None) -> dict[str, Any] | None:
-        """An iteration that reached the score threshold on validation, checked on validation and
-        train examples together (confirmation.py): the threshold stops the run only if it holds."""
-        threshold = self.config.score_threshold
-        if not self.held_back or val_score is None or val_score < threshold:
-            return None
-        check = self._confirmation().threshold_check(candidate, val_score, threshold)
-        if check is not None and not check["holds"]:
-            who = f"iteration {i}" if i else "the starting prompt"
-            self.trackers.on_notice(
-                f"{who} reached the score threshold {threshold:g} on validation ({val_score:.3f}) but not on "
-                f"validation and {check['train_examples']} train examples together, none scored with its own demo "
-                f"({check['val_and_train']:.3f}): the search goes on")
-        return check
-
-    def _confirmation(self) -> Confirmation:
-        return Confirmation.for_run(self.evaluator, self.splits.train, self.splits.val, self._rule(),
-                                     self.config.seed, self.held_back)
-
-    def _rule(self) -> PickRule:
-        """The pick rule: on val with the strategy's `rewrite_margin`, on train without one."""
-        return PickRule(self.initial, self.ctx.facts, self._scored()[2])
+    def _pick(self) -> RunPick:
+        """The pick over the run's candidates and records as they stand now (run_pick.py)."""
+        return RunPick(self.initial, self.initial_val, self.candidates, self.records, self.splits,
+                       self.strategy.rewrite_margin, self.ctx.facts, self.evaluator, self.config.seed,
+                       self.held_back, self.config.score_threshold, self.trackers.on_notice)
 
     def _record(self, i: int, step, val_score, before: dict, is_full: bool, batch_size: int) -> IterationRecord:
         after = self.evaluator.usage.to_dict()
@@ -452,45 +422,6 @@ class RunLifecycle:
             details={**step.details, "changed_predictors":
                      step.candidate.changed_from(self.candidates.get(i - 1, self.initial))},
         )
-
-    def _scored(self) -> tuple[list[tuple[int, float | None]], str, int]:
-        """(iteration, score) of every candidate where the pick is made, that split, and the margin."""
-        if self.splits.val:
-            on_val = [(0, self.initial_val)] + [(r.iteration, r.val_score) for r in self.records]
-            return on_val, "val", self.strategy.rewrite_margin
-        first = self.records[0] if self.records else None
-        parent = first.score - first.delta if first and first.delta is not None else None
-        return [(0, parent)] + [(r.iteration, r.score) for r in self.records], "train", 0
-
-    def _select(self) -> tuple[int, float | None, str]:
-        """Best on val when val exists, else best train score; ties go to the earlier candidate.
-        On val, the strategy's `rewrite_margin` applies (selection.PickRule)."""
-        scored, by, _ = self._scored()
-        pick = self._rule().best(
-            [(self.candidates[i], score) for i, score in scored], len(self.splits.val))
-        return (0, None, by) if pick is None else (*scored[pick], by)
-
-    def _final_pick(self) -> tuple[int, float | None, str, str | None, dict[str, Any] | None]:
-        """The run's pick: best on val (`_select`), a close call there settled on validation and
-        train examples together (confirmation.py); with its score, split, note and record."""
-        selected, score, by = self._select()
-        scored, _, _ = self._scored()
-        settled = (self._confirmation().settle([(i, self.candidates[i], s) for i, s in scored])
-                   if by == "val" and self.held_back else None)
-        if settled is None:
-            return selected, score, by, self._selection_note(selected), None
-        picked, record = settled
-        score = next(r["val_and_train"] for r in record["contenders"] if r["iteration"] == picked)
-        return picked, score, "val + train", describe(record), record
-
-    def _selection_note(self, selected: int) -> str | None:
-        """Why the pick is not the highest score, when the rewrite margin decided it."""
-        scored, _, margin = self._scored()
-        top = PickRule(self.initial).best([(self.candidates[i], s) for i, s in scored], 1)
-        if not margin or top is None or scored[top][0] == selected:
-            return None
-        return (f"the user's words kept over iteration {scored[top][0]} ({scored[top][1]:.4f}): no rewrite won "
-                f"by more than {margin} validation example{'s' * (margin != 1)}")
 
     def _info(self) -> dict[str, Any]:
         return run_info(self.config, self.strategy, self.splits, self.initial, self.metric,
