@@ -129,6 +129,20 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def selection_label(result: dict[str, Any]) -> str:
+    """How the "Selected" line names the pick's score: "best on val" where the pick has the top
+    score, "picked on val" where the rewrite margin kept a lower one (the note says why), so the
+    line never calls a score "best" beside a higher one. `result` is result.json's form."""
+    confirmation = result.get("confirmation")
+    if isinstance(confirmation, dict):
+        both = [row.get("val_and_train") for row in confirmation.get("contenders") or [] if isinstance(row, dict)]
+        both = [v for v in both if isinstance(v, int | float)]
+        top = not both or result.get("best_score") == max(both)
+    else:
+        top = not result.get("selection_note")
+    return f"{'best' if top else 'picked'} on {result.get('selected_by', '?')}"
+
+
 def _trajectory(values: list[float | None]) -> str:
     return " → ".join("n/a" if v is None else f"{v:.3f}" for v in values)
 
@@ -198,7 +212,9 @@ class RunResult:
         chosen = "the initial prompt" if self.selected_iteration == 0 else f"iteration {self.selected_iteration}"
         score = "n/a" if self.selected_score is None else f"{self.selected_score:.4f}"
         note = f"; {self.selection_note}" if self.selection_note else ""
-        lines.append(f"Selected       : {chosen} (best on {self.selected_by}: {score}{note})")
+        label = selection_label({"confirmation": self.confirmation, "best_score": self.selected_score,
+                                 "selection_note": self.selection_note, "selected_by": self.selected_by})
+        lines.append(f"Selected       : {chosen} ({label}: {score}{note})")
         lines.append(f"Iterations     : {len(self.iterations)}")
         if self.iterations:
             train = [r.score for r in self.iterations]

@@ -18,6 +18,7 @@ from reflex_dspy.confirmation import Confirmation, describe, held_back
 from reflex_dspy.data import assign_ids
 from reflex_dspy.evaluation import EvalResult, Evaluator
 from reflex_dspy.metrics import resolve_metric
+from reflex_dspy.result import selection_label
 from reflex_dspy.selection import PickRule
 from reflex_dspy.strategies import SearchContext, Step, Strategy
 from reflex_dspy.tracking import Tracker
@@ -246,3 +247,8 @@ def test_a_pick_below_the_best_pooled_score_says_the_rewrite_margin_decided_it()
                                      "validation examples, at the same share)")
     assert "margin" not in describe({**record, "picked": 2})  # the best pooled score won: nothing to explain
     assert "margin" not in describe({k: v for k, v in record.items() if k != "margin"})  # a record of before
+    # The Selected line calls the pick's 0.7 "picked", not "best", beside iteration 2's 0.8 (summary,
+    # `show` and the dashboard read result.json the same way)
+    result = {"selected_by": "val + train", "confirmation": record, "selection_note": describe(record)}
+    assert selection_label({**result, "best_score": 0.7}) == "picked on val + train"
+    assert selection_label({**result, "best_score": 0.8, "confirmation": {**record, "picked": 2}}) == "best on val + train"

@@ -11,6 +11,7 @@ from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.proposals import TaskFacts, with_fact
+from reflex_dspy.result import selection_label
 from reflex_dspy.selection import PickRule
 from reflex_dspy.strategies import SearchContext, Step, Strategy
 
@@ -92,3 +93,6 @@ def test_the_final_pick_keeps_the_user_s_words_unless_a_rewrite_wins_by_more(tmp
             if margin and selected == 0 else None)
     assert result.selection_note == note and result.to_dict()["selection_note"] == note
     assert (note in result.summary()) if note else "user's words kept" not in result.summary()
+    # "best" only for the top score: beside iteration 1's 0.6250 the user's 0.5000 was picked, not best
+    label = f"{'picked' if note else 'best'} on val: {result.selected_score:.4f}"
+    assert label in result.summary() and label.split(":")[0] == selection_label(result.to_dict())

@@ -24,7 +24,7 @@ from reflex_dspy.cli.optimize import (
     saved_fields,
 )
 from reflex_dspy.errors import UsageError
-from reflex_dspy.result import format_tokens
+from reflex_dspy.result import format_tokens, selection_label
 from reflex_dspy.run_status import describe as describe_status
 from reflex_dspy.run_status import load_failure
 from reflex_dspy.tracking.schema import render_prompts
@@ -225,7 +225,7 @@ def _result_lines(result: dict[str, Any]) -> list[str]:
     chosen = "the initial prompt" if selected == 0 else f"iteration {selected}"
     if selected is not None:  # aevyra-reflex's result.json records the best score only
         lines.append(
-            f"{'Selected':<15}: {chosen} (best on {result.get('selected_by', '?')}: "
+            f"{'Selected':<15}: {chosen} ({selection_label(result)}: "
             f"{_score(result.get('best_score'), 4)})"
         )
     else:

@@ -16,7 +16,7 @@ from typing import Any
 from reflex_dspy.cli.runs import nested, prompts_by_iteration
 from reflex_dspy.dashboard.safety import contained
 from reflex_dspy.errors import UsageError
-from reflex_dspy.result import Measurement, format_tokens
+from reflex_dspy.result import Measurement, format_tokens, selection_label
 from reflex_dspy.run_status import silence
 from reflex_dspy.tracking.store import CorruptRunError, Run, RunStore, RunSummary
 
@@ -299,6 +299,7 @@ def _result(result: dict[str, Any] | None, baseline: dict[str, Any] | None) -> d
         "significant": (result.get("significance") or {}).get("significant"),
         "selected_iteration": result.get("selected_iteration"),
         "selected_by": result.get("selected_by"),
+        "selected_label": selection_label(result),  # "best on val", or "picked on val" where the margin decided
         "selected_score": result.get("best_score"),
         "selection_note": result.get("selection_note"),  # the rewrite margin or a confirmation decided it
         "duration_seconds": result.get("duration_seconds"),

@@ -96,7 +96,7 @@ function testResult(run) {
       ? h("span", { class: "caveats", id: "final-caveats" }, ` (on ${r.final.n}-sample ${r.final.split}${caveats(r.final)})`) : "",
     r.improvement ? h("span", { class: r.improvement.delta >= 0 ? "up" : "down" }, ` (${r.improvement.text})`) : "",
     " · ", h("span", { class: sig }, r.significance || "no significance test"),
-    ` · selected ${chosen} (best on ${r.selected_by}: ${score(r.selected_score, 4)})`,
+    ` · selected ${chosen} (${r.selected_label}: ${score(r.selected_score, 4)})`,
     r.selection_note ? h("span", { class: "muted", id: "selection-note" }, ` · ${r.selection_note}`) : "",
     r.duration_seconds != null ? ` · ${seconds(r.duration_seconds)}` : "");
 }
