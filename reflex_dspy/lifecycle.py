@@ -112,7 +112,8 @@ class RunLifecycle:
         )
         self.held_back = held_back(budget, len(self.splits.train), len(self.splits.val))  # confirmation.py
         self.evaluator.ledger.hold(self.held_back)
-        check_first_step(self.strategy, budget, len(self.splits.train), len(self.splits.val), cfg.batch_size)
+        check_first_step(self.strategy, budget, len(self.splits.train), len(self.splits.val), cfg.batch_size,
+                         self.evaluator.calls_per_example)
         self.evaluator.on_progress = self.trackers.on_progress
         self.evaluator.on_notice = self.trackers.on_notice
         self.evaluator.on_scored = self._trial

@@ -168,7 +168,7 @@ def test_a_budget_too_small_for_one_gepa_step():
         gepa_run(GEPA(), max_metric_calls=20, respond=task)
     assert task.calls == 0  # both before any model call
     assert str(caught.value) == ("a budget of 20 metric calls is too small for strategy 'gepa' here: its first "
-                                 "step needs 54 search calls after the starting prompt's 0 on validation; raise "
+                                 "step needs at least 54 search calls after the starting prompt's 0 on validation; raise "
                                  "the budget (max_metric_calls) or lower batch_size")
     # Where the calls left run short all the same, the stop says why, not "budget spent".
     ctx = types.SimpleNamespace(budget_left=48, config=types.SimpleNamespace(max_iterations=10))

@@ -167,6 +167,36 @@ def test_dry_run_with_targets_calls_no_model_and_estimates_the_benchmark(capsys,
     assert "(budget 30)" in out and "held-out improvement ≥ +0.0500" in out
 
 
+@pytest.mark.parametrize(("flags", "budget", "enough", "message"), [
+    # Two task models: each validation example costs two calls. Before: not refused, the run
+    # directory written, then "run failed: metric-call budget spent: 0/5 used, 6 more needed".
+    ("-m fake/task -m fake/strong -s auto", 3, 4,
+     "a budget of 3 metric calls cannot score the starting prompt on the 2 validation examples (2 task models "
+     "each); raise the budget (max_metric_calls)"),
+    # A rewrite is scored on the batch (8 train examples) and on validation. Before: the baseline paid
+    # for, then "iterative (0 iterations; stopped: metric-call budget: 7 calls left, too few ...)".
+    ("-m fake/task -s iterative", 9, 12,
+     "a budget of 9 metric calls is too small for strategy 'iterative' here: its first step needs at least 10 "
+     "search calls after the starting prompt's 2 on validation; raise the budget (max_metric_calls) or lower "
+     "batch_size"),
+    ("-m fake/task -m fake/strong -s structural", 20, 24,
+     "a budget of 20 metric calls is too small for strategy 'structural' here: its first step needs at least 20 "
+     "search calls after the starting prompt's 4 on validation (2 task models each); raise the budget "
+     "(max_metric_calls) or lower batch_size"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_budget_below_the_first_step_is_refused_before_any_call_and_by_the_dry_run(
+        capsys, task, lms, flags, budget, enough, message, dry_run):
+    run = f"--metric exact --val-split 0.2 {flags}"
+    code, _, err = cli(capsys, "optimize", task.data, task.prompt, run, f"--max-metric-calls {budget}",
+                       "--dry-run" if dry_run else "", *task.flags)
+    assert code == 2 and err.strip() == f"reflex-dspy: error: {message}"
+    assert all(lm.fake_engine.calls == 0 for lm in lms.values()) and not task.run_dir.exists()
+    code, _, err = cli(capsys, "optimize", task.data, task.prompt, run, f"--max-metric-calls {enough} --dry-run",
+                       *task.flags)
+    assert code == 0, err
+
+
 def test_dry_run_names_a_missing_api_key(capsys, task, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     code, _, err = cli(capsys, "optimize", task.data, task.prompt, "-m openai/gpt-4o-mini --dry-run", *task.flags)

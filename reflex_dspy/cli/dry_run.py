@@ -81,7 +81,7 @@ def report(
                 **targets})
     cost = estimate(config, splits, len(task), len(targets))
     check_first_step(get_strategy(config.strategy, **config.extra_kwargs), cost["budget"], len(splits.train),
-                     len(splits.val), config.batch_size)  # as the run itself checks it (budget_fit.py)
+                     len(splits.val), config.batch_size, len(task))  # as the run checks it (budget_fit.py)
     _line("dataset", f"{spec.dataset} ({len(examples)} examples)")
     pinned = f" (pinned by {spec.splits_file})" if spec.splits_file else ""
     _line("splits", f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{pinned}")

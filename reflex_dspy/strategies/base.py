@@ -84,10 +84,11 @@ class Strategy(Teleprompter, abc.ABC):
         """Why the strategy has nothing more to propose (the search then stops), or None."""
         return None
 
-    def first_step_calls(self, train_n: int, batch_n: int) -> int | None:
-        """Search metric calls the first step cannot do with fewer of (after the starting prompt
-        on validation), for a strategy that needs a minimum (GEPA): a smaller budget is refused
-        before any model call (`budget_fit.py`). None: any budget does."""
+    def first_step_calls(self, train_n: int, batch_n: int, val_n: int) -> int | None:
+        """Search metric calls per task model the first step cannot do with fewer of (after the
+        starting prompt on validation), its candidate on validation included, for a strategy that
+        needs a minimum: a smaller budget is refused before any model call (`budget_fit.py`).
+        None: any budget does (the strategy adapts to what is left)."""
         return None
 
     def patience_spent(self, ctx: SearchContext, iteration: int, batch: Sequence[dspy.Example]) -> bool:

@@ -285,7 +285,7 @@ class GEPA(Strategy):
         merge's subsample), and the new candidate on the Pareto set."""
         return 2 * pareto_n + max(2 * self.reflection_minibatch_size, MERGE_SUBSAMPLE)
 
-    def first_step_calls(self, train_n: int, batch_n: int) -> int | None:
+    def first_step_calls(self, train_n: int, batch_n: int, val_n: int) -> int | None:
         """The seed on the batch, one GEPA step, and its candidate scored on a batch and on val
         (val taken no larger than a batch), as `_limit` reserves them; GEPA's own
         `max_metric_calls` below one step is refused here too, before any model call."""

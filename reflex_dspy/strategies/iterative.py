@@ -112,6 +112,11 @@ class Iterative(Strategy):
     def start(self, ctx: SearchContext, initial: Candidate) -> None:
         self.state = IterativeState(current=initial)
 
+    def first_step_calls(self, train_n: int, batch_n: int, val_n: int) -> int | None:
+        """A rewrite scored on the batch and on validation (the current prompt's batch scores may
+        be in the run cache, on a branch): below that the first step scores nothing new."""
+        return batch_n + val_n
+
     def _pick_predictor(self, ctx: SearchContext, failures) -> str:
         names = ctx.predictor_names
         if self.predictor_order == "worst_first" and len(names) > 1:
