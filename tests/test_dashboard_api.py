@@ -19,7 +19,7 @@ from fakes import fake_lm
 from mlflow import MlflowClient
 
 from reflex_dspy.adapters import SystemPromptAdapter
-from reflex_dspy.dashboard.api import line_diff, strip_phase, target
+from reflex_dspy.dashboard.api import _best_detail, line_diff, strip_phase, target
 from reflex_dspy.dashboard.safety import scrub
 from reflex_dspy.result import format_tokens
 from reflex_dspy.tracking.store import RunStore
@@ -120,6 +120,25 @@ def test_run_view_tiles_and_cards_come_from_the_record(server, root):
     assert view["result"]["final"]["mean"] == result["final"]["mean_score"] and view["result"]["significance"]
     assert view["children"] == [{"id": "002", "iteration": 1}] and view["branchable"]
     assert "iterative" in view["strategies"] and view["mlflow_url"] is None
+
+
+def test_the_best_tile_of_a_finished_run_is_the_run_s_pick():
+    """Before: a close call settled on val + train (iteration 1 picked) showed "Best 0.3333 ... (the
+    initial prompt)" from the search's best on val (every candidate tied at 0.333), beside "selected
+    iteration 1" on the same page. Fields as a real multi-model CLI run recorded them."""
+    rows = [{"iteration": 1, "val": 1 / 3, "val_and_train": 4 / 9}, {"iteration": 0, "val": 1 / 3, "val_and_train": 1 / 3},
+            {"iteration": 2, "val": 1 / 3, "val_and_train": 5 / 9}]
+    checkpoint = {"best_score": 1 / 3, "best_iteration": 0, "best_by": "val", "initial_val": 1 / 3}
+    result = {"selected_iteration": 1, "selected_by": "val + train", "best_score": 4 / 9,
+              "selection_note": "... the rewrite margin ...", "confirmation": {"contenders": rows, "picked": 1}}
+    config = {"split_sizes": {"train": 21, "val": 3, "test": 6}}
+    best = _best_detail(config, checkpoint, result, [])
+    assert (best["iteration"], best["score"], best["by"], best["selected"]) == (1, 4 / 9, "val + train", True)
+    assert best["label"] == "picked on val + train"  # iteration 2's 0.556 is higher: the margin decided
+    assert best["initial"] == 1 / 3 and best["improvement"]["text"].startswith("+0.1111")
+    running = _best_detail(config, checkpoint, None, [])  # while the search goes on: its best so far
+    assert (running["iteration"], running["score"], running["label"], running["selected"]) == (0, 1 / 3, "best on val",
+                                                                                              False)
 
 
 def test_improvement_is_relative_to_the_baseline_and_guarded_at_zero():

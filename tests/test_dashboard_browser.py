@@ -108,7 +108,8 @@ def test_runs_list_then_a_run_with_its_flow_graph(site, page):
     cards = page.locator("#flow .iter-card")
     expect(cards).to_have_count(3)
     expect(page.locator("#flow .iter-card .star")).to_have_count(1)
-    expect(page.locator("#best-pill")).to_contain_text("Best")
+    expect(page.locator("#best-pill")).to_contain_text("Selected")  # a finished run: the run's pick
+    expect(page.locator("#tiles .tile-best")).to_contain_text("Selected")
     expect(page.locator("#test-result")).to_contain_text("Held-out test")
     page.reload()  # the URL is bookmarkable
     expect(page.locator("#flow .iter-card")).to_have_count(3)

@@ -156,11 +156,8 @@ class DashboardData:
         records = run.load_iterations()
         cfg = config.get("optimizer_config") or {}
         usage = (result or {}).get("usage") or checkpoint.get("usage") or {}
-        best = {"score": checkpoint.get("best_score"), "iteration": checkpoint.get("best_iteration"),
-                "by": checkpoint.get("best_by")}
-        selected = result.get("selected_iteration") if result else best["iteration"]
-        by = best["by"] or ("val" if (config.get("split_sizes") or {}).get("val") else "train")
-        initial_score = checkpoint.get("initial_val") if by == "val" else _initial_train(records)
+        best = _best_detail(config, checkpoint, result, records)
+        selected = best["iteration"]
         iterations = [_card(r, selected) for r in records]
         children = []
         for other in self.runs():
@@ -176,13 +173,7 @@ class DashboardData:
             "split_sizes": config.get("split_sizes") or {},
             "warnings": config.get("warnings") or [],
             "baseline_detail": _measurement(baseline),
-            "best_detail": {
-                "score": best.get("score"),
-                "by": by,
-                "iteration": best.get("iteration"),
-                "initial": initial_score,
-                "improvement": improvement(best.get("score"), initial_score),
-            },
+            "best_detail": best,
             "usage": usage,
             "tokens": {
                 "eval": usage.get("eval_tokens", sum(r.eval_tokens for r in records)),
@@ -256,6 +247,27 @@ class DashboardData:
             view["reasoning"] = strip_phase(record.reasoning)
             view["details"] = record.details
         return view
+
+
+def _best_detail(config: dict[str, Any], checkpoint: dict[str, Any], result: dict[str, Any] | None,
+                 records: list) -> dict[str, Any]:
+    """The Best tile and pill: the search's best so far while a run goes on; once it has a
+    result, the run's pick with the score it was picked on (val + train where a close call was
+    settled there), so the page never names another candidate than the summary's "Selected"."""
+    by = checkpoint.get("best_by") or ("val" if (config.get("split_sizes") or {}).get("val") else "train")
+    best = {"score": checkpoint.get("best_score"), "iteration": checkpoint.get("best_iteration"), "by": by,
+            "label": f"best on {by}", "selected": False}
+    if result and result.get("selected_iteration") is not None and result.get("selected_by"):
+        best = {"score": result.get("best_score"), "iteration": result["selected_iteration"],
+                "by": result["selected_by"], "label": selection_label(result), "selected": True}
+    if best["by"] == "val":
+        initial = checkpoint.get("initial_val")
+    elif best["by"] == "train":
+        initial = _initial_train(records)
+    else:  # val + train: the starting prompt's row, when it was a contender of the close call
+        rows = ((result or {}).get("confirmation") or {}).get("contenders") or []
+        initial = next((r.get("val_and_train") for r in rows if isinstance(r, dict) and r.get("iteration") == 0), None)
+    return {**best, "initial": initial, "improvement": improvement(best["score"], initial)}
 
 
 def _initial_train(records: list) -> float | None:

@@ -70,11 +70,12 @@ function tiles(run) {
     : "not measured yet";
   const where = best.iteration === 0 ? "the initial prompt" : best.iteration != null ? `iteration ${best.iteration}` : "";
   const bestSub = best.improvement
-    ? `${best.improvement.text} vs initial on ${best.by}` : best.score != null ? `on ${best.by}, ${where}` : "";
+    ? `${best.improvement.text} vs initial on ${best.by}` : best.score != null ? `${best.label}, ${where}` : "";
   const max = run.settings.max_iterations;
   return h("div", { class: "tiles", id: "tiles" },
     tile("Baseline", score(b && b.mean, 4), baseSub),
-    tile("Best", score(best.score, 4), bestSub + (best.improvement && where ? ` (${where})` : ""), "tile-best"),
+    tile(best.selected ? "Selected" : "Best", score(best.score, 4),
+      bestSub + (best.improvement && where ? ` (${where})` : ""), "tile-best"),
     tile("Iterations", String(run.iterations), max ? `of at most ${max}` + (run.stop_reason ? ` · ${run.stop_reason}` : "") : ""),
     tile("Strategy", run.strategy || "–", run.phases.length > 1 ? `${run.phases.length} phases` : ""),
     tile("Eval tokens", tokens(run.tokens.eval), `${run.usage.lm_calls ?? "–"} task calls, whole run`),
@@ -119,7 +120,7 @@ function flow(run, ui) {
   if (best.score != null) {
     const where = best.iteration === 0 ? "initial prompt" : `iteration ${best.iteration}`;
     items.push(h("div", { class: "pill pill-best", id: "best-pill" },
-      `Best ${score(best.score, 4)} on ${best.by}`,
+      `${best.selected ? "Selected" : "Best"} ${score(best.score, 4)} on ${best.by}`,
       h("span", { class: "pill-sub" }, `${where}${best.improvement ? ` · ${best.improvement.text}` : ""}`)));
   }
   return h("div", { class: "flow", id: "flow" }, items);
