@@ -247,6 +247,7 @@ class RunLifecycle:
                 target=({"model": cfg.target_model, "source": cfg.target_source, "threshold": cfg.score_threshold,
                          "metric": cfg.target_metric} if cfg.target_source else None),
                 budget=self.evaluator.budget,
+                branched_from=record.branched_from if record else None,
             )
             if cfg.min_holdout_improvement is not None:
                 result.promotion = promotion_report(result.improvement, result.significance,

@@ -129,6 +129,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def candidate_name(iteration: int, branched_from: dict[str, Any] | None = None) -> str:
+    """A run's candidate by its iteration; 0 is where the run started: the user's prompt, or in a
+    branch the parent's candidate (the baseline stays the parent's, the user's prompt)."""
+    if iteration:
+        return f"iteration {iteration}"
+    if branched_from:
+        return f"the branch's start, run {branched_from.get('run_id')} iteration {branched_from.get('iteration')}"
+    return "the initial prompt"
+
+
 def selection_label(result: dict[str, Any]) -> str:
     """How the "Selected" line names the pick's score: "best on val" where the pick has the top
     score, "picked on val" where the rewrite margin kept a lower one (the note says why), so the
@@ -176,6 +186,7 @@ class RunResult:
     promotion: dict[str, Any] | None = None  # `promotion_report()`, when a minimum improvement was required
     selection_note: str | None = None  # why the pick is not the top score (the rewrite margin), when it is not
     confirmation: dict[str, Any] | None = None  # a close call on val settled on train too (confirmation.py)
+    branched_from: dict[str, Any] | None = None  # {"run_id", "iteration"}: this run started from that candidate
 
     @property
     def improvement(self) -> float | None:
@@ -209,7 +220,7 @@ class RunResult:
             lines.append(f"Target         : {target_label(self.target)}")
         if self.promotion:
             lines.append(f"Promotion      : {self.promotion['reason']}")
-        chosen = "the initial prompt" if self.selected_iteration == 0 else f"iteration {self.selected_iteration}"
+        chosen = candidate_name(self.selected_iteration, self.branched_from)
         score = "n/a" if self.selected_score is None else f"{self.selected_score:.4f}"
         note = f"; {self.selection_note}" if self.selection_note else ""
         label = selection_label({"confirmation": self.confirmation, "best_score": self.selected_score,

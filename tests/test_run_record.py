@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from reflex_dspy import Reflex
 from reflex_dspy.adapters import program_from_prompt
+from reflex_dspy.cli import main
 from reflex_dspy.errors import UsageError
 from reflex_dspy.tracking.export import export_run
 from reflex_dspy.tracking.store import RunStore
@@ -146,6 +147,21 @@ def test_branch_reuses_the_parent_baseline_and_records_where_it_came_from(finish
     other = Reflex("contains", task_lm=task, reasoning_lm=task, run_dir=root)
     with pytest.raises(UsageError, match="metric differs"):
         other.compile(program_from_prompt(INITIAL), trainset=routing_examples(), branch_from=(parent.run_id, 1))
+
+
+def test_a_branch_that_keeps_its_start_names_it_as_the_branch_s_start(finished, capsys):
+    """Before: "Selected: the initial prompt" beside the parent's baseline (the user's prompt), though
+    the branch started from the parent's iteration 1."""
+    root, _, parent = finished
+    optimizer = Reflex("exact", strategy="iterative", task_lm=fake_lm(routing_respond),
+                       reasoning_lm=fake_lm(ScriptedReasoner(["Be verbose about it."])), run_dir=root,
+                       max_iterations=1, early_stopping_patience=0, progress=False)
+    result = optimizer.compile(program_from_prompt(INITIAL), trainset=routing_examples(),
+                               branch_from=(parent.run_id, 1)).result
+    name = f"the branch's start, run {parent.run_id} iteration 1"
+    assert result.selected_iteration == 0 and f"Selected       : {name} (best on val" in result.summary()
+    assert main(["show", result.run_id, "--run-dir", str(root)]) == 0
+    assert f"Selected       : {name} (best on val" in capsys.readouterr().out
 
 
 def _parent_run(root, run):

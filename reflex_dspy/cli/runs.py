@@ -24,7 +24,7 @@ from reflex_dspy.cli.optimize import (
     saved_fields,
 )
 from reflex_dspy.errors import UsageError
-from reflex_dspy.result import format_tokens, selection_label
+from reflex_dspy.result import candidate_name, format_tokens, selection_label
 from reflex_dspy.run_status import describe as describe_status
 from reflex_dspy.run_status import load_failure
 from reflex_dspy.tracking.schema import render_prompts
@@ -222,10 +222,9 @@ def _result_lines(result: dict[str, Any]) -> list[str]:
     with contextlib.suppress(KeyError, TypeError):
         lines.append(f"{'Significance':<15}: {Significance(**result['significance']).describe()}")
     selected = result.get("selected_iteration")
-    chosen = "the initial prompt" if selected == 0 else f"iteration {selected}"
     if selected is not None:  # aevyra-reflex's result.json records the best score only
         lines.append(
-            f"{'Selected':<15}: {chosen} ({selection_label(result)}: "
+            f"{'Selected':<15}: {candidate_name(selected, result.get('branched_from'))} ({selection_label(result)}: "
             f"{_score(result.get('best_score'), 4)})"
         )
     else:
@@ -264,7 +263,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines.append("")
     result = run.load_result()
     if result:
-        lines += _result_lines(result)
+        lines += _result_lines({"branched_from": summary.branched_from, **result})  # older files lack it
     else:
         lines.append(f"{'Best so far':<15}: {_score(summary.best, 4)}")
         if summary.status in ("interrupted", "failed"):

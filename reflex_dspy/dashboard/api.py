@@ -16,7 +16,7 @@ from typing import Any
 from reflex_dspy.cli.runs import nested, prompts_by_iteration
 from reflex_dspy.dashboard.safety import contained
 from reflex_dspy.errors import UsageError
-from reflex_dspy.result import Measurement, format_tokens, selection_label
+from reflex_dspy.result import Measurement, candidate_name, format_tokens, selection_label
 from reflex_dspy.run_status import silence
 from reflex_dspy.tracking.store import CorruptRunError, Run, RunStore, RunSummary
 
@@ -179,7 +179,7 @@ class DashboardData:
                 "eval": usage.get("eval_tokens", sum(r.eval_tokens for r in records)),
                 "reasoning": usage.get("reasoning_tokens", sum(r.reasoning_tokens for r in records)),
             },
-            "result": _result(result, baseline),
+            "result": _result({"branched_from": summary.branched_from, **result} if result else None, baseline),
             "stop_reason": (result or {}).get("stop_reason") or checkpoint.get("stop_reason"),
             "iteration_cards": iterations,
             "phases": phases(iterations),
@@ -311,6 +311,8 @@ def _result(result: dict[str, Any] | None, baseline: dict[str, Any] | None) -> d
         "significant": (result.get("significance") or {}).get("significant"),
         "selected_iteration": result.get("selected_iteration"),
         "selected_by": result.get("selected_by"),
+        "selected_name": candidate_name(result["selected_iteration"], result.get("branched_from"))
+        if isinstance(result.get("selected_iteration"), int) else None,
         "selected_label": selection_label(result),  # "best on val", or "picked on val" where the margin decided
         "selected_score": result.get("best_score"),
         "selection_note": result.get("selection_note"),  # the rewrite margin or a confirmation decided it

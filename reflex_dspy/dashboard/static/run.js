@@ -89,7 +89,7 @@ function testResult(run) {
       "Held-out test: measured once, on the selected candidate, when the run completes.");
   }
   const sig = r.significant === true ? "sig-yes" : r.significant === false ? "sig-no" : "sig-na";
-  const chosen = r.selected_iteration === 0 ? "the initial prompt" : `iteration ${r.selected_iteration}`;
+  const chosen = r.selected_name || `iteration ${r.selected_iteration}`;
   return h("div", { class: "test-result", id: "test-result" },
     h("strong", {}, "Held-out test: "),
     `${score(run.baseline_detail && run.baseline_detail.mean, 4)} → ${score(r.final && r.final.mean, 4)}`,
