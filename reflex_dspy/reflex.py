@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -202,13 +203,15 @@ class Reflex(Teleprompter):
                               valset=valset, pinned=splits)
         metric = resolve_metric(self.metric, judge_lm=self._resolve_reasoning_lm(next(iter(models.values()))))
         rates: dict[str, float] = {}  # each model's share of examples answered (a note when one failed some)
-        scores = benchmark_models(student, parts.train + parts.val, metric, models,
-                                  max_workers=cfg.max_workers, temperature=cfg.eval_temperature, success_rates=rates)
+        usage: dict[str, int] = {}
+        scores = benchmark_models(student, parts.train + parts.val, metric, models, max_workers=cfg.max_workers,
+                                  temperature=cfg.eval_temperature, success_rates=rates, usage=usage)
         from reflex_dspy.metrics import metric_names
 
         own = list(own) if isinstance(own, Mapping) else [str(getattr(own, "model", "task"))]
         target = best_target(scores, "verdict_run", own=own, metric="+".join(metric_names(metric)),
                              success_rates=rates)
+        target = dataclasses.replace(target, usage=usage)
         self.config = target.apply(self.config)
         return target
 

@@ -56,6 +56,7 @@ class Target:
     metric: str | None = None  # the results' metric ranked (None for the simple shapes)
     success_rates: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # worth saying: the run's own model scored best, a model had errors
+    usage: dict[str, int] = field(default_factory=dict)  # what benchmarking cost (outside the run's budget)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,10 +215,12 @@ def benchmark_models(
     temperature: float = 0.0,
     on_progress: Callable[[str, int, int], None] | None = None,
     success_rates: dict[str, float] | None = None,
+    usage: dict[str, int] | None = None,
 ) -> dict[str, float]:
     """Each model's mean score running `student` as it is on `examples` (failed examples excluded).
 
-    `success_rates`, when given, is filled with each model's share of examples answered.
+    `success_rates`, when given, is filled with each model's share of examples answered; `usage`
+    with what it cost (`metric_calls`, `lm_calls`, `eval_tokens`), which no run's budget counts.
 
     Callers pass the search examples (train + val), never the held-out test: the threshold
     steers the search, so it must not be learnt from test.
@@ -235,6 +238,8 @@ def benchmark_models(
             first = result.results[result.failed_ids[0]].error if result.failed_ids else "no examples"
             raise ReflexError(f"benchmarking {label}: every example failed ({first})")
         scores[label] = result.mean
+        for key in ("metric_calls", "lm_calls", "eval_tokens") if usage is not None else ():
+            usage[key] = usage.get(key, 0) + getattr(evaluator.usage, key)
         if success_rates is not None:
             success_rates[label] = 1.0 - len(result.failed_ids) / max(len(examples), 1)
     return scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import LABELS, routing_examples, routing_respond, strong_respond
@@ -78,6 +79,8 @@ def test_benchmark_and_set_target_uses_the_best_model_on_train_and_val_only(tmp_
         (1.0, "strong", "verdict_run")
     # Held-out test is never used to set the threshold: 12 examples → 2 test, 10 train+val.
     assert strong.fake_engine.calls == 10
+    # What benchmarking cost is said (no run's budget counts it): both models on the 10 examples.
+    assert target.usage["metric_calls"] == target.usage["lm_calls"] == 20 and target.usage["eval_tokens"] > 0
 
 
 def test_set_target_from_verdict_sets_the_threshold_and_the_result_reports_it(tmp_path):
@@ -109,6 +112,7 @@ def test_target_models_are_benchmarked_first_and_the_best_score_is_the_threshold
     code, out, err = cli(capsys, "optimize", task.data, task.prompt, RUN, "--target fake/strong", *task.flags)
     assert code == 0, err
     assert "fake/strong" in err and "← target" in err
+    assert re.search(r"\(20 metric calls, 20 LM calls / \d+ tokens; not part of the run's budget or LM usage\)", err)
     config = _config(task)
     assert (config["score_threshold"], config["target_model"], config["target_source"]) == \
         (1.0, "fake/strong", "verdict_run")

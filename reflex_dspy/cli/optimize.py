@@ -26,6 +26,7 @@ from reflex_dspy.cli.task import TaskSpec as TaskSpec
 from reflex_dspy.cli.task import abs_path as _abs
 from reflex_dspy.cli.task import initial_prompts as initial_prompts
 from reflex_dspy.errors import UsageError
+from reflex_dspy.result import format_tokens
 from reflex_dspy.tracking.redact import redact_uri
 from reflex_dspy.tracking.store import RunStore
 
@@ -283,6 +284,9 @@ def _benchmark_targets(optimizer: Any, task: LoadedTask, spec: TaskSpec) -> dict
     for label, score in sorted(target.scores.items(), key=lambda kv: -kv[1]):
         mark = "  ← target" if label == target.model else ""
         print(f"  {label:<40} {score:.4f}{mark}", file=sys.stderr)
+    u = target.usage
+    print(f"  ({u['metric_calls']} metric calls, {u['lm_calls']} LM calls / {format_tokens(u['eval_tokens'])} tokens; "
+          "not part of the run's budget or LM usage)", file=sys.stderr)
     for line in target.notes:
         note(line)
     return verdict_document(target, Path(spec.dataset).stem)
