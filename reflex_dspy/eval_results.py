@@ -130,6 +130,9 @@ class Usage:
     cache_hits: int = 0
     lm_calls: int = 0
     eval_tokens: int = 0
+    # Of lm_calls / eval_tokens, those the metric made (an LLM judge): a judge's cost is its own line.
+    metric_lm_calls: int = 0
+    metric_tokens: int = 0
     reasoning_calls: int = 0
     reasoning_tokens: int = 0
     failed: int = 0

@@ -356,7 +356,7 @@ class Evaluator:
         """Run and score one example on every task model; one failure fails the example."""
         eid = key[1]
         result = ExampleResult(eid, None)
-        calls = tokens = 0
+        calls = tokens = judged = judge_tokens = 0  # judged: the metric's own LM calls (an LLM judge)
         scores: dict[str, float] = {}
         failure: str | None = None
         for label, lm in lms.items():
@@ -379,7 +379,7 @@ class Evaluator:
             if not scores:  # the first model's output and trace are the ones shown to the reasoning model
                 result.output, result.trace, result.agent_trace = output, steps, agent.to_dict()
             scored, error, c, t = self.attempts.metric(self.metric, example, prediction, agent)
-            calls, tokens = calls + c, tokens + t
+            calls, tokens, judged, judge_tokens = calls + c, tokens + t, judged + c, judge_tokens + t
             if error is not None:
                 failure = short_error(error)
                 break
@@ -401,9 +401,12 @@ class Evaluator:
                 self.usage.metric_calls += len(lms)
                 self.usage.lm_calls += calls
                 self.usage.eval_tokens += tokens
+                self.usage.metric_lm_calls += judged
+                self.usage.metric_tokens += judge_tokens
                 self.usage.failed += 1
             else:
                 entry = {"kind": "eval", "key": list(key), "calls": calls, "tokens": tokens, "metric_calls": len(lms),
+                         **({"judge_calls": judged, "judge_tokens": judge_tokens} if judged else {}),
                          **({"no_answer": result.no_answer} if result.no_answer else {})}
                 self.ledger.account(entry)
                 self._cache[key] = result

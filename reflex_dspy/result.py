@@ -237,7 +237,10 @@ class RunResult:
         lines.append(f"Early stopped  : {'Yes (val score plateaued)' if self.early_stopped else 'No'}")
         u = self.usage
         lines.append(
-            f"LM usage       : eval {u['lm_calls']} calls / {format_tokens(u['eval_tokens'])} tokens, "
+            f"LM usage       : eval {u['lm_calls']} calls / {format_tokens(u['eval_tokens'])} tokens"
+            + (f" (of these, the metric's: {u['metric_lm_calls']} calls / {format_tokens(u['metric_tokens'])} tokens)"
+               if u.get("metric_lm_calls") else "")
+            + ", "
             f"reasoning {u['reasoning_calls']} calls / {format_tokens(u['reasoning_tokens'])} tokens"
             + (f", {u['reasoning_failed']} failed ({u.get('reasoning_error') or 'no reply'})"
                if u.get("reasoning_failed") else "")

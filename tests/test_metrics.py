@@ -454,3 +454,45 @@ def test_metric_names():
     assert metric_names(resolve_metric("rouge")) == ["rouge"]
     assert metric_names(lambda e, p: 1.0) == ["<lambda>"]
     assert metric_names(CombinedMetric([lambda e, p: 1.0, lambda e, p: 0.0])) == ["<lambda>", "<lambda>#2"]
+
+
+def test_an_llm_judge_s_calls_are_counted_apart_from_the_task_model_s():
+    """Before: "LM usage: eval 72 calls" for 36 task-model answers and 36 judge calls, and the
+    dashboard called all 72 "task calls". The split survives a resume (the journal keeps it)."""
+    from conftest import routing_examples, routing_respond
+
+    from reflex_dspy.adapters import program_from_prompt
+    from reflex_dspy.candidate import Candidate
+    from reflex_dspy.evaluation import Evaluator
+
+    judge_lm = fake_lm(lambda system, messages: json.dumps({"reasoning": "fine", "score": 4}), name="fake/judge")
+    program = program_from_prompt("Say which team should handle the message.")
+    paid: list[dict] = []
+    evaluator = Evaluator(program, JudgeMetric(judge_lm), task_lm=fake_lm(routing_respond, name="fake/judged"),
+                          max_workers=1)
+    evaluator.on_paid = paid.append
+    result = evaluator.evaluate(Candidate.from_program(program), routing_examples(2))
+    usage = evaluator.usage
+    assert result.n_failed == 0 and usage.metric_lm_calls == judge_lm.fake_engine.calls == 6
+    assert usage.lm_calls == 12 and 0 < usage.metric_tokens < usage.eval_tokens
+    resumed = Evaluator(program, JudgeMetric(judge_lm), task_lm=fake_lm(routing_respond, name="fake/judged"))
+    resumed.replay(paid, {"paid_entries": 0})  # paid after the last checkpoint: counted once settled
+    resumed.ledger.settle()
+    assert (resumed.usage.metric_lm_calls, resumed.usage.metric_tokens) == (6, usage.metric_tokens)
+
+
+def test_the_summary_says_what_an_llm_judge_cost():
+    from conftest import ScriptedReasoner, routing_examples
+
+    from reflex_dspy import Reflex
+    from reflex_dspy.adapters import program_from_prompt
+
+    judge_lm = fake_lm(lambda system, messages: json.dumps({"reasoning": "fine", "score": 4}), name="fake/judge2")
+    task = fake_lm(lambda system, messages: "billing", name="fake/judged2")
+    result = Reflex(JudgeMetric(judge_lm), strategy="iterative", task_lm=task, track=False, progress=False,
+                    reasoning_lm=fake_lm(ScriptedReasoner(["Route it."])), max_iterations=1).compile(
+        program_from_prompt("Say which team."), trainset=routing_examples(2)).result
+    n = judge_lm.fake_engine.calls
+    assert n == task.fake_engine.calls > 0 and result.usage["lm_calls"] == 2 * n
+    assert f"LM usage       : eval {2 * n} calls / " in result.summary()
+    assert f"(of these, the metric's: {n} calls / " in result.summary()

@@ -63,6 +63,13 @@ function caveats(m) {
   return m && m.caveats && m.caveats.length ? `, ${m.caveats.join(", ")}` : "";
 }
 
+// The eval tile's calls: the task model's, and apart those an LLM judge (the metric) made.
+function evalCalls(u) {
+  if (u.lm_calls == null) return "–";
+  const judged = u.metric_lm_calls || 0;
+  return `${u.lm_calls - judged} task calls` + (judged ? ` + ${judged} by the metric` : "") + ", whole run";
+}
+
 function tiles(run) {
   const b = run.baseline_detail;
   const best = run.best_detail;
@@ -78,7 +85,7 @@ function tiles(run) {
       bestSub + (best.improvement && where ? ` (${where})` : ""), "tile-best"),
     tile("Iterations", String(run.iterations), max ? `of at most ${max}` + (run.stop_reason ? ` · ${run.stop_reason}` : "") : ""),
     tile("Strategy", run.strategy || "–", run.phases.length > 1 ? `${run.phases.length} phases` : ""),
-    tile("Eval tokens", tokens(run.tokens.eval), `${run.usage.lm_calls ?? "–"} task calls, whole run`),
+    tile("Eval tokens", tokens(run.tokens.eval), evalCalls(run.usage)),
     tile("Reasoning tokens", tokens(run.tokens.reasoning), `${run.usage.reasoning_calls ?? "–"} reasoning calls`));
 }
 
