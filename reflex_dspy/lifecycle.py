@@ -112,8 +112,6 @@ class RunLifecycle:
         )
         self.held_back = held_back(budget, len(self.splits.train), len(self.splits.val))  # confirmation.py
         self.evaluator.ledger.hold(self.held_back)
-        check_first_step(self.strategy, budget, len(self.splits.train), len(self.splits.val), cfg.batch_size,
-                         self.evaluator.calls_per_example)
         self.evaluator.on_progress = self.trackers.on_progress
         self.evaluator.on_notice = self.trackers.on_notice
         self.evaluator.on_scored = self._trial
@@ -152,6 +150,9 @@ class RunLifecycle:
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self, resume: Any = None, branch_from: tuple[str, int] | None = None) -> dspy.Module:
+        if resume is None and branch_from is None:  # a branch reuses its parent's scores; a resume was checked
+            check_first_step(self.strategy, self.evaluator.budget, len(self.splits.train), len(self.splits.val),
+                             self.config.batch_size, self.evaluator.calls_per_example)
         interval = HEARTBEAT_SECONDS
         with Heartbeat(lambda: self.trackers.on_heartbeat({**self.status(), "interval": interval}), interval), \
                 library_logs.captured() as self.library_logs:  # DSPy/LiteLLM warnings: counted, not printed

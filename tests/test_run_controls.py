@@ -173,14 +173,15 @@ def test_dry_run_with_targets_calls_no_model_and_estimates_the_benchmark(capsys,
     ("-m fake/task -m fake/strong -s auto", 3, 4,
      "a budget of 3 metric calls cannot score the starting prompt on the 2 validation examples (2 task models "
      "each); raise the budget (max_metric_calls)"),
-    # A rewrite is scored on the batch (8 train examples) and on validation. Before: the baseline paid
-    # for, then "iterative (0 iterations; stopped: metric-call budget: 7 calls left, too few ...)".
-    ("-m fake/task -s iterative", 9, 12,
-     "a budget of 9 metric calls is too small for strategy 'iterative' here: its first step needs at least 10 "
+    # Before: the baseline and a reasoning call paid for, then "iterative (0 iterations; stopped:
+    # metric-call budget: 16 calls left, too few for the next evaluation (21 needed))".
+    # The current prompt and its rewrite on the batch (8 train examples), the rewrite on validation.
+    ("-m fake/task -s iterative", 19, 20,
+     "a budget of 19 metric calls is too small for strategy 'iterative' here: its first step needs at least 18 "
      "search calls after the starting prompt's 2 on validation; raise the budget (max_metric_calls) or lower "
      "batch_size"),
-    ("-m fake/task -m fake/strong -s structural", 20, 24,
-     "a budget of 20 metric calls is too small for strategy 'structural' here: its first step needs at least 20 "
+    ("-m fake/task -m fake/strong -s structural", 39, 40,
+     "a budget of 39 metric calls is too small for strategy 'structural' here: its first step needs at least 36 "
      "search calls after the starting prompt's 4 on validation (2 task models each); raise the budget "
      "(max_metric_calls) or lower batch_size"),
 ])
@@ -192,9 +193,11 @@ def test_a_budget_below_the_first_step_is_refused_before_any_call_and_by_the_dry
                        "--dry-run" if dry_run else "", *task.flags)
     assert code == 2 and err.strip() == f"reflex-dspy: error: {message}"
     assert all(lm.fake_engine.calls == 0 for lm in lms.values()) and not task.run_dir.exists()
-    code, _, err = cli(capsys, "optimize", task.data, task.prompt, run, f"--max-metric-calls {enough} --dry-run",
-                       *task.flags)
+    code, out, err = cli(capsys, "optimize", task.data, task.prompt, run, f"--max-metric-calls {enough}",
+                         "--dry-run" if dry_run else "", *task.flags)
     assert code == 0, err
+    if "iterative" in flags and not dry_run:  # the minimum is exact for a rewrite: it pays for one step
+        assert "Iterations     : 1\n" in out and f"Budget         : {enough} / {enough} search" in out
 
 
 def test_dry_run_names_a_missing_api_key(capsys, task, monkeypatch):

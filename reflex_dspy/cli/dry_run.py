@@ -80,8 +80,9 @@ def report(
     check_keys({**task, "reasoning": models["reasoning"], **({"judge": models["judge"]} if models["judge"] else {}),
                 **targets})
     cost = estimate(config, splits, len(task), len(targets))
-    check_first_step(get_strategy(config.strategy, **config.extra_kwargs), cost["budget"], len(splits.train),
-                     len(splits.val), config.batch_size, len(task))  # as the run checks it (budget_fit.py)
+    if resume is None and branch_from is None:  # as the run checks it (budget_fit.py)
+        check_first_step(get_strategy(config.strategy, **config.extra_kwargs), cost["budget"], len(splits.train),
+                         len(splits.val), config.batch_size, len(task))
     _line("dataset", f"{spec.dataset} ({len(examples)} examples)")
     pinned = f" (pinned by {spec.splits_file})" if spec.splits_file else ""
     _line("splits", f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}{pinned}")

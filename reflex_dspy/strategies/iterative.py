@@ -113,9 +113,9 @@ class Iterative(Strategy):
         self.state = IterativeState(current=initial)
 
     def first_step_calls(self, train_n: int, batch_n: int, val_n: int) -> int | None:
-        """A rewrite scored on the batch and on validation (the current prompt's batch scores may
-        be in the run cache, on a branch): below that the first step scores nothing new."""
-        return batch_n + val_n
+        """The current prompt and its rewrite scored on the batch, the rewrite on validation: a
+        smaller budget pays for the baseline and a reasoning call, then stops with nothing tried."""
+        return 2 * batch_n + val_n
 
     def _pick_predictor(self, ctx: SearchContext, failures) -> str:
         names = ctx.predictor_names

@@ -149,9 +149,9 @@ class Structural(Strategy):
         self.state = StructuralState(current=initial, n_predictors=len(ctx.predictor_names))
 
     def first_step_calls(self, train_n: int, batch_n: int, val_n: int) -> int | None:
-        """At least one layout scored on the batch and on validation (a round scores all of its
-        layouts and the current prompt together, so it usually needs several batches)."""
-        return batch_n + val_n
+        """The current prompt and at least one layout scored on the batch, the layout on validation
+        (a round scores all of its layouts with the current prompt, so it usually needs more)."""
+        return 2 * batch_n + val_n
 
     def done(self) -> str | None:
         # Nothing to try for any predictor: another round would score the same texts again.
