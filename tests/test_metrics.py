@@ -496,3 +496,21 @@ def test_the_summary_says_what_an_llm_judge_cost():
     assert n == task.fake_engine.calls > 0 and result.usage["lm_calls"] == 2 * n
     assert f"LM usage       : eval {2 * n} calls / " in result.summary()
     assert f"(of these, the metric's: {n} calls / " in result.summary()
+
+
+@pytest.mark.parametrize("metric", [lambda pred: 1.0, lambda *, example, pred: 1.0,
+                                    lambda example, pred, trace, extra: 1.0])
+def test_a_metric_that_cannot_take_example_and_prediction_is_refused_before_any_call(metric):
+    """Before: the first answer was paid for, then "MetricError: the metric raised TypeError"."""
+    from conftest import routing_examples
+
+    from reflex_dspy import Reflex
+
+    task = fake_lm(lambda system, messages: "[[ ## output ## ]]\nbilling\n\n[[ ## completed ## ]]")
+    with pytest.raises(UsageError, match=r"^metric '<lambda>' cannot be called as metric\(example, prediction"):
+        Reflex(metric, task_lm=task, reasoning_lm=task, track=False, progress=False).compile(
+            dspy.Predict("input -> output"), trainset=routing_examples(2))
+    assert task.fake_engine.calls == 0
+    for fine in (lambda ex, pred: 1.0, lambda ex, pred, trace=None: 1.0, lambda *args: 1.0, len.__call__,
+                 lambda gold, pred, trace, pred_name, pred_trace: 1.0):
+        resolve_metric(fine)  # every shape call_metric supports passes

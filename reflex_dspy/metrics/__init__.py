@@ -21,6 +21,7 @@ from reflex_dspy.metrics.base import (
     MetricResult,
     as_text,
     call_metric,
+    check_signature,
     input_fields,
     label_fields,
     metric_label,
@@ -107,6 +108,7 @@ def resolve_metric(
     read with `load_rubric`. Unknown names and a judge without a judge model raise `UsageError`.
     """
     if callable(spec) and not isinstance(spec, str):
+        check_signature(spec)
         return spec
     if isinstance(spec, str):
         return _resolve_name(spec, judge_lm, judge_criteria)

@@ -21,6 +21,8 @@ from typing import Any
 
 import dspy
 
+from reflex_dspy.errors import UsageError
+
 RESERVED_ID_FIELD = "reflex_id"
 FEEDBACK_CHARS = 160  # enough to show the gist of an output without flooding the proposal prompt
 
@@ -79,6 +81,26 @@ def _inspect_call_style(metric: Callable[..., Any]) -> int:
     if len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params):
         return 3
     return 2
+
+
+def check_signature(metric: Callable[..., Any]) -> None:
+    """Raise a one-line `UsageError` for a metric that cannot take the arguments it will be called
+    with (`_call_style`), before any model call: otherwise the first answer is paid for, then the
+    run stops on a `TypeError` from inside the metric call."""
+    if isinstance(metric, Metric):
+        return
+    try:
+        signature = inspect.signature(metric)
+    except (TypeError, ValueError):
+        return  # uninspectable (a builtin): it is called as DSPy would call it
+    style = _call_style(metric)
+    try:
+        signature.bind(*([None] * style))
+    except TypeError as exc:
+        shapes = {2: "metric(example, prediction)", 3: "metric(example, prediction, trace)",
+                  5: "metric(gold, pred, trace, pred_name, pred_trace)"}
+        raise UsageError(f"metric {metric_label(metric)!r} cannot be called as {shapes[style]}: {exc}; a metric "
+                         "takes the example and the prediction as its first two positional arguments") from None
 
 
 def metric_label(metric: Any) -> str:
