@@ -406,7 +406,7 @@ class Evaluator:
                 self.usage.failed += 1
             else:
                 entry = {"kind": "eval", "key": list(key), "calls": calls, "tokens": tokens, "metric_calls": len(lms),
-                         **({"judge_calls": judged, "judge_tokens": judge_tokens} if judged else {}),
+                         **({"metric_lm_calls": judged, "metric_tokens": judge_tokens} if judged else {}),
                          **({"no_answer": result.no_answer} if result.no_answer else {})}
                 self.ledger.account(entry)
                 self._cache[key] = result

@@ -160,8 +160,8 @@ class Ledger:
                 setattr(self.usage, kind, getattr(self.usage, kind) + 1)
             self.usage.lm_calls += entry["calls"]
             self.usage.eval_tokens += entry["tokens"]
-            self.usage.metric_lm_calls += entry.get("judge_calls", 0)
-            self.usage.metric_tokens += entry.get("judge_tokens", 0)
+            self.usage.metric_lm_calls += entry.get("metric_lm_calls", 0)
+            self.usage.metric_tokens += entry.get("metric_tokens", 0)
 
     def reasoning_failed(self, error: str) -> None:
         """Count a reasoning request that got no usable reply (caller holds the lock)."""

@@ -336,3 +336,16 @@ def test_show_says_the_budget_limits_a_run_whose_iteration_cap_rose_to_it(capsys
     write_json(run.file("config.json"), {**config, "budget": 40})
     code, out, _ = cli(capsys, "show", "1", "--run-dir", str(store.root))
     assert code == 0 and "Strategy       : iterative, as many iterations as the budget allows (40 metric calls)" in out
+
+
+def test_a_run_limited_by_its_budget_shows_no_iteration_cap():
+    """Before: the dashboard said "3 of at most 120" iterations (and "3/120" in the runs list) for a
+    run whose cap had risen to its 120-call budget; `show` already said "as the budget allows"."""
+    from reflex_dspy.cli.runs import iteration_cap
+
+    def config(cap, budget):
+        return {"optimizer_config": {"max_iterations": cap}, "budget": budget}
+
+    assert iteration_cap(config(120, 120)) is None and iteration_cap(config(400, 120)) is None
+    assert iteration_cap(config(10, 120)) == 10 and iteration_cap(config(10, None)) == 10
+    assert iteration_cap({}) is None  # nothing recorded: no cap to show

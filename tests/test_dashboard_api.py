@@ -136,6 +136,10 @@ def test_the_best_tile_of_a_finished_run_is_the_run_s_pick():
     assert (best["iteration"], best["score"], best["by"], best["selected"]) == (1, 4 / 9, "val + train", True)
     assert best["label"] == "picked on val + train"  # iteration 2's 0.556 is higher: the margin decided
     assert best["initial"] == 1 / 3 and best["improvement"]["text"].startswith("+0.1111")
+    assert best["name"] == "iteration 1"
+    branch = _best_detail(config, checkpoint, {**result, "selected_iteration": 0,
+                                               "branched_from": {"run_id": "001", "iteration": 2}}, [])
+    assert branch["name"] == "the branch's start, run 001 iteration 2"
     running = _best_detail(config, checkpoint, None, [])  # while the search goes on: its best so far
     assert (running["iteration"], running["score"], running["label"], running["selected"]) == (0, 1 / 3, "best on val",
                                                                                               False)

@@ -178,9 +178,8 @@ def _header(run: Run, s: RunSummary, config: dict[str, Any]) -> list[str]:
         add("Failed", (load_failure(run.path) or {}).get("reason"))
     add("Created", _created(s.created))
     n, budget = cfg.get("max_iterations", "?"), config.get("budget")
-    limit = (f"as many iterations as the budget allows ({budget} metric calls)"
-             if isinstance(n, int) and isinstance(budget, int) and n >= budget  # OptimizerConfig.budget_binds
-             else f"up to {n} iteration{'' if n == 1 else 's'}")
+    limit = (f"as many iterations as the budget allows ({budget} metric calls)" if iteration_cap(config) is None
+             and isinstance(budget, int) else f"up to {n} iteration{'' if n == 1 else 's'}")
     add("Strategy", f"{s.strategy or '-'}, {limit}")
     add("Task model", s.models.get("task"))
     add("Reasoning", s.models.get("reasoning"))
@@ -206,6 +205,15 @@ def _header(run: Run, s: RunSummary, config: dict[str, Any]) -> list[str]:
         parent = s.branched_from
         add("Branched from", f"run {parent.get('run_id')}, iteration {parent.get('iteration')}")
     return lines
+
+
+def iteration_cap(config: dict[str, Any]) -> int | None:
+    """A recorded run's iteration cap, None where its budget limits it instead (a cap of at least
+    the budget never binds first: `OptimizerConfig.budget_binds`)."""
+    n, budget = (config.get("optimizer_config") or {}).get("max_iterations"), config.get("budget")
+    if not isinstance(n, int) or (isinstance(budget, int) and n >= budget):
+        return None
+    return n
 
 
 def _result_lines(result: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reflex_dspy.cli.runs import nested, prompts_by_iteration
+from reflex_dspy.cli.runs import iteration_cap, nested, prompts_by_iteration
 from reflex_dspy.dashboard.safety import contained
 from reflex_dspy.errors import UsageError
 from reflex_dspy.result import Measurement, candidate_name, format_tokens, selection_label
@@ -127,7 +127,7 @@ class DashboardData:
             "model": s.models.get("task"),
             "reasoning_model": s.reasoning_model,
             "iterations": s.iterations,
-            "max_iterations": (config.get("optimizer_config") or {}).get("max_iterations"),
+            "max_iterations": iteration_cap(config),  # None where the budget limits the run
             "baseline": s.baseline,
             "best": s.best,
             "final": s.final,
@@ -156,6 +156,8 @@ class DashboardData:
         records = run.load_iterations()
         cfg = config.get("optimizer_config") or {}
         usage = (result or {}).get("usage") or checkpoint.get("usage") or {}
+        if result:  # where the run started, for the pick's name (files before it was recorded lack it)
+            result = {"branched_from": summary.branched_from, **result}
         best = _best_detail(config, checkpoint, result, records)
         selected = best["iteration"]
         iterations = [_card(r, selected) for r in records]
@@ -179,7 +181,7 @@ class DashboardData:
                 "eval": usage.get("eval_tokens", sum(r.eval_tokens for r in records)),
                 "reasoning": usage.get("reasoning_tokens", sum(r.reasoning_tokens for r in records)),
             },
-            "result": _result({"branched_from": summary.branched_from, **result} if result else None, baseline),
+            "result": _result(result, baseline),
             "stop_reason": (result or {}).get("stop_reason") or checkpoint.get("stop_reason"),
             "iteration_cards": iterations,
             "phases": phases(iterations),
@@ -192,8 +194,8 @@ class DashboardData:
             ),
             "resume_hint": f"reflex-dspy optimize --resume-from {run.run_id}"
             if summary.status == "interrupted" and summary.dataset else None,
-            "settings": {k: cfg.get(k) for k in ("max_iterations", "batch_size", "early_stopping_patience",
-                                                  "seed", "eval_runs")},
+            "settings": {**{k: cfg.get(k) for k in ("batch_size", "early_stopping_patience", "seed", "eval_runs")},
+                         "max_iterations": iteration_cap(config), "budget": config.get("budget")},
             "mlflow_url": self.mlflow_link(config) if self.mlflow_link else None,
         }
         for key in ("eval", "reasoning"):
@@ -267,7 +269,9 @@ def _best_detail(config: dict[str, Any], checkpoint: dict[str, Any], result: dic
     else:  # val + train: the starting prompt's row, when it was a contender of the close call
         rows = ((result or {}).get("confirmation") or {}).get("contenders") or []
         initial = next((r.get("val_and_train") for r in rows if isinstance(r, dict) and r.get("iteration") == 0), None)
-    return {**best, "initial": initial, "improvement": improvement(best["score"], initial)}
+    name = candidate_name(best["iteration"], (result or {}).get("branched_from")) \
+        if isinstance(best["iteration"], int) else None
+    return {**best, "name": name, "initial": initial, "improvement": improvement(best["score"], initial)}
 
 
 def _initial_train(records: list) -> float | None:

@@ -75,7 +75,7 @@ function tiles(run) {
   const best = run.best_detail;
   const baseSub = b ? `on ${b.n}-sample ${b.split}` + caveats(b) + (b.n_runs > 1 ? ` · ±${score(b.std, 4)} (${b.n_runs} runs)` : "")
     : "not measured yet";
-  const where = best.iteration === 0 ? "the initial prompt" : best.iteration != null ? `iteration ${best.iteration}` : "";
+  const where = best.name || "";
   const bestSub = best.improvement
     ? `${best.improvement.text} vs initial on ${best.by}` : best.score != null ? `${best.label}, ${where}` : "";
   const max = run.settings.max_iterations;
@@ -83,7 +83,8 @@ function tiles(run) {
     tile("Baseline", score(b && b.mean, 4), baseSub),
     tile(best.selected ? "Selected" : "Best", score(best.score, 4),
       bestSub + (best.improvement && where ? ` (${where})` : ""), "tile-best"),
-    tile("Iterations", String(run.iterations), max ? `of at most ${max}` + (run.stop_reason ? ` · ${run.stop_reason}` : "") : ""),
+    tile("Iterations", String(run.iterations), [max ? `of at most ${max}` : run.settings.budget
+      ? `as the budget of ${run.settings.budget} metric calls allows` : "", run.stop_reason].filter(Boolean).join(" · ")),
     tile("Strategy", run.strategy || "–", run.phases.length > 1 ? `${run.phases.length} phases` : ""),
     tile("Eval tokens", tokens(run.tokens.eval), evalCalls(run.usage)),
     tile("Reasoning tokens", tokens(run.tokens.reasoning), `${run.usage.reasoning_calls ?? "–"} reasoning calls`));
@@ -125,7 +126,7 @@ function flow(run, ui) {
     ? "Waiting for the first iteration…" : "No iterations recorded."));
   const best = run.best_detail;
   if (best.score != null) {
-    const where = best.iteration === 0 ? "initial prompt" : `iteration ${best.iteration}`;
+    const where = best.name || "";
     items.push(h("div", { class: "pill pill-best", id: "best-pill" },
       `${best.selected ? "Selected" : "Best"} ${score(best.score, 4)} on ${best.by}`,
       h("span", { class: "pill-sub" }, `${where}${best.improvement ? ` · ${best.improvement.text}` : ""}`)));
