@@ -39,6 +39,15 @@ from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, to
 ProgressFn = Callable[[str, int, int], None]
 
 
+def _another_pass(lm: dspy.LM, eval_pass: int, temperature: float) -> dspy.LM:
+    """The model for a repeated measurement pass (`eval_runs`): it must ask again, not read pass
+    1's replies from DSPy's cache, or "± 0.0000 (3 runs)" would report one run three times. Above
+    temperature 0 a rollout id gives the pass its own cache entries (DSPy's convention); at 0
+    DSPy says a rollout id "has no effect", so the pass skips DSPy's cache (our run journal keeps
+    its results for a resume)."""
+    return lm.copy(rollout_id=eval_pass) if temperature else lm.copy(cache=False)
+
+
 def _add_feedback(result: ExampleResult, text: str, label: str | None) -> None:
     """Append one model's feedback line (prefixed with its label when the run has several)."""
     line = f"[{label}] {text}" if label else text
@@ -202,7 +211,7 @@ class Evaluator:
         self.ledger.reserve(needed, label)
         jobs = []
         for g, (_, plans, _) in zip(groups, planned, strict=True):
-            lms = {name: lm if g.eval_pass == 0 or self.temperature == 0 else lm.copy(rollout_id=g.eval_pass)
+            lms = {name: lm if g.eval_pass == 0 else _another_pass(lm, g.eval_pass, self.temperature)
                    for name, lm in self.lms.items()}
             jobs += [(results, self._program(c), lms, (c.fingerprint, eid, self.temperature, g.eval_pass), ex)
                      for c, (results, todo, _) in plans.values() for eid, ex in todo]

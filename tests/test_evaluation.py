@@ -200,3 +200,24 @@ def test_a_prompt_file_written_from_a_candidate_keeps_its_demos():
     assert plain.render() == "Route the message."
     shown = plain.with_demos("predict", [{"input": "my invoice", "output": "billing"}]).render()
     assert shown == "Route the message.\n\nExamples:\n\ninput: my invoice\noutput: billing"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_each_measurement_pass_asks_the_model_again(temperature):
+    """Before: at temperature 0, passes 2..N of `eval_runs` read pass 1's replies from DSPy's cache
+    (no call made) and the summary printed "0.5000 ± 0.0000 (3 runs)" for one run."""
+    import uuid
+
+    import dspy
+    from fakes import FakeEngine
+
+    from reflex_dspy.measurement import measure
+
+    engine = FakeEngine(lambda system, messages: "billing" if engine.calls % 2 else "shipping")
+    lm = dspy.LM(f"fake/cached-{uuid.uuid4().hex[:8]}", engine=engine, cache=True, num_retries=0)
+    program = program_from_prompt("Say which team should handle the message.")
+    evaluator = Evaluator(program, resolve_metric("exact"), task_lm=lm, max_workers=1, temperature=temperature)
+    examples = [e for e in routing_examples(3) if e.output == "billing"]  # 3 examples, all "billing"
+    measurement, _ = measure(evaluator, Candidate.from_program(program), "baseline", "test", examples, 3)
+    assert engine.calls == 3 * len(examples)  # every pass asked the model
+    assert measurement.n_runs == 3 and measurement.std > 0  # the answers flip call by call: passes differ
