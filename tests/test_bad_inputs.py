@@ -81,7 +81,7 @@ def test_an_unwritable_output_is_refused_before_any_model_call(capsys, server, f
     ("bottom_k=-5", "bottom_k: Input should be greater than or equal to 1"),
     ("bottom_k=2.5", "bottom_k: Input should be a valid integer"),
     ("predictor_order=sideways", "predictor_order: Input should be 'round_robin' or 'worst_first'"),
-    ("no_such_knob=1", "unknown parameter 'no_such_knob'"),
+    ("no_such_knob=1", "unknown parameter 'no_such_knob' (known: bottom_k, grounded_control, predictor_order)"),
 ])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_bad_strategy_parameter_is_refused_when_the_strategy_is_built(capsys, server, files, param, message,

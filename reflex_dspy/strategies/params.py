@@ -70,11 +70,11 @@ def _model(cls: type) -> tuple[type[BaseModel], frozenset[str], bool]:
     return create_model(f"{cls.__name__}Params", __config__=config, **fields), frozenset(nested), open_ended
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, known: Any = ()) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ())) or "parameters"
     if err.get("type") == "extra_forbidden":
-        return f"unknown parameter {where!r}"
+        return f"unknown parameter {where!r} (known: {', '.join(sorted(known)) or 'none'})"
     got = err.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict) else ""
     return f"{where}: {err.get('msg', 'invalid value').removeprefix('Value error, ')}{shown}"
@@ -91,7 +91,7 @@ def validate_params(cls: type, params: dict[str, Any], resolve: Any = None) -> d
     try:
         checked = model.model_validate(params)
     except ValidationError as exc:
-        raise ValueError(_describe(exc)) from None
+        raise ValueError(_describe(exc, model.model_fields)) from None
     values = {k: getattr(checked, k) for k in params if k in model.model_fields}
     values.update({k: v for k, v in params.items() if k not in model.model_fields})  # **kwargs: as given
     for name in nested:
