@@ -237,3 +237,21 @@ def test_a_machine_sharing_only_the_mlflow_store_starts_a_created_run(capsys, tm
     code, out, err = cli(capsys, "optimize", "run", ref, "--run-dir", tmp_path / "machine-b",
                          "--mlflow-tracking-uri", store)
     assert code == 2 and "already started" in err
+
+
+def test_a_reader_that_stops_early_costs_no_output_file(tmp_path):
+    """`reflex-dspy optimize ... | head` where head has gone before the summary: before, the summary
+    was printed first, its BrokenPipeError ended the command with a traceback, and `-o` and
+    `--results-json` were never written. Now they are, and the exit is quiet (141, as for SIGPIPE)."""
+    data, prompt = write_task(tmp_path)
+    with FakeOpenAI() as fake:
+        env = cli_env(fake.base_url, tmp_path / "cache")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reflex_dspy.cli", "optimize", data, prompt, "-m", "openai/fake-task", "--metric",
+             "exact", *FLAGS, "--run-dir", tmp_path / "runs", "-o", tmp_path / "best.md", "--results-json",
+             tmp_path / "results.json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # the reader is gone before anything is printed
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()
+    assert (tmp_path / "best.md").read_text().strip()
+    assert json.loads((tmp_path / "results.json").read_text())["final"]["mean_score"] is not None

@@ -23,6 +23,7 @@ from reflex_dspy.tracking.store import default_run_dir
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process whose output's reader went away
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -327,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReflexError as exc:
         print(f"reflex-dspy: run failed: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:  # stdout's reader stopped early (`| head`): what the command wrote stays
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         resumable = args.command == "optimize"
         print("reflex-dspy: interrupted" + (" (the same command with --resume continues a run it started)"

@@ -39,17 +39,16 @@ def check_output_paths(args: argparse.Namespace, spec: Any = None) -> None:
 
 
 def report_outputs(args: argparse.Namespace, optimized: Any, extra_lines: tuple[str, ...] = ()) -> int:
-    """Print the summary and write `-o` (only when promoted, unless --force-output) and `--results-json`."""
+    """Write `-o` (only when promoted, unless --force-output) and `--results-json`, then print the
+    summary: the files first, so a reader that stops early (`| head`) cannot cost them."""
     result = optimized.result
-    print(result.summary())
-    for line in extra_lines:
-        print(line)
+    lines = [result.summary(), *extra_lines]
     run_id = getattr(optimized, "run_id", None)
     if run_id:
-        print(f"{'Run':<15}: {run_id} ({_run_path(args.run_dir, run_id)})")
+        lines.append(f"{'Run':<15}: {run_id} ({_run_path(args.run_dir, run_id)})")
     usage = getattr(result, "usage", None) or {}
     if no_reasoning_reply(usage):
-        sys.stdout.flush()
+        print("\n".join(lines), flush=True)
         print(f"reflex-dspy: run failed: the reasoning model answered none of its {usage['reasoning_failed']} "
               f"requests (each retried), so no proposal was made: {usage.get('reasoning_error')}; "
               "nothing written (-o, --results-json)", file=sys.stderr)
@@ -59,13 +58,13 @@ def report_outputs(args: argparse.Namespace, optimized: Any, extra_lines: tuple[
         if promoted or getattr(args, "force_output", False):
             write_atomic(args.output, result.best_prompt.rstrip("\n") + "\n")
             forced = "" if promoted else " (not promoted; written because of --force-output)"
-            print(f"{'Best prompt':<15}: written to {args.output}{forced}")
+            lines.append(f"{'Best prompt':<15}: written to {args.output}{forced}")
         else:
-            print(f"{'Best prompt':<15}: not written to {args.output}: not promoted (--force-output writes it)")
+            lines.append(f"{'Best prompt':<15}: not written to {args.output}: not promoted (--force-output writes it)")
     if args.results_json:
         write_atomic(args.results_json, dumps(result.to_dict()))
-        print(f"{'Results':<15}: written to {args.results_json}")
-    sys.stdout.flush()
+        lines.append(f"{'Results':<15}: written to {args.results_json}")
+    print("\n".join(lines), flush=True)
     return 0
 
 
