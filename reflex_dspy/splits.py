@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dspy
 
-from reflex_dspy.data import assign_ids, example_id, read_json_file
+from reflex_dspy.data import assign_ids, example_id, input_text, read_json_file
 from reflex_dspy.errors import UsageError
 
 SMALL_TEST_SET = 20
@@ -122,7 +122,28 @@ def split_dataset(
             warnings.append(f"{overlap} of {len(val)} validation examples also appear in the trainset")
     if len(test) < SMALL_TEST_SET:
         warnings.append(f"test set of {len(test)} examples is too small for stable scores")
+    if held_out:
+        warnings += repeated_inputs(test, [*train, *val])
     return Splits(train=train, val=val, test=test, held_out=held_out, warnings=warnings)
+
+
+def repeated_inputs(test: Sequence[dspy.Example], seen: Sequence[dspy.Example]) -> list[str]:
+    """A warning when test examples repeat the input of a train or val example (a dataset with
+    duplicates): a demo can then carry the test answer word for word, and the held-out score
+    flatters the run. Said, not fixed: which copy is the test one is the user's call."""
+    def key(example: dspy.Example) -> tuple[tuple[str, str], ...] | None:
+        try:
+            return tuple(sorted(input_text(example).items()))
+        except ValueError:  # no input fields set: refused later, with its own message
+            return None
+
+    known = {key(ex) for ex in seen} - {None}
+    repeated = sum(key(ex) in known for ex in test)
+    if not repeated:
+        return []
+    return [f"{repeated} of the {len(test)} test examples repeat the input of a train or val example: a demo can "
+            "carry its answer, so the held-out score may flatter the run (drop the duplicates, or pin the splits "
+            "with a splits file)"]
 
 
 def sample_batch(train: Sequence[dspy.Example], size: int, seed: int) -> list[dspy.Example]:
@@ -185,4 +206,5 @@ def _pinned_splits(pool: list[dspy.Example], pinned: Mapping[str, Sequence[str]]
         warnings.append(f"{unlisted} dataset examples are in no split of the splits file and are not used")
     if len(parts["test"]) < SMALL_TEST_SET:
         warnings.append(f"test set of {len(parts['test'])} examples is too small for stable scores")
+    warnings += repeated_inputs(parts["test"], [*parts["train"], *parts["val"]])
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], held_out=True, warnings=warnings)

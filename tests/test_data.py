@@ -472,6 +472,20 @@ def test_overlapping_valset_is_reported():
     assert "3 of 3 validation examples also appear in the trainset" in splits.warnings
 
 
+def test_test_examples_that_repeat_a_train_input_are_reported():
+    """A dataset with duplicates: a demo can carry a test example's answer word for word."""
+    exs = make_examples(40)
+    twins = [dspy.Example(input=e.input, output=e.output, id=f"copy-{i}").with_inputs("input")
+             for i, e in enumerate(exs)]
+    splits = split_dataset([*exs, *twins])
+    seen = {e.input for e in [*splits.train, *splits.val]}
+    repeated = sum(e.input in seen for e in splits.test)
+    assert repeated > 0 and (f"{repeated} of the {len(splits.test)} test examples repeat the input of a train or "
+                             "val example") in " ".join(splits.warnings)
+    assert not any("repeat the input" in w for w in split_dataset(exs).warnings)  # no duplicates: nothing said
+    assert not any("repeat the input" in w for w in split_dataset([*exs, *twins], train_ratio=1.0).warnings)
+
+
 def test_small_data_warnings():
     splits = split_dataset(make_examples(30))
     assert "test set of 6 examples is too small for stable scores" in splits.warnings
