@@ -268,3 +268,18 @@ def test_failed_run_shows_its_reason_and_what_to_do(tmp_path, page):
         expect(notice).to_contain_text("Failed: every test example failed")
         expect(notice).to_contain_text("reflex-dspy optimize --resume-from 001")
         expect(page.locator("#trials-feed li.trial-failed").first).to_contain_text("no answer")
+
+
+def test_a_run_aevyra_reflex_wrote_reads_without_holes(tmp_path, page):
+    """Their baseline.json has no sample count or split, their result.json no selected candidate:
+    before, the page said "on null-sample null" and "selected iteration null (best on ?: 1.0000)"."""
+    from test_layout_compat import their_runs
+
+    root, _ = their_runs.__wrapped__(tmp_path)
+    with dashboard(root) as server:
+        page.goto(f"{server.url}/#/runs/001")
+        expect(page.locator("#test-result")).to_contain_text("· best score 1.0000 ·")
+        for hole in ("null", "undefined", "?:"):
+            expect(page.locator("#tiles")).not_to_contain_text(hole)
+            expect(page.locator("#test-result")).not_to_contain_text(hole)
+        expect(page.locator("#tiles .tile").first).to_contain_text("on test")

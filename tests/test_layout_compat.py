@@ -198,6 +198,9 @@ def test_our_dashboard_serves_runs_aevyra_reflex_wrote(their_runs):
         assert {(r["id"], r["status"]) for r in listed} == {("001", "completed"), ("002", "interrupted")}
         view = get_json(server, "/api/runs/1")
         assert view["model"] == "openai/fake-task" and view["branchable"] and view["result"]["final"]["mean"] == 0.75
+        # Their result.json names no selected candidate or split: the page says "best score", not
+        # "selected iteration null (best on ?: 1.0000)"
+        assert view["result"]["selected_iteration"] is None and view["result"]["selected_score"] == 1.0
         detail = get_json(server, "/api/runs/1/iterations/2")
         [pred] = detail["predictors"]
         assert pred["current"] == THEIR_PROMPTS[1] and pred["previous"] == THEIR_PROMPTS[0]

@@ -73,11 +73,13 @@ function evalCalls(u) {
 function tiles(run) {
   const b = run.baseline_detail;
   const best = run.best_detail;
-  const baseSub = b ? `on ${b.n}-sample ${b.split}` + caveats(b) + (b.n_runs > 1 ? ` · ±${score(b.std, 4)} (${b.n_runs} runs)` : "")
-    : "not measured yet";
+  // aevyra-reflex's baseline.json records no sample count or split: say what is known
+  const baseSub = b ? (b.n != null ? `on ${b.n}-sample ${b.split || "test"}` : "on test") + caveats(b)
+    + (b.n_runs > 1 ? ` · ±${score(b.std, 4)} (${b.n_runs} runs)` : "") : "not measured yet";
   const where = best.name || "";
   const bestSub = best.improvement
-    ? `${best.improvement.text} vs initial on ${best.by}` : best.score != null ? `${best.label}, ${where}` : "";
+    ? `${best.improvement.text} vs initial on ${best.by}`
+    : best.score != null ? [best.label, where].filter(Boolean).join(", ") : "";
   const max = run.settings.max_iterations;
   return h("div", { class: "tiles", id: "tiles" },
     tile("Baseline", score(b && b.mean, 4), baseSub),
@@ -87,7 +89,7 @@ function tiles(run) {
       ? `as the budget of ${run.settings.budget} metric calls allows` : "", run.stop_reason].filter(Boolean).join(" · ")),
     tile("Strategy", run.strategy || "–", run.phases.length > 1 ? `${run.phases.length} phases` : ""),
     tile("Eval tokens", tokens(run.tokens.eval), evalCalls(run.usage)),
-    tile("Reasoning tokens", tokens(run.tokens.reasoning), `${run.usage.reasoning_calls ?? "–"} reasoning calls`));
+    tile("Reasoning tokens", tokens(run.tokens.reasoning), run.usage.reasoning_calls != null ? `${run.usage.reasoning_calls} reasoning calls` : "–"));
 }
 
 function testResult(run) {
@@ -97,7 +99,9 @@ function testResult(run) {
       "Held-out test: measured once, on the selected candidate, when the run completes.");
   }
   const sig = r.significant === true ? "sig-yes" : r.significant === false ? "sig-no" : "sig-na";
-  const chosen = r.selected_name || `iteration ${r.selected_iteration}`;
+  // aevyra-reflex's result.json records the best score only, not which candidate or split
+  const chosen = r.selected_iteration == null ? `best score ${score(r.selected_score, 4)}`
+    : `selected ${r.selected_name} (${r.selected_label}: ${score(r.selected_score, 4)})`;
   return h("div", { class: "test-result", id: "test-result" },
     h("strong", {}, "Held-out test: "),
     `${score(run.baseline_detail && run.baseline_detail.mean, 4)} → ${score(r.final && r.final.mean, 4)}`,
@@ -105,7 +109,7 @@ function testResult(run) {
       ? h("span", { class: "caveats", id: "final-caveats" }, ` (on ${r.final.n}-sample ${r.final.split}${caveats(r.final)})`) : "",
     r.improvement ? h("span", { class: r.improvement.delta >= 0 ? "up" : "down" }, ` (${r.improvement.text})`) : "",
     " · ", h("span", { class: sig }, r.significance || "no significance test"),
-    ` · selected ${chosen} (${r.selected_label}: ${score(r.selected_score, 4)})`,
+    ` · ${chosen}`,
     r.selection_note ? h("span", { class: "muted", id: "selection-note" }, ` · ${r.selection_note}`) : "",
     r.duration_seconds != null ? ` · ${seconds(r.duration_seconds)}` : "");
 }
