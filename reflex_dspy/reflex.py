@@ -27,7 +27,7 @@ class Reflex(Teleprompter):
     """Optimize the prompts of a DSPy program; returns an optimized copy, like every teleprompter.
 
     `metric` is a DSPy metric, a built-in metric name, or a list of them. The task model is
-    `task_lm` or `dspy.settings.lm`; a dict `{label: lm}` optimizes for several task models at
+    `task_lm` (a `dspy.LM` or a model string) or `dspy.settings.lm`; a dict `{label: lm}` optimizes for several task models at
     once (each example runs on every model, scored by their mean, reported per model); the reasoning model is `reasoning_lm` (a `dspy.LM` or a
     model string), else `config.reasoning_model`, else the task model. Every `OptimizerConfig`
     field is accepted as a keyword.
@@ -50,7 +50,7 @@ class Reflex(Teleprompter):
         metric: Any = None,
         *,
         strategy: str | Strategy = "auto",
-        task_lm: dspy.LM | Mapping[str, dspy.LM] | None = None,
+        task_lm: dspy.LM | str | Mapping[str, dspy.LM | str] | None = None,
         reasoning_lm: dspy.LM | str | None = None,
         optimize: Sequence[str] | None = None,
         trackers: Sequence[Tracker] = (),
@@ -70,6 +70,9 @@ class Reflex(Teleprompter):
         if isinstance(reasoning_lm, str):
             config_fields.setdefault("reasoning_model", reasoning_lm)
             reasoning_lm = None
+        task_lm = _task_models(task_lm)
+        if reasoning_lm is not None and not isinstance(reasoning_lm, dspy.BaseLM):
+            raise UsageError(f"reasoning_lm must be a dspy.LM or a model string, got {type(reasoning_lm).__name__}")
         if config is not None and config_fields:
             raise UsageError("pass config= or config fields as keywords, not both")
         self.config = config or OptimizerConfig.build(strategy=name, **config_fields)
@@ -223,6 +226,28 @@ class Reflex(Teleprompter):
         if self._strategy is not None:
             return self._strategy
         return get_strategy(self.config.strategy, metric, **self.config.extra_kwargs)
+
+
+def _task_models(task_lm: Any) -> dspy.BaseLM | dict[str, dspy.BaseLM] | None:
+    """`task_lm` with model strings resolved, as `reasoning_lm`'s are ("openai/gpt-4o-mini",
+    "embedded"); anything but an LM, a string or a `{label: either}` dict is a one-line error now
+    rather than an AttributeError mid-compile."""
+    from reflex_dspy.lm import resolve_lm
+
+    def one(value: Any, where: str) -> dspy.BaseLM:
+        if isinstance(value, dspy.BaseLM):
+            return value
+        if isinstance(value, str):
+            return resolve_lm(value)
+        raise UsageError(f"{where} must be a dspy.LM or a model string, got {type(value).__name__}")
+
+    if task_lm is None:
+        return None
+    if isinstance(task_lm, Mapping):
+        if not task_lm:
+            raise UsageError("task_lm is an empty dict: give {label: lm} for each task model")
+        return {str(label): one(lm, f"task_lm[{label!r}]") for label, lm in task_lm.items()}
+    return one(task_lm, "task_lm")
 
 
 def _label(value: Any) -> str | None:

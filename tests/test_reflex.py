@@ -149,6 +149,26 @@ def test_summary_numbers_come_from_the_result():
     assert program.candidate_programs[0]["iteration"] == 1
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"reasoning_lm": 123}, "reasoning_lm must be a dspy.LM or a model string, got int"),
+    ({"task_lm": 5}, "task_lm must be a dspy.LM or a model string, got int"),
+    ({"task_lm": {"a": "openai/x", "b": None}}, "task_lm['b'] must be a dspy.LM or a model string, got NoneType"),
+    ({"task_lm": {}}, "task_lm is an empty dict"),
+    ({"task_lm": "nosuch/model"}, "unknown provider 'nosuch'"),
+])
+def test_model_arguments_of_the_wrong_kind_are_one_line_errors(kwargs, message):
+    """Before: an AttributeError ("'int' object has no attribute 'copy'") out of compile."""
+    with pytest.raises(UsageError, match=re.escape(message)):
+        Reflex("exact", **kwargs)
+
+
+def test_a_task_model_may_be_a_model_string_as_the_reasoning_model_may():
+    opt = Reflex("exact", task_lm="openai/gpt-4o-mini")
+    assert opt.task_lm.model == "openai/gpt-4o-mini"
+    several = Reflex("exact", task_lm={"mini": "openai/gpt-4o-mini", "fake": fake_lm(routing_respond)})
+    assert several.task_lm["mini"].model == "openai/gpt-4o-mini"
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(UsageError, match="max_iterations"):
         Reflex("exact", max_iterations=0)
