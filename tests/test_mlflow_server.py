@@ -100,6 +100,10 @@ def test_numbers_are_the_selected_and_held_out_ones(served):
     if result.selected_by == "val":
         assert metrics["selected_val_score"] == pytest.approx(result.selected_score)
     assert ("p_value" in metrics) != ("reflex.p_value" in served.parent.data.tags)
+    # What the run cost, as the summary counts it (a user compares runs' cost in MLflow's table)
+    usage = result.usage
+    assert (metrics["usage.lm_calls"], metrics["usage.eval_tokens"], metrics["usage.reasoning_calls"]) == (
+        usage["lm_calls"], usage["eval_tokens"], usage["reasoning_calls"]) and usage["lm_calls"] > 0
     steps = [m.step for m in served.client.get_metric_history(served.parent.info.run_id, "score")]
     assert steps[0] == 0 and steps == sorted(steps)  # the starting prompt is step 0
     duration = (served.parent.info.end_time - served.parent.info.start_time) / 1000

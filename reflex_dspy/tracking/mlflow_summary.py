@@ -3,8 +3,9 @@
 `score` / `val_score` on the parent are trajectories (one point per iteration, step 0 the
 starting prompt); what was *selected* is `selected_train_score` / `selected_val_score`; the
 held-out test numbers are `baseline_test` and `final_test` (and their old names
-`baseline_score` / `final_score`). `improvement` is rounded, so the UI shows 0.2, not
-0.19999999. With too little data for a test, `p_value` is absent and a tag says why.
+`baseline_score` / `final_score`); what the run cost is `usage.*` (calls and tokens).
+`improvement` is rounded, so the UI shows 0.2, not 0.19999999. With too little data for a test,
+`p_value` is absent and a tag says why.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from reflex_dspy.result import RunResult
 
 ROUND = 6
+# What the run cost, as the summary's "LM usage" and "Metric calls" lines count it: `usage.NAME`.
+USAGE_METRICS = ("metric_calls", "lm_calls", "eval_tokens", "metric_lm_calls", "metric_tokens", "reasoning_calls",
+                 "reasoning_tokens", "failed", "retries")
 
 
 def _round(value: float | None) -> float | None:
@@ -54,6 +58,8 @@ def summary_metrics(result: RunResult) -> tuple[dict[str, Any], dict[str, Any]]:
     if result.budget is not None:
         metrics["metric_call_budget"] = result.budget
         metrics["search_metric_calls"] = result.usage.get("search_calls")
+    metrics.update({f"usage.{key}": result.usage[key] for key in USAGE_METRICS
+                    if isinstance(result.usage.get(key), int)})
     metrics.update({"final_score." + re.sub(r"[^\w\-./ ]", "_", label): score  # MLflow's allowed characters
                     for label, score in result.final.scores_by_model.items()})
     if result.target:
