@@ -18,6 +18,12 @@ class ProviderAuthError(ReflexError):
     """The provider refused our credentials (401/403): retrying cannot help, the run stops."""
 
 
+class ProviderUnavailable(ReflexError):
+    """A model failed many examples in a row after retries (connection errors, 5xx, timeouts): the
+    provider is down, and a search step decided on failures would be no step at all. The run
+    stops (status `failed`, its record complete so far) and resumes when the provider answers."""
+
+
 class BudgetExhausted(ReflexError):
     """The metric-call budget is spent; the search stops and the run finishes with what it has.
 

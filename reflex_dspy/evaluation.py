@@ -20,7 +20,7 @@ import dspy
 from reflex_dspy.attempts import Attempts
 from reflex_dspy.candidate import Candidate
 from reflex_dspy.data import example_id
-from reflex_dspy.errors import ProviderAuthError, ReflexError
+from reflex_dspy.errors import ProviderAuthError, ProviderUnavailable, ReflexError
 from reflex_dspy.eval_requests import Group, answers
 from reflex_dspy.eval_results import (  # re-exported: callers import results from here
     EvalResult,
@@ -32,11 +32,15 @@ from reflex_dspy.eval_results import (  # re-exported: callers import results fr
 from reflex_dspy.ledger import CacheKey, Ledger, PaidFn
 from reflex_dspy.library_logs import worker_pool
 from reflex_dspy.reply_cache import install_empty_reply_guard
-from reflex_dspy.retries import NO_ANSWER, RetryPolicy, no_answer, short_error
+from reflex_dspy.retries import NO_ANSWER, RetryPolicy, classify_error, no_answer, short_error
 from reflex_dspy.throttle import AdaptiveLimit
 from reflex_dspy.trace import PREDICTION_TRACE_ATTR, AgentTrace, holds_tools, tool_recorder
 
 ProgressFn = Callable[[str, int, int], None]
+# Examples failed in a row by the provider (transient errors past the retries, never a candidate's
+# doing) after which it is taken for down: enough that a passing blip never trips it, few enough
+# that an outage costs one evaluation, not the rest of the search (each step "all failed").
+OUTAGE_STREAK = 8
 
 
 def _another_pass(lm: dspy.LM, eval_pass: int, temperature: float) -> dspy.LM:
@@ -88,6 +92,7 @@ class Evaluator:
         self.lms = {label: lm.copy(temperature=temperature) for label, lm in models.items()}
         self.lm = next(iter(self.lms.values()))
         self.calls_per_example = len(self.lms)
+        self._outage = 0  # examples failed in a row by the provider (OUTAGE_STREAK stops the run)
         self.adapter = adapter if adapter is not None else dspy.settings.adapter
         self.max_workers = max_workers
         self.temperature = temperature
@@ -275,7 +280,7 @@ class Evaluator:
                 futures = [(job[0], pool.submit(self._run_one, *job[1:])) for job in jobs]
                 try:
                     self._collect(label, len(jobs), ((results, future.result()) for results, future in futures))
-                except ProviderAuthError:
+                except (ProviderAuthError, ProviderUnavailable):
                     for _, f in futures:
                         f.cancel()
                     raise
@@ -368,6 +373,7 @@ class Evaluator:
         calls = tokens = judged = judge_tokens = 0  # judged: the metric's own LM calls (an LLM judge)
         scores: dict[str, float] = {}
         failure: str | None = None
+        provider_failed = False  # the failure is the provider's (transient errors past the retries)
         for label, lm in lms.items():
             tools = tool_recorder(program)  # dspy.Tool calls, for the whole execution trace (trace.py)
             callbacks = [*dspy.settings.get("callbacks", []), *([tools] if self._tools.get(id(program), True) else [])]
@@ -376,7 +382,7 @@ class Evaluator:
             if error is not None:
                 text = short_error(error) if len(lms) == 1 else f"{label}: {short_error(error)}"
                 if (kind := no_answer(error)) is None:
-                    failure = text
+                    failure, provider_failed = text, classify_error(error) == "transient"
                     break
                 # Not a provider failure: with this prompt the model has no usable answer for this
                 # input (and would have none if asked again), so the candidate scores 0 here.
@@ -390,7 +396,7 @@ class Evaluator:
             scored, error, c, t = self.attempts.metric(self.metric, example, prediction, agent)
             calls, tokens, judged, judge_tokens = calls + c, tokens + t, judged + c, judge_tokens + t
             if error is not None:
-                failure = short_error(error)
+                failure, provider_failed = short_error(error), classify_error(error) == "transient"
                 break
             scores[label] = scored.score
             for name, value in scored.by_metric.items():  # summed here, averaged below
@@ -405,15 +411,18 @@ class Evaluator:
         else:
             result.error, result.no_answer, result.by_metric, result.feedback = failure, None, {}, None
         with self._lock:
-            if result.failed:
-                # Not cached: a failure is retried when the pair is needed again.
-                self.usage.metric_calls += len(lms)
-                self.usage.lm_calls += calls
-                self.usage.eval_tokens += tokens
-                self.usage.metric_lm_calls += judged
-                self.usage.metric_tokens += judge_tokens
-                self.usage.failed += 1
+            if result.failed:  # not cached: a failure is retried when the pair is needed again
+                for name, n in (("metric_calls", len(lms)), ("lm_calls", calls), ("eval_tokens", tokens),
+                                ("metric_lm_calls", judged), ("metric_tokens", judge_tokens), ("failed", 1)):
+                    setattr(self.usage, name, getattr(self.usage, name) + n)
+                self._outage = self._outage + 1 if provider_failed else 0
+                if self._outage >= OUTAGE_STREAK:
+                    raise ProviderUnavailable(
+                        f"{self._outage} examples in a row failed after retries ({failure}): the provider looks "
+                        "down, so the run stops rather than decide its search on failures; resume it when the "
+                        "provider answers again (reflex-dspy optimize --resume, or compile(resume=run_id))")
             else:
+                self._outage = 0
                 entry = {"kind": "eval", "key": list(key), "calls": calls, "tokens": tokens, "metric_calls": len(lms),
                          **({"metric_lm_calls": judged, "metric_tokens": judge_tokens} if judged else {}),
                          **({"no_answer": result.no_answer} if result.no_answer else {})}

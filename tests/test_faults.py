@@ -253,3 +253,43 @@ def test_a_judge_metric_s_transient_errors_are_retried_and_counted():
     result = ev.evaluate(Candidate.from_program(program), routing_examples(1))
     assert result.n_failed == 0 and result.mean == 1.0
     assert (ev.usage.retries, ev.usage.rate_limits) == (2, 2)
+
+
+def test_a_provider_that_goes_down_mid_run_stops_it_and_a_resume_finishes_it(tmp_path, monkeypatch):
+    """Before: with the provider gone, the search went on for iteration after iteration whose every
+    example failed ("train n/a · 11 failed"), deciding auto's axes on nothing, until the final test
+    evaluation failed too. Now the run stops once OUTAGE_STREAK examples in a row fail after retries,
+    its record intact; a resume when the provider is back finishes it without paying twice."""
+    from conftest import LABELS, ScriptedReasoner, routing_examples, routing_respond
+    from dspy.lm15 import ServerError
+    from fakes import fake_lm
+
+    import reflex_dspy.evaluation
+    from reflex_dspy import Reflex
+    from reflex_dspy.adapters import program_from_prompt
+    from reflex_dspy.errors import ProviderUnavailable
+    from reflex_dspy.evaluation import OUTAGE_STREAK
+
+    monkeypatch.setattr(reflex_dspy.evaluation, "RetryPolicy",  # the run's policy, without its waits
+                        lambda: RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.002))
+
+    down_after = {"n": 20}  # the baseline, the start on val and the current prompt on the batch, then down
+    task = fake_lm(routing_respond, name="fake/flaky",
+                   error=lambda n: ServerError("503 upstream down") if n > down_after["n"] else None)
+    reasoner = fake_lm(ScriptedReasoner([f"Answer with one word: {', '.join(LABELS)}."]), name="fake/r")
+
+    def optimizer() -> Reflex:
+        return Reflex("exact", strategy="iterative", task_lm=task, reasoning_lm=reasoner, run_dir=tmp_path,
+                      max_workers=1, progress=False, max_iterations=3, early_stopping_patience=0,
+                      score_threshold=1.0)
+
+    with pytest.raises(ProviderUnavailable, match=f"{OUTAGE_STREAK} examples in a row failed after retries"):
+        optimizer().compile(program_from_prompt("Route it."), trainset=routing_examples(6))
+    calls = task.fake_engine.calls
+    assert calls == down_after["n"] + OUTAGE_STREAK * 2  # 8 examples, each asked twice, then nothing more
+    run = RunStore(tmp_path).list_runs()[-1]
+    assert run.status == "failed"
+    down_after["n"] = 10**9  # the provider is back
+    result = optimizer().compile(program_from_prompt("Route it."), trainset=routing_examples(6),
+                                 resume=run.run_id).result
+    assert result.final.mean is not None and RunStore(tmp_path).get_run(run.run_id).status == "completed"
