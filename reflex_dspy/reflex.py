@@ -27,10 +27,11 @@ class Reflex(Teleprompter):
     """Optimize the prompts of a DSPy program; returns an optimized copy, like every teleprompter.
 
     `metric` is a DSPy metric, a built-in metric name, or a list of them. The task model is
-    `task_lm` (a `dspy.LM` or a model string) or `dspy.settings.lm`; a dict `{label: lm}` optimizes for several task models at
-    once (each example runs on every model, scored by their mean, reported per model); the reasoning model is `reasoning_lm` (a `dspy.LM` or a
-    model string), else `config.reasoning_model`, else the task model. Every `OptimizerConfig`
-    field is accepted as a keyword.
+    `task_lm` (a `dspy.LM` or a model string) or `dspy.settings.lm`; a dict `{label: lm}`
+    optimizes for several task models at once (each example runs on every model, scored by their
+    mean, reported per model); the reasoning model is `reasoning_lm` (a `dspy.LM` or a model
+    string), else `config.reasoning_model`, else the task model. Every `OptimizerConfig` field is
+    accepted as a keyword.
 
     Each compile is recorded as it goes: the reflex run layout under `run_dir` (default
     `$REFLEX_RUN_DIR` or `.reflex`) and an MLflow run. MLflow's store is `tracking_uri`, else
